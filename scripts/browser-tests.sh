@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Chromium (WebRTC) end-to-end tests against turnd.
+#
+# Runs node's test runner on tests/browser/*.test.mjs inside a private network
+# namespace that has only loopback, so turnd, chromium and all their traffic stay
+# on that namespace's own 127.0.0.1. Needs root (unshare --net).
+#
+#   TURND_BIN   turnd binary (default target/debug/turnd, relative to the repo root)
+#   CHROMIUM_BIN chromium binary (default /usr/bin/chromium)
+#
+# Prerequisites: scripts/install-deps.sh, then cargo build. A missing binary is a
+# failure, never a skip.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+
+export TURND_BIN="${TURND_BIN:-target/debug/turnd}"
+case "$TURND_BIN" in
+  /*) ;;
+  *) TURND_BIN="$root/$TURND_BIN" ;;
+esac
+export CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
+
+fail() { echo "browser-tests: FAIL: $*" >&2; exit 1; }
+
+[ -x "$TURND_BIN" ] || fail "turnd binary not found or not executable: $TURND_BIN (run cargo build, or set TURND_BIN)"
+[ -x "$CHROMIUM_BIN" ] || fail "chromium not found: $CHROMIUM_BIN (run scripts/install-deps.sh)"
+command -v node >/dev/null || fail "node not found (run scripts/install-deps.sh)"
+command -v unshare >/dev/null || fail "unshare not found (util-linux; run scripts/install-deps.sh)"
+command -v ip >/dev/null || fail "ip not found (iproute2; run scripts/install-deps.sh)"
+[ -f tests/browser/node_modules/playwright-core/package.json ] \
+  || fail "tests/browser/node_modules/playwright-core missing (run scripts/install-deps.sh)"
+
+shopt -s nullglob
+tests=(tests/browser/*.test.mjs)
+[ "${#tests[@]}" -gt 0 ] || fail "no tests/browser/*.test.mjs found"
+
+echo "browser-tests: TURND_BIN=$TURND_BIN CHROMIUM_BIN=$CHROMIUM_BIN node=$(node --version)"
+# Inside the namespace: bring loopback up, then run the tests. Node's test runner
+# exits non-zero if any test fails.
+exec unshare --net -- sh -c 'ip link set lo up && exec node --test --test-reporter=spec "$@"' sh "${tests[@]}"

@@ -1,0 +1,31 @@
+//! turnd: a STUN/TURN relay server.
+//!
+//! The crate is a sans-IO protocol core and a thin tokio shell around it:
+//!
+//! - [`stun`]: the STUN codec (RFC 8489 / RFC 5389) with TURN's attributes
+//!   (RFC 8656) and ChannelData: a checked zero-copy [`stun::Message`] view and
+//!   a [`stun::MessageWriter`] that encodes into a caller's buffer.
+//! - [`auth`]: long-term credentials (key MD5(username:realm:password),
+//!   computed once per user) and stateless nonces.
+//! - [`turn`]: the [`turn::Server`] state machine: Binding answers, the
+//!   allocation manager with its [`turn::Allocation`]s, [`turn::Permission`]s
+//!   and [`turn::ChannelBinding`]s keyed by [`turn::FiveTuple`], the relay port
+//!   pool, one ordered deadline heap for every expiry, and the secure-by-default
+//!   [`turn::PeerPolicy`].
+//! - [`config`]: the TOML file and command line.
+//! - [`server`]: the IO shell: UDP listener, relay sockets, timers, signals.
+//!
+//! The core takes the time as an argument and never reads a clock; it never
+//! touches a socket: it returns [`turn::Transmit`] routing decisions (send
+//! these bytes from that relay port to that peer) and asks the shell to open
+//! and close relay sockets through [`turn::RelayIo`]. It does not do TCP/TLS
+//! framing, IPv6 dual allocations, TCP relays (RFC 6062) or REST credentials yet.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod server;
+pub mod stun;
+pub mod turn;

@@ -1,0 +1,98 @@
+//! Allocation state: the relayed transport address, its permissions and
+//! channel bindings. See RFC 8656, sections 2.2, 9 and 12.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Transport protocol between client and server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// UDP (RFC 8656).
+    Udp,
+    /// TCP (RFC 8656, section 3.1).
+    Tcp,
+    /// TLS over TCP (RFC 8656, section 3.1).
+    Tls,
+}
+
+/// The 5-tuple that names an allocation: client address, server address
+/// (the listener the client reached) and transport. See RFC 8656, section 2.2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FiveTuple {
+    /// The client's address as seen by the server (its server-reflexive address).
+    pub client: SocketAddr,
+    /// The server's listening address the client sent to.
+    pub server: SocketAddr,
+    /// The transport between them.
+    pub transport: Transport,
+}
+
+/// A permission: the peer IP address (port ignored) that may exchange data
+/// with the allocation until `expires`. See RFC 8656, section 9.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// The peer's IP address.
+    pub peer: IpAddr,
+    /// When the permission lapses unless refreshed (CreatePermission or ChannelBind).
+    pub expires: Instant,
+}
+
+/// A channel binding: channel number to peer transport address. See RFC 8656, section 12.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelBinding {
+    /// Channel number, 0x4000-0x4FFF.
+    pub number: u16,
+    /// The peer transport address.
+    pub peer: SocketAddr,
+    /// When the binding lapses unless refreshed by another ChannelBind.
+    pub expires: Instant,
+}
+
+/// One allocation on the server. See RFC 8656, section 2.2 and 7.
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    /// Unique for the server's lifetime; stale timers compare it.
+    pub id: u64,
+    /// The client side of the allocation.
+    pub five_tuple: FiveTuple,
+    /// The relayed transport address (bound by the IO shell).
+    pub relay: SocketAddr,
+    /// The username that created it; later requests must use the same (else 441).
+    pub username: Arc<str>,
+    /// The long-term key of that user, for MESSAGE-INTEGRITY on responses.
+    pub key: [u8; 16],
+    /// When the allocation expires unless refreshed.
+    pub expires: Instant,
+    /// When it was created.
+    pub created: Instant,
+    /// Installed permissions by peer IP.
+    pub permissions: HashMap<IpAddr, Instant>,
+    /// Channel bindings by number.
+    pub channels: HashMap<u16, ChannelBinding>,
+    /// Channel numbers by peer transport address.
+    pub channel_by_peer: HashMap<SocketAddr, u16>,
+    /// Packets relayed from client to peers.
+    pub packets_to_peer: u64,
+    /// Packets relayed from peers to the client.
+    pub packets_to_client: u64,
+}
+
+impl Allocation {
+    /// True when `peer` has a permission valid at `now`.
+    #[inline]
+    pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&peer).is_some_and(|&e| e > now)
+    }
+
+    /// The channel bound to `peer` and valid at `now`.
+    #[inline]
+    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        let n = *self.channel_by_peer.get(&peer)?;
+        self.channels
+            .get(&n)
+            .filter(|c| c.expires > now)
+            .map(|c| c.number)
+    }
+}

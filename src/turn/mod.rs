@@ -1,0 +1,15 @@
+//! TURN (RFC 8656): the allocation manager, its state and the peer policy.
+//!
+//! Everything here is sans-IO: time comes in as an argument, randomness from
+//! a seeded RNG, and socket work goes out as [`Transmit`] values or through
+//! the [`RelayIo`] trait.
+
+mod allocation;
+mod policy;
+mod ports;
+mod server;
+
+pub use allocation::*;
+pub use policy::*;
+pub use ports::*;
+pub use server::*;

@@ -1,0 +1,367 @@
+//! Which peer addresses an allocation may relay to: secure by default.
+//!
+//! Denied unless opened explicitly: loopback, unspecified (0.0.0.0/8, ::),
+//! link-local (169.254.0.0/16 with the 169.254.169.254 metadata service,
+//! fe80::/10), private (10/8, 172.16/12, 192.168/16, 100.64/10 shared address
+//! space, fc00::/7, fec0::/10), multicast (224/4, ff00::/8), reserved 240/4 and
+//! broadcast, and the NAT64 local-use prefix 64:ff9b:1::/48. IPv6 forms that
+//! embed an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96,
+//! NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by the embedded address too.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// An inclusive range of addresses, IPv4 stored as IPv4-mapped IPv6.
+///
+/// Parsed from a single address (`192.0.2.7`), an inclusive range
+/// (`192.0.2.1-192.0.2.9`, coturn's syntax) or CIDR (`192.0.2.0/24`, `2001:db8::/32`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    start: u128,
+    end: u128,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+impl IpRange {
+    /// True when `ip` lies in the range (IPv4 matches its mapped form too).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let v = to_u128(ip);
+        self.start <= v && v <= self.end
+    }
+}
+
+impl fmt::Debug for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = Ipv6Addr::from(self.start);
+        let e = Ipv6Addr::from(self.end);
+        match (s.to_ipv4_mapped(), e.to_ipv4_mapped()) {
+            (Some(a), Some(b)) => write!(f, "{a}-{b}"),
+            _ => write!(f, "{s}-{e}"),
+        }
+    }
+}
+
+/// Why an address range could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address range {input:?}: {why} (expected an address, `a-b` or CIDR `a/n`)")]
+pub struct IpRangeError {
+    input: String,
+    why: &'static str,
+}
+
+impl FromStr for IpRange {
+    type Err = IpRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| IpRangeError {
+            input: s.to_owned(),
+            why,
+        };
+        let s = s.trim();
+        if let Some((a, b)) = s.split_once('-') {
+            let a: IpAddr = a.trim().parse().map_err(|_| err("bad start address"))?;
+            let b: IpAddr = b.trim().parse().map_err(|_| err("bad end address"))?;
+            if a.is_ipv4() != b.is_ipv4() {
+                return Err(err("start and end are of different families"));
+            }
+            let (start, end) = (to_u128(a), to_u128(b));
+            if start > end {
+                return Err(err("start is after end"));
+            }
+            return Ok(IpRange { start, end });
+        }
+        if let Some((a, n)) = s.split_once('/') {
+            let ip: IpAddr = a.trim().parse().map_err(|_| err("bad address"))?;
+            let n: u32 = n.trim().parse().map_err(|_| err("bad prefix length"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if n > max {
+                return Err(err("prefix length too long"));
+            }
+            let bits = if ip.is_ipv4() { 96 + n } else { n };
+            let mask: u128 = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            let v = to_u128(ip);
+            return Ok(IpRange {
+                start: v & mask,
+                end: (v & mask) | !mask,
+            });
+        }
+        let ip: IpAddr = s.parse().map_err(|_| err("bad address"))?;
+        let v = to_u128(ip);
+        Ok(IpRange { start: v, end: v })
+    }
+}
+
+/// The peer policy of a server: which addresses relays may reach.
+///
+/// Checked on every path that names a peer: CreatePermission, ChannelBind,
+/// Send (RFC 8656, sections 9-12); a denied peer gets 403 Forbidden.
+#[derive(Clone, Debug, Default)]
+pub struct PeerPolicy {
+    /// Opens 127.0.0.0/8 and ::1 (coturn's `allow-loopback-peers`). For tests.
+    pub allow_loopback: bool,
+    /// Addresses opened even when denied otherwise (`allowed-peer-ip`).
+    pub allowed: Vec<IpRange>,
+    /// Addresses denied in addition to the defaults (`denied-peer-ip`).
+    pub denied: Vec<IpRange>,
+}
+
+/// The IPv4 address embedded in an IPv6 address by IPv4-mapped,
+/// IPv4-compatible, NAT64 (64:ff9b::/96) or 6to4 (2002::/16) forms.
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = v6.octets();
+    let s = v6.segments();
+    let last4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if s[0..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
+        // ::ffff:a.b.c.d and ::a.b.c.d (:: and ::1 excluded: they are IPv6's own).
+        if s[5] == 0 && s[6] == 0 && s[7] <= 1 {
+            return None;
+        }
+        return Some(last4);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(last4);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+fn v4_denied_by_default(ip: Ipv4Addr, allow_loopback: bool) -> bool {
+    let o = ip.octets();
+    if ip.is_loopback() {
+        return !allow_loopback;
+    }
+    o[0] == 0 // 0.0.0.0/8 "this network"
+        || o[0] == 10
+        || (o[0] == 100 && (o[1] & 0xC0) == 64) // 100.64/10 shared address space
+        || (o[0] == 169 && o[1] == 254) // link-local, cloud metadata
+        || (o[0] == 172 && (o[1] & 0xF0) == 16)
+        || (o[0] == 192 && o[1] == 168)
+        || o[0] >= 224 // multicast 224/4, reserved 240/4, broadcast
+}
+
+fn v6_denied_by_default(ip: Ipv6Addr, allow_loopback: bool) -> bool {
+    let s = ip.segments();
+    if ip.is_loopback() {
+        return !allow_loopback;
+    }
+    ip.is_unspecified()
+        || (s[0] & 0xFFC0) == 0xFE80 // link-local
+        || (s[0] & 0xFFC0) == 0xFEC0 // site-local (deprecated)
+        || (s[0] & 0xFE00) == 0xFC00 // unique local fc00::/7
+        || (s[0] & 0xFF00) == 0xFF00 // multicast
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // NAT64 local use 64:ff9b:1::/48
+}
+
+impl PeerPolicy {
+    /// True when relaying to `ip` is allowed.
+    ///
+    /// Precedence: `allowed` (matching the address or its embedded IPv4) opens
+    /// it; otherwise `denied` or the defaults listed in the module doc close it.
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        let embedded = match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let matches = |list: &[IpRange]| {
+            list.iter()
+                .any(|r| r.contains(ip) || embedded.is_some_and(|e| r.contains(e)))
+        };
+        if matches(&self.allowed) {
+            return true;
+        }
+        if matches(&self.denied) {
+            return false;
+        }
+        let denied = match ip {
+            IpAddr::V4(v4) => v4_denied_by_default(v4, self.allow_loopback),
+            IpAddr::V6(v6) => {
+                v6_denied_by_default(v6, self.allow_loopback)
+                    || embedded.is_some_and(|e| match e {
+                        IpAddr::V4(e) => v4_denied_by_default(e, self.allow_loopback),
+                        IpAddr::V6(_) => false,
+                    })
+            }
+        };
+        !denied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const DENIED: &[&str] = &[
+        "127.0.0.1",
+        "127.255.255.254",
+        "0.0.0.0",
+        "0.1.2.3",
+        "10.0.0.1",
+        "10.255.255.255",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "100.64.0.1",
+        "100.127.255.255",
+        "169.254.169.254",
+        "169.254.0.1",
+        "224.0.0.251",
+        "239.255.255.250",
+        "255.255.255.255",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd00:ec2::254",
+        "ff02::1",
+        "fec0::1",
+        // IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of denied IPv4 addresses.
+        "::ffff:127.0.0.1",
+        "::ffff:10.1.2.3",
+        "::ffff:169.254.169.254",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::c0a8:101",
+        "2002:7f00:1::1",
+        "2002:a9fe:a9fe::",
+        "2002:c0a8:0101::5",
+        "64:ff9b:1::1",
+        "::ffff:0.0.0.0",
+        "::ffff:224.0.0.1",
+    ];
+
+    const ALLOWED: &[&str] = &[
+        "192.0.2.1",
+        "8.8.8.8",
+        "172.15.255.255",
+        "172.32.0.0",
+        "100.63.255.255",
+        "100.128.0.0",
+        "169.253.1.1",
+        "2001:db8::1",
+        "2606:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+    ];
+
+    #[test]
+    fn defaults_deny_special_addresses_in_every_form() {
+        let p = PeerPolicy::default();
+        for a in DENIED {
+            assert!(!p.is_allowed(ip(a)), "{a} must be denied");
+        }
+        for a in ALLOWED {
+            assert!(p.is_allowed(ip(a)), "{a} must be allowed");
+        }
+    }
+
+    #[test]
+    fn allow_loopback_opens_only_loopback() {
+        let p = PeerPolicy {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        for a in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(p.is_allowed(ip(a)), "{a}");
+        }
+        for a in [
+            "10.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::",
+            "fe80::1",
+            "::ffff:192.168.0.1",
+        ] {
+            assert!(!p.is_allowed(ip(a)), "{a}");
+        }
+    }
+
+    #[test]
+    fn allowed_and_denied_lists() {
+        let p = PeerPolicy {
+            allow_loopback: false,
+            allowed: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "192.168.5.5".parse().unwrap(),
+            ],
+            denied: vec![
+                "8.8.8.0-8.8.8.255".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+        };
+        assert!(p.is_allowed(ip("10.1.2.3")));
+        assert!(p.is_allowed(ip("::ffff:10.1.2.3")));
+        assert!(!p.is_allowed(ip("10.2.0.1")));
+        assert!(p.is_allowed(ip("192.168.5.5")));
+        assert!(!p.is_allowed(ip("192.168.5.6")));
+        assert!(!p.is_allowed(ip("8.8.8.8")));
+        assert!(!p.is_allowed(ip("64:ff9b::808:808")));
+        assert!(!p.is_allowed(ip("2001:db8::5")));
+        assert!(p.is_allowed(ip("8.8.9.1")));
+    }
+
+    #[test]
+    fn range_parsing() {
+        assert!("1.2.3.4".parse::<IpRange>().is_ok());
+        assert!("1.2.3.0/24"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("1.2.3.255")));
+        assert!(!"1.2.3.0/24"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("1.2.4.0")));
+        assert!("::/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("2001:db8::1")));
+        assert!("0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("255.1.1.1")));
+        assert!("0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("::ffff:1.1.1.1")));
+        assert!(!"0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("2001:db8::1")));
+        for bad in [
+            "1.2.3",
+            "1.2.3.4/33",
+            "2.2.2.2-1.1.1.1",
+            "1.1.1.1-::1",
+            "x",
+            "::/129",
+        ] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
+    }
+}

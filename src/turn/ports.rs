@@ -1,0 +1,149 @@
+//! The pool of relay ports on one relay address: `min-port..=max-port`,
+//! handed out at random (RFC 8656, section 7.2 asks for unpredictable ports).
+
+use rand::Rng;
+
+/// Free ports of one relay address, O(1) random take and O(1) return.
+///
+/// Shape: a dense vector of free ports plus each port's index in it.
+#[derive(Clone, Debug)]
+pub struct PortPool {
+    min: u16,
+    free: Vec<u16>,
+    /// `index[p - min]` is the position of port p in `free`, or `u32::MAX` when taken.
+    index: Vec<u32>,
+}
+
+const TAKEN: u32 = u32::MAX;
+
+impl PortPool {
+    /// A pool holding every port in `min..=max` (`min <= max`).
+    pub fn new(min: u16, max: u16) -> Self {
+        let free: Vec<u16> = (min..=max).collect();
+        let index = (0..free.len() as u32).collect();
+        PortPool { min, free, index }
+    }
+
+    /// Ports still free.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// True when `port` belongs to this pool and is free.
+    pub fn is_free(&self, port: u16) -> bool {
+        port.checked_sub(self.min)
+            .and_then(|i| self.index.get(i as usize))
+            .is_some_and(|&i| i != TAKEN)
+    }
+
+    /// Takes a specific free port. Returns false when it is taken or outside the pool.
+    pub fn take(&mut self, port: u16) -> bool {
+        if !self.is_free(port) {
+            return false;
+        }
+        let i = self.index[(port - self.min) as usize] as usize;
+        self.free.swap_remove(i);
+        if let Some(&moved) = self.free.get(i) {
+            self.index[(moved - self.min) as usize] = i as u32;
+        }
+        self.index[(port - self.min) as usize] = TAKEN;
+        true
+    }
+
+    /// Takes a random free port.
+    pub fn take_random(&mut self, rng: &mut impl Rng) -> Option<u16> {
+        if self.free.is_empty() {
+            return None;
+        }
+        let p = self.free[rng.gen_range(0..self.free.len())];
+        self.take(p);
+        Some(p)
+    }
+
+    /// Takes a random even port; with `reserve_next`, also takes port + 1
+    /// (EVEN-PORT with the R bit, RFC 8656 section 7.2). Returns the even port.
+    pub fn take_random_even(&mut self, rng: &mut impl Rng, reserve_next: bool) -> Option<u16> {
+        let ok = |pool: &Self, p: u16| {
+            p % 2 == 0 && (!reserve_next || p.checked_add(1).is_some_and(|n| pool.is_free(n)))
+        };
+        // A few random probes, then a scan from a random start: bounded either way.
+        for _ in 0..32 {
+            if self.free.is_empty() {
+                return None;
+            }
+            let p = self.free[rng.gen_range(0..self.free.len())];
+            if ok(self, p) {
+                return self.take_pair(p, reserve_next);
+            }
+        }
+        let n = self.free.len();
+        if n == 0 {
+            return None;
+        }
+        let start = rng.gen_range(0..n);
+        let found = (0..n)
+            .map(|k| self.free[(start + k) % n])
+            .find(|&p| ok(self, p))?;
+        self.take_pair(found, reserve_next)
+    }
+
+    fn take_pair(&mut self, p: u16, reserve_next: bool) -> Option<u16> {
+        self.take(p);
+        if reserve_next {
+            self.take(p + 1);
+        }
+        Some(p)
+    }
+
+    /// Returns a port to the pool (no effect when already free or outside).
+    pub fn put(&mut self, port: u16) {
+        let Some(i) = port.checked_sub(self.min).map(usize::from) else {
+            return;
+        };
+        if self.index.get(i) == Some(&TAKEN) {
+            self.index[i] = self.free.len() as u32;
+            self.free.push(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn take_and_put() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut p = PortPool::new(50000, 50009);
+        let mut got = Vec::new();
+        while let Some(x) = p.take_random(&mut rng) {
+            assert!((50000..=50009).contains(&x));
+            assert!(!got.contains(&x));
+            got.push(x);
+        }
+        assert_eq!(got.len(), 10);
+        p.put(50003);
+        p.put(50003);
+        assert_eq!(p.free(), 1);
+        assert_eq!(p.take_random(&mut rng), Some(50003));
+        p.put(1);
+        assert_eq!(p.free(), 0);
+    }
+
+    #[test]
+    fn even_port_with_reservation() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut p = PortPool::new(50000, 50005);
+        let a = p.take_random_even(&mut rng, true).unwrap();
+        assert_eq!(a % 2, 0);
+        assert!(!p.is_free(a + 1));
+        assert_eq!(p.free(), 4);
+        p.take(50001);
+        p.take(50003);
+        p.take(50005);
+        // Only even ports left and none has its successor free.
+        assert_eq!(p.take_random_even(&mut rng, true), None);
+        assert!(p.take_random_even(&mut rng, false).is_some());
+    }
+}

@@ -1,0 +1,1234 @@
+//! The sans-IO TURN server: Binding handler and allocation manager.
+//!
+//! Feed it what arrives ([`Server::handle_client_input`] for the listener,
+//! [`Server::handle_peer_input`] for relay sockets) with the current time; it
+//! answers with a [`Transmit`] that the IO shell performs. Call
+//! [`Server::poll_timeout`] after every `handle_*` and [`Server::handle_timeout`]
+//! when that deadline passes.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tracing::{debug, info, trace};
+
+use super::allocation::{Allocation, ChannelBinding, FiveTuple};
+use super::policy::PeerPolicy;
+use super::ports::PortPool;
+use crate::auth::{Credentials, NonceCheck, NonceIssuer};
+use crate::stun::{
+    write_channel_data_header, AttributeType, ChannelData, Class, ErrorCode, Message, MessageType,
+    MessageWriter, Method, TransactionId, CHANNEL_DATA_HEADER_LEN, MAGIC_COOKIE, MAX_CHANNEL,
+    MIN_CHANNEL, PROTOCOL_UDP,
+};
+
+/// RFC 8656 section 7.2: default allocation lifetime, 600 s.
+pub const DEFAULT_ALLOCATION_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 section 7.2: recommended maximum allocation lifetime, 3600 s.
+pub const MAX_ALLOCATION_LIFETIME: Duration = Duration::from_secs(3600);
+/// RFC 8656 section 9: permissions last 300 s.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 section 12: channel bindings last 600 s.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 section 7.2: an EVEN-PORT R-bit reservation is kept about 30 s.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// RFC 8489 section 6.3.4: responses are kept for retransmissions for 40 s (Ti).
+pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
+/// Most permissions one allocation may hold (more get 508).
+pub const MAX_PERMISSIONS: usize = 1024;
+/// Most cached responses kept for retransmission detection.
+pub const MAX_CACHED_RESPONSES: usize = 65_536;
+/// Smallest `out` buffer callers must pass (bytes): any reply except a Data
+/// indication fits.
+pub const MIN_OUT_BUFFER: usize = 1500;
+
+/// Settings of the core. Times are durations; ports inclusive.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The long-term credential realm (REALM attribute).
+    pub realm: String,
+    /// Static users and their keys.
+    pub credentials: Credentials,
+    /// Relay addresses; the first of each family is used for that family.
+    pub relay_ips: Vec<IpAddr>,
+    /// Lowest relay port.
+    pub min_port: u16,
+    /// Highest relay port.
+    pub max_port: u16,
+    /// Which peers may be reached.
+    pub policy: PeerPolicy,
+    /// Allocation lifetime when the client asks for none or less (600 s).
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted (3600 s).
+    pub max_lifetime: Duration,
+    /// Permission lifetime (300 s).
+    pub permission_lifetime: Duration,
+    /// Channel binding lifetime (600 s).
+    pub channel_lifetime: Duration,
+    /// Nonce validity (600 s) before 438 Stale Nonce.
+    pub nonce_lifetime: Duration,
+    /// Concurrent allocations per username; 0 is unlimited (486 when reached).
+    pub user_quota: u32,
+    /// Concurrent allocations in all; 0 is unlimited (486 when reached).
+    pub total_quota: u32,
+    /// Add FINGERPRINT to every response (else only when the request had one).
+    pub fingerprint: bool,
+    /// SOFTWARE attribute for responses; `None` sends none.
+    pub software: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            realm: "turnd".into(),
+            credentials: Credentials::new(),
+            relay_ips: vec![],
+            min_port: 49152,
+            max_port: 65535,
+            policy: PeerPolicy::default(),
+            default_lifetime: DEFAULT_ALLOCATION_LIFETIME,
+            max_lifetime: MAX_ALLOCATION_LIFETIME,
+            permission_lifetime: PERMISSION_LIFETIME,
+            channel_lifetime: CHANNEL_LIFETIME,
+            nonce_lifetime: crate::auth::DEFAULT_NONCE_LIFETIME,
+            user_quota: 0,
+            total_quota: 0,
+            fingerprint: false,
+            software: None,
+        }
+    }
+}
+
+/// Relay sockets, owned by the IO shell. The core asks for one when it
+/// creates an allocation and gives it back when the allocation ends.
+pub trait RelayIo {
+    /// Binds a UDP socket on `relay` and starts reading it.
+    ///
+    /// # Errors
+    /// The bind error; the core then tries another port.
+    fn open(&mut self, relay: SocketAddr) -> io::Result<()>;
+    /// Closes the socket bound on `relay`.
+    fn close(&mut self, relay: SocketAddr);
+}
+
+/// What the IO shell must send after a `handle_*` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Nothing.
+    None,
+    /// Send `out[..len]` to the client of `to`, from `to.server`.
+    Reply {
+        /// The client's 5-tuple.
+        to: FiveTuple,
+        /// Length of the reply in the `out` buffer.
+        len: usize,
+    },
+    /// Send `input[range]` from relay socket `relay` to `peer`.
+    ToPeer {
+        /// The allocation's relayed transport address.
+        relay: SocketAddr,
+        /// Destination peer.
+        peer: SocketAddr,
+        /// Application data within the input buffer.
+        range: Range<usize>,
+    },
+    /// Send `input[range]` (a ChannelData message whose header was written
+    /// into the 4 bytes of headroom) to the client of `to`.
+    ToClient {
+        /// The client's 5-tuple.
+        to: FiveTuple,
+        /// The ChannelData message within the input buffer.
+        range: Range<usize>,
+    },
+}
+
+/// Counters of the core (packets, bytes, messages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets relayed client to peer.
+    pub packets_to_peer: u64,
+    /// Payload bytes relayed client to peer.
+    pub bytes_to_peer: u64,
+    /// Packets relayed peer to client.
+    pub packets_to_client: u64,
+    /// Payload bytes relayed peer to client.
+    pub bytes_to_client: u64,
+    /// Client datagrams dropped (malformed, no allocation, no channel, no permission).
+    pub dropped_from_client: u64,
+    /// Peer datagrams dropped (no permission, unknown relay, too large).
+    pub dropped_from_peer: u64,
+    /// Allocations created.
+    pub allocations_created: u64,
+    /// Allocations that expired.
+    pub allocations_expired: u64,
+    /// Allocations deleted by the client (Refresh with LIFETIME 0).
+    pub allocations_deleted: u64,
+    /// Requests that failed authentication (wrong password, unknown user).
+    pub auth_failures: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKind {
+    Allocation {
+        ft: FiveTuple,
+        id: u64,
+    },
+    Permission {
+        ft: FiveTuple,
+        id: u64,
+        peer: IpAddr,
+    },
+    Channel {
+        ft: FiveTuple,
+        id: u64,
+        number: u16,
+    },
+    Reservation {
+        token: [u8; 8],
+    },
+    Transaction {
+        ft: FiveTuple,
+        tid: TransactionId,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    at: Instant,
+    seq: u64,
+    kind: TimerKind,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at && self.seq == o.seq
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Reservation {
+    relay: SocketAddr,
+    expires: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct CachedResponse {
+    bytes: Vec<u8>,
+    expires: Instant,
+}
+
+struct Authenticated {
+    username: Arc<str>,
+    key: [u8; 16],
+}
+
+/// Everything a request handler needs to answer.
+struct Reply<'m> {
+    msg: Message<'m>,
+    fingerprint: bool,
+}
+
+/// The TURN server state machine. See the module doc for the call protocol.
+pub struct Server {
+    config: ServerConfig,
+    epoch: Instant,
+    rng: StdRng,
+    nonces: NonceIssuer,
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relay: HashMap<SocketAddr, FiveTuple>,
+    pools: HashMap<IpAddr, PortPool>,
+    reservations: HashMap<[u8; 8], Reservation>,
+    responses: HashMap<(FiveTuple, TransactionId), CachedResponse>,
+    per_user: HashMap<Arc<str>, u32>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    timer_seq: u64,
+    next_id: u64,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("allocations", &self.allocations.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Creates a server. `now` is its epoch (nonce times count from it);
+    /// `seed` feeds the RNG for nonce keys, relay ports and reservation tokens
+    /// (pass OS randomness in production, a constant in tests).
+    pub fn new(config: ServerConfig, now: Instant, seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let mut nonce_key = [0u8; 20];
+        rng.fill_bytes(&mut nonce_key);
+        let pools = config
+            .relay_ips
+            .iter()
+            .map(|ip| (*ip, PortPool::new(config.min_port, config.max_port)))
+            .collect();
+        Server {
+            nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
+            config,
+            epoch: now,
+            rng,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            pools,
+            reservations: HashMap::new(),
+            responses: HashMap::new(),
+            per_user: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            next_id: 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// The allocation of a 5-tuple.
+    pub fn allocation(&self, ft: &FiveTuple) -> Option<&Allocation> {
+        self.allocations.get(ft)
+    }
+
+    /// Relay ports still free on `ip`.
+    pub fn free_ports(&self, ip: IpAddr) -> usize {
+        self.pools.get(&ip).map_or(0, |p| p.free())
+    }
+
+    /// The earliest deadline at which [`Server::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|t| t.0.at)
+    }
+
+    fn push_timer(&mut self, at: Instant, kind: TimerKind) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse(Timer {
+            at,
+            seq: self.timer_seq,
+            kind,
+        }));
+    }
+
+    fn now_secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Handles bytes from a client: a STUN message or a ChannelData message.
+    ///
+    /// Replies are written into `out` (at least [`MIN_OUT_BUFFER`] bytes;
+    /// 65,600 lets every Data indication fit). Relay sockets are opened and
+    /// closed through `io`. Never panics on any input.
+    pub fn handle_client_input(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        input: &[u8],
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        match input.first().map(|b| b >> 6) {
+            Some(0) => self.handle_stun(now, ft, input, out, io),
+            Some(1) => self.handle_channel_data(now, ft, input),
+            _ => {
+                self.stats.dropped_from_client += 1;
+                Transmit::None
+            }
+        }
+    }
+
+    /// The client-to-peer hot path: one ChannelData message.
+    #[inline]
+    fn handle_channel_data(&mut self, now: Instant, ft: FiveTuple, input: &[u8]) -> Transmit {
+        let routed = (|| {
+            let cd = ChannelData::parse(input).ok()?;
+            let alloc = self.allocations.get_mut(&ft)?;
+            let ch = alloc.channels.get(&cd.channel())?;
+            if ch.expires <= now || !alloc.has_permission(ch.peer.ip(), now) {
+                return None;
+            }
+            alloc.packets_to_peer += 1;
+            Some((alloc.relay, ch.peer, cd.data().len()))
+        })();
+        match routed {
+            Some((relay, peer, len)) => {
+                self.stats.packets_to_peer += 1;
+                self.stats.bytes_to_peer += len as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len, "channel data to peer");
+                Transmit::ToPeer {
+                    relay,
+                    peer,
+                    range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len,
+                }
+            }
+            None => {
+                self.stats.dropped_from_client += 1;
+                Transmit::None
+            }
+        }
+    }
+
+    /// Handles a datagram from `peer` arriving on relay address `relay`.
+    ///
+    /// `buf[4..4 + len]` holds the datagram; `buf[0..4]` is headroom where the
+    /// ChannelData header is written when a channel is bound, so no copy is
+    /// made. Otherwise a Data indication is written into `out`. Datagrams
+    /// without a permission are dropped (RFC 8656, section 10).
+    #[inline]
+    pub fn handle_peer_input(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut [u8],
+    ) -> Transmit {
+        let Some(ft) = self.by_relay.get(&relay).copied() else {
+            self.stats.dropped_from_peer += 1;
+            return Transmit::None;
+        };
+        let Some(alloc) = self.allocations.get_mut(&ft) else {
+            self.stats.dropped_from_peer += 1;
+            return Transmit::None;
+        };
+        if !alloc.has_permission(peer.ip(), now)
+            || buf.len() < CHANNEL_DATA_HEADER_LEN + len
+            || len > 0xFFFF
+        {
+            self.stats.dropped_from_peer += 1;
+            return Transmit::None;
+        }
+        if let Some(channel) = alloc.channel_for(peer, now) {
+            alloc.packets_to_client += 1;
+            self.stats.packets_to_client += 1;
+            self.stats.bytes_to_client += len as u64;
+            write_channel_data_header(buf, channel, len);
+            trace!(target: "turnd::packet", %relay, %peer, len, "channel data to client");
+            return Transmit::ToClient {
+                to: ft,
+                range: 0..CHANNEL_DATA_HEADER_LEN + len,
+            };
+        }
+        alloc.packets_to_client += 1;
+        let data = &buf[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let written = (|| {
+            let mut w =
+                MessageWriter::new(out, MessageType::new(Method::DATA, Class::Indication), tid)
+                    .ok()?;
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer).ok()?;
+            w.attribute(AttributeType::DATA, data).ok()?;
+            Some(w.finish())
+        })();
+        match written {
+            Some(n) => {
+                self.stats.packets_to_client += 1;
+                self.stats.bytes_to_client += len as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len, "data indication to client");
+                Transmit::Reply { to: ft, len: n }
+            }
+            None => {
+                self.stats.dropped_from_peer += 1;
+                Transmit::None
+            }
+        }
+    }
+
+    fn handle_stun(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        input: &[u8],
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let msg = match Message::parse(input) {
+            Ok(m) => m,
+            Err(e) => {
+                trace!(target: "turnd::packet", client = %ft.client, error = %e, "undecodable stun message");
+                return self.reply_to_malformed(ft, input, out, e);
+            }
+        };
+        match msg.class() {
+            Class::Request => self.handle_request(now, ft, msg, out, io),
+            Class::Indication if msg.method() == Method::SEND => {
+                self.handle_send(now, ft, msg, input)
+            }
+            _ => {
+                self.stats.dropped_from_client += 1;
+                Transmit::None
+            }
+        }
+    }
+
+    /// A request whose header is sound but whose attributes are not gets 400;
+    /// anything else (including a FINGERPRINT mismatch) is dropped silently.
+    fn reply_to_malformed(
+        &mut self,
+        ft: FiveTuple,
+        input: &[u8],
+        out: &mut [u8],
+        e: crate::stun::DecodeError,
+    ) -> Transmit {
+        use crate::stun::DecodeError as D;
+        self.stats.dropped_from_client += 1;
+        let header_ok = input.len() >= 20
+            && input[0] & 0xC0 == 0
+            && u32::from_be_bytes([input[4], input[5], input[6], input[7]]) == MAGIC_COOKIE;
+        let t = MessageType::from_u16(u16::from_be_bytes([
+            input.first().copied().unwrap_or(0xff),
+            input.get(1).copied().unwrap_or(0),
+        ]));
+        let answerable = matches!(
+            e,
+            D::AttributeOverrun { .. }
+                | D::BadFingerprint
+                | D::BadMessageIntegrity
+                | D::Truncated { .. }
+        );
+        if !header_ok || t.class != Class::Request || !answerable {
+            return Transmit::None;
+        }
+        let mut tid = [0u8; 12];
+        tid.copy_from_slice(&input[8..20]);
+        let written = (|| {
+            let mut w =
+                MessageWriter::new(out, MessageType::new(t.method, Class::Error), tid).ok()?;
+            w.error_code(ErrorCode::BAD_REQUEST).ok()?;
+            if self.config.fingerprint {
+                w.fingerprint().ok()?;
+            }
+            Some(w.finish())
+        })();
+        written.map_or(Transmit::None, |len| Transmit::Reply { to: ft, len })
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let r = Reply {
+            msg,
+            fingerprint: self.config.fingerprint || msg.has_fingerprint(),
+        };
+        if !msg.unknown_attributes().is_empty() {
+            let unknown = msg.unknown_attributes();
+            debug!(client = %ft.client, ?unknown, "request with unknown comprehension-required attributes");
+            return self.finish(ft, out, &r, Class::Error, None, |w| {
+                w.error_code(ErrorCode::UNKNOWN_ATTRIBUTE)?;
+                w.unknown_attributes(unknown)
+            });
+        }
+        match msg.method() {
+            Method::BINDING => {
+                // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only.
+                return self.finish(ft, out, &r, Class::Success, None, |w| {
+                    w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
+                });
+            }
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => {}
+            _ => return self.error(ft, out, &r, ErrorCode::BAD_REQUEST, None),
+        }
+        // A retransmission gets the very same answer (RFC 8489 section 6.3.4).
+        if let Some(cached) = self.responses.get(&(ft, msg.transaction_id())) {
+            let n = cached.bytes.len();
+            if n <= out.len() {
+                out[..n].copy_from_slice(&cached.bytes);
+                debug!(client = %ft.client, method = ?msg.method(), "retransmitted request answered from cache");
+                return Transmit::Reply { to: ft, len: n };
+            }
+        }
+        let auth = match self.authenticate(now, ft, &r, out) {
+            Ok(a) => a,
+            Err(t) => return t,
+        };
+        let t = match msg.method() {
+            Method::ALLOCATE => self.allocate(now, ft, &r, &auth, out, io),
+            Method::REFRESH => self.refresh(now, ft, &r, &auth, out, io),
+            Method::CREATE_PERMISSION => self.create_permission(now, ft, &r, &auth, out),
+            _ => self.channel_bind(now, ft, &r, &auth, out),
+        };
+        if let Transmit::Reply { len, .. } = t {
+            if self.responses.len() < MAX_CACHED_RESPONSES {
+                let tid = msg.transaction_id();
+                let expires = now + TRANSACTION_LIFETIME;
+                self.responses.insert(
+                    (ft, tid),
+                    CachedResponse {
+                        bytes: out[..len].to_vec(),
+                        expires,
+                    },
+                );
+                self.push_timer(expires, TimerKind::Transaction { ft, tid });
+            }
+        }
+        t
+    }
+
+    /// Writes a response of `class` with the attributes `body` adds, then
+    /// MESSAGE-INTEGRITY (when `key`) and FINGERPRINT (when due).
+    fn finish(
+        &self,
+        ft: FiveTuple,
+        out: &mut [u8],
+        r: &Reply<'_>,
+        class: Class,
+        key: Option<&[u8; 16]>,
+        body: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), crate::stun::BufferFull>,
+    ) -> Transmit {
+        let written = (|| {
+            let mut w = MessageWriter::new(
+                out,
+                MessageType::new(r.msg.method(), class),
+                r.msg.transaction_id(),
+            )
+            .ok()?;
+            body(&mut w).ok()?;
+            if let Some(s) = &self.config.software {
+                w.attribute(AttributeType::SOFTWARE, s.as_bytes()).ok()?;
+            }
+            if let Some(k) = key {
+                w.message_integrity(k).ok()?;
+            }
+            if r.fingerprint {
+                w.fingerprint().ok()?;
+            }
+            Some(w.finish())
+        })();
+        written.map_or(Transmit::None, |len| Transmit::Reply { to: ft, len })
+    }
+
+    fn error(
+        &self,
+        ft: FiveTuple,
+        out: &mut [u8],
+        r: &Reply<'_>,
+        code: ErrorCode,
+        key: Option<&[u8; 16]>,
+    ) -> Transmit {
+        self.finish(ft, out, r, Class::Error, key, |w| w.error_code(code))
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE.
+    fn challenge(
+        &self,
+        now: Instant,
+        ft: FiveTuple,
+        out: &mut [u8],
+        r: &Reply<'_>,
+        code: ErrorCode,
+    ) -> Transmit {
+        let nonce = self.nonces.issue(self.now_secs(now), ft.client);
+        self.finish(ft, out, r, Class::Error, None, |w| {
+            w.error_code(code)?;
+            w.attribute(AttributeType::REALM, self.config.realm.as_bytes())?;
+            w.attribute(AttributeType::NONCE, &nonce)
+        })
+    }
+
+    /// Long-term credential check. See RFC 8489, section 9.2.4.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        out: &mut [u8],
+    ) -> Result<Authenticated, Transmit> {
+        let msg = &r.msg;
+        if !msg.has_integrity() {
+            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+        }
+        let (Some(username), Some(realm), Some(nonce)) = (
+            msg.get_str(AttributeType::USERNAME),
+            msg.get_str(AttributeType::REALM),
+            msg.get(AttributeType::NONCE),
+        ) else {
+            return Err(self.error(ft, out, r, ErrorCode::BAD_REQUEST, None));
+        };
+        match self.nonces.check(nonce, self.now_secs(now), ft.client) {
+            NonceCheck::Valid => {}
+            check => {
+                debug!(client = %ft.client, user = username, ?check, "nonce not valid: 438");
+                return Err(self.challenge(now, ft, out, r, ErrorCode::STALE_NONCE));
+            }
+        }
+        let key = match self.config.credentials.key(username) {
+            Some(k) if realm == self.config.realm => *k,
+            Some(_) => {
+                self.stats.auth_failures += 1;
+                info!(client = %ft.client, user = username, realm, "auth failure: wrong realm");
+                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            }
+            None => {
+                self.stats.auth_failures += 1;
+                info!(client = %ft.client, user = username, "auth failure: unknown user");
+                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            }
+        };
+        if !msg.check_integrity(&key) {
+            self.stats.auth_failures += 1;
+            info!(client = %ft.client, user = username, "auth failure: message-integrity mismatch (wrong password)");
+            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+        }
+        // The allocation's owner must keep using the same username (441).
+        if let Some(a) = self.allocations.get(&ft) {
+            if &*a.username != username {
+                info!(client = %ft.client, user = username, owner = %a.username, "auth failure: wrong credentials for allocation");
+                return Err(self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, Some(&key)));
+            }
+            return Ok(Authenticated {
+                username: a.username.clone(),
+                key,
+            });
+        }
+        Ok(Authenticated {
+            username: Arc::from(username),
+            key,
+        })
+    }
+
+    fn lifetime(&self, requested: Option<u32>) -> Duration {
+        // RFC 8656 section 7.2: min(requested, max), but never below the default.
+        let req = requested.map_or(self.config.default_lifetime, |s| {
+            Duration::from_secs(s.into())
+        });
+        req.min(self.config.max_lifetime)
+            .max(self.config.default_lifetime.min(self.config.max_lifetime))
+    }
+
+    /// Allocate. See RFC 8656, section 7.2.
+    fn allocate(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let msg = &r.msg;
+        let key = Some(&auth.key);
+        if self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        match msg.get(AttributeType::REQUESTED_TRANSPORT) {
+            Some(v) if v.len() == 4 && v[0] == PROTOCOL_UDP => {}
+            Some(v) if v.len() == 4 => {
+                return self.error(ft, out, r, ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL, key)
+            }
+            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        }
+        if msg
+            .get(AttributeType::DONT_FRAGMENT)
+            .is_some_and(|v| !v.is_empty())
+        {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let even_port = match msg.get(AttributeType::EVEN_PORT) {
+            None => None,
+            Some([b]) => Some(b & 0x80 != 0),
+            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        let token = match msg.get(AttributeType::RESERVATION_TOKEN) {
+            None => None,
+            Some(v) => match <[u8; 8]>::try_from(v) {
+                Ok(t) => Some(t),
+                Err(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+            },
+        };
+        let family = match msg.get(AttributeType::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some(&[1, _, _, _]) => Some(false),
+            Some(&[2, _, _, _]) => Some(true),
+            Some(v) if v.len() == 4 => {
+                return self.error(ft, out, r, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, key)
+            }
+            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        if token.is_some() && (even_port.is_some() || family.is_some()) {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let user_count = self.per_user.get(&auth.username).copied().unwrap_or(0);
+        if (self.config.user_quota > 0 && user_count >= self.config.user_quota)
+            || (self.config.total_quota > 0
+                && self.allocations.len() >= self.config.total_quota as usize)
+        {
+            info!(client = %ft.client, user = %auth.username, "allocation quota reached: 486");
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+        }
+
+        let mut new_token = None;
+        let relay = if let Some(t) = token {
+            match self.reservations.remove(&t) {
+                Some(res) if res.expires > now => match io.open(res.relay) {
+                    Ok(()) => res.relay,
+                    Err(e) => {
+                        debug!(relay = %res.relay, error = %e, "reserved relay port could not be bound");
+                        self.release_port(res.relay);
+                        return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                    }
+                },
+                Some(res) => {
+                    self.release_port(res.relay);
+                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                }
+                None => return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key),
+            }
+        } else {
+            let want_v6 = family.unwrap_or(false);
+            let Some(ip) = self
+                .config
+                .relay_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6() == want_v6)
+            else {
+                return self.error(ft, out, r, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, key);
+            };
+            match self.bind_relay(ip, even_port, io) {
+                Some((addr, reserved)) => {
+                    if let Some(next) = reserved {
+                        let mut t = [0u8; 8];
+                        self.rng.fill_bytes(&mut t);
+                        let expires = now + RESERVATION_LIFETIME;
+                        self.reservations.insert(
+                            t,
+                            Reservation {
+                                relay: next,
+                                expires,
+                            },
+                        );
+                        self.push_timer(expires, TimerKind::Reservation { token: t });
+                        new_token = Some(t);
+                    }
+                    addr
+                }
+                None => {
+                    info!(client = %ft.client, user = %auth.username, relay_ip = %ip, "no relay port left: 508");
+                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                }
+            }
+        };
+
+        let lifetime = self.lifetime(msg.get_u32(AttributeType::LIFETIME));
+        let id = self.next_id;
+        self.next_id += 1;
+        let expires = now + lifetime;
+        self.allocations.insert(
+            ft,
+            Allocation {
+                id,
+                five_tuple: ft,
+                relay,
+                username: auth.username.clone(),
+                key: auth.key,
+                expires,
+                created: now,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_by_peer: HashMap::new(),
+                packets_to_peer: 0,
+                packets_to_client: 0,
+            },
+        );
+        self.by_relay.insert(relay, ft);
+        *self.per_user.entry(auth.username.clone()).or_insert(0) += 1;
+        self.push_timer(expires, TimerKind::Allocation { ft, id });
+        self.stats.allocations_created += 1;
+        info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
+        self.finish(ft, out, r, Class::Success, key, |w| {
+            w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, relay)?;
+            w.u32(AttributeType::LIFETIME, lifetime.as_secs() as u32)?;
+            if let Some(t) = new_token {
+                w.attribute(AttributeType::RESERVATION_TOKEN, &t)?;
+            }
+            w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
+        })
+    }
+
+    /// Picks a free port on `ip` and binds it; a few tries when a port is
+    /// already used by another program. Returns the address and, for the
+    /// EVEN-PORT R bit, the reserved next address.
+    fn bind_relay(
+        &mut self,
+        ip: IpAddr,
+        even_port: Option<bool>,
+        io: &mut impl RelayIo,
+    ) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        for _ in 0..16 {
+            let pool = self.pools.get_mut(&ip)?;
+            let port = match even_port {
+                Some(reserve) => pool.take_random_even(&mut self.rng, reserve)?,
+                None => pool.take_random(&mut self.rng)?,
+            };
+            let addr = SocketAddr::new(ip, port);
+            let reserved = (even_port == Some(true)).then(|| SocketAddr::new(ip, port + 1));
+            match io.open(addr) {
+                Ok(()) => return Some((addr, reserved)),
+                Err(e) => {
+                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
+                    // Leave the busy port out of the pool for now; give back the reserved one.
+                    if let Some(next) = reserved {
+                        self.release_port(next);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn release_port(&mut self, addr: SocketAddr) {
+        if let Some(p) = self.pools.get_mut(&addr.ip()) {
+            p.put(addr.port());
+        }
+    }
+
+    fn delete_allocation(&mut self, ft: FiveTuple, io: &mut impl RelayIo, why: &'static str) {
+        let Some(a) = self.allocations.remove(&ft) else {
+            return;
+        };
+        self.by_relay.remove(&a.relay);
+        self.release_port(a.relay);
+        io.close(a.relay);
+        if let Some(c) = self.per_user.get_mut(&a.username) {
+            *c -= 1;
+            if *c == 0 {
+                self.per_user.remove(&a.username);
+            }
+        }
+        info!(
+            user = %a.username, client = %ft.client, relay = %a.relay, reason = why,
+            packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
+            "allocation deleted"
+        );
+    }
+
+    /// Refresh. See RFC 8656, section 7.3.
+    fn refresh(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let key = Some(&auth.key);
+        if !self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        let requested = r.msg.get_u32(AttributeType::LIFETIME);
+        let granted = if requested == Some(0) {
+            self.delete_allocation(ft, io, "refresh with lifetime 0");
+            self.stats.allocations_deleted += 1;
+            0
+        } else {
+            let lifetime = self.lifetime(requested);
+            let expires = now + lifetime;
+            let Some(a) = self.allocations.get_mut(&ft) else {
+                return Transmit::None;
+            };
+            a.expires = expires;
+            let id = a.id;
+            info!(user = %auth.username, client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
+            self.push_timer(expires, TimerKind::Allocation { ft, id });
+            lifetime.as_secs() as u32
+        };
+        self.finish(ft, out, r, Class::Success, key, |w| {
+            w.u32(AttributeType::LIFETIME, granted)
+        })
+    }
+
+    fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
+        self.allocations
+            .get(ft)
+            .is_some_and(|a| a.relay.is_ipv4() == peer.is_ipv4())
+    }
+
+    /// CreatePermission. See RFC 8656, section 9.
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Transmit {
+        let key = Some(&auth.key);
+        if !self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        let tid = r.msg.transaction_id();
+        let mut peers: [Option<IpAddr>; 16] = [None; 16];
+        let mut count = 0;
+        for (t, v) in r.msg.attributes() {
+            if t != AttributeType::XOR_PEER_ADDRESS {
+                continue;
+            }
+            let Ok(peer) = crate::stun::decode_xor_address(v, &tid) else {
+                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            };
+            if !self.relay_family_matches(&ft, peer) {
+                return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
+            }
+            if !self.config.policy.is_allowed(peer.ip()) {
+                info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+                return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+            }
+            if count == peers.len() {
+                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            }
+            peers[count] = Some(peer.ip());
+            count += 1;
+        }
+        if count == 0 {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let lifetime = self.config.permission_lifetime;
+        let Some(a) = self.allocations.get_mut(&ft) else {
+            return Transmit::None;
+        };
+        let new = peers[..count]
+            .iter()
+            .flatten()
+            .filter(|p| !a.permissions.contains_key(p))
+            .count();
+        if a.permissions.len() + new > MAX_PERMISSIONS {
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+        }
+        let id = a.id;
+        let expires = now + lifetime;
+        for peer in peers[..count].iter().flatten() {
+            a.permissions.insert(*peer, expires);
+        }
+        debug!(user = %auth.username, client = %ft.client, peers = ?&peers[..count], "permissions installed");
+        for peer in peers[..count].iter().flatten() {
+            self.push_timer(
+                expires,
+                TimerKind::Permission {
+                    ft,
+                    id,
+                    peer: *peer,
+                },
+            );
+        }
+        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
+    }
+
+    /// ChannelBind. See RFC 8656, section 11.
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Transmit {
+        let key = Some(&auth.key);
+        if !self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        let number = match r.msg.get(AttributeType::CHANNEL_NUMBER) {
+            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
+            Some(Ok(p)) => p,
+            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        if !self.relay_family_matches(&ft, peer) {
+            return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
+        }
+        if !self.config.policy.is_allowed(peer.ip()) {
+            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+        }
+        let channel_lifetime = self.config.channel_lifetime;
+        let permission_lifetime = self.config.permission_lifetime;
+        let Some(a) = self.allocations.get_mut(&ft) else {
+            return Transmit::None;
+        };
+        // RFC 8656 section 11.2: the number must be unbound or bound to this
+        // peer, and the peer unbound or bound to this number.
+        let number_ok = a.channels.get(&number).is_none_or(|c| c.peer == peer);
+        let peer_ok = a.channel_by_peer.get(&peer).is_none_or(|&n| n == number);
+        if !number_ok || !peer_ok {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let id = a.id;
+        let expires = now + channel_lifetime;
+        let perm_expires = now + permission_lifetime;
+        a.channels.insert(
+            number,
+            ChannelBinding {
+                number,
+                peer,
+                expires,
+            },
+        );
+        a.channel_by_peer.insert(peer, number);
+        a.permissions.insert(peer.ip(), perm_expires);
+        debug!(user = %auth.username, client = %ft.client, channel = number, %peer, "channel bound");
+        self.push_timer(expires, TimerKind::Channel { ft, id, number });
+        self.push_timer(
+            perm_expires,
+            TimerKind::Permission {
+                ft,
+                id,
+                peer: peer.ip(),
+            },
+        );
+        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
+    }
+
+    /// Send indication. See RFC 8656, section 10.2. Dropped silently when
+    /// anything is missing or the peer is not allowed.
+    fn handle_send(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: Message<'_>,
+        input: &[u8],
+    ) -> Transmit {
+        let routed = (|| {
+            let a = self.allocations.get_mut(&ft)?;
+            let peer = msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS)?.ok()?;
+            let data = msg.get(AttributeType::DATA)?;
+            if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
+                return None;
+            }
+            a.packets_to_peer += 1;
+            let start = data.as_ptr() as usize - input.as_ptr() as usize;
+            Some((a.relay, peer, start..start + data.len()))
+        })();
+        match routed {
+            Some((relay, peer, range)) => {
+                self.stats.packets_to_peer += 1;
+                self.stats.bytes_to_peer += range.len() as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len = range.len(), "send indication to peer");
+                Transmit::ToPeer { relay, peer, range }
+            }
+            None => {
+                self.stats.dropped_from_client += 1;
+                Transmit::None
+            }
+        }
+    }
+
+    /// Expires allocations, permissions, channels, reservations and cached
+    /// responses whose deadline is at or before `now`. Closes relay sockets
+    /// through `io`.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut impl RelayIo) {
+        while let Some(Reverse(t)) = self.timers.peek().copied() {
+            if t.at > now {
+                break;
+            }
+            self.timers.pop();
+            match t.kind {
+                TimerKind::Allocation { ft, id } => {
+                    if self
+                        .allocations
+                        .get(&ft)
+                        .is_some_and(|a| a.id == id && a.expires <= now)
+                    {
+                        self.stats.allocations_expired += 1;
+                        self.delete_allocation(ft, io, "expired");
+                    }
+                }
+                TimerKind::Permission { ft, id, peer } => {
+                    if let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) {
+                        if a.permissions.get(&peer).is_some_and(|&e| e <= now) {
+                            a.permissions.remove(&peer);
+                            debug!(client = %ft.client, %peer, "permission expired");
+                        }
+                    }
+                }
+                TimerKind::Channel { ft, id, number } => {
+                    if let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) {
+                        if let Some(c) = a
+                            .channels
+                            .get(&number)
+                            .copied()
+                            .filter(|c| c.expires <= now)
+                        {
+                            a.channels.remove(&number);
+                            a.channel_by_peer.remove(&c.peer);
+                            debug!(client = %ft.client, channel = number, peer = %c.peer, "channel binding expired");
+                        }
+                    }
+                }
+                TimerKind::Reservation { token } => {
+                    if let Some(res) = self
+                        .reservations
+                        .get(&token)
+                        .filter(|r| r.expires <= now)
+                        .cloned()
+                    {
+                        self.reservations.remove(&token);
+                        self.release_port(res.relay);
+                    }
+                }
+                TimerKind::Transaction { ft, tid } => {
+                    if self
+                        .responses
+                        .get(&(ft, tid))
+                        .is_some_and(|c| c.expires <= now)
+                    {
+                        self.responses.remove(&(ft, tid));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes every allocation (shutdown), closing relay sockets through `io`.
+    pub fn close_all(&mut self, io: &mut impl RelayIo) {
+        let all: Vec<FiveTuple> = self.allocations.keys().copied().collect();
+        for ft in all {
+            self.delete_allocation(ft, io, "server shutdown");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+// Shared helpers for the Chromium end-to-end tests: start turnd, launch Debian's
+// chromium through playwright-core, and the in-page WebRTC helpers.
+//
+// Run through scripts/browser-tests.sh, which puts node, turnd and chromium in a
+// private network namespace that has only loopback.
+
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { existsSync, mkdtempSync, rmSync, accessSync, constants } from 'node:fs';
+import { networkInterfaces, tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..');
+
+export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+export const REALM = 'test.example';
+export const USER = 'alice';
+export const PASSWORD = 'secret';
+export const MIN_PORT = 40000;
+export const MAX_PORT = 40999;
+
+// playwright-core's own --disable-features list (lib/coreBundle.js,
+// packages/playwright-core/src/server/chromium/chromiumSwitches.ts, 1.65.1).
+// Chromium honours only the LAST --disable-features switch, so ours must repeat
+// playwright's list; the command-line test checks on chrome://version that every
+// feature playwright disables is still in the effective (last) switch.
+export const PLAYWRIGHT_DISABLED_FEATURES = [
+  'AvoidUnnecessaryBeforeUnloadCheckSync',
+  'DestroyProfileOnBrowserClose',
+  'HttpsUpgrades',
+  'HttpsFirstBalancedModeAutoEnable',
+  'LensOverlay',
+  'MediaRouter',
+  'PaintHolding',
+  'ThirdPartyStoragePartitioning',
+  'AvoidCorsURLLoaderRestartOnRedirect',
+  'TcpPortRandomizationWin',
+  'OptimizationHints',
+  'NetworkTimeServiceQuerying',
+  'AimEnabled',
+  'PreconnectToSearch',
+  'msForceBrowserSignIn',
+  'msEdgeUpdateLaunchServicesPreferredVersion',
+];
+export const DISABLED_FEATURES = [...PLAYWRIGHT_DISABLED_FEATURES, 'WebRtcHideLocalIpsWithMdns'];
+
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--allow-loopback-in-peer-connection',
+  `--disable-features=${DISABLED_FEATURES.join(',')}`,
+  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+];
+
+/** Refuse to run where Chromium could reach anything but loopback. */
+export function assertLoopbackOnlyNetwork() {
+  if (process.env.TURND_BROWSER_TESTS_ALLOW_HOST_NETWORK === '1') return;
+  const names = Object.keys(networkInterfaces()).filter((n) => n !== 'lo');
+  if (names.length > 0) {
+    throw new Error(
+      `browser tests must run in a network namespace with only loopback, found interfaces: ${names.join(', ')}; ` +
+        'run them with scripts/browser-tests.sh (unshare --net)',
+    );
+  }
+}
+
+export function resolveTurndBin() {
+  const bin = path.resolve(repoRoot, process.env.TURND_BIN || 'target/debug/turnd');
+  if (!existsSync(bin)) {
+    throw new Error(`turnd binary not found at ${bin} (set TURND_BIN or run cargo build)`);
+  }
+  accessSync(bin, constants.X_OK);
+  return bin;
+}
+
+/**
+ * Start turnd on an ephemeral UDP port and wait (bounded) for its
+ * "turnd: listening on udp 127.0.0.1:PORT" line on stdout.
+ */
+export async function startTurnd({ timeoutMs = 10_000 } = {}) {
+  const bin = resolveTurndBin();
+  const args = [
+    '--listening-ip', '127.0.0.1',
+    '--listening-port', '0',
+    '--relay-ip', '127.0.0.1',
+    '--min-port', String(MIN_PORT),
+    '--max-port', String(MAX_PORT),
+    '--realm', REALM,
+    '--user', `${USER}:${PASSWORD}`,
+    '--allow-loopback-peers',
+    '--verbose',
+  ];
+  // detached: turnd leads its own process group, so the SIGKILL fallback also
+  // reaches anything it might have started. SIGTERM goes to turnd's PID only.
+  const child = spawn(bin, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const killGroup = () => {
+    try { process.kill(-child.pid, 'SIGKILL'); } catch { /* already gone */ }
+    child.stdout.destroy();
+    child.stderr.destroy();
+  };
+  const logTail = [];
+  const keep = (stream, line) => {
+    logTail.push(`[${stream}] ${line}`);
+    if (logTail.length > 200) logTail.shift();
+  };
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+  });
+  // Never leave a turnd behind, even if the runner dies between hooks.
+  const killOnExit = () => { if (exited === null) killGroup(); };
+  process.on('exit', killOnExit);
+
+  createInterface({ input: child.stderr }).on('line', (l) => keep('stderr', l));
+  const stdoutLines = createInterface({ input: child.stdout });
+
+  const server = {
+    bin,
+    args,
+    child,
+    pid: child.pid,
+    port: null,
+    logTail: () => logTail.join('\n'),
+    exited: () => exited,
+    async stop({ graceMs = 5_000 } = {}) {
+      process.off('exit', killOnExit);
+      if (exited !== null) return { ...exited, graceful: false, alreadyExited: true };
+      process.kill(child.pid, 'SIGTERM');
+      let timer;
+      const res = await Promise.race([
+        exitPromise,
+        new Promise((r) => { timer = setTimeout(() => r(null), graceMs); }),
+      ]);
+      clearTimeout(timer);
+      if (res !== null) { killGroup(); return { ...res, graceful: true }; }
+      killGroup();
+      await exitPromise;
+      return { ...exited, graceful: false };
+    },
+  };
+
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(new Error(
+        `turnd did not print "turnd: listening on udp 127.0.0.1:PORT" within ${timeoutMs} ms\n` +
+          `command: ${bin} ${args.join(' ')}\n--- turnd output ---\n${server.logTail()}`,
+      ));
+    }, timeoutMs);
+    child.on('error', (err) => { clearTimeout(timer); reject(new Error(`cannot spawn ${bin}: ${err.message}`)); });
+    exitPromise.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(
+        `turnd exited (code ${code}, signal ${signal}) before listening\n` +
+          `command: ${bin} ${args.join(' ')}\n--- turnd output ---\n${server.logTail()}`,
+      ));
+    });
+    stdoutLines.on('line', (line) => {
+      keep('stdout', line);
+      const m = /^turnd: listening on udp 127\.0\.0\.1:(\d+)\s*$/.exec(line);
+      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+    });
+  }).catch(async (err) => {
+    const wasRunning = exited === null;
+    killGroup();
+    if (wasRunning) await exitPromise;
+    process.off('exit', killOnExit);
+    throw err;
+  });
+  if (!(port > 0 && port < 65536)) throw new Error(`turnd printed an invalid port ${port}`);
+  server.port = port;
+  return server;
+}
+
+export async function launchChromium() {
+  if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
+  const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-'));
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      timeout: 30_000,
+    });
+  } catch (err) {
+    rmSync(profile, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    context,
+    async close() {
+      try { await context.close(); } finally { rmSync(profile, { recursive: true, force: true }); }
+    },
+  };
+}
+
+/**
+ * Installs window.rtc: small helpers used by page.evaluate. Must be
+ * self-contained: it is serialised into the page.
+ */
+export function installPageHelpers() {
+  const withTimeout = (promise, ms, what) => {
+    let timer;
+    return Promise.race([
+      promise,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => {
+          const desc = typeof what === 'function' ? what() : what;
+          reject(new Error(`timed out after ${ms} ms waiting for ${desc}`));
+        }, ms);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  };
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  /** Track a connection's local candidates and candidate errors. */
+  const watch = (pc, name) => {
+    pc.__name = name;
+    pc.__candidates = [];
+    pc.__errors = [];
+    pc.__pending = [];
+    pc.__addErrors = [];
+    pc.__gathered = new Promise((resolve) => {
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') resolve();
+      });
+      pc.addEventListener('icecandidate', (e) => { if (!e.candidate) resolve(); });
+    });
+    pc.addEventListener('icecandidate', (e) => {
+      if (e.candidate && e.candidate.candidate) {
+        const c = e.candidate;
+        pc.__candidates.push({
+          candidate: c.candidate, type: c.type, address: c.address, port: c.port,
+          protocol: c.protocol, relatedAddress: c.relatedAddress, relatedPort: c.relatedPort, url: c.url,
+        });
+      }
+    });
+    pc.addEventListener('icecandidateerror', (e) => {
+      pc.__errors.push({ errorCode: e.errorCode, errorText: e.errorText, url: e.url, address: e.address, port: e.port });
+    });
+    return pc;
+  };
+
+  const describe = (pc) =>
+    `${pc.__name}: connectionState=${pc.connectionState} iceConnectionState=${pc.iceConnectionState} ` +
+    `iceGatheringState=${pc.iceGatheringState} candidates=${JSON.stringify(pc.__candidates)} ` +
+    `candidateErrors=${JSON.stringify(pc.__errors)} addIceCandidateErrors=${JSON.stringify(pc.__addErrors)}`;
+
+  /** Wire a's and b's candidates to each other, queueing until the remote description is set. */
+  const link = (a, b) => {
+    const deliver = (to) => async (e) => {
+      if (!e.candidate) return;
+      if (to.remoteDescription) {
+        try {
+          await to.addIceCandidate(e.candidate);
+        } catch (err) {
+          to.__addErrors.push(`${e.candidate.candidate}: ${err}`);
+        }
+      } else {
+        to.__pending.push(e.candidate);
+      }
+    };
+    a.addEventListener('icecandidate', deliver(b));
+    b.addEventListener('icecandidate', deliver(a));
+  };
+  const flush = async (pc) => {
+    const q = pc.__pending.splice(0);
+    for (const c of q) await pc.addIceCandidate(c);
+  };
+
+  /** Offer from a, answer from b; beforeAnswer(b) runs after b has the offer. */
+  const negotiate = async (a, b, beforeAnswer) => {
+    const offer = await a.createOffer();
+    await a.setLocalDescription(offer);
+    await b.setRemoteDescription(offer);
+    await flush(b);
+    if (beforeAnswer) await beforeAnswer(b);
+    const answer = await b.createAnswer();
+    await b.setLocalDescription(answer);
+    await a.setRemoteDescription(answer);
+    await flush(a);
+  };
+
+  const waitConnected = (pc, ms) =>
+    withTimeout(
+      new Promise((resolve, reject) => {
+        const check = () => {
+          if (pc.connectionState === 'connected') resolve();
+          else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+            reject(new Error(`connection ${pc.connectionState}; ${describe(pc)}`));
+          }
+        };
+        pc.addEventListener('connectionstatechange', check);
+        check();
+      }),
+      ms,
+      () => `connectionState 'connected' (${describe(pc)})`,
+    );
+
+  /** The selected candidate pair and its local and remote candidates, from getStats. */
+  const selectedPair = async (pc) => {
+    const stats = await pc.getStats();
+    const byId = new Map();
+    stats.forEach((s) => byId.set(s.id, s));
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+    });
+    if (!pair) {
+      stats.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = pair || s;
+      });
+    }
+    if (!pair) return null;
+    const clean = (s) => (s ? JSON.parse(JSON.stringify(s)) : null);
+    return {
+      pair: clean(pair),
+      local: clean(byId.get(pair.localCandidateId)),
+      remote: clean(byId.get(pair.remoteCandidateId)),
+    };
+  };
+
+  window.rtc = { withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair };
+}
+
+/**
+ * A one-page HTTP server on 127.0.0.1 (ephemeral port). getUserMedia needs a secure
+ * context, and about:blank (an opaque origin) is not one; http://127.0.0.1 is.
+ */
+export async function startPageServer() {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    res.end('<!doctype html><title>turnd browser test</title>');
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+  };
+}
+
+export function turnUrl(port) {
+  return `turn:127.0.0.1:${port}?transport=udp`;
+}
