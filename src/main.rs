@@ -1,1 +1,71 @@
-fn main() {}
+//! The `turnd` binary: parses the command line, loads the configuration and
+//! runs the server on a single-threaded tokio runtime.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use turnd::config::{Cli, Command, Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match Config::check_file(file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listening address(es), port {}, relay ports {}-{}, realm {:?}, {} user(s))",
+                    file.display(),
+                    c.listening_ips.len(),
+                    c.listening_port,
+                    c.min_port,
+                    c.max_port,
+                    c.realm,
+                    c.users.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("turnd: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("turnd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let default_level = if config.verbose {
+        "turnd=debug"
+    } else {
+        "turnd=info"
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("turnd: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, turnd::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            tracing::error!(error = %e, "turnd failed to start");
+            ExitCode::FAILURE
+        }
+    }
+}

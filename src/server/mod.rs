@@ -1,1 +1,363 @@
-//! server
+//! The IO shell: UDP listeners, relay sockets, the timer and signals, around
+//! the sans-IO [`Server`].
+//!
+//! Everything runs on one thread (a tokio current-thread runtime with a
+//! `LocalSet`): the core sits in an `Rc<RefCell<_>>` that each task borrows for
+//! the length of one `handle_*` call, never across an `.await`, so there is no
+//! lock and no channel hop between receiving a packet and sending it on.
+//! Sends use `try_send_to`: a full socket buffer drops the datagram, as UDP
+//! would, instead of stalling every other flow.
+
+#![allow(clippy::disallowed_methods)] // the shell is where the clock is read
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::turn::{FiveTuple, RelayIo, Server, Transmit, Transport};
+
+/// Receive buffer size for client datagrams and peer datagrams (bytes).
+const RECV_BUFFER: usize = 65_536;
+/// Output buffer for replies and Data indications (bytes).
+const OUT_BUFFER: usize = 65_600;
+/// Kernel socket buffer asked for on listeners (bytes; capped by net.core.*mem_max).
+const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
+/// Longest the timer task sleeps between checks.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on udp {addr}: {source}{hint}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+        /// A hint for common causes.
+        hint: &'static str,
+    },
+    /// No relay address could be derived.
+    #[error("no relay address: {0}")]
+    NoRelayAddress(String),
+    /// No user is configured: every Allocate would fail.
+    #[error(
+        "no users configured: add `user = [\"name:password\"]` to the file or --user NAME:PASSWORD"
+    )]
+    NoUsers,
+    /// Runtime failure.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<StdUdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if let Some(b) = buffer {
+        let _ = s.set_recv_buffer_size(b);
+        let _ = s.set_send_buffer_size(b);
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// The address of the interface that routes to the public internet, found
+/// with a UDP `connect` (which sends nothing).
+fn default_route_ip(v6: bool) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v6 {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            "[2001:db8::1]:9".parse().ok()?,
+        )
+    } else {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            "192.0.2.1:9".parse().ok()?,
+        )
+    };
+    let s = StdUdpSocket::bind(bind).ok()?;
+    s.connect(probe).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Fills in relay addresses when none are configured: the specific listening
+/// addresses, else the default route's interface address.
+///
+/// # Errors
+/// [`StartError::NoRelayAddress`] when none can be found.
+pub fn resolve_relay_ips(config: &mut Config) -> Result<(), StartError> {
+    if !config.relay_ips.is_empty() {
+        return Ok(());
+    }
+    for ip in &config.listening_ips {
+        if !ip.is_unspecified() {
+            config.relay_ips.push(*ip);
+        } else if let Some(r) = default_route_ip(ip.is_ipv6()) {
+            info!(relay_ip = %r, "relay-ip not set: using the default route's address");
+            config.relay_ips.push(r);
+        }
+    }
+    if config.relay_ips.is_empty() {
+        return Err(StartError::NoRelayAddress(
+            "set `relay-ip` (the listening address is unspecified and there is no default route)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+struct RelaySocket {
+    socket: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+/// Sockets owned by the shell.
+struct Shell {
+    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
+    relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
+}
+
+impl Shell {
+    fn send_to_client(&self, to: &FiveTuple, bytes: &[u8]) {
+        if let Some(s) = self.listeners.get(&to.server) {
+            if let Err(e) = s.try_send_to(bytes, to.client) {
+                debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
+            }
+        }
+    }
+
+    fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
+        let relays = self.relays.borrow();
+        if let Some(r) = relays.get(&relay) {
+            if let Err(e) = r.socket.try_send_to(bytes, peer) {
+                debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
+            }
+        }
+    }
+}
+
+/// [`RelayIo`] for the shell: binds relay sockets and spawns their readers.
+struct ShellIo<'a> {
+    shell: &'a Rc<Shell>,
+    core: &'a Rc<RefCell<Server>>,
+}
+
+impl RelayIo for ShellIo<'_> {
+    fn open(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let std = bind_udp(relay, None)?;
+        let socket = Rc::new(UdpSocket::from_std(std)?);
+        let task = tokio::task::spawn_local(relay_task(
+            relay,
+            socket.clone(),
+            self.shell.clone(),
+            self.core.clone(),
+        ));
+        self.shell
+            .relays
+            .borrow_mut()
+            .insert(relay, RelaySocket { socket, task });
+        Ok(())
+    }
+
+    fn close(&mut self, relay: SocketAddr) {
+        if let Some(r) = self.shell.relays.borrow_mut().remove(&relay) {
+            r.task.abort();
+        }
+    }
+}
+
+async fn relay_task(
+    relay: SocketAddr,
+    socket: Rc<UdpSocket>,
+    shell: Rc<Shell>,
+    core: Rc<RefCell<Server>>,
+) {
+    // 4 bytes of headroom for the ChannelData header.
+    let mut buf = vec![0u8; 4 + RECV_BUFFER];
+    let mut out = vec![0u8; OUT_BUFFER];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf[4..]).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%relay, error = %e, "relay socket receive error");
+                continue;
+            }
+        };
+        let t =
+            core.borrow_mut()
+                .handle_peer_input(Instant::now(), relay, peer, &mut buf, n, &mut out);
+        match t {
+            Transmit::ToClient { to, range } => shell.send_to_client(&to, &buf[range]),
+            Transmit::Reply { to, len } => shell.send_to_client(&to, &out[..len]),
+            Transmit::ToPeer { .. } | Transmit::None => {}
+        }
+    }
+}
+
+async fn listener_task(
+    local: SocketAddr,
+    socket: Rc<UdpSocket>,
+    shell: Rc<Shell>,
+    core: Rc<RefCell<Server>>,
+) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut out = vec![0u8; OUT_BUFFER];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%local, error = %e, "listener receive error");
+                continue;
+            }
+        };
+        let ft = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Udp,
+        };
+        let t = {
+            let mut io = ShellIo {
+                shell: &shell,
+                core: &core,
+            };
+            core.borrow_mut()
+                .handle_client_input(Instant::now(), ft, &buf[..n], &mut out, &mut io)
+        };
+        match t {
+            Transmit::Reply { to, len } => {
+                if let Err(e) = socket.try_send_to(&out[..len], to.client) {
+                    debug!(target: "turnd::packet", client = %to.client, error = %e, "reply failed");
+                }
+            }
+            Transmit::ToPeer { relay, peer, range } => shell.send_to_peer(relay, peer, &buf[range]),
+            Transmit::ToClient { to, range } => shell.send_to_client(&to, &buf[range]),
+            Transmit::None => {}
+        }
+    }
+}
+
+async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
+    loop {
+        let now = Instant::now();
+        let next = core
+            .borrow()
+            .poll_timeout()
+            .map_or(now + MAX_TIMER_SLEEP, |t| t.min(now + MAX_TIMER_SLEEP));
+        tokio::time::sleep_until(next.into()).await;
+        let mut io = ShellIo {
+            shell: &shell,
+            core: &core,
+        };
+        core.borrow_mut().handle_timeout(Instant::now(), &mut io);
+    }
+}
+
+/// Binds every listener and runs the server until SIGINT or SIGTERM.
+///
+/// Prints `turnd: listening on udp ADDR` on stdout for each listener once bound
+/// (tests and scripts read the port from it when `listening-port` is 0).
+/// Must be called inside a `tokio::task::LocalSet`.
+///
+/// # Errors
+/// [`StartError`] when a listener cannot be bound or no relay address exists.
+pub async fn run(mut config: Config) -> Result<(), StartError> {
+    resolve_relay_ips(&mut config)?;
+    if config.users.is_empty() {
+        return Err(StartError::NoUsers);
+    }
+    let mut listeners = HashMap::new();
+    for ip in &config.listening_ips {
+        let addr = SocketAddr::new(*ip, config.listening_port);
+        let std = bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(|source| {
+            let hint = match source.kind() {
+                io::ErrorKind::AddrInUse => {
+                    " (another process, perhaps another TURN server, uses this port)"
+                }
+                io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+                io::ErrorKind::AddrNotAvailable => " (this host has no such address)",
+                _ => "",
+            };
+            StartError::Listen { addr, source, hint }
+        })?;
+        let socket = UdpSocket::from_std(std)?;
+        let local = socket.local_addr()?;
+        listeners.insert(local, Rc::new(socket));
+    }
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let core = Rc::new(RefCell::new(Server::new(
+        config.server_config(),
+        Instant::now(),
+        seed,
+    )));
+    let shell = Rc::new(Shell {
+        listeners,
+        relays: RefCell::new(HashMap::new()),
+    });
+
+    for (local, socket) in &shell.listeners {
+        tokio::task::spawn_local(listener_task(
+            *local,
+            socket.clone(),
+            shell.clone(),
+            core.clone(),
+        ));
+        println!("turnd: listening on udp {local}");
+        info!(%local, "listening on udp");
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    info!(
+        relay_ips = ?config.relay_ips, min_port = config.min_port, max_port = config.max_port,
+        realm = %config.realm, users = config.users.len(), allow_loopback_peers = config.policy.allow_loopback,
+        "turnd started"
+    );
+    let timers = tokio::task::spawn_local(timer_task(shell.clone(), core.clone()));
+
+    wait_for_shutdown().await?;
+    timers.abort();
+    let mut io = ShellIo {
+        shell: &shell,
+        core: &core,
+    };
+    let count = core.borrow().allocation_count();
+    core.borrow_mut().close_all(&mut io);
+    let stats = core.borrow().stats();
+    info!(allocations_closed = count, ?stats, "turnd stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = hup.recv() => { warn!("SIGHUP: live reload is not supported yet; configuration unchanged"); }
+        }
+    }
+}

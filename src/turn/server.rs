@@ -1073,6 +1073,7 @@ impl Server {
             _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
         };
         if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
+            debug!(client = %ft.client, channel = number, "channel number outside 0x4000-0x7ffe: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
@@ -1096,6 +1097,7 @@ impl Server {
         let number_ok = a.channels.get(&number).is_none_or(|c| c.peer == peer);
         let peer_ok = a.channel_by_peer.get(&peer).is_none_or(|&n| n == number);
         if !number_ok || !peer_ok {
+            debug!(client = %ft.client, channel = number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let id = a.id;
