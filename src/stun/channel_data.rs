@@ -111,9 +111,17 @@ mod tests {
             Err(ChannelDataError::Truncated { .. })
         ));
         b[0] = 0x50;
+        assert_eq!(ChannelData::parse(&b).unwrap().channel(), 0x5001);
+        b[0] = 0x7f;
+        b[1] = 0xff;
         assert_eq!(
             ChannelData::parse(&b),
-            Err(ChannelDataError::BadChannel(0x5001))
+            Err(ChannelDataError::BadChannel(0x7fff))
+        );
+        b[0] = 0x3f;
+        assert_eq!(
+            ChannelData::parse(&b),
+            Err(ChannelDataError::BadChannel(0x3fff))
         );
     }
 }
