@@ -13,3 +13,6 @@ pub use allocation::*;
 pub use policy::*;
 pub use ports::*;
 pub use server::*;
+
+#[cfg(test)]
+mod scenario_tests;

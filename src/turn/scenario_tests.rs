@@ -1,0 +1,881 @@
+//! Scenario tests of the state machine with a fake clock and a fake relay IO:
+//! no sockets, faster than real time.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::auth::Credentials;
+use crate::stun::*;
+
+#[derive(Default)]
+struct FakeIo {
+    open: HashSet<SocketAddr>,
+    busy: HashSet<SocketAddr>,
+    opened: usize,
+}
+
+impl RelayIo for FakeIo {
+    fn open(&mut self, relay: SocketAddr) -> io::Result<()> {
+        if self.busy.contains(&relay) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        assert!(self.open.insert(relay), "relay {relay} opened twice");
+        self.opened += 1;
+        Ok(())
+    }
+    fn close(&mut self, relay: SocketAddr) {
+        assert!(
+            self.open.remove(&relay),
+            "relay {relay} closed but not open"
+        );
+    }
+}
+
+const REALM: &str = "test.example";
+
+struct Harness {
+    server: Server,
+    io: FakeIo,
+    now: Instant,
+    out: Vec<u8>,
+    next_tid: u8,
+}
+
+struct Client {
+    ft: FiveTuple,
+    user: &'static str,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+}
+
+fn ft(port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::from(([198, 51, 100, 7], port)),
+        server: "203.0.113.1:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+/// A reply decoded: (class, error code if any, the raw bytes).
+struct Answer {
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    fn msg(&self) -> Message<'_> {
+        Message::parse(&self.bytes).expect("server replies parse")
+    }
+    fn class(&self) -> Class {
+        self.msg().class()
+    }
+    fn code(&self) -> Option<u16> {
+        self.msg()
+            .get(AttributeType::ERROR_CODE)
+            .map(|v| decode_error_code(v).unwrap().0 .0)
+    }
+}
+
+impl Harness {
+    fn new(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut credentials = Credentials::new();
+        credentials.add_user("alice", REALM, "secret");
+        credentials.add_user("bob", REALM, "hunter2");
+        let mut config = ServerConfig {
+            realm: REALM.into(),
+            credentials,
+            relay_ips: vec!["203.0.113.1".parse().unwrap()],
+            min_port: 50000,
+            max_port: 50999,
+            ..ServerConfig::default()
+        };
+        tweak(&mut config);
+        let now = Instant::now();
+        Harness {
+            server: Server::new(config, now, [7; 32]),
+            io: FakeIo::default(),
+            now,
+            out: vec![0; 70_000],
+            next_tid: 0,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        let now = self.now;
+        self.server.handle_timeout(now, &mut self.io);
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid = self.next_tid.wrapping_add(1);
+        [self.next_tid; 12]
+    }
+
+    fn input(&mut self, ft: FiveTuple, bytes: &[u8]) -> Transmit {
+        let now = self.now;
+        self.server
+            .handle_client_input(now, ft, bytes, &mut self.out, &mut self.io)
+    }
+
+    fn request_raw(&mut self, ft: FiveTuple, bytes: &[u8]) -> Option<Answer> {
+        match self.input(ft, bytes) {
+            Transmit::Reply { to, len } => {
+                assert_eq!(to, ft);
+                Some(Answer {
+                    bytes: self.out[..len].to_vec(),
+                })
+            }
+            Transmit::None => None,
+            other => panic!("unexpected transmit {other:?}"),
+        }
+    }
+
+    /// Builds a request; `body` adds attributes; when `auth` is given the
+    /// request carries USERNAME, REALM, NONCE and MESSAGE-INTEGRITY.
+    fn build(
+        &mut self,
+        method: Method,
+        tid: TransactionId,
+        auth: Option<&Client>,
+        body: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut w =
+            MessageWriter::new(&mut buf, MessageType::new(method, Class::Request), tid).unwrap();
+        body(&mut w);
+        if let Some(c) = auth {
+            w.attribute(AttributeType::USERNAME, c.user.as_bytes())
+                .unwrap();
+            w.attribute(AttributeType::REALM, REALM.as_bytes()).unwrap();
+            w.attribute(AttributeType::NONCE, &c.nonce).unwrap();
+            w.message_integrity(&c.key).unwrap();
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    fn request(
+        &mut self,
+        c: &Client,
+        method: Method,
+        body: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Answer {
+        let tid = self.tid();
+        let b = self.build(method, tid, Some(c), body);
+        self.request_raw(c.ft, &b).expect("a reply")
+    }
+
+    /// The 401 dance: returns a client holding a valid nonce.
+    fn client(&mut self, port: u16, user: &'static str, password: &str) -> Client {
+        let f = ft(port);
+        let tid = self.tid();
+        let b = self.build(Method::ALLOCATE, tid, None, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+        });
+        let a = self.request_raw(f, &b).unwrap();
+        assert_eq!(a.code(), Some(401));
+        assert_eq!(a.msg().get_str(AttributeType::REALM), Some(REALM));
+        let nonce = a.msg().get(AttributeType::NONCE).unwrap().to_vec();
+        Client {
+            ft: f,
+            user,
+            key: long_term_key(user, REALM, password),
+            nonce,
+        }
+    }
+
+    fn allocate(&mut self, c: &Client) -> Answer {
+        self.request(c, Method::ALLOCATE, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+        })
+    }
+
+    fn relay_of(&self, c: &Client) -> SocketAddr {
+        self.server.allocation(&c.ft).expect("allocation").relay
+    }
+
+    fn permit(&mut self, c: &Client, peer: SocketAddr) -> Answer {
+        self.request(c, Method::CREATE_PERMISSION, |w| {
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
+                .unwrap()
+        })
+    }
+
+    fn bind(&mut self, c: &Client, channel: u16, peer: SocketAddr) -> Answer {
+        self.request(c, Method::CHANNEL_BIND, |w| {
+            w.u32(AttributeType::CHANNEL_NUMBER, (channel as u32) << 16)
+                .unwrap();
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
+                .unwrap();
+        })
+    }
+
+    fn channel_data(&mut self, c: &Client, channel: u16, payload: &[u8]) -> Transmit {
+        let mut b = vec![0u8; 4 + payload.len()];
+        write_channel_data_header(&mut b, channel, payload.len());
+        b[4..].copy_from_slice(payload);
+        self.input(c.ft, &b)
+    }
+
+    fn from_peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> (Transmit, Vec<u8>) {
+        let mut buf = vec![0u8; 4 + payload.len()];
+        buf[4..].copy_from_slice(payload);
+        let now = self.now;
+        let t =
+            self.server
+                .handle_peer_input(now, relay, peer, &mut buf, payload.len(), &mut self.out);
+        let bytes = match &t {
+            Transmit::ToClient { range, .. } => buf[range.clone()].to_vec(),
+            Transmit::Reply { len, .. } => self.out[..*len].to_vec(),
+            _ => vec![],
+        };
+        (t, bytes)
+    }
+}
+
+fn peer() -> SocketAddr {
+    "192.0.2.10:6000".parse().unwrap()
+}
+
+#[test]
+fn binding_creates_no_state_and_mirrors_fingerprint() {
+    let mut h = Harness::new(|_| {});
+    let mut buf = [0u8; 64];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::BINDING, Class::Request),
+        [1; 12],
+    )
+    .unwrap();
+    w.fingerprint().unwrap();
+    let n = w.finish();
+    let a = h.request_raw(ft(1), &buf[..n]).unwrap();
+    assert_eq!(a.class(), Class::Success);
+    assert!(a.msg().has_fingerprint());
+    assert_eq!(
+        a.msg().get_xor_address(AttributeType::XOR_MAPPED_ADDRESS),
+        Some(Ok(ft(1).client))
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_timeout(), None, "binding leaves no timer");
+}
+
+#[test]
+fn allocate_refresh_and_expiry() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    let a = h.allocate(&c);
+    assert_eq!(a.class(), Class::Success);
+    assert!(a.msg().check_integrity(&c.key));
+    assert_eq!(a.msg().get_u32(AttributeType::LIFETIME), Some(600));
+    let relay = a
+        .msg()
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!((50000..=50999).contains(&relay.port()));
+    assert!(h.io.open.contains(&relay));
+
+    // Requested 5000 s is capped at 3600 s; 10 s is raised to the default 600 s.
+    let r = h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 5000).unwrap()
+    });
+    assert_eq!(r.msg().get_u32(AttributeType::LIFETIME), Some(3600));
+    let r = h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 10).unwrap()
+    });
+    assert_eq!(r.msg().get_u32(AttributeType::LIFETIME), Some(600));
+
+    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.server.allocation_count(), 0, "expired after 600 s");
+    assert!(h.io.open.is_empty(), "relay socket closed");
+    assert_eq!(
+        h.server.free_ports("203.0.113.1".parse().unwrap()),
+        1000,
+        "port returned"
+    );
+}
+
+#[test]
+fn refresh_zero_deletes_and_then_437() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    let r = h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(r.class(), Class::Success);
+    assert_eq!(r.msg().get_u32(AttributeType::LIFETIME), Some(0));
+    assert_eq!(h.server.allocation_count(), 0);
+    let r = h.request(&c, Method::REFRESH, |_| {});
+    assert_eq!(r.code(), Some(437));
+}
+
+#[test]
+fn retransmitted_allocate_gets_same_answer_and_one_allocation() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    let b = h.build(Method::ALLOCATE, [42; 12], Some(&c), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    let first = h.request_raw(c.ft, &b).unwrap();
+    let second = h.request_raw(c.ft, &b).unwrap();
+    assert_eq!(first.bytes, second.bytes);
+    assert_eq!(h.io.opened, 1);
+    assert_eq!(h.server.allocation_count(), 1);
+    // A new transaction for an existing allocation is a mismatch.
+    assert_eq!(h.allocate(&c).code(), Some(437));
+    // After the transaction lifetime the cache is gone: a late retransmission is a mismatch too.
+    h.advance(TRANSACTION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(h.request_raw(c.ft, &b).unwrap().code(), Some(437));
+}
+
+#[test]
+fn auth_failures() {
+    let mut h = Harness::new(|_| {});
+    let mut c = h.client(1, "alice", "wrong");
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    c.user = "mallory";
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    // Missing USERNAME with MESSAGE-INTEGRITY is a bad request.
+    let tid = h.tid();
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+    )
+    .unwrap();
+    w.message_integrity(&c.key).unwrap();
+    let n = w.finish();
+    assert_eq!(h.request_raw(c.ft, &buf[..n]).unwrap().code(), Some(400));
+    assert_eq!(h.server.stats().auth_failures, 2);
+    // A nonce issued to another client address is not accepted.
+    let good = h.client(2, "alice", "secret");
+    let stolen = Client {
+        ft: ft(3),
+        user: "alice",
+        key: good.key,
+        nonce: good.nonce.clone(),
+    };
+    assert_eq!(h.allocate(&stolen).code(), Some(438));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_new_nonce() {
+    let mut h = Harness::new(|_| {});
+    let mut c = h.client(1, "alice", "secret");
+    h.advance(Duration::from_secs(601));
+    let a = h.allocate(&c);
+    assert_eq!(a.code(), Some(438));
+    let fresh = a.msg().get(AttributeType::NONCE).unwrap().to_vec();
+    assert_ne!(fresh, c.nonce);
+    c.nonce = fresh;
+    assert_eq!(h.allocate(&c).class(), Class::Success);
+}
+
+#[test]
+fn wrong_user_on_existing_allocation_is_441() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    let mut b = h.client(1, "bob", "hunter2");
+    b.ft = c.ft;
+    assert_eq!(h.request(&b, Method::REFRESH, |_| {}).code(), Some(441));
+}
+
+#[test]
+fn request_validation_errors() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    assert_eq!(
+        h.request(&c, Method::ALLOCATE, |_| {}).code(),
+        Some(400),
+        "no REQUESTED-TRANSPORT"
+    );
+    let tcp = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
+    });
+    assert_eq!(tcp.code(), Some(442));
+    let v6 = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x02 << 24)
+            .unwrap();
+    });
+    assert_eq!(v6.code(), Some(440), "no IPv6 relay address");
+    let bad_family = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x07 << 24)
+            .unwrap();
+    });
+    assert_eq!(bad_family.code(), Some(440));
+    let token_and_even = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::EVEN_PORT, &[0x80]).unwrap();
+        w.attribute(AttributeType::RESERVATION_TOKEN, &[1; 8])
+            .unwrap();
+    });
+    assert_eq!(token_and_even.code(), Some(400));
+    let unknown_token = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::RESERVATION_TOKEN, &[1; 8])
+            .unwrap();
+    });
+    assert_eq!(unknown_token.code(), Some(508));
+    // Before any allocation exists, CreatePermission and ChannelBind are mismatches.
+    assert_eq!(h.permit(&c, peer()).code(), Some(437));
+    assert_eq!(h.bind(&c, 0x4000, peer()).code(), Some(437));
+    // An unknown comprehension-required attribute: 420 listing it.
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.attribute(AttributeType(0x7777), b"?").unwrap()
+    });
+    assert_eq!(a.code(), Some(420));
+    assert_eq!(
+        a.msg().get(AttributeType::UNKNOWN_ATTRIBUTES),
+        Some(&[0x77, 0x77][..])
+    );
+    // DONT-FRAGMENT is accepted.
+    let ok = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::DONT_FRAGMENT, &[]).unwrap();
+    });
+    assert_eq!(ok.class(), Class::Success);
+}
+
+#[test]
+fn even_port_reservation_token() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::EVEN_PORT, &[0x80]).unwrap();
+    });
+    let relay = a
+        .msg()
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(relay.port() % 2, 0);
+    let token = a
+        .msg()
+        .get(AttributeType::RESERVATION_TOKEN)
+        .unwrap()
+        .to_vec();
+    assert_eq!(token.len(), 8);
+    let d = h.client(2, "alice", "secret");
+    let b = h.request(&d, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::RESERVATION_TOKEN, &token)
+            .unwrap();
+    });
+    let relay2 = b
+        .msg()
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(relay2.port(), relay.port() + 1);
+    // A token is used once.
+    let e = h.client(3, "alice", "secret");
+    let again = h.request(&e, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::RESERVATION_TOKEN, &token)
+            .unwrap();
+    });
+    assert_eq!(again.code(), Some(508));
+}
+
+#[test]
+fn unused_reservation_returns_port_after_30_s() {
+    let mut h = Harness::new(|c| {
+        c.min_port = 50000;
+        c.max_port = 50001;
+    });
+    let c = h.client(1, "alice", "secret");
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.attribute(AttributeType::EVEN_PORT, &[0x80]).unwrap();
+    });
+    assert_eq!(a.class(), Class::Success);
+    let ip = "203.0.113.1".parse().unwrap();
+    assert_eq!(h.server.free_ports(ip), 0);
+    h.advance(RESERVATION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(h.server.free_ports(ip), 1);
+}
+
+#[test]
+fn user_and_total_quota_486() {
+    let mut h = Harness::new(|c| {
+        c.user_quota = 1;
+        c.total_quota = 2;
+    });
+    let a = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&a).class(), Class::Success);
+    let a2 = h.client(2, "alice", "secret");
+    assert_eq!(h.allocate(&a2).code(), Some(486));
+    let b = h.client(3, "bob", "hunter2");
+    assert_eq!(h.allocate(&b).class(), Class::Success);
+    let b2 = h.client(4, "bob", "hunter2");
+    assert_eq!(h.allocate(&b2).code(), Some(486), "total quota");
+    // Deleting one frees the user's quota.
+    h.request(&a, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(h.allocate(&a2).class(), Class::Success);
+}
+
+#[test]
+fn port_exhaustion_is_508_and_busy_ports_are_skipped() {
+    let mut h = Harness::new(|c| {
+        c.min_port = 50000;
+        c.max_port = 50002;
+    });
+    h.io.busy.insert("203.0.113.1:50001".parse().unwrap());
+    let mut relays = HashSet::new();
+    for port in 1..=2 {
+        let c = h.client(port, "alice", "secret");
+        assert_eq!(h.allocate(&c).class(), Class::Success);
+        relays.insert(h.relay_of(&c).port());
+    }
+    assert_eq!(relays, HashSet::from([50000, 50002]));
+    let c = h.client(3, "alice", "secret");
+    assert_eq!(h.allocate(&c).code(), Some(508));
+}
+
+#[test]
+fn permissions_channels_and_relaying() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    let relay = h.relay_of(&c);
+
+    // No permission yet: peer data is dropped, Send is dropped.
+    assert_eq!(h.from_peer(relay, peer(), b"hi").0, Transmit::None);
+    assert_eq!(h.permit(&c, peer()).class(), Class::Success);
+
+    // Peer to client without a channel: Data indication.
+    let (t, bytes) = h.from_peer(relay, peer(), b"hello");
+    assert!(matches!(t, Transmit::Reply { to, .. } if to == c.ft));
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.method(), Method::DATA);
+    assert_eq!(m.class(), Class::Indication);
+    assert_eq!(
+        m.get_xor_address(AttributeType::XOR_PEER_ADDRESS),
+        Some(Ok(peer()))
+    );
+    assert_eq!(m.get(AttributeType::DATA), Some(&b"hello"[..]));
+
+    // Client to peer with a Send indication.
+    let tid = h.tid();
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::SEND, Class::Indication),
+        tid,
+    )
+    .unwrap();
+    w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer())
+        .unwrap();
+    w.attribute(AttributeType::DATA, b"payload").unwrap();
+    let n = w.finish();
+    match h.input(c.ft, &buf[..n]) {
+        Transmit::ToPeer {
+            relay: r,
+            peer: p,
+            range,
+        } => {
+            assert_eq!((r, p), (relay, peer()));
+            assert_eq!(&buf[range], b"payload");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Channel: both directions.
+    assert_eq!(h.bind(&c, 0x4001, peer()).class(), Class::Success);
+    assert_eq!(
+        h.channel_data(&c, 0x4001, b"abc"),
+        Transmit::ToPeer {
+            relay,
+            peer: peer(),
+            range: 4..7
+        }
+    );
+    let (t, bytes) = h.from_peer(relay, peer(), b"xyz");
+    assert_eq!(
+        t,
+        Transmit::ToClient {
+            to: c.ft,
+            range: 0..7
+        }
+    );
+    assert_eq!(bytes, [0x40, 0x01, 0, 3, b'x', b'y', b'z']);
+    // Unbound channel and another client's 5-tuple are dropped.
+    assert_eq!(h.channel_data(&c, 0x4002, b"abc"), Transmit::None);
+    let other = Client {
+        ft: ft(99),
+        user: "alice",
+        key: c.key,
+        nonce: c.nonce.clone(),
+    };
+    assert_eq!(h.channel_data(&other, 0x4001, b"abc"), Transmit::None);
+    // A peer on another port of the same IP has the permission but no channel: Data indication.
+    let (t, _) = h.from_peer(relay, "192.0.2.10:6001".parse().unwrap(), b"q");
+    assert!(matches!(t, Transmit::Reply { .. }));
+}
+
+#[test]
+fn channel_rebinding_rules() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    let p2: SocketAddr = "192.0.2.11:6000".parse().unwrap();
+    assert_eq!(h.bind(&c, 0x4000, peer()).class(), Class::Success);
+    assert_eq!(
+        h.bind(&c, 0x4000, peer()).class(),
+        Class::Success,
+        "refresh of the same binding"
+    );
+    assert_eq!(
+        h.bind(&c, 0x4000, p2).code(),
+        Some(400),
+        "channel bound to another peer"
+    );
+    assert_eq!(
+        h.bind(&c, 0x4001, peer()).code(),
+        Some(400),
+        "peer bound to another channel"
+    );
+    assert_eq!(h.bind(&c, 0x3FFF, p2).code(), Some(400));
+    assert_eq!(h.bind(&c, 0x7FFF, p2).code(), Some(400));
+    assert_eq!(h.bind(&c, 0x8000, p2).code(), Some(400));
+    assert_eq!(h.bind(&c, 0x4FFF, p2).class(), Class::Success);
+    // Family mismatch: an IPv6 peer on an IPv4 relay.
+    assert_eq!(
+        h.bind(&c, 0x4002, "[2001:db8::1]:5".parse().unwrap())
+            .code(),
+        Some(443)
+    );
+}
+
+#[test]
+fn permission_and_channel_expiry() {
+    let mut h = Harness::new(|_| {});
+    let mut c = h.client(1, "alice", "secret");
+    let a = h.allocate(&c);
+    assert_eq!(a.class(), Class::Success);
+    h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 3600).unwrap()
+    });
+    let relay = h.relay_of(&c);
+    h.bind(&c, 0x4000, peer());
+    // Permission 300 s, channel 600 s.
+    h.advance(Duration::from_secs(299));
+    assert!(matches!(
+        h.channel_data(&c, 0x4000, b"x"),
+        Transmit::ToPeer { .. }
+    ));
+    h.advance(Duration::from_secs(2));
+    assert_eq!(
+        h.channel_data(&c, 0x4000, b"x"),
+        Transmit::None,
+        "permission expired"
+    );
+    assert_eq!(h.from_peer(relay, peer(), b"x").0, Transmit::None);
+    // Refresh the permission: the channel (still bound) works again.
+    assert_eq!(h.permit(&c, peer()).class(), Class::Success);
+    assert!(matches!(
+        h.channel_data(&c, 0x4000, b"x"),
+        Transmit::ToPeer { .. }
+    ));
+    h.advance(Duration::from_secs(300));
+    // The nonce is older than 600 s now: take a fresh one as a client would after 438.
+    c.nonce = h.client(1, "alice", "secret").nonce;
+    assert_eq!(h.permit(&c, peer()).class(), Class::Success);
+    assert_eq!(
+        h.channel_data(&c, 0x4000, b"x"),
+        Transmit::None,
+        "channel expired after 600 s"
+    );
+    assert!(h.server.allocation(&c.ft).unwrap().channels.is_empty());
+    // Once expired the number can be bound again.
+    assert_eq!(
+        h.bind(&c, 0x4000, "192.0.2.12:1".parse().unwrap()).class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn peer_policy_on_every_path() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    for bad in [
+        "127.0.0.1:9",
+        "10.0.0.1:9",
+        "172.16.0.1:9",
+        "192.168.1.1:9",
+        "100.64.0.1:9",
+        "169.254.169.254:80",
+        "0.0.0.0:9",
+        "224.0.0.1:9",
+        "255.255.255.255:9",
+    ] {
+        let p: SocketAddr = bad.parse().unwrap();
+        assert_eq!(h.permit(&c, p).code(), Some(403), "CreatePermission {bad}");
+        assert_eq!(h.bind(&c, 0x4000, p).code(), Some(403), "ChannelBind {bad}");
+    }
+    // One bad address among good ones rejects the whole request and installs nothing.
+    let r = h.request(&c, Method::CREATE_PERMISSION, |w| {
+        w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer())
+            .unwrap();
+        w.xor_address(
+            AttributeType::XOR_PEER_ADDRESS,
+            "10.1.1.1:1".parse().unwrap(),
+        )
+        .unwrap();
+    });
+    assert_eq!(r.code(), Some(403));
+    assert!(h.server.allocation(&c.ft).unwrap().permissions.is_empty());
+    // Send to a denied peer is dropped.
+    let tid = h.tid();
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::SEND, Class::Indication),
+        tid,
+    )
+    .unwrap();
+    w.xor_address(
+        AttributeType::XOR_PEER_ADDRESS,
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .unwrap();
+    w.attribute(AttributeType::DATA, b"x").unwrap();
+    let n = w.finish();
+    assert_eq!(h.input(c.ft, &buf[..n]), Transmit::None);
+}
+
+#[test]
+fn ipv6_relay_and_mapped_forms_of_denied_peers() {
+    let mut h = Harness::new(|c| c.relay_ips.push("2001:db8::1".parse().unwrap()));
+    let c = h.client(1, "alice", "secret");
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x02 << 24)
+            .unwrap();
+    });
+    let relay = a
+        .msg()
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!(relay.is_ipv6());
+    for bad in [
+        "[::1]:9",
+        "[::ffff:127.0.0.1]:9",
+        "[::ffff:169.254.169.254]:80",
+        "[64:ff9b::a00:1]:9",
+        "[2002:c0a8:101::1]:9",
+        "[::10.0.0.1]:9",
+        "[fe80::1]:9",
+        "[fd00::1]:9",
+        "[ff02::1]:9",
+        "[::]:9",
+    ] {
+        assert_eq!(
+            h.permit(&c, bad.parse().unwrap()).code(),
+            Some(403),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        h.permit(&c, "[2001:db8:5::1]:9".parse().unwrap()).class(),
+        Class::Success
+    );
+    assert_eq!(
+        h.permit(&c, peer()).code(),
+        Some(443),
+        "IPv4 peer on an IPv6 relay"
+    );
+}
+
+#[test]
+fn allow_loopback_and_allowed_peer_ip() {
+    let mut h = Harness::new(|c| {
+        c.policy.allow_loopback = true;
+        c.policy.allowed.push("10.9.0.0/16".parse().unwrap());
+    });
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    assert_eq!(
+        h.permit(&c, "127.0.0.1:9".parse().unwrap()).class(),
+        Class::Success
+    );
+    assert_eq!(
+        h.permit(&c, "10.9.1.1:9".parse().unwrap()).class(),
+        Class::Success
+    );
+    assert_eq!(
+        h.permit(&c, "10.8.1.1:9".parse().unwrap()).code(),
+        Some(403)
+    );
+}
+
+#[test]
+fn malformed_input_never_panics_and_never_harms_others() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    h.bind(&c, 0x4000, peer());
+    let mut rng_state = 0x1234_5678u32;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 17;
+        rng_state ^= rng_state << 5;
+        rng_state
+    };
+    let attacker = ft(666);
+    for i in 0..5000 {
+        let len = (next() % 120) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && b.len() >= 20 {
+            // Make it look like STUN so the deeper parser runs.
+            b[0] &= 0x3F;
+            b[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+            let l = (b.len() - 20) as u16 & !3;
+            b[2..4].copy_from_slice(&l.to_be_bytes());
+        }
+        let _ = h.input(attacker, &b);
+        let _ = h.input(c.ft, &b);
+    }
+    assert!(matches!(
+        h.channel_data(&c, 0x4000, b"still fine"),
+        Transmit::ToPeer { .. }
+    ));
+}
+
+#[test]
+fn truncated_attribute_in_request_gets_400() {
+    let mut h = Harness::new(|_| {});
+    let mut buf = [0u8; 28];
+    let w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::BINDING, Class::Request),
+        [3; 12],
+    )
+    .unwrap();
+    w.finish();
+    buf[2..4].copy_from_slice(&8u16.to_be_bytes());
+    buf[20..24].copy_from_slice(&[0x00, 0x06, 0x00, 0x40]); // USERNAME claiming 64 bytes
+    let a = h.request_raw(ft(1), &buf).unwrap();
+    assert_eq!(a.code(), Some(400));
+}
