@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+
+pub mod notify;
 use crate::turn::{FiveTuple, RelayIo, Server, Transmit, Transport};
 
 /// Receive buffer size for client datagrams and peer datagrams (bytes).
@@ -333,9 +335,16 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         realm = %config.realm, users = config.users.len(), allow_loopback_peers = config.policy.allow_loopback,
         "turnd started"
     );
+    if config.policy.allow_loopback && config.listening_ips.iter().any(|ip| !ip.is_loopback()) {
+        warn!("allow-loopback-peers is on while listening on a non-loopback address: clients can relay into this host's loopback services");
+    }
     let timers = tokio::task::spawn_local(timer_task(shell.clone(), core.clone()));
+    if let Err(e) = notify::notify("READY=1") {
+        warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
 
     wait_for_shutdown().await?;
+    let _ = notify::notify("STOPPING=1");
     timers.abort();
     let mut io = ShellIo {
         shell: &shell,
