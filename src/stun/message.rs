@@ -250,8 +250,8 @@ impl<'a> Message<'a> {
     }
 
     /// An XOR-encoded address attribute (XOR-MAPPED-ADDRESS, XOR-PEER-ADDRESS,
-    /// XOR-RELAYED-ADDRESS). `Some(Err(()))` when present but malformed.
-    pub fn get_xor_address(&self, t: AttributeType) -> Option<Result<SocketAddr, ()>> {
+    /// XOR-RELAYED-ADDRESS). `Some(Err(AttributeError))` when present but malformed.
+    pub fn get_xor_address(&self, t: AttributeType) -> Option<Result<SocketAddr, AttributeError>> {
         self.get(t)
             .map(|v| decode_xor_address(v, &self.transaction_id()))
     }
@@ -318,10 +318,10 @@ fn fingerprint(buf: &[u8], end: usize) -> u32 {
 /// cookie and, for IPv6, the transaction ID.
 ///
 /// # Errors
-/// `Err(())` on a wrong length or unknown family.
-pub fn decode_xor_address(v: &[u8], tid: &TransactionId) -> Result<SocketAddr, ()> {
+/// [`AttributeError`] on a wrong length or unknown family.
+pub fn decode_xor_address(v: &[u8], tid: &TransactionId) -> Result<SocketAddr, AttributeError> {
     if v.len() < 4 {
-        return Err(());
+        return Err(AttributeError);
     }
     let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
     let cookie = MAGIC_COOKIE.to_be_bytes();
@@ -341,7 +341,7 @@ pub fn decode_xor_address(v: &[u8], tid: &TransactionId) -> Result<SocketAddr, (
             }
             Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port))
         }
-        _ => Err(()),
+        _ => Err(AttributeError),
     }
 }
 
@@ -349,10 +349,10 @@ pub fn decode_xor_address(v: &[u8], tid: &TransactionId) -> Result<SocketAddr, (
 /// ALTERNATE-SERVER. Same layout as [`decode_xor_address`] without the xor.
 ///
 /// # Errors
-/// `Err(())` on a wrong length or unknown family.
-pub fn decode_address(v: &[u8]) -> Result<SocketAddr, ()> {
+/// [`AttributeError`] on a wrong length or unknown family.
+pub fn decode_address(v: &[u8]) -> Result<SocketAddr, AttributeError> {
     if v.len() < 4 {
-        return Err(());
+        return Err(AttributeError);
     }
     let port = u16::from_be_bytes([v[2], v[3]]);
     match (v[1], v.len()) {
@@ -361,30 +361,36 @@ pub fn decode_address(v: &[u8]) -> Result<SocketAddr, ()> {
             port,
         )),
         (0x02, 20) => {
-            let a: [u8; 16] = v[4..20].try_into().map_err(|_| ())?;
+            let a: [u8; 16] = v[4..20].try_into().map_err(|_| AttributeError)?;
             Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port))
         }
-        _ => Err(()),
+        _ => Err(AttributeError),
     }
 }
 
 /// Reads an ERROR-CODE value as (code, reason phrase).
 ///
 /// # Errors
-/// `Err(())` when shorter than 4 bytes, the class is not 3-6, the number is
+/// [`AttributeError`] when shorter than 4 bytes, the class is not 3-6, the number is
 /// over 99, or the reason is not UTF-8.
-pub fn decode_error_code(v: &[u8]) -> Result<(ErrorCode, &str), ()> {
+pub fn decode_error_code(v: &[u8]) -> Result<(ErrorCode, &str), AttributeError> {
     if v.len() < 4 {
-        return Err(());
+        return Err(AttributeError);
     }
     let class = (v[2] & 0x07) as u16;
     let number = v[3] as u16;
     if !(3..=6).contains(&class) || number > 99 {
-        return Err(());
+        return Err(AttributeError);
     }
-    let reason = std::str::from_utf8(&v[4..]).map_err(|_| ())?;
+    let reason = std::str::from_utf8(&v[4..]).map_err(|_| AttributeError)?;
     Ok((ErrorCode(class * 100 + number), reason))
 }
+
+/// An attribute value that does not have the layout its type requires
+/// (wrong length, unknown address family, error class out of range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed attribute value")]
+pub struct AttributeError;
 
 /// Returned by [`MessageWriter`] when the caller's buffer is too small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
