@@ -7,6 +7,7 @@
 #
 #   TURND_BIN   turnd binary (default target/debug/turnd, relative to the repo root)
 #   CHROMIUM_BIN chromium binary (default /usr/bin/chromium)
+#   TURND_LOG   optional file to which all of turnd's output is appended
 #
 # Prerequisites: scripts/install-deps.sh, then cargo build. A missing binary is a
 # failure, never a skip.

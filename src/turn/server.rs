@@ -1041,7 +1041,7 @@ impl Server {
         for peer in peers[..count].iter().flatten() {
             a.permissions.insert(*peer, expires);
         }
-        debug!(user = %auth.username, client = %ft.client, peers = ?&peers[..count], "permissions installed");
+        debug!(user = %auth.username, client = %ft.client, peers = ?peers[..count].iter().flatten().collect::<Vec<_>>(), "permissions installed");
         for peer in peers[..count].iter().flatten() {
             self.push_timer(
                 expires,

@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
-import { existsSync, mkdtempSync, rmSync, accessSync, constants } from 'node:fs';
+import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -112,7 +112,10 @@ export async function startTurnd({ timeoutMs = 10_000 } = {}) {
     child.stderr.destroy();
   };
   const logTail = [];
+  // TURND_LOG=FILE keeps turnd's whole output (it is also shown, last 200 lines, on failure).
+  const logFile = process.env.TURND_LOG ? path.resolve(process.env.TURND_LOG) : null;
   const keep = (stream, line) => {
+    if (logFile) appendFileSync(logFile, `[${stream}] ${line}\n`);
     logTail.push(`[${stream}] ${line}`);
     if (logTail.length > 200) logTail.shift();
   };
