@@ -95,6 +95,48 @@ pub struct Cli {
     /// Nonce lifetime in seconds before 438 Stale Nonce (default 600).
     #[arg(long = "stale-nonce", value_name = "SECONDS")]
     pub stale_nonce: Option<u64>,
+    /// Turn on the TURN REST API: usernames "<expiry unix time>:<user>",
+    /// passwords base64(HMAC-SHA1(secret, username)).
+    #[arg(long = "use-auth-secret")]
+    pub use_auth_secret: bool,
+    /// A TURN REST API shared secret (repeatable; every secret is tried, so
+    /// secrets rotate without downtime). Implies --use-auth-secret.
+    #[arg(short = 's', long = "static-auth-secret", value_name = "SECRET")]
+    pub static_auth_secret: Vec<String>,
+    /// Separator between expiry time and user id in REST usernames (default ':').
+    #[arg(long = "rest-api-separator", value_name = "CHAR")]
+    pub rest_api_separator: Option<char>,
+    /// SQLite user database (coturn's schema: turnusers_lt, turn_secret);
+    /// changes are picked up by a running server within a second.
+    #[arg(short = 'b', long = "userdb", value_name = "FILE")]
+    pub userdb: Option<PathBuf>,
+    /// Bytes per second per allocation and direction; 0 is unlimited.
+    #[arg(long = "max-bps", value_name = "BYTES")]
+    pub max_bps: Option<u64>,
+    /// Bytes per second for the whole server; 0 is unlimited.
+    #[arg(long = "bps-capacity", value_name = "BYTES")]
+    pub bps_capacity: Option<u64>,
+    /// Also send MAPPED-ADDRESS in Binding responses (RFC 3489 clients).
+    #[arg(long = "stun-backward-compatibility")]
+    pub stun_backward_compatibility: bool,
+    /// Put reason phrases in ERROR-CODE (off: smaller error answers).
+    #[arg(long = "reason-phrases")]
+    pub reason_phrases: bool,
+    /// Answers to unauthenticated requests per second per source IP (default 50; 0 disables).
+    #[arg(long = "unauth-rate", value_name = "N")]
+    pub unauth_rate: Option<u64>,
+    /// Burst for --unauth-rate (default 100).
+    #[arg(long = "unauth-burst", value_name = "N")]
+    pub unauth_burst: Option<u64>,
+    /// Failed authentications per minute per source IP before it gets no
+    /// answers until the budget refills (default 10; 0 disables).
+    #[arg(long = "auth-failures-per-minute", value_name = "N")]
+    pub auth_failures_per_minute: Option<u64>,
+    /// Peer policy preset: "default" (loopback, private, link-local,
+    /// multicast... denied) or "recommended" (also every other IANA
+    /// special-purpose range).
+    #[arg(long = "peer-policy", value_name = "PRESET")]
+    pub peer_policy: Option<String>,
     /// Subcommand; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -107,6 +149,62 @@ pub enum Command {
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
+    },
+    /// Mint TURN REST API credentials from a shared secret and print them
+    /// with a ready `iceServers` snippet.
+    Credentials {
+        /// The shared secret (as in static-auth-secret).
+        #[arg(long)]
+        secret: String,
+        /// The user id part of the username.
+        #[arg(long)]
+        user: String,
+        /// Validity in seconds from now.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Separator between expiry and user id.
+        #[arg(long, default_value_t = ':')]
+        separator: char,
+        /// TURN URL for the snippet.
+        #[arg(long, default_value = "turn:127.0.0.1:3478?transport=udp")]
+        url: String,
+    },
+    /// Print the long-term key MD5(user:realm:password) as coturn's
+    /// `turnadmin -k` does, for `user = ["name:0x..."]`.
+    HashKey {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Realm.
+        #[arg(long)]
+        realm: String,
+        /// Password.
+        #[arg(long)]
+        password: String,
+    },
+    /// Manage users in the SQLite user database (like coturn's turnadmin).
+    User {
+        /// The database file.
+        #[arg(long, short = 'b')]
+        userdb: PathBuf,
+        /// The realm.
+        #[arg(long, short = 'r')]
+        realm: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::userdb::UserCommand,
+    },
+    /// Manage TURN REST API secrets in the SQLite user database.
+    Secret {
+        /// The database file.
+        #[arg(long, short = 'b')]
+        userdb: PathBuf,
+        /// The realm.
+        #[arg(long, short = 'r')]
+        realm: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::userdb::SecretCommand,
     },
 }
 
@@ -149,6 +247,18 @@ struct FileConfig {
     permission_lifetime: Option<u64>,
     channel_lifetime: Option<u64>,
     stale_nonce: Option<u64>,
+    use_auth_secret: Option<bool>,
+    static_auth_secret: Option<OneOrMany>,
+    rest_api_separator: Option<String>,
+    userdb: Option<PathBuf>,
+    max_bps: Option<u64>,
+    bps_capacity: Option<u64>,
+    stun_backward_compatibility: Option<bool>,
+    reason_phrases: Option<bool>,
+    unauth_rate: Option<u64>,
+    unauth_burst: Option<u64>,
+    auth_failures_per_minute: Option<u64>,
+    peer_policy: Option<String>,
 }
 
 /// A configuration that could not be used: where, which option, and why.
@@ -161,13 +271,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// A static user: name and password (never logged).
+/// A static user: name and password or key (never logged).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StaticUser {
     /// Username.
     pub name: String,
-    /// Plaintext password.
+    /// Plaintext password, or the MD5 key in coturn's `0x<hex>` form.
     pub password: String,
+}
+
+impl StaticUser {
+    /// The MD5 key when the password is given as `0x<32 hex digits>`.
+    pub fn hashed_key(&self) -> Option<[u8; 16]> {
+        crate::auth::parse_hex_key(&self.password)
+    }
 }
 
 impl std::fmt::Debug for StaticUser {
@@ -211,7 +328,60 @@ pub struct Config {
     pub channel_lifetime: Duration,
     /// Nonce lifetime.
     pub stale_nonce: Duration,
+    /// TURN REST API on.
+    pub use_auth_secret: bool,
+    /// REST shared secrets.
+    pub static_auth_secrets: Vec<Secret>,
+    /// REST username separator.
+    pub rest_api_separator: char,
+    /// SQLite user database.
+    pub userdb: Option<PathBuf>,
+    /// Bytes/s per allocation and direction (0 unlimited).
+    pub max_bps: u64,
+    /// Bytes/s for the server (0 unlimited).
+    pub bps_capacity: u64,
+    /// MAPPED-ADDRESS in Binding responses.
+    pub stun_backward_compatibility: bool,
+    /// Reason phrases in ERROR-CODE.
+    pub reason_phrases: bool,
+    /// Unauthenticated answers per second per source (0 off).
+    pub unauth_rate: u64,
+    /// Burst of `unauth_rate`.
+    pub unauth_burst: u64,
+    /// Failed authentications per minute per source (0 off).
+    pub auth_failures_per_minute: u64,
 }
+
+/// A shared secret; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// IANA special-purpose ranges denied by `peer-policy = "recommended"` in
+/// addition to the defaults (RFC 6890 registries).
+pub const RECOMMENDED_DENIED: &[&str] = &[
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.31.196.0/24",
+    "192.52.193.0/24",
+    "192.88.99.0/24",
+    "192.175.48.0/24",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "2620:4f:8000::/48",
+    "3fff::/20",
+    "5f00::/16",
+];
 
 fn err(origin: &str, message: String) -> ConfigError {
     ConfigError {
@@ -372,7 +542,7 @@ impl Config {
                 .unwrap_or_default(),
         )?;
         denied.extend(parse_ranges(co, "denied-peer-ip", &cli.denied_peer_ip)?);
-        let policy = PeerPolicy {
+        let mut policy = PeerPolicy {
             allow_loopback: cli.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
             allowed,
             denied,
@@ -394,7 +564,81 @@ impl Config {
             Ok(Duration::from_secs(v))
         };
         let _ = file.lt_cred_mech;
+
+        let mut static_auth_secrets: Vec<Secret> = file
+            .static_auth_secret
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(Secret)
+            .collect();
+        static_auth_secrets.extend(cli.static_auth_secret.iter().cloned().map(Secret));
+        if static_auth_secrets.iter().any(|s| s.0.is_empty()) {
+            return Err(err(
+                fo,
+                "option `static-auth-secret`: a secret cannot be empty".into(),
+            ));
+        }
+        let userdb = cli.userdb.clone().or(file.userdb);
+        let use_auth_secret = cli.use_auth_secret
+            || file.use_auth_secret.unwrap_or(false)
+            || !static_auth_secrets.is_empty();
+        if use_auth_secret && static_auth_secrets.is_empty() && userdb.is_none() {
+            let o = if cli.use_auth_secret { co } else { fo };
+            return Err(err(o, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` holding secrets)".into()));
+        }
+        let rest_api_separator =
+            match (cli.rest_api_separator, file.rest_api_separator.as_deref()) {
+                (Some(c), _) => c,
+                (None, None) => ':',
+                (None, Some(s)) => {
+                    let mut chars = s.chars();
+                    match (chars.next(), chars.next()) {
+                        (Some(c), None) => c,
+                        _ => return Err(err(
+                            fo,
+                            format!(
+                                "option `rest-api-separator`: expected one character, got {s:?}"
+                            ),
+                        )),
+                    }
+                }
+            };
+        match cli.peer_policy.as_deref().or(file.peer_policy.as_deref()) {
+            None | Some("default") => {}
+            Some("recommended") => {
+                policy.denied.extend(
+                    RECOMMENDED_DENIED
+                        .iter()
+                        .map(|r| r.parse::<IpRange>().expect("valid built-in range")),
+                );
+            }
+            Some(other) => {
+                let o = if cli.peer_policy.is_some() { co } else { fo };
+                return Err(err(o, format!("option `peer-policy`: expected \"default\" or \"recommended\", got {other:?}")));
+            }
+        }
+        let unauth_burst = cli.unauth_burst.or(file.unauth_burst).unwrap_or(100);
+        if unauth_burst == 0 {
+            return Err(err(fo, "option `unauth-burst`: must be at least 1".into()));
+        }
+
         Ok(Config {
+            use_auth_secret,
+            static_auth_secrets,
+            rest_api_separator,
+            userdb,
+            max_bps: cli.max_bps.or(file.max_bps).unwrap_or(0),
+            bps_capacity: cli.bps_capacity.or(file.bps_capacity).unwrap_or(0),
+            stun_backward_compatibility: cli.stun_backward_compatibility
+                || file.stun_backward_compatibility.unwrap_or(false),
+            reason_phrases: cli.reason_phrases || file.reason_phrases.unwrap_or(false),
+            unauth_rate: cli.unauth_rate.or(file.unauth_rate).unwrap_or(50),
+            unauth_burst,
+            auth_failures_per_minute: cli
+                .auth_failures_per_minute
+                .or(file.auth_failures_per_minute)
+                .unwrap_or(10),
             listening_ips,
             listening_port,
             relay_ips,
@@ -440,12 +684,39 @@ impl Config {
         })
     }
 
+    /// The credentials: static users (plaintext or `0x` MD5 keys), users
+    /// from the database (`db_users`, name and MD5 key), and, with
+    /// `use-auth-secret`, the static secrets plus `db_secrets`.
+    pub fn credentials(
+        &self,
+        db_users: &[(String, [u8; 16])],
+        db_secrets: &[String],
+    ) -> Credentials {
+        let mut credentials = Credentials::new();
+        for (name, key) in db_users {
+            credentials.add_key(name, &self.realm, *key);
+        }
+        for u in &self.users {
+            match u.hashed_key() {
+                Some(k) => credentials.add_key(&u.name, &self.realm, k),
+                None => credentials.add_user(&u.name, &self.realm, &u.password),
+            }
+        }
+        if self.use_auth_secret {
+            let mut secrets: Vec<String> = self
+                .static_auth_secrets
+                .iter()
+                .map(|s| s.0.clone())
+                .collect();
+            secrets.extend(db_secrets.iter().cloned());
+            credentials.set_rest_secrets(secrets, self.rest_api_separator);
+        }
+        credentials
+    }
+
     /// The core's settings; `relay_ips` must be resolved (non-empty) by then.
     pub fn server_config(&self) -> ServerConfig {
-        let mut credentials = Credentials::new();
-        for u in &self.users {
-            credentials.add_user(&u.name, &self.realm, &u.password);
-        }
+        let credentials = self.credentials(&[], &[]);
         ServerConfig {
             realm: self.realm.clone(),
             credentials,
@@ -460,6 +731,13 @@ impl Config {
             user_quota: self.user_quota,
             total_quota: self.total_quota,
             fingerprint: self.fingerprint,
+            reason_phrases: self.reason_phrases,
+            mapped_address: self.stun_backward_compatibility,
+            unauth_rate: self.unauth_rate,
+            unauth_burst: self.unauth_burst,
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            max_bps: self.max_bps,
+            bps_capacity: self.bps_capacity,
             ..ServerConfig::default()
         }
     }

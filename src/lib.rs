@@ -29,3 +29,4 @@ pub mod config;
 pub mod server;
 pub mod stun;
 pub mod turn;
+pub mod userdb;

@@ -30,6 +30,54 @@ fn main() -> ExitCode {
             }
         };
     }
+    match &cli.command {
+        Some(Command::Credentials {
+            secret,
+            user,
+            ttl,
+            separator,
+            url,
+        }) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let username = format!("{}{separator}{user}", now + ttl);
+            let password = turnd::auth::rest_password(secret, &username);
+            println!("username: {username}");
+            println!("password: {password}");
+            println!("expires:  {} (unix time, in {ttl} s)", now + ttl);
+            println!("iceServers snippet for RTCPeerConnection:");
+            let snippet = serde_json::json!({
+                "iceServers": [{ "urls": [url], "username": username, "credential": password }]
+            });
+            println!("{snippet}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::HashKey {
+            user,
+            realm,
+            password,
+        }) => {
+            let key = turnd::stun::long_term_key(user, realm, password);
+            println!("0x{}", turnd::auth::to_hex(&key));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::User {
+            userdb,
+            realm,
+            command,
+        }) => {
+            return print_result(turnd::userdb::run_user_command(userdb, realm, command));
+        }
+        Some(Command::Secret {
+            userdb,
+            realm,
+            command,
+        }) => {
+            return print_result(turnd::userdb::run_secret_command(userdb, realm, command));
+        }
+        Some(Command::CheckConfig { .. }) | None => {}
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -60,11 +108,26 @@ fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, turnd::server::run(config)) {
+    match local.block_on(&runtime, turnd::server::run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("turnd: {e}");
             tracing::error!(error = %e, "turnd failed to start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_result(r: Result<String, turnd::userdb::UserDbError>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{}", text.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("turnd: {e}");
             ExitCode::FAILURE
         }
     }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Cli, Config};
 
 pub mod notify;
 use crate::turn::{FiveTuple, RelayIo, Server, Transmit, Transport};
@@ -33,6 +33,8 @@ const RECV_BUFFER: usize = 65_536;
 const OUT_BUFFER: usize = 65_600;
 /// Kernel socket buffer asked for on listeners (bytes; capped by net.core.*mem_max).
 const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
+/// How often the user database is polled for changes.
+const USERDB_POLL: Duration = Duration::from_secs(1);
 /// Longest the timer task sleeps between checks.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
@@ -54,9 +56,12 @@ pub enum StartError {
     NoRelayAddress(String),
     /// No user is configured: every Allocate would fail.
     #[error(
-        "no users configured: add `user = [\"name:password\"]` to the file or --user NAME:PASSWORD"
+        "no users configured: add `user = [\"name:password\"]` to the file or --user NAME:PASSWORD, or set static-auth-secret or userdb"
     )]
     NoUsers,
+    /// The user database could not be opened or read.
+    #[error("user database: {0}")]
+    UserDb(String),
     /// Runtime failure.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -281,11 +286,15 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
 ///
 /// # Errors
 /// [`StartError`] when a listener cannot be bound or no relay address exists.
-pub async fn run(mut config: Config) -> Result<(), StartError> {
+pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     resolve_relay_ips(&mut config)?;
-    if config.users.is_empty() {
+    if config.users.is_empty() && !config.use_auth_secret && config.userdb.is_none() {
         return Err(StartError::NoUsers);
     }
+    let mut userdb = match &config.userdb {
+        Some(path) => Some(UserDbWatch::open(path)?),
+        None => None,
+    };
     let mut listeners = HashMap::new();
     for ip in &config.listening_ips {
         let addr = SocketAddr::new(*ip, config.listening_port);
@@ -306,9 +315,14 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     }
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let mut server_config = config.server_config();
+    if let Some(db) = &mut userdb {
+        server_config.credentials = db.credentials(&config)?;
+    }
     let core = Rc::new(RefCell::new(Server::new(
-        config.server_config(),
+        server_config,
         Instant::now(),
+        unix_now(),
         seed,
     )));
     let shell = Rc::new(Shell {
@@ -343,7 +357,11 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
     }
 
-    wait_for_shutdown().await?;
+    let config = Rc::new(RefCell::new(config));
+    if let Some(db) = userdb {
+        tokio::task::spawn_local(userdb_task(db, config.clone(), core.clone()));
+    }
+    wait_for_shutdown(&cli, &config, &core).await?;
     let _ = notify::notify("STOPPING=1");
     timers.abort();
     let mut io = ShellIo {
@@ -357,7 +375,107 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn wait_for_shutdown() -> io::Result<()> {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The user database and the last `data_version` seen.
+struct UserDbWatch {
+    db: crate::userdb::UserDb,
+    version: Option<u64>,
+}
+
+impl UserDbWatch {
+    fn open(path: &std::path::Path) -> Result<Self, StartError> {
+        let db = crate::userdb::UserDb::open_existing(path)
+            .map_err(|e| StartError::UserDb(e.to_string()))?;
+        Ok(UserDbWatch { db, version: None })
+    }
+
+    /// Credentials from the config plus the database's users and secrets.
+    fn credentials(&mut self, config: &Config) -> Result<crate::auth::Credentials, StartError> {
+        let e = |e: crate::userdb::UserDbError| StartError::UserDb(e.to_string());
+        self.version = Some(self.db.data_version().map_err(e)?);
+        let users = self.db.users(&config.realm).map_err(e)?;
+        let secrets = if config.use_auth_secret {
+            self.db.secrets(&config.realm).map_err(e)?
+        } else {
+            Vec::new()
+        };
+        info!(users = users.len(), secrets = secrets.len(), path = %self.db.path().display(), "user database loaded");
+        Ok(config.credentials(&users, &secrets))
+    }
+
+    /// True when another connection committed since the last load.
+    fn changed(&self) -> bool {
+        match self.db.data_version() {
+            Ok(v) => Some(v) != self.version,
+            Err(e) => {
+                warn!(error = %e, "cannot poll the user database");
+                false
+            }
+        }
+    }
+}
+
+/// Polls the user database once a second and swaps the credentials in when
+/// it changed (`turnd user add` from another process).
+async fn userdb_task(mut db: UserDbWatch, config: Rc<RefCell<Config>>, core: Rc<RefCell<Server>>) {
+    let mut tick = tokio::time::interval(USERDB_POLL);
+    loop {
+        tick.tick().await;
+        if !db.changed() {
+            continue;
+        }
+        let loaded = db.credentials(&config.borrow());
+        match loaded {
+            Ok(c) => core.borrow_mut().set_credentials(c),
+            Err(e) => {
+                warn!(error = %e, "user database changed but could not be read; keeping the old users")
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration (and the user database) and applies
+/// it while allocations keep relaying. A bad file is logged and ignored.
+fn reload(cli: &Cli, config: &Rc<RefCell<Config>>, core: &Rc<RefCell<Server>>) {
+    let mut fresh = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "SIGHUP: configuration not reloaded");
+            return;
+        }
+    };
+    let old = config.borrow();
+    fresh.relay_ips = old.relay_ips.clone();
+    if fresh.listening_ips != old.listening_ips || fresh.listening_port != old.listening_port {
+        warn!(
+            "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
+        );
+    }
+    drop(old);
+    let mut server_config = fresh.server_config();
+    if let Some(path) = &fresh.userdb {
+        match UserDbWatch::open(path).and_then(|mut db| db.credentials(&fresh)) {
+            Ok(c) => server_config.credentials = c,
+            Err(e) => {
+                error!(error = %e, "SIGHUP: user database unreadable; configuration not reloaded");
+                return;
+            }
+        }
+    }
+    core.borrow_mut().reconfigure(Instant::now(), server_config);
+    *config.borrow_mut() = fresh;
+}
+
+async fn wait_for_shutdown(
+    cli: &Cli,
+    config: &Rc<RefCell<Config>>,
+    core: &Rc<RefCell<Server>>,
+) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -366,7 +484,7 @@ async fn wait_for_shutdown() -> io::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
-            _ = hup.recv() => { warn!("SIGHUP: live reload is not supported yet; configuration unchanged"); }
+            _ = hup.recv() => { info!("SIGHUP: reloading configuration"); reload(cli, config, core); }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use sha2::Sha256;
 
 use super::types::{
     AttributeType, Class, ErrorCode, MessageType, Method, TransactionId, MAGIC_COOKIE,
@@ -78,6 +79,8 @@ pub struct Message<'a> {
     /// End of the attributes that are visible (offset of the first attribute after MI, or the end).
     visible_end: usize,
     integrity_offset: Option<usize>,
+    /// Offset and value length (16-32 bytes) of MESSAGE-INTEGRITY-SHA256.
+    integrity_sha256: Option<(usize, u8)>,
     has_fingerprint: bool,
     unknown: [u16; MAX_UNKNOWN],
     unknown_len: u8,
@@ -123,6 +126,7 @@ impl<'a> Message<'a> {
             message_type,
             visible_end: total,
             integrity_offset: None,
+            integrity_sha256: None,
             has_fingerprint: false,
             unknown: [0; MAX_UNKNOWN],
             unknown_len: 0,
@@ -155,9 +159,17 @@ impl<'a> Message<'a> {
                     return Err(DecodeError::FingerprintMismatch);
                 }
                 msg.has_fingerprint = true;
-                if msg.integrity_offset.is_none() {
+                if msg.integrity_offset.is_none() && msg.integrity_sha256.is_none() {
                     msg.visible_end = off;
                 }
+            } else if msg.integrity_sha256.is_some() {
+                // After MESSAGE-INTEGRITY-SHA256 only FINGERPRINT counts.
+            } else if at == AttributeType::MESSAGE_INTEGRITY_SHA256 {
+                if !(16..=32).contains(&l) || l % 4 != 0 {
+                    return Err(DecodeError::BadMessageIntegrity);
+                }
+                msg.integrity_sha256 = Some((off, l as u8));
+                msg.visible_end = off + 4 + l;
             } else if msg.integrity_offset.is_none() {
                 if at == AttributeType::MESSAGE_INTEGRITY {
                     if l != 20 {
@@ -254,6 +266,29 @@ impl<'a> Message<'a> {
     pub fn get_xor_address(&self, t: AttributeType) -> Option<Result<SocketAddr, AttributeError>> {
         self.get(t)
             .map(|v| decode_xor_address(v, &self.transaction_id()))
+    }
+
+    /// True when the message carries MESSAGE-INTEGRITY-SHA256.
+    pub fn has_integrity_sha256(&self) -> bool {
+        self.integrity_sha256.is_some()
+    }
+
+    /// Checks MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, possibly truncated to
+    /// 16-32 bytes) with `key`, in constant time. See RFC 8489, section 14.6.
+    /// Returns false when the message has no MESSAGE-INTEGRITY-SHA256.
+    pub fn check_integrity_sha256(&self, key: &[u8]) -> bool {
+        let Some((off, l)) = self.integrity_sha256 else {
+            return false;
+        };
+        let l = l as usize;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
+        let len = (off + 4 + l - HEADER_LEN) as u16;
+        mac.update(&self.buf[0..2]);
+        mac.update(&len.to_be_bytes());
+        mac.update(&self.buf[4..off]);
+        mac.verify_truncated_left(&self.buf[off + 4..off + 4 + l])
+            .is_ok()
     }
 
     /// Checks MESSAGE-INTEGRITY (HMAC-SHA1) with `key`, in constant time.
@@ -528,6 +563,24 @@ impl<'b> MessageWriter<'b> {
         Ok(())
     }
 
+    /// Appends ERROR-CODE with the RFC reason phrase when `reason`, else with
+    /// an empty one (smaller answers to unauthenticated requests).
+    ///
+    /// # Errors
+    /// [`BufferFull`] when it does not fit.
+    pub fn error_code_with_reason(
+        &mut self,
+        code: ErrorCode,
+        reason: bool,
+    ) -> Result<(), BufferFull> {
+        if reason {
+            return self.error_code(code);
+        }
+        let v = self.reserve(AttributeType::ERROR_CODE, 4)?;
+        v.copy_from_slice(&[0, 0, (code.0 / 100) as u8, (code.0 % 100) as u8]);
+        Ok(())
+    }
+
     /// Appends ERROR-CODE with the RFC reason phrase.
     ///
     /// # Errors
@@ -568,6 +621,22 @@ impl<'b> MessageWriter<'b> {
         mac.update(&self.buf[..off]);
         let tag = mac.finalize().into_bytes();
         self.buf[off + 4..off + 24].copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Appends MESSAGE-INTEGRITY-SHA256: HMAC-SHA256 with `key` over the
+    /// message so far (32 bytes). See RFC 8489, section 14.6.
+    ///
+    /// # Errors
+    /// [`BufferFull`] when it does not fit.
+    pub fn message_integrity_sha256(&mut self, key: &[u8]) -> Result<(), BufferFull> {
+        let off = self.len;
+        self.reserve(AttributeType::MESSAGE_INTEGRITY_SHA256, 32)?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
+        mac.update(&self.buf[..off]);
+        let tag = mac.finalize().into_bytes();
+        self.buf[off + 4..off + 36].copy_from_slice(&tag);
         Ok(())
     }
 
@@ -763,6 +832,57 @@ mod tests {
         assert!(m.has_fingerprint());
         // The HMAC was computed before the trailing attributes: it still checks.
         assert!(m.check_integrity(b"key"));
+    }
+
+    #[test]
+    fn message_integrity_sha256_round_trip_and_truncation() {
+        let mut out = [0u8; 256];
+        let mut w = MessageWriter::new(
+            &mut out,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            [5; 12],
+        )
+        .unwrap();
+        w.attribute(AttributeType::USERNAME, b"alice").unwrap();
+        w.message_integrity(b"k").unwrap();
+        w.message_integrity_sha256(b"k").unwrap();
+        w.attribute(AttributeType(0x7777), b"ignored").unwrap();
+        w.fingerprint().unwrap();
+        let n = w.finish();
+        let m = Message::parse(&out[..n]).unwrap();
+        assert!(m.check_integrity(b"k"));
+        assert!(m.check_integrity_sha256(b"k"));
+        assert!(!m.check_integrity_sha256(b"x"));
+        assert!(m.unknown_attributes().is_empty());
+        // A 16-byte truncated MESSAGE-INTEGRITY-SHA256 also verifies.
+        let mut out = [0u8; 256];
+        let mut w = MessageWriter::new(
+            &mut out,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            [6; 12],
+        )
+        .unwrap();
+        w.attribute(AttributeType::USERNAME, b"alice").unwrap();
+        let off = w.finish();
+        let mut full = out;
+        let mut w2 = MessageWriter::new(
+            &mut full,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            [6; 12],
+        )
+        .unwrap();
+        w2.attribute(AttributeType::USERNAME, b"alice").unwrap();
+        // Compute the HMAC over a header that counts a 16-byte attribute.
+        let mut hdr = full[..off].to_vec();
+        hdr[2..4].copy_from_slice(&((off + 20 - HEADER_LEN) as u16).to_be_bytes());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"k").unwrap();
+        mac.update(&hdr);
+        let tag = mac.finalize().into_bytes();
+        out[2..4].copy_from_slice(&((off + 20 - HEADER_LEN) as u16).to_be_bytes());
+        out[off..off + 4].copy_from_slice(&[0x00, 0x1C, 0x00, 0x10]);
+        out[off + 4..off + 20].copy_from_slice(&tag[..16]);
+        let m = Message::parse(&out[..off + 20]).unwrap();
+        assert!(m.check_integrity_sha256(b"k"));
     }
 
     #[test]

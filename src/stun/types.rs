@@ -157,8 +157,14 @@ impl AttributeType {
     pub const REQUESTED_TRANSPORT: AttributeType = AttributeType(0x0019);
     /// RFC 8656, section 18.9.
     pub const DONT_FRAGMENT: AttributeType = AttributeType(0x001A);
-    /// RFC 8489, section 14.6 (not supported yet: a request carrying it gets 420).
+    /// RFC 8489, section 14.6 (HMAC-SHA256, 16-32 bytes).
     pub const MESSAGE_INTEGRITY_SHA256: AttributeType = AttributeType(0x001C);
+    /// RFC 8489, section 14.12: the algorithm the client chose.
+    pub const PASSWORD_ALGORITHM: AttributeType = AttributeType(0x001D);
+    /// RFC 8489, section 14.4: SHA-256(username ":" realm), for username anonymity.
+    pub const USERHASH: AttributeType = AttributeType(0x001E);
+    /// RFC 8489, section 14.11: the algorithms the server offers (comprehension-optional).
+    pub const PASSWORD_ALGORITHMS: AttributeType = AttributeType(0x8002);
     /// RFC 8489, section 14.2.
     pub const XOR_MAPPED_ADDRESS: AttributeType = AttributeType(0x0020);
     /// RFC 8656, section 18.10.
@@ -205,6 +211,9 @@ impl AttributeType {
                 | AttributeType::RESERVATION_TOKEN
                 | AttributeType::PRIORITY
                 | AttributeType::USE_CANDIDATE
+                | AttributeType::MESSAGE_INTEGRITY_SHA256
+                | AttributeType::PASSWORD_ALGORITHM
+                | AttributeType::USERHASH
         )
     }
 }

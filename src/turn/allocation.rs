@@ -62,7 +62,7 @@ pub struct Allocation {
     /// The username that created it; later requests must use the same (else 441).
     pub username: Arc<str>,
     /// The long-term key of that user, for MESSAGE-INTEGRITY on responses.
-    pub key: [u8; 16],
+    pub key: crate::auth::Key,
     /// When the allocation expires unless refreshed.
     pub expires: Instant,
     /// When it was created.
@@ -77,6 +77,14 @@ pub struct Allocation {
     pub packets_to_peer: u64,
     /// Packets relayed from peers to the client.
     pub packets_to_client: u64,
+    /// Bytes relayed from client to peers.
+    pub bytes_to_peer: u64,
+    /// Bytes relayed from peers to the client.
+    pub bytes_to_client: u64,
+    /// `max-bps` bucket for client-to-peer bytes, when limited.
+    pub bandwidth_to_peer: Option<super::TokenBucket>,
+    /// `max-bps` bucket for peer-to-client bytes, when limited.
+    pub bandwidth_to_client: Option<super::TokenBucket>,
 }
 
 impl Allocation {

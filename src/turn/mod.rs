@@ -5,11 +5,13 @@
 //! the [`RelayIo`] trait.
 
 mod allocation;
+mod limits;
 mod policy;
 mod ports;
 mod server;
 
 pub use allocation::*;
+pub use limits::*;
 pub use policy::*;
 pub use ports::*;
 pub use server::*;

@@ -94,7 +94,7 @@ impl Harness {
         tweak(&mut config);
         let now = Instant::now();
         Harness {
-            server: Server::new(config, now, [7; 32]),
+            server: Server::new(config, now, 1_700_000_000, [7; 32]),
             io: FakeIo::default(),
             now,
             out: vec![0; 70_000],

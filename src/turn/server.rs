@@ -19,9 +19,13 @@ use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, trace};
 
 use super::allocation::{Allocation, ChannelBinding, FiveTuple};
+use super::limits::{bandwidth_burst, SourceLimiter, TokenBucket};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
-use crate::auth::{Credentials, NonceCheck, NonceIssuer};
+use crate::auth::{
+    Credentials, Key, LookupFailure, NonceCheck, NonceIssuer, PasswordAlgorithm,
+    PASSWORD_ALGORITHMS_VALUE,
+};
 use crate::stun::{
     write_channel_data_header, AttributeType, ChannelData, Class, ErrorCode, Message, MessageType,
     MessageWriter, Method, TransactionId, CHANNEL_DATA_HEADER_LEN, MAGIC_COOKIE, MAX_CHANNEL,
@@ -42,6 +46,8 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
 /// Most permissions one allocation may hold (more get 508).
 pub const MAX_PERMISSIONS: usize = 1024;
+/// Most channel bindings one allocation may hold (more get 508).
+pub const MAX_CHANNELS: usize = 4096;
 /// Most cached responses kept for retransmission detection.
 pub const MAX_CACHED_RESPONSES: usize = 65_536;
 /// Smallest `out` buffer callers must pass (bytes): any reply except a Data
@@ -81,6 +87,27 @@ pub struct ServerConfig {
     pub fingerprint: bool,
     /// SOFTWARE attribute for responses; `None` sends none.
     pub software: Option<String>,
+    /// Put the RFC reason phrase in ERROR-CODE (else an empty phrase, which
+    /// keeps answers to unauthenticated requests small).
+    pub reason_phrases: bool,
+    /// Add MAPPED-ADDRESS to Binding responses for RFC 3489-era clients
+    /// (coturn's `stun-backward-compatibility`).
+    pub mapped_address: bool,
+    /// Answers to unauthenticated requests (Binding, 401, 438, 400) per
+    /// second per source IP; 0 disables the limit.
+    pub unauth_rate: u64,
+    /// Burst of `unauth_rate` (answers).
+    pub unauth_burst: u64,
+    /// Failed authentications per minute per source IP before that source
+    /// gets no answers until its budget refills; 0 disables.
+    pub auth_failures_per_minute: u64,
+    /// Most source addresses tracked by each rate limiter.
+    pub max_tracked_sources: usize,
+    /// Bytes per second per allocation and direction; 0 is unlimited.
+    /// Excess datagrams are dropped and counted.
+    pub max_bps: u64,
+    /// Bytes per second for the whole server (both directions); 0 is unlimited.
+    pub bps_capacity: u64,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +128,14 @@ impl Default for ServerConfig {
             total_quota: 0,
             fingerprint: false,
             software: None,
+            reason_phrases: false,
+            mapped_address: false,
+            unauth_rate: 50,
+            unauth_burst: 100,
+            auth_failures_per_minute: 10,
+            max_tracked_sources: 65_536,
+            max_bps: 0,
+            bps_capacity: 0,
         }
     }
 }
@@ -171,6 +206,10 @@ pub struct Stats {
     pub allocations_deleted: u64,
     /// Requests that failed authentication (wrong password, unknown user).
     pub auth_failures: u64,
+    /// Requests dropped by a per-source rate limit.
+    pub rate_limited: u64,
+    /// Datagrams dropped by `max-bps` or `bps-capacity`.
+    pub dropped_bandwidth: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,13 +275,15 @@ struct CachedResponse {
 
 struct Authenticated {
     username: Arc<str>,
-    key: [u8; 16],
+    key: Key,
 }
 
 /// Everything a request handler needs to answer.
 struct Reply<'m> {
     msg: Message<'m>,
     fingerprint: bool,
+    /// Answer with MESSAGE-INTEGRITY-SHA256 (the request had it) instead of MESSAGE-INTEGRITY.
+    sha256: bool,
 }
 
 /// The TURN server state machine. See the module doc for the call protocol.
@@ -261,6 +302,11 @@ pub struct Server {
     timer_seq: u64,
     next_id: u64,
     stats: Stats,
+    unix_epoch: u64,
+    unauth: SourceLimiter,
+    failures: SourceLimiter,
+    capacity: Option<TokenBucket>,
+    key_scratch: Vec<Key>,
 }
 
 impl std::fmt::Debug for Server {
@@ -275,7 +321,10 @@ impl Server {
     /// Creates a server. `now` is its epoch (nonce times count from it);
     /// `seed` feeds the RNG for nonce keys, relay ports and reservation tokens
     /// (pass OS randomness in production, a constant in tests).
-    pub fn new(config: ServerConfig, now: Instant, seed: [u8; 32]) -> Self {
+    ///
+    /// `unix_now` is the Unix time (seconds) at `now`, for the expiry of TURN
+    /// REST API usernames.
+    pub fn new(config: ServerConfig, now: Instant, unix_now: u64, seed: [u8; 32]) -> Self {
         let mut rng = StdRng::from_seed(seed);
         let mut nonce_key = [0u8; 20];
         rng.fill_bytes(&mut nonce_key);
@@ -284,7 +333,27 @@ impl Server {
             .iter()
             .map(|ip| (*ip, PortPool::new(config.min_port, config.max_port)))
             .collect();
+        let failures_rate = config.auth_failures_per_minute;
         Server {
+            unix_epoch: unix_now,
+            unauth: SourceLimiter::new(
+                config.unauth_rate as f64,
+                config.unauth_burst,
+                config.max_tracked_sources,
+            ),
+            failures: SourceLimiter::new(
+                failures_rate as f64 / 60.0,
+                failures_rate,
+                config.max_tracked_sources,
+            ),
+            capacity: (config.bps_capacity > 0).then(|| {
+                TokenBucket::new(
+                    config.bps_capacity as f64,
+                    bandwidth_burst(config.bps_capacity),
+                    now,
+                )
+            }),
+            key_scratch: Vec::new(),
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
             config,
             epoch: now,
@@ -374,12 +443,18 @@ impl Server {
         let routed = (|| {
             let cd = ChannelData::parse(input).ok()?;
             let alloc = self.allocations.get_mut(&ft)?;
-            let ch = alloc.channels.get(&cd.channel())?;
+            let ch = *alloc.channels.get(&cd.channel())?;
             if ch.expires <= now || !alloc.has_permission(ch.peer.ip(), now) {
                 return None;
             }
+            let len = cd.data().len();
+            if !within_bandwidth(&mut alloc.bandwidth_to_peer, &mut self.capacity, len, now) {
+                self.stats.dropped_bandwidth += 1;
+                return None;
+            }
             alloc.packets_to_peer += 1;
-            Some((alloc.relay, ch.peer, cd.data().len()))
+            alloc.bytes_to_peer += len as u64;
+            Some((alloc.relay, ch.peer, len))
         })();
         match routed {
             Some((relay, peer, len)) => {
@@ -430,6 +505,12 @@ impl Server {
             self.stats.dropped_from_peer += 1;
             return Transmit::None;
         }
+        if !within_bandwidth(&mut alloc.bandwidth_to_client, &mut self.capacity, len, now) {
+            self.stats.dropped_bandwidth += 1;
+            self.stats.dropped_from_peer += 1;
+            return Transmit::None;
+        }
+        alloc.bytes_to_client += len as u64;
         if let Some(channel) = alloc.channel_for(peer, now) {
             alloc.packets_to_client += 1;
             self.stats.packets_to_client += 1;
@@ -547,19 +628,34 @@ impl Server {
         let r = Reply {
             msg,
             fingerprint: self.config.fingerprint || msg.has_fingerprint(),
+            sha256: msg.has_integrity_sha256(),
         };
         if !msg.unknown_attributes().is_empty() {
+            if !self.unauth.allow(ft.client.ip(), now) {
+                self.stats.rate_limited += 1;
+                return Transmit::None;
+            }
             let unknown = msg.unknown_attributes();
             debug!(client = %ft.client, ?unknown, "request with unknown comprehension-required attributes");
+            let phrases = self.config.reason_phrases;
             return self.finish(ft, out, &r, Class::Error, None, |w| {
-                w.error_code(ErrorCode::UNKNOWN_ATTRIBUTE)?;
+                w.error_code_with_reason(ErrorCode::UNKNOWN_ATTRIBUTE, phrases)?;
                 w.unknown_attributes(unknown)
             });
         }
         match msg.method() {
             Method::BINDING => {
-                // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only.
+                // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only
+                // (and MAPPED-ADDRESS for RFC 3489-era clients when asked).
+                if !self.unauth.allow(ft.client.ip(), now) {
+                    self.stats.rate_limited += 1;
+                    return Transmit::None;
+                }
+                let mapped = self.config.mapped_address;
                 return self.finish(ft, out, &r, Class::Success, None, |w| {
+                    if mapped {
+                        w.address(AttributeType::MAPPED_ADDRESS, ft.client)?;
+                    }
                     w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
                 });
             }
@@ -567,7 +663,7 @@ impl Server {
             | Method::REFRESH
             | Method::CREATE_PERMISSION
             | Method::CHANNEL_BIND => {}
-            _ => return self.error(ft, out, &r, ErrorCode::BAD_REQUEST, None),
+            _ => return self.unauthenticated_error(now, ft, out, &r, ErrorCode::BAD_REQUEST),
         }
         // A retransmission gets the very same answer (RFC 8489 section 6.3.4).
         if let Some(cached) = self.responses.get(&(ft, msg.transaction_id())) {
@@ -613,7 +709,7 @@ impl Server {
         out: &mut [u8],
         r: &Reply<'_>,
         class: Class,
-        key: Option<&[u8; 16]>,
+        key: Option<&Key>,
         body: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), crate::stun::BufferFull>,
     ) -> Transmit {
         let written = (|| {
@@ -627,8 +723,10 @@ impl Server {
             if let Some(s) = &self.config.software {
                 w.attribute(AttributeType::SOFTWARE, s.as_bytes()).ok()?;
             }
-            if let Some(k) = key {
-                w.message_integrity(k).ok()?;
+            match key {
+                Some(k) if r.sha256 => w.message_integrity_sha256(k.as_bytes()).ok()?,
+                Some(k) => w.message_integrity(k.as_bytes()).ok()?,
+                None => {}
             }
             if r.fingerprint {
                 w.fingerprint().ok()?;
@@ -644,25 +742,38 @@ impl Server {
         out: &mut [u8],
         r: &Reply<'_>,
         code: ErrorCode,
-        key: Option<&[u8; 16]>,
+        key: Option<&Key>,
     ) -> Transmit {
-        self.finish(ft, out, r, Class::Error, key, |w| w.error_code(code))
+        let phrases = self.config.reason_phrases;
+        self.finish(ft, out, r, Class::Error, key, |w| {
+            w.error_code_with_reason(code, phrases)
+        })
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE.
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS, rate
+    /// limited per source (turnd must not be a reflector).
     fn challenge(
-        &self,
+        &mut self,
         now: Instant,
         ft: FiveTuple,
         out: &mut [u8],
         r: &Reply<'_>,
         code: ErrorCode,
     ) -> Transmit {
+        if !self.unauth.allow(ft.client.ip(), now) {
+            self.stats.rate_limited += 1;
+            return Transmit::None;
+        }
         let nonce = self.nonces.issue(self.now_secs(now), ft.client);
+        let phrases = self.config.reason_phrases;
         self.finish(ft, out, r, Class::Error, None, |w| {
-            w.error_code(code)?;
+            w.error_code_with_reason(code, phrases)?;
             w.attribute(AttributeType::REALM, self.config.realm.as_bytes())?;
-            w.attribute(AttributeType::NONCE, &nonce)
+            w.attribute(AttributeType::NONCE, &nonce)?;
+            w.attribute(
+                AttributeType::PASSWORD_ALGORITHMS,
+                &PASSWORD_ALGORITHMS_VALUE,
+            )
         })
     }
 
@@ -675,45 +786,112 @@ impl Server {
         out: &mut [u8],
     ) -> Result<Authenticated, Transmit> {
         let msg = &r.msg;
-        if !msg.has_integrity() {
+        let ip = ft.client.ip();
+        if !msg.has_integrity() && !msg.has_integrity_sha256() {
             return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
         }
-        let (Some(username), Some(realm), Some(nonce)) = (
-            msg.get_str(AttributeType::USERNAME),
+        let (Some(realm), Some(nonce)) = (
             msg.get_str(AttributeType::REALM),
             msg.get(AttributeType::NONCE),
         ) else {
-            return Err(self.error(ft, out, r, ErrorCode::BAD_REQUEST, None));
+            return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST));
         };
         match self.nonces.check(nonce, self.now_secs(now), ft.client) {
             NonceCheck::Valid => {}
             check => {
-                debug!(client = %ft.client, user = username, ?check, "nonce not valid: 438");
+                debug!(client = %ft.client, ?check, "nonce not valid: 438");
                 return Err(self.challenge(now, ft, out, r, ErrorCode::STALE_NONCE));
             }
         }
-        let key = match self.config.credentials.key(username) {
-            Some(k) if realm == self.config.realm => *k,
-            Some(_) => {
-                self.stats.auth_failures += 1;
-                info!(client = %ft.client, user = username, realm, "auth failure: wrong realm");
+        // RFC 8489 section 9.2.4: PASSWORD-ALGORITHMS must echo ours, and
+        // PASSWORD-ALGORITHM pick one of them; neither means MD5.
+        let algorithm = match (
+            msg.get(AttributeType::PASSWORD_ALGORITHMS),
+            msg.get(AttributeType::PASSWORD_ALGORITHM),
+        ) {
+            (None, None) => PasswordAlgorithm::Md5,
+            (Some(offered), Some(&[a, b, _, _])) if offered == PASSWORD_ALGORITHMS_VALUE => {
+                match PasswordAlgorithm::from_number(u16::from_be_bytes([a, b])) {
+                    Some(alg) => alg,
+                    None => {
+                        return Err(self.unauthenticated_error(
+                            now,
+                            ft,
+                            out,
+                            r,
+                            ErrorCode::BAD_REQUEST,
+                        ))
+                    }
+                }
+            }
+            _ => return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST)),
+        };
+        let username: String = match (
+            msg.get_str(AttributeType::USERNAME),
+            msg.get(AttributeType::USERHASH),
+        ) {
+            (Some(u), _) => u.to_owned(),
+            (None, Some(h)) => match self.config.credentials.username_for_userhash(h) {
+                Some(u) => u.to_owned(),
+                None => String::new(),
+            },
+            (None, None) => {
+                return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST))
+            }
+        };
+        // Repeated failures from one source: no more answers for a while.
+        if self.failures.is_blocked(ip, now) {
+            self.stats.rate_limited += 1;
+            debug!(client = %ft.client, "too many authentication failures from this address: dropped");
+            return Err(Transmit::None);
+        }
+        let failure = |this: &mut Self, why: &'static str| {
+            this.stats.auth_failures += 1;
+            this.failures.record(ip, now);
+            info!(client = %ft.client, user = %username, reason = why, "auth failure");
+        };
+        if realm != self.config.realm {
+            failure(self, "wrong realm");
+            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+        }
+        let mut keys = std::mem::take(&mut self.key_scratch);
+        keys.clear();
+        let unix_now = self.unix_now(now);
+        let looked_up = self
+            .config
+            .credentials
+            .keys(&username, realm, algorithm, unix_now, &mut keys);
+        let matched = keys.iter().copied().find(|k| {
+            if msg.has_integrity_sha256() {
+                msg.check_integrity_sha256(k.as_bytes())
+            } else {
+                msg.check_integrity(k.as_bytes())
+            }
+        });
+        self.key_scratch = keys;
+        let key = match (looked_up, matched) {
+            (Ok(()), Some(k)) => k,
+            (Ok(()), None) => {
+                failure(self, "message-integrity mismatch (wrong password)");
                 return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
             }
-            None => {
-                self.stats.auth_failures += 1;
-                info!(client = %ft.client, user = username, "auth failure: unknown user");
+            (Err(LookupFailure::Expired), _) => {
+                failure(self, "rest credentials expired");
+                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            }
+            (Err(LookupFailure::NoKeyForAlgorithm), _) => {
+                failure(self, "no key for the requested password algorithm");
+                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            }
+            (Err(LookupFailure::UnknownUser), _) => {
+                failure(self, "unknown user");
                 return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
             }
         };
-        if !msg.check_integrity(&key) {
-            self.stats.auth_failures += 1;
-            info!(client = %ft.client, user = username, "auth failure: message-integrity mismatch (wrong password)");
-            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
-        }
         // The allocation's owner must keep using the same username (441).
         if let Some(a) = self.allocations.get(&ft) {
-            if &*a.username != username {
-                info!(client = %ft.client, user = username, owner = %a.username, "auth failure: wrong credentials for allocation");
+            if *a.username != *username {
+                info!(client = %ft.client, user = %username, owner = %a.username, "auth failure: wrong credentials for allocation");
                 return Err(self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, Some(&key)));
             }
             return Ok(Authenticated {
@@ -722,9 +900,30 @@ impl Server {
             });
         }
         Ok(Authenticated {
-            username: Arc::from(username),
+            username: Arc::from(username.as_str()),
             key,
         })
+    }
+
+    /// An error answer to a request that did not authenticate: rate limited
+    /// per source like every unauthenticated answer.
+    fn unauthenticated_error(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        out: &mut [u8],
+        r: &Reply<'_>,
+        code: ErrorCode,
+    ) -> Transmit {
+        if !self.unauth.allow(ft.client.ip(), now) {
+            self.stats.rate_limited += 1;
+            return Transmit::None;
+        }
+        self.error(ft, out, r, code, None)
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.unix_epoch + now.saturating_duration_since(self.epoch).as_secs()
     }
 
     fn lifetime(&self, requested: Option<u32>) -> Duration {
@@ -869,6 +1068,10 @@ impl Server {
                 channel_by_peer: HashMap::new(),
                 packets_to_peer: 0,
                 packets_to_client: 0,
+                bytes_to_peer: 0,
+                bytes_to_client: 0,
+                bandwidth_to_peer: self.allocation_bucket(now),
+                bandwidth_to_client: self.allocation_bucket(now),
             },
         );
         self.by_relay.insert(relay, ft);
@@ -915,6 +1118,11 @@ impl Server {
             }
         }
         None
+    }
+
+    fn allocation_bucket(&self, now: Instant) -> Option<TokenBucket> {
+        let bps = self.config.max_bps;
+        (bps > 0).then(|| TokenBucket::new(bps as f64, bandwidth_burst(bps), now))
     }
 
     fn release_port(&mut self, addr: SocketAddr) {
@@ -1096,6 +1304,9 @@ impl Server {
         // peer, and the peer unbound or bound to this number.
         let number_ok = a.channels.get(&number).is_none_or(|c| c.peer == peer);
         let peer_ok = a.channel_by_peer.get(&peer).is_none_or(|&n| n == number);
+        if a.channels.len() >= MAX_CHANNELS && !a.channels.contains_key(&number) {
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+        }
         if !number_ok || !peer_ok {
             debug!(client = %ft.client, channel = number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
@@ -1142,7 +1353,17 @@ impl Server {
             if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
                 return None;
             }
+            if !within_bandwidth(
+                &mut a.bandwidth_to_peer,
+                &mut self.capacity,
+                data.len(),
+                now,
+            ) {
+                self.stats.dropped_bandwidth += 1;
+                return None;
+            }
             a.packets_to_peer += 1;
+            a.bytes_to_peer += data.len() as u64;
             let start = data.as_ptr() as usize - input.as_ptr() as usize;
             Some((a.relay, peer, start..start + data.len()))
         })();
@@ -1226,6 +1447,53 @@ impl Server {
         }
     }
 
+    /// Replaces the credentials (users and REST secrets) without touching
+    /// allocations: a user database changed, or a reload.
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.config.credentials = credentials;
+    }
+
+    /// Applies a reloaded configuration (SIGHUP) while every allocation keeps
+    /// relaying: credentials, peer policy, quotas, lifetimes for new grants,
+    /// nonce lifetime, rate and bandwidth limits. Relay addresses and the port
+    /// range are kept as they were (they need a restart). Permissions and
+    /// channels to peers the new policy denies are removed at once.
+    pub fn reconfigure(&mut self, now: Instant, mut config: ServerConfig) {
+        config.relay_ips = self.config.relay_ips.clone();
+        config.min_port = self.config.min_port;
+        config.max_port = self.config.max_port;
+        self.nonces.set_lifetime(config.nonce_lifetime);
+        self.unauth
+            .set_rate(config.unauth_rate as f64, config.unauth_burst);
+        let f = config.auth_failures_per_minute;
+        self.failures.set_rate(f as f64 / 60.0, f);
+        self.capacity = (config.bps_capacity > 0).then(|| {
+            TokenBucket::new(
+                config.bps_capacity as f64,
+                bandwidth_burst(config.bps_capacity),
+                now,
+            )
+        });
+        self.config = config;
+        let bucket = self.allocation_bucket(now);
+        let mut revoked = 0usize;
+        for a in self.allocations.values_mut() {
+            a.bandwidth_to_peer = bucket;
+            a.bandwidth_to_client = bucket;
+            let policy = &self.config.policy;
+            let before = a.permissions.len() + a.channels.len();
+            a.permissions.retain(|ip, _| policy.is_allowed(*ip));
+            a.channels.retain(|_, c| policy.is_allowed(c.peer.ip()));
+            let channels = &a.channels;
+            a.channel_by_peer.retain(|_, n| channels.contains_key(n));
+            revoked += before - a.permissions.len() - a.channels.len();
+        }
+        info!(
+            allocations = self.allocations.len(),
+            revoked, "configuration reloaded"
+        );
+    }
+
     /// Deletes every allocation (shutdown), closing relay sockets through `io`.
     pub fn close_all(&mut self, io: &mut impl RelayIo) {
         let all: Vec<FiveTuple> = self.allocations.keys().copied().collect();
@@ -1233,4 +1501,30 @@ impl Server {
             self.delete_allocation(ft, io, "server shutdown");
         }
     }
+}
+
+/// Takes `len` bytes from the allocation's and the server's bandwidth
+/// buckets, when they exist; false (nothing taken) when either is short.
+#[inline]
+fn within_bandwidth(
+    allocation: &mut Option<TokenBucket>,
+    server: &mut Option<TokenBucket>,
+    len: usize,
+    now: Instant,
+) -> bool {
+    if allocation.is_none() && server.is_none() {
+        return true;
+    }
+    let len = len as u64;
+    if let Some(a) = allocation {
+        if !a.take(len, now) {
+            return false;
+        }
+    }
+    if let Some(s) = server {
+        if !s.take(len, now) {
+            return false;
+        }
+    }
+    true
 }
