@@ -587,23 +587,25 @@ impl Config {
             let o = if cli.use_auth_secret { co } else { fo };
             return Err(err(o, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` holding secrets)".into()));
         }
-        let rest_api_separator =
-            match (cli.rest_api_separator, file.rest_api_separator.as_deref()) {
-                (Some(c), _) => c,
-                (None, None) => ':',
-                (None, Some(s)) => {
-                    let mut chars = s.chars();
-                    match (chars.next(), chars.next()) {
-                        (Some(c), None) => c,
-                        _ => return Err(err(
+        let rest_api_separator = match (cli.rest_api_separator, file.rest_api_separator.as_deref())
+        {
+            (Some(c), _) => c,
+            (None, None) => ':',
+            (None, Some(s)) => {
+                let mut chars = s.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => c,
+                    _ => {
+                        return Err(err(
                             fo,
                             format!(
                                 "option `rest-api-separator`: expected one character, got {s:?}"
                             ),
-                        )),
+                        ))
                     }
                 }
-            };
+            }
+        };
         match cli.peer_policy.as_deref().or(file.peer_policy.as_deref()) {
             None | Some("default") => {}
             Some("recommended") => {

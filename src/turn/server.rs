@@ -790,6 +790,12 @@ impl Server {
         if !msg.has_integrity() && !msg.has_integrity_sha256() {
             return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
         }
+        // Repeated failures from one source: no answers until its budget refills.
+        if self.failures.is_blocked(ip, now) {
+            self.stats.rate_limited += 1;
+            debug!(client = %ft.client, "too many authentication failures from this address: dropped");
+            return Err(Transmit::None);
+        }
         let (Some(realm), Some(nonce)) = (
             msg.get_str(AttributeType::REALM),
             msg.get(AttributeType::NONCE),
@@ -839,12 +845,6 @@ impl Server {
                 return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST))
             }
         };
-        // Repeated failures from one source: no more answers for a while.
-        if self.failures.is_blocked(ip, now) {
-            self.stats.rate_limited += 1;
-            debug!(client = %ft.client, "too many authentication failures from this address: dropped");
-            return Err(Transmit::None);
-        }
         let failure = |this: &mut Self, why: &'static str| {
             this.stats.auth_failures += 1;
             this.failures.record(ip, now);
