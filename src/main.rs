@@ -1,6 +1,8 @@
 //! The `turnd` binary: parses the command line, loads the configuration and
 //! runs the server on a single-threaded tokio runtime.
 
+#![allow(clippy::disallowed_methods)] // the binary is IO shell: it reads the clock
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -167,6 +167,7 @@ pub fn bandwidth_burst(bytes_per_sec: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary epoch
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Scenario tests of the state machine with a fake clock and a fake relay IO:
 //! no sockets, faster than real time.
 
+#![allow(clippy::disallowed_methods)] // tests pick an arbitrary epoch
+
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -220,7 +222,7 @@ impl Harness {
         self.input(c.ft, &b)
     }
 
-    fn from_peer(
+    fn peer_sends(
         &mut self,
         relay: SocketAddr,
         peer: SocketAddr,
@@ -559,11 +561,11 @@ fn permissions_channels_and_relaying() {
     let relay = h.relay_of(&c);
 
     // No permission yet: peer data is dropped, Send is dropped.
-    assert_eq!(h.from_peer(relay, peer(), b"hi").0, Transmit::None);
+    assert_eq!(h.peer_sends(relay, peer(), b"hi").0, Transmit::None);
     assert_eq!(h.permit(&c, peer()).class(), Class::Success);
 
     // Peer to client without a channel: Data indication.
-    let (t, bytes) = h.from_peer(relay, peer(), b"hello");
+    let (t, bytes) = h.peer_sends(relay, peer(), b"hello");
     assert!(matches!(t, Transmit::Reply { to, .. } if to == c.ft));
     let m = Message::parse(&bytes).unwrap();
     assert_eq!(m.method(), Method::DATA);
@@ -609,7 +611,7 @@ fn permissions_channels_and_relaying() {
             range: 4..7
         }
     );
-    let (t, bytes) = h.from_peer(relay, peer(), b"xyz");
+    let (t, bytes) = h.peer_sends(relay, peer(), b"xyz");
     assert_eq!(
         t,
         Transmit::ToClient {
@@ -628,7 +630,7 @@ fn permissions_channels_and_relaying() {
     };
     assert_eq!(h.channel_data(&other, 0x4001, b"abc"), Transmit::None);
     // A peer on another port of the same IP has the permission but no channel: Data indication.
-    let (t, _) = h.from_peer(relay, "192.0.2.10:6001".parse().unwrap(), b"q");
+    let (t, _) = h.peer_sends(relay, "192.0.2.10:6001".parse().unwrap(), b"q");
     assert!(matches!(t, Transmit::Reply { .. }));
 }
 
@@ -689,7 +691,7 @@ fn permission_and_channel_expiry() {
         Transmit::None,
         "permission expired"
     );
-    assert_eq!(h.from_peer(relay, peer(), b"x").0, Transmit::None);
+    assert_eq!(h.peer_sends(relay, peer(), b"x").0, Transmit::None);
     // Refresh the permission: the channel (still bound) works again.
     assert_eq!(h.permit(&c, peer()).class(), Class::Success);
     assert!(matches!(
