@@ -17,6 +17,8 @@ use crate::turn::{IpRange, PeerPolicy, ServerConfig};
 
 /// Default STUN/TURN port over UDP and TCP. See RFC 8489, section 9.
 pub const DEFAULT_LISTENING_PORT: u16 = 3478;
+/// Default STUN/TURN port over TLS. See RFC 8489, section 9.
+pub const DEFAULT_TLS_LISTENING_PORT: u16 = 5349;
 /// Default lowest relay port (RFC 8656 section 7.2 suggests 49152-65535).
 pub const DEFAULT_MIN_PORT: u16 = 49152;
 /// Default highest relay port.
@@ -137,6 +139,41 @@ pub struct Cli {
     /// special-purpose range).
     #[arg(long = "peer-policy", value_name = "PRESET")]
     pub peer_policy: Option<String>,
+    /// TLS listening port (repeatable: several TLS ports, e.g. 5349 and 443). Default 5349.
+    #[arg(long = "tls-listening-port", value_name = "N")]
+    pub tls_listening_port: Vec<u16>,
+    /// PEM certificate chain for TLS (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub pkey: Option<PathBuf>,
+    /// Public address advertised in XOR-RELAYED-ADDRESS, as PUBLIC or
+    /// PUBLIC/PRIVATE (the relay address it stands for), for hosts behind 1:1
+    /// NAT (repeatable).
+    #[arg(short = 'X', long = "external-ip", value_name = "IP[/IP]")]
+    pub external_ip: Vec<String>,
+    /// Do not listen on UDP.
+    #[arg(long = "no-udp")]
+    pub no_udp: bool,
+    /// Do not listen on TCP.
+    #[arg(long = "no-tcp")]
+    pub no_tcp: bool,
+    /// Do not listen on TLS.
+    #[arg(long = "no-tls")]
+    pub no_tls: bool,
+    /// Accepted for coturn compatibility: turnd has no DTLS listener.
+    #[arg(long = "no-dtls")]
+    pub no_dtls: bool,
+    /// Seconds a TCP/TLS connection may stay idle without an allocation (default 30).
+    #[arg(long = "stream-idle-timeout", value_name = "SECONDS")]
+    pub stream_idle_timeout: Option<u64>,
+    /// Seconds a TLS handshake may take (default 10).
+    #[arg(long = "tls-handshake-timeout", value_name = "SECONDS")]
+    pub tls_handshake_timeout: Option<u64>,
+    /// Concurrent TCP/TLS connections per source IP address (default 256).
+    #[arg(long = "max-connections-per-ip", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
     /// Subcommand; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -210,6 +247,13 @@ pub enum Command {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
+enum Ports {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -259,6 +303,73 @@ struct FileConfig {
     unauth_burst: Option<u64>,
     auth_failures_per_minute: Option<u64>,
     peer_policy: Option<String>,
+    tls_listening_port: Option<Ports>,
+    cert: Option<PathBuf>,
+    pkey: Option<PathBuf>,
+    external_ip: Option<OneOrMany>,
+    no_udp: Option<bool>,
+    no_tcp: Option<bool>,
+    no_tls: Option<bool>,
+    no_dtls: Option<bool>,
+    stream_idle_timeout: Option<u64>,
+    tls_handshake_timeout: Option<u64>,
+    max_connections_per_ip: Option<u32>,
+}
+
+/// The TOML keys turnd reads (every one is documented in turnserver.toml.example).
+pub const TOML_KEYS: &[&str] = &[
+    "listening-ip",
+    "listening-port",
+    "relay-ip",
+    "min-port",
+    "max-port",
+    "realm",
+    "user",
+    "allow-loopback-peers",
+    "allowed-peer-ip",
+    "denied-peer-ip",
+    "fingerprint",
+    "verbose",
+    "lt-cred-mech",
+    "user-quota",
+    "total-quota",
+    "max-allocate-lifetime",
+    "permission-lifetime",
+    "channel-lifetime",
+    "stale-nonce",
+    "use-auth-secret",
+    "static-auth-secret",
+    "rest-api-separator",
+    "userdb",
+    "max-bps",
+    "bps-capacity",
+    "stun-backward-compatibility",
+    "reason-phrases",
+    "unauth-rate",
+    "unauth-burst",
+    "auth-failures-per-minute",
+    "peer-policy",
+    "tls-listening-port",
+    "cert",
+    "pkey",
+    "external-ip",
+    "no-udp",
+    "no-tcp",
+    "no-tls",
+    "no-dtls",
+    "stream-idle-timeout",
+    "tls-handshake-timeout",
+    "max-connections-per-ip",
+];
+
+/// One `external-ip` entry: the public address, and the relay address it
+/// stands for (all relay addresses of its family when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIp {
+    /// Advertised to clients.
+    pub public: IpAddr,
+    /// The local relay address behind the NAT.
+    pub private: Option<IpAddr>,
 }
 
 /// A configuration that could not be used: where, which option, and why.
@@ -350,6 +461,26 @@ pub struct Config {
     pub unauth_burst: u64,
     /// Failed authentications per minute per source (0 off).
     pub auth_failures_per_minute: u64,
+    /// TLS ports.
+    pub tls_listening_ports: Vec<u16>,
+    /// TLS certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub pkey: Option<PathBuf>,
+    /// Public addresses for 1:1 NAT.
+    pub external_ips: Vec<ExternalIp>,
+    /// UDP listener on.
+    pub udp: bool,
+    /// TCP listener on.
+    pub tcp: bool,
+    /// TLS listeners on (needs cert and pkey).
+    pub tls: bool,
+    /// Idle timeout of connections without an allocation.
+    pub stream_idle_timeout: Duration,
+    /// TLS handshake timeout.
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent connections per source IP.
+    pub max_connections_per_ip: u32,
 }
 
 /// A shared secret; `Debug` never prints it.
@@ -625,7 +756,105 @@ impl Config {
             return Err(err(fo, "option `unauth-burst`: must be at least 1".into()));
         }
 
+        let mut tls_listening_ports = match file.tls_listening_port {
+            None => vec![],
+            Some(Ports::One(p)) => vec![p],
+            Some(Ports::Many(v)) => v,
+        };
+        if !cli.tls_listening_port.is_empty() {
+            tls_listening_ports = cli.tls_listening_port.clone();
+        }
+        let explicit_tls_ports = !tls_listening_ports.is_empty();
+        if tls_listening_ports.is_empty() {
+            tls_listening_ports.push(DEFAULT_TLS_LISTENING_PORT);
+        }
+        let cert = cli.cert.clone().or(file.cert);
+        let pkey = cli.pkey.clone().or(file.pkey);
+        let no_tls = cli.no_tls || file.no_tls.unwrap_or(false);
+        let _ = cli.no_dtls || file.no_dtls.unwrap_or(false);
+        let tls = match (&cert, &pkey) {
+            (Some(_), Some(_)) => !no_tls,
+            (Some(_), None) => {
+                return Err(err(
+                    fo,
+                    "option `cert`: needs `pkey` (the private key) too".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    fo,
+                    "option `pkey`: needs `cert` (the certificate chain) too".into(),
+                ))
+            }
+            (None, None) if explicit_tls_ports && !no_tls => {
+                return Err(err(
+                    fo,
+                    "option `tls-listening-port`: needs `cert` and `pkey`".into(),
+                ))
+            }
+            (None, None) => false,
+        };
+        let mut external_ips = Vec::new();
+        let ext: Vec<(String, &str)> = file
+            .external_ip
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v, fo))
+            .chain(cli.external_ip.iter().map(|v| (v.clone(), co)))
+            .collect();
+        for (v, o) in ext {
+            let (public, private) = match v.split_once('/') {
+                Some((a, b)) => (a, Some(b)),
+                None => (v.as_str(), None),
+            };
+            let bad = || {
+                err(o, format!("option `external-ip`: expected PUBLIC or PUBLIC/PRIVATE addresses, got {v:?}"))
+            };
+            let public: IpAddr = public.trim().parse().map_err(|_| bad())?;
+            let private: Option<IpAddr> = match private {
+                Some(p) => Some(p.trim().parse().map_err(|_| bad())?),
+                None => None,
+            };
+            if private.is_some_and(|p| p.is_ipv4() != public.is_ipv4()) {
+                return Err(bad());
+            }
+            external_ips.push(ExternalIp { public, private });
+        }
+        let udp = !(cli.no_udp || file.no_udp.unwrap_or(false));
+        let tcp = !(cli.no_tcp || file.no_tcp.unwrap_or(false));
+        if !udp && !tcp && !tls {
+            return Err(err(
+                fo,
+                "options `no-udp`, `no-tcp`, `no-tls`: every listener is off".into(),
+            ));
+        }
+
         Ok(Config {
+            tls_listening_ports,
+            cert,
+            pkey,
+            external_ips,
+            udp,
+            tcp,
+            tls,
+            stream_idle_timeout: secs(
+                cli.stream_idle_timeout,
+                file.stream_idle_timeout,
+                30,
+                "stream-idle-timeout",
+            )?,
+            tls_handshake_timeout: secs(
+                cli.tls_handshake_timeout,
+                file.tls_handshake_timeout,
+                10,
+                "tls-handshake-timeout",
+            )?,
+            max_connections_per_ip: cli
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(256)
+                .max(1),
             use_auth_secret,
             static_auth_secrets,
             rest_api_separator,

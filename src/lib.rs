@@ -26,6 +26,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod coturn_conf;
+pub mod probe;
 pub mod server;
 pub mod stun;
 pub mod turn;

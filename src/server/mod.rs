@@ -5,7 +5,7 @@
 //! `LocalSet`): the core sits in an `Rc<RefCell<_>>` that each task borrows for
 //! the length of one `handle_*` call, never across an `.await`, so there is no
 //! lock and no channel hop between receiving a packet and sending it on.
-//! Sends use `try_send_to`: a full socket buffer drops the datagram, as UDP
+//! UDP sends go straight to the kernel: a full socket buffer drops the datagram, as UDP
 //! would, instead of stalling every other flow.
 
 #![allow(clippy::disallowed_methods)] // the shell is where the clock is read
@@ -14,6 +14,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+
+mod stream;
+mod tls;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +45,10 @@ const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listening socket could not be bound.
-    #[error("cannot listen on udp {addr}: {source}{hint}")]
+    #[error("cannot listen on {proto} {addr}: {source}{hint}")]
     Listen {
+        /// udp, tcp or tls.
+        proto: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -59,6 +64,9 @@ pub enum StartError {
         "no users configured: add `user = [\"name:password\"]` to the file or --user NAME:PASSWORD, or set static-auth-secret or userdb"
     )]
     NoUsers,
+    /// The TLS certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The user database could not be opened or read.
     #[error("user database: {0}")]
     UserDb(String),
@@ -133,20 +141,38 @@ pub fn resolve_relay_ips(config: &mut Config) -> Result<(), StartError> {
 }
 
 struct RelaySocket {
+    /// The only strong reference: dropping it closes the socket at once (the
+    /// reader task holds a `Weak`), so a freed port can be bound again.
     socket: Rc<UdpSocket>,
     task: JoinHandle<()>,
 }
 
-/// Sockets owned by the shell.
+/// Sockets and connections owned by the shell.
 struct Shell {
     listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
+    conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
+    limits: stream::StreamLimits,
+}
+
+/// Sends one datagram now, without waiting for tokio's readiness: a socket
+/// that tokio has not yet seen writable would refuse `try_send_to`. A full
+/// kernel buffer drops the datagram, as UDP would.
+fn send_udp(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(bytes, &to.into())
 }
 
 impl Shell {
     fn send_to_client(&self, to: &FiveTuple, bytes: &[u8]) {
+        if to.transport != Transport::Udp {
+            if let Some(c) = self.conns.borrow().get(to) {
+                c.queue(bytes);
+            }
+            return;
+        }
         if let Some(s) = self.listeners.get(&to.server) {
-            if let Err(e) = s.try_send_to(bytes, to.client) {
+            if let Err(e) = send_udp(s, bytes, to.client) {
                 debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
             }
         }
@@ -155,8 +181,29 @@ impl Shell {
     fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
         let relays = self.relays.borrow();
         if let Some(r) = relays.get(&relay) {
-            if let Err(e) = r.socket.try_send_to(bytes, peer) {
+            if let Err(e) = send_udp(&r.socket, bytes, peer) {
                 debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
+            }
+        }
+    }
+
+    /// Counts a new connection from `ip`; false when it has too many.
+    fn admit_connection(&self, ip: IpAddr) -> bool {
+        let mut m = self.per_ip.borrow_mut();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.limits.max_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_connection(&self, ip: IpAddr) {
+        let mut m = self.per_ip.borrow_mut();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
             }
         }
     }
@@ -174,7 +221,7 @@ impl RelayIo for ShellIo<'_> {
         let socket = Rc::new(UdpSocket::from_std(std)?);
         let task = tokio::task::spawn_local(relay_task(
             relay,
-            socket.clone(),
+            Rc::downgrade(&socket),
             self.shell.clone(),
             self.core.clone(),
         ));
@@ -194,17 +241,29 @@ impl RelayIo for ShellIo<'_> {
 
 async fn relay_task(
     relay: SocketAddr,
-    socket: Rc<UdpSocket>,
+    socket: std::rc::Weak<UdpSocket>,
     shell: Rc<Shell>,
     core: Rc<RefCell<Server>>,
 ) {
-    // 4 bytes of headroom for the ChannelData header.
-    let mut buf = vec![0u8; 4 + RECV_BUFFER];
+    // 4 bytes of headroom for the ChannelData header, 3 for its padding over streams.
+    let mut buf = vec![0u8; 4 + RECV_BUFFER + 3];
     let mut out = vec![0u8; OUT_BUFFER];
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf[4..]).await {
-            Ok(x) => x,
-            Err(e) => {
+        let received = std::future::poll_fn(|cx| {
+            // Upgrade only while polling: the shell's map owns the socket.
+            let Some(socket) = socket.upgrade() else {
+                return std::task::Poll::Ready(None);
+            };
+            let mut rb = tokio::io::ReadBuf::new(&mut buf[4..4 + RECV_BUFFER]);
+            socket
+                .poll_recv_from(cx, &mut rb)
+                .map(|r| Some(r.map(|peer| (rb.filled().len(), peer))))
+        })
+        .await;
+        let (n, peer) = match received {
+            None => return,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
                 debug!(%relay, error = %e, "relay socket receive error");
                 continue;
             }
@@ -251,7 +310,7 @@ async fn listener_task(
         };
         match t {
             Transmit::Reply { to, len } => {
-                if let Err(e) = socket.try_send_to(&out[..len], to.client) {
+                if let Err(e) = send_udp(&socket, &out[..len], to.client) {
                     debug!(target: "turnd::packet", client = %to.client, error = %e, "reply failed");
                 }
             }
@@ -295,10 +354,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         Some(path) => Some(UserDbWatch::open(path)?),
         None => None,
     };
-    let mut listeners = HashMap::new();
-    for ip in &config.listening_ips {
-        let addr = SocketAddr::new(*ip, config.listening_port);
-        let std = bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(|source| {
+    let listen_error = |addr: SocketAddr, proto: &'static str| {
+        move |source: io::Error| {
             let hint = match source.kind() {
                 io::ErrorKind::AddrInUse => {
                     " (another process, perhaps another TURN server, uses this port)"
@@ -307,12 +364,46 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
                 io::ErrorKind::AddrNotAvailable => " (this host has no such address)",
                 _ => "",
             };
-            StartError::Listen { addr, source, hint }
-        })?;
-        let socket = UdpSocket::from_std(std)?;
-        let local = socket.local_addr()?;
-        listeners.insert(local, Rc::new(socket));
+            StartError::Listen {
+                proto,
+                addr,
+                source,
+                hint,
+            }
+        }
+    };
+    // UDP first: with listening-port 0 the TCP listener takes the port UDP got.
+    let mut listeners = HashMap::new();
+    let mut tcp_listeners = Vec::new();
+    let mut tls_listeners = Vec::new();
+    for ip in &config.listening_ips {
+        let mut port = config.listening_port;
+        if config.udp {
+            let addr = SocketAddr::new(*ip, port);
+            let std =
+                bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(listen_error(addr, "udp"))?;
+            let socket = UdpSocket::from_std(std)?;
+            let local = socket.local_addr()?;
+            port = local.port();
+            listeners.insert(local, Rc::new(socket));
+        }
+        if config.tcp {
+            let addr = SocketAddr::new(*ip, port);
+            tcp_listeners.push(stream::bind_tcp(addr).map_err(listen_error(addr, "tcp"))?);
+        }
+        if config.tls {
+            for p in &config.tls_listening_ports {
+                let addr = SocketAddr::new(*ip, *p);
+                tls_listeners.push(stream::bind_tcp(addr).map_err(listen_error(addr, "tls"))?);
+            }
+        }
     }
+    let cert = match (&config.cert, &config.pkey) {
+        (Some(c), Some(k)) if config.tls => {
+            Some(tls::ReloadableCert::load(c, k).map_err(|e| StartError::Tls(e.to_string()))?)
+        }
+        _ => None,
+    };
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
     let mut server_config = config.server_config();
@@ -328,6 +419,13 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let shell = Rc::new(Shell {
         listeners,
         relays: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::new()),
+        per_ip: RefCell::new(HashMap::new()),
+        limits: stream::StreamLimits {
+            idle_timeout: config.stream_idle_timeout,
+            handshake_timeout: config.tls_handshake_timeout,
+            max_per_ip: config.max_connections_per_ip,
+        },
     });
 
     for (local, socket) in &shell.listeners {
@@ -339,6 +437,26 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         ));
         println!("turnd: listening on udp {local}");
         info!(%local, "listening on udp");
+    }
+    for l in tcp_listeners {
+        let local = l.local_addr()?;
+        tokio::task::spawn_local(stream::accept_loop(l, None, shell.clone(), core.clone()));
+        println!("turnd: listening on tcp {local}");
+        info!(%local, "listening on tcp");
+    }
+    if let Some(cert) = &cert {
+        let acceptor = tls::acceptor(cert.clone());
+        for l in tls_listeners {
+            let local = l.local_addr()?;
+            tokio::task::spawn_local(stream::accept_loop(
+                l,
+                Some(acceptor.clone()),
+                shell.clone(),
+                core.clone(),
+            ));
+            println!("turnd: listening on tls {local}");
+            info!(%local, "listening on tls");
+        }
     }
     {
         use std::io::Write;
@@ -361,7 +479,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     if let Some(db) = userdb {
         tokio::task::spawn_local(userdb_task(db, config.clone(), core.clone()));
     }
-    wait_for_shutdown(&cli, &config, &core).await?;
+    wait_for_shutdown(&cli, &config, &core, cert.as_deref()).await?;
     let _ = notify::notify("STOPPING=1");
     timers.abort();
     let mut io = ShellIo {
@@ -475,6 +593,7 @@ async fn wait_for_shutdown(
     cli: &Cli,
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
+    cert: Option<&tls::ReloadableCert>,
 ) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -484,7 +603,16 @@ async fn wait_for_shutdown(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
-            _ = hup.recv() => { info!("SIGHUP: reloading configuration"); reload(cli, config, core); }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                reload(cli, config, core);
+                if let Some(cert) = cert {
+                    match cert.reload() {
+                        Ok(()) => info!("SIGHUP: TLS certificate reloaded; existing connections keep theirs"),
+                        Err(e) => error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays in force"),
+                    }
+                }
+            }
         }
     }
 }

@@ -125,3 +125,77 @@ mod tests {
         );
     }
 }
+
+/// Largest frame accepted on a stream (bytes): a STUN message or a
+/// ChannelData message with its header and padding.
+pub const MAX_STREAM_FRAME: usize = 4 + 65_535 + 3;
+
+/// Why bytes on a TCP/TLS stream cannot be framed: the connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The first two bits are neither 00 (STUN) nor 01 (ChannelData).
+    #[error("stream carries neither STUN nor ChannelData (first byte {0:#04x})")]
+    Garbage(u8),
+    /// A STUN length that is not a multiple of 4.
+    #[error("stun message length {0} is not a multiple of 4")]
+    Unaligned(usize),
+}
+
+/// The length of the frame at the start of a TCP/TLS stream buffer, or
+/// `Ok(None)` when more bytes are needed.
+///
+/// STUN: 20 + the header's length. ChannelData: 4 + length, padded to a
+/// multiple of 4 as RFC 8656 section 12.5 requires over streams (the
+/// padding bytes are part of the frame and ignored).
+///
+/// # Errors
+/// [`FrameError`] when the stream is not TURN: the caller closes the connection.
+pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+    let total = match buf[0] >> 6 {
+        0 => {
+            if len % 4 != 0 {
+                return Err(FrameError::Unaligned(len));
+            }
+            20 + len
+        }
+        1 => CHANNEL_DATA_HEADER_LEN + ((len + 3) & !3),
+        _ => return Err(FrameError::Garbage(buf[0])),
+    };
+    Ok((buf.len() >= total).then_some(total))
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn frames_stun_and_padded_channel_data() {
+        let stun = [
+            0u8, 1, 0, 4, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(stream_frame_len(&stun), Ok(Some(24)));
+        assert_eq!(stream_frame_len(&stun[..23]), Ok(None));
+        assert_eq!(
+            stream_frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0]),
+            Ok(None)
+        );
+        assert_eq!(
+            stream_frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0, 9]),
+            Ok(Some(12))
+        );
+        assert_eq!(stream_frame_len(&[0x40, 0, 0, 0]), Ok(Some(4)));
+        assert_eq!(
+            stream_frame_len(&[0x80, 0, 0, 0]),
+            Err(FrameError::Garbage(0x80))
+        );
+        assert_eq!(
+            stream_frame_len(&[0, 1, 0, 3]),
+            Err(FrameError::Unaligned(3))
+        );
+        assert_eq!(stream_frame_len(&[0x40]), Ok(None));
+    }
+}

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, trace};
 
-use super::allocation::{Allocation, ChannelBinding, FiveTuple};
+use super::allocation::{Allocation, ChannelBinding, FiveTuple, Transport};
 use super::limits::{bandwidth_burst, SourceLimiter, TokenBucket};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
@@ -516,10 +516,21 @@ impl Server {
             self.stats.packets_to_client += 1;
             self.stats.bytes_to_client += len as u64;
             write_channel_data_header(buf, channel, len);
+            // Over TCP and TLS, ChannelData is padded to 4 bytes (RFC 8656 section 12.5).
+            let mut end = CHANNEL_DATA_HEADER_LEN + len;
+            if ft.transport != Transport::Udp {
+                let padded = (end + 3) & !3;
+                if buf.len() < padded {
+                    self.stats.dropped_from_peer += 1;
+                    return Transmit::None;
+                }
+                buf[end..padded].fill(0);
+                end = padded;
+            }
             trace!(target: "turnd::packet", %relay, %peer, len, "channel data to client");
             return Transmit::ToClient {
                 to: ft,
-                range: 0..CHANNEL_DATA_HEADER_LEN + len,
+                range: 0..end,
             };
         }
         alloc.packets_to_client += 1;
@@ -1098,26 +1109,39 @@ impl Server {
         even_port: Option<bool>,
         io: &mut impl RelayIo,
     ) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        // Ports another program holds are skipped, then returned to the pool
+        // once this allocation is placed (they may be free again later).
+        let mut busy: Vec<SocketAddr> = Vec::new();
+        let mut placed = None;
         for _ in 0..16 {
-            let pool = self.pools.get_mut(&ip)?;
-            let port = match even_port {
-                Some(reserve) => pool.take_random_even(&mut self.rng, reserve)?,
-                None => pool.take_random(&mut self.rng)?,
+            let Some(pool) = self.pools.get_mut(&ip) else {
+                break;
             };
+            let port = match even_port {
+                Some(reserve) => pool.take_random_even(&mut self.rng, reserve),
+                None => pool.take_random(&mut self.rng),
+            };
+            let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
             let reserved = (even_port == Some(true)).then(|| SocketAddr::new(ip, port + 1));
             match io.open(addr) {
-                Ok(()) => return Some((addr, reserved)),
+                Ok(()) => {
+                    placed = Some((addr, reserved));
+                    break;
+                }
                 Err(e) => {
                     debug!(relay = %addr, error = %e, "relay port busy, trying another");
-                    // Leave the busy port out of the pool for now; give back the reserved one.
+                    busy.push(addr);
                     if let Some(next) = reserved {
                         self.release_port(next);
                     }
                 }
             }
         }
-        None
+        for addr in busy {
+            self.release_port(addr);
+        }
+        placed
     }
 
     fn allocation_bucket(&self, now: Instant) -> Option<TokenBucket> {
@@ -1444,6 +1468,15 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// The client's TCP or TLS connection of `ft` closed: its allocation goes
+    /// with it (RFC 8656 section 3.1: the 5-tuple is the connection).
+    pub fn handle_connection_closed(&mut self, ft: FiveTuple, io: &mut impl RelayIo) {
+        if self.allocations.contains_key(&ft) {
+            self.stats.allocations_deleted += 1;
+            self.delete_allocation(ft, io, "client connection closed");
         }
     }
 

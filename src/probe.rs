@@ -1,0 +1,1 @@
+//! `turnd probe`: a diagnostic TURN client (being written).

@@ -1,0 +1,287 @@
+//! The command line and configuration file of the real turnd binary: help,
+//! `check-config`, error messages that name the file and the option, and a
+//! clean failure when the listening port is taken.
+
+#![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
+
+mod support;
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+// Relay ports of this file: 21800-21899 (no allocation is made here).
+const MIN: &str = "21800";
+const MAX: &str = "21899";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn turnd(args: &[&str]) -> RunOutput {
+    let mut cmd = Command::new(turnd_bin());
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    let out = run_with_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        !out.timed_out(),
+        "turnd {args:?} still running after {TIMEOUT:?}: {out:?}"
+    );
+    out
+}
+
+fn code(out: &RunOutput) -> Option<i32> {
+    out.status.and_then(|s| s.code())
+}
+
+/// A temporary TOML file, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let p = temp_path(name);
+        std::fs::write(&p, text).unwrap();
+        TempFile(p)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const VALID: &str = "\
+listening-ip = \"127.0.0.1\"
+listening-port = 0
+relay-ip = \"127.0.0.1\"
+min-port = 21800
+max-port = 21899
+realm = \"test.example\"
+user = [\"alice:secret\"]
+";
+
+#[test]
+fn help_lists_every_documented_flag() {
+    let out = turnd(&["--help"]);
+    assert_eq!(code(&out), Some(0), "{out:?}");
+    for flag in [
+        "--config",
+        "--listening-ip",
+        "--listening-port",
+        "--relay-ip",
+        "--min-port",
+        "--max-port",
+        "--realm",
+        "--user",
+        "--allow-loopback-peers",
+        "--allowed-peer-ip",
+        "--denied-peer-ip",
+        "--fingerprint",
+        "--verbose",
+        "--user-quota",
+        "--total-quota",
+        "--stale-nonce",
+        "check-config",
+    ] {
+        assert!(
+            out.stdout.contains(flag),
+            "--help does not mention {flag}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("turnserver.toml.example");
+    assert!(
+        example.is_file(),
+        "{} is missing: the repository must ship an example configuration",
+        example.display()
+    );
+    let out = turnd(&["check-config", "turnserver.toml.example"]);
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "check-config turnserver.toml.example: {out:?}"
+    );
+}
+
+#[test]
+fn valid_file_passes_check_config() {
+    let f = TempFile::new("valid.toml", VALID);
+    let out = turnd(&["check-config", f.path()]);
+    assert_eq!(code(&out), Some(0), "{out:?}");
+}
+
+#[test]
+fn unknown_key_is_rejected_naming_key_and_file() {
+    let f = TempFile::new("unknown.toml", &format!("{VALID}bogus-option = 1\n"));
+    let out = turnd(&["check-config", f.path()]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("bogus-option"),
+        "key not named: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(f.path()),
+        "file not named: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    // Starting the server with that file fails the same way, before binding.
+    let out = turnd(&["--config", f.path()]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(out.stderr.contains("bogus-option"), "{}", out.stderr);
+    assert!(out.stderr.contains(f.path()), "{}", out.stderr);
+    assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
+}
+
+#[test]
+fn min_port_above_max_port_names_the_option() {
+    let text = VALID.replace("min-port = 21800", "min-port = 30000");
+    let f = TempFile::new("ports.toml", &text);
+    let out = turnd(&["check-config", f.path()]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("min-port"),
+        "option not named: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(f.path()),
+        "file not named: {}",
+        out.stderr
+    );
+
+    // The same on the command line.
+    let out = turnd(&[
+        "--listening-ip",
+        "127.0.0.1",
+        "--listening-port",
+        "0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--min-port",
+        "30000",
+        "--max-port",
+        "20000",
+        "--user",
+        "alice:secret",
+    ]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(out.stderr.contains("min-port"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn malformed_values_name_the_option() {
+    for (name, text, option) in [
+        (
+            "badport.toml",
+            VALID.replace("listening-port = 0", "listening-port = 70000"),
+            "listening-port",
+        ),
+        (
+            "badtype.toml",
+            VALID.replace("min-port = 21800", "min-port = \"low\""),
+            "min-port",
+        ),
+        (
+            "badip.toml",
+            VALID.replace("relay-ip = \"127.0.0.1\"", "relay-ip = \"not-an-ip\""),
+            "relay-ip",
+        ),
+        (
+            "baduser.toml",
+            VALID.replace("alice:secret", "alice"),
+            "user",
+        ),
+        (
+            "badnonce.toml",
+            format!("{VALID}stale-nonce = 0\n"),
+            "stale-nonce",
+        ),
+    ] {
+        let f = TempFile::new(name, &text);
+        let out = turnd(&["check-config", f.path()]);
+        assert_eq!(code(&out), Some(2), "{name}: {out:?}");
+        assert!(
+            out.stderr.contains(option),
+            "{name}: option {option} not named: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
+    }
+    // A missing file is an error naming it, not a panic.
+    let missing = temp_path("does-not-exist.toml");
+    let missing = missing.to_str().unwrap();
+    let out = turnd(&["check-config", missing]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(out.stderr.contains(missing), "{}", out.stderr);
+}
+
+#[test]
+fn listening_port_in_use_fails_cleanly() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let port = addr.port().to_string();
+    let out = turnd(&[
+        "--listening-ip",
+        "127.0.0.1",
+        "--listening-port",
+        &port,
+        "--relay-ip",
+        "127.0.0.1",
+        "--min-port",
+        MIN,
+        "--max-port",
+        MAX,
+        "--realm",
+        REALM,
+        "--user",
+        "alice:secret",
+    ]);
+    let status = out.status.expect("exited");
+    assert!(!status.success(), "turnd started on a taken port: {out:?}");
+    assert!(status.code().is_some(), "killed by a signal: {out:?}");
+    let err = out.stderr.to_lowercase();
+    assert!(
+        err.contains("in use") || err.contains("addrinuse"),
+        "no 'address in use' message: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&addr.to_string()),
+        "the address {addr} is not named: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
+    drop(taken);
+}
+
+#[test]
+fn no_users_is_an_error_not_a_silent_start() {
+    let out = turnd(&[
+        "--listening-ip",
+        "127.0.0.1",
+        "--listening-port",
+        "0",
+        "--relay-ip",
+        "127.0.0.1",
+    ]);
+    let status = out.status.expect("exited");
+    assert!(!status.success(), "{out:?}");
+    assert!(out.stderr.contains("user"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
