@@ -969,6 +969,11 @@ impl Config {
             auth_failures_per_minute: self.auth_failures_per_minute,
             max_bps: self.max_bps,
             bps_capacity: self.bps_capacity,
+            external_ips: self
+                .external_ips
+                .iter()
+                .map(|e| (e.private, e.public))
+                .collect(),
             ..ServerConfig::default()
         }
     }

@@ -459,14 +459,10 @@ pub fn parse(text: &str) -> Result<CoturnConf, CoturnConfError> {
                     }
                 })?;
                 if n < 0 {
-                    return Err(invalid(format!(
-                        "expected a non-negative integer, got {n}"
-                    )));
+                    return Err(invalid(format!("expected a non-negative integer, got {n}")));
                 }
                 if kind == Kind::Port && n > 65535 {
-                    return Err(invalid(format!(
-                        "expected a port number 0-65535, got {n}"
-                    )));
+                    return Err(invalid(format!("expected a port number 0-65535, got {n}")));
                 }
                 toml::Value::Integer(n)
             }
@@ -533,7 +529,9 @@ fn fate(key: &str, value: &toml::Value, table: &toml::Table, supported: &[&str])
         if !table.contains_key("verbose") {
             return Fate::Keep("verbose", toml::Value::Boolean(true));
         }
-        return Fate::Moot("extra verbose: turnd's `verbose` is set; RUST_LOG=trace gives more".into());
+        return Fate::Moot(
+            "extra verbose: turnd's `verbose` is set; RUST_LOG=trace gives more".into(),
+        );
     }
     if key == "no-stun-backward-compatibility"
         && value.as_bool() == Some(false)
@@ -903,7 +901,9 @@ mod tests {
 
     #[test]
     fn bare_lifetimes_take_coturn_defaults() {
-        let t = table("stale-nonce\nmax-allocate-lifetime\nchannel-lifetime=\npermission-lifetime = 120\n");
+        let t = table(
+            "stale-nonce\nmax-allocate-lifetime\nchannel-lifetime=\npermission-lifetime = 120\n",
+        );
         assert_eq!(t["stale-nonce"].as_integer(), Some(600));
         assert_eq!(t["max-allocate-lifetime"].as_integer(), Some(3600));
         assert_eq!(t["channel-lifetime"].as_integer(), Some(600));
@@ -955,7 +955,9 @@ mod tests {
             ("cli-password=\"abc", "cli-password", 1),
         ] {
             match parse(text) {
-                Err(CoturnConfError::InvalidValue { line: l, option: o, .. }) => {
+                Err(CoturnConfError::InvalidValue {
+                    line: l, option: o, ..
+                }) => {
                     assert_eq!((l, o.as_str()), (line, option), "{text:?}");
                 }
                 other => panic!("{text:?}: {other:?}"),
@@ -1000,13 +1002,20 @@ mod tests {
         assert_eq!(t["listening-port"].as_integer(), Some(3478));
         assert_eq!(t["fingerprint"].as_bool(), Some(true));
         assert_eq!(warnings.len(), 4, "{warnings:#?}");
-        assert!(warnings[0].starts_with("coturn option `external-ip` is not supported by turnd and is ignored"));
+        assert!(warnings[0]
+            .starts_with("coturn option `external-ip` is not supported by turnd and is ignored"));
         assert_eq!(
             warnings[2],
             "coturn option `cli-password` is not supported by turnd and is ignored"
         );
-        assert!(warnings[1].starts_with("coturn option `syslog`"), "{warnings:?}");
-        assert_eq!(warnings[3], "line 9: `foo` is not a coturn option and is ignored");
+        assert!(
+            warnings[1].starts_with("coturn option `syslog`"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings[3],
+            "line 9: `foo` is not a coturn option and is ignored"
+        );
         assert!(!warnings.iter().any(|w| w.contains("qwerty")));
     }
 
@@ -1028,7 +1037,10 @@ mod tests {
         let text = to_toml(&c, SUPPORTED);
         let back: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(back, split_supported(&c, SUPPORTED).0, "{text}");
-        assert!(text.contains("# external-ip = [\"203.0.113.10\"]"), "{text}");
+        assert!(
+            text.contains("# external-ip = [\"203.0.113.10\"]"),
+            "{text}"
+        );
         assert!(text.contains("cli-password = \"<redacted>\""), "{text}");
         assert!(!text.contains("qwerty"), "{text}");
         assert!(text.contains("`bogus`"), "{text}");
@@ -1057,7 +1069,15 @@ mod tests {
     #[test]
     fn short_flags_expand_like_getopt() {
         assert_eq!(
-            expand(&["turnd", "-avf", "-ualice:pw", "-r", "a.example", "-n", "-p3479"]),
+            expand(&[
+                "turnd",
+                "-avf",
+                "-ualice:pw",
+                "-r",
+                "a.example",
+                "-n",
+                "-p3479"
+            ]),
             [
                 "turnd",
                 "--lt-cred-mech",
@@ -1073,7 +1093,14 @@ mod tests {
         );
         assert_eq!(
             expand(&["turnd", "--config", "-x.conf", "-s", "1000", "-S"]),
-            ["turnd", "--config", "-x.conf", "--max-bps", "1000", "--stun-only"]
+            [
+                "turnd",
+                "--config",
+                "-x.conf",
+                "--max-bps",
+                "1000",
+                "--stun-only"
+            ]
         );
         // Unknown short flags stay; subcommands and `--` stop the rewriting.
         assert_eq!(
@@ -1083,7 +1110,14 @@ mod tests {
         assert_eq!(expand(&["turnd", "--", "-a"]), ["turnd", "--", "-a"]);
         assert_eq!(
             expand(&["turnd", "--stale-nonce", "-a", "--stale-nonce", "300", "-f"]),
-            ["turnd", "--stale-nonce", "--lt-cred-mech", "--stale-nonce", "300", "--fingerprint"]
+            [
+                "turnd",
+                "--stale-nonce",
+                "--lt-cred-mech",
+                "--stale-nonce",
+                "300",
+                "--fingerprint"
+            ]
         );
     }
 }

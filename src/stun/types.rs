@@ -175,6 +175,8 @@ impl AttributeType {
     pub const USE_CANDIDATE: AttributeType = AttributeType(0x0025);
     /// RFC 8656, section 18.11 (comprehension-optional).
     pub const ADDITIONAL_ADDRESS_FAMILY: AttributeType = AttributeType(0x8000);
+    /// RFC 8656, section 18.12: the error for one family of a dual allocation.
+    pub const ADDRESS_ERROR_CODE: AttributeType = AttributeType(0x8001);
     /// RFC 8489, section 14.7.
     pub const SOFTWARE: AttributeType = AttributeType(0x8022);
     /// RFC 8489, section 14.15.

@@ -59,6 +59,9 @@ pub struct Allocation {
     pub five_tuple: FiveTuple,
     /// The relayed transport address (bound by the IO shell).
     pub relay: SocketAddr,
+    /// The second relayed address of a dual allocation (IPv6 next to IPv4,
+    /// RFC 8656 section 7.2 ADDITIONAL-ADDRESS-FAMILY).
+    pub additional_relay: Option<SocketAddr>,
     /// The username that created it; later requests must use the same (else 441).
     pub username: Arc<str>,
     /// The long-term key of that user, for MESSAGE-INTEGRITY on responses.
@@ -88,6 +91,17 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The relayed address of the peer's family, if the allocation has one.
+    #[inline]
+    pub fn relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if self.relay.is_ipv4() == peer.is_ipv4() {
+            Some(self.relay)
+        } else {
+            self.additional_relay
+                .filter(|r| r.is_ipv4() == peer.is_ipv4())
+        }
+    }
+
     /// True when `peer` has a permission valid at `now`.
     #[inline]
     pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {

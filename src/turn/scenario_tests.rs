@@ -1122,3 +1122,95 @@ fn reconfigure_keeps_allocations_and_revokes_denied_peers() {
         "old password no longer works"
     );
 }
+
+#[test]
+fn dual_allocation_and_address_error_code() {
+    let mut h = Harness::new(|c| c.relay_ips.push("2001:db8::1".parse().unwrap()));
+    let c = h.client(1, "alice", "secret");
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::ADDITIONAL_ADDRESS_FAMILY, 0x02 << 24)
+            .unwrap();
+    });
+    assert_eq!(a.class(), Class::Success);
+    let relays: Vec<SocketAddr> = a
+        .msg()
+        .attributes()
+        .filter(|(t, _)| *t == AttributeType::XOR_RELAYED_ADDRESS)
+        .map(|(_, v)| decode_xor_address(v, &a.msg().transaction_id()).unwrap())
+        .collect();
+    assert_eq!(relays.len(), 2);
+    assert!(relays[0].is_ipv4() && relays[1].is_ipv6());
+    // Peers of both families are reachable, each through its own relay.
+    let v6peer: SocketAddr = "[2001:db8:9::1]:7".parse().unwrap();
+    assert_eq!(h.bind(&c, 0x4000, peer()).class(), Class::Success);
+    assert_eq!(h.bind(&c, 0x4001, v6peer).class(), Class::Success);
+    assert_eq!(
+        h.channel_data(&c, 0x4001, b"x"),
+        Transmit::ToPeer {
+            relay: relays[1],
+            peer: v6peer,
+            range: 4..5
+        }
+    );
+    assert_eq!(
+        h.channel_data(&c, 0x4000, b"x"),
+        Transmit::ToPeer {
+            relay: relays[0],
+            peer: peer(),
+            range: 4..5
+        }
+    );
+    // Deleting closes both relay sockets.
+    h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 0).unwrap()
+    });
+    assert!(h.io.open.is_empty());
+
+    // Without an IPv6 relay address: the IPv4 half stands, ADDRESS-ERROR-CODE says 440.
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    let a = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::ADDITIONAL_ADDRESS_FAMILY, 0x02 << 24)
+            .unwrap();
+    });
+    assert_eq!(a.class(), Class::Success);
+    assert_eq!(
+        a.msg().get(AttributeType::ADDRESS_ERROR_CODE),
+        Some(&[2, 0, 4, 40][..])
+    );
+    // Both family attributes at once, or an IPv4 additional family: 400.
+    let d = h.client(2, "alice", "secret");
+    let bad = h.request(&d, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        w.u32(AttributeType::ADDITIONAL_ADDRESS_FAMILY, 0x01 << 24)
+            .unwrap();
+    });
+    assert_eq!(bad.code(), Some(400));
+}
+
+#[test]
+fn external_ip_is_advertised() {
+    let mut h = Harness::new(|c| {
+        c.external_ips
+            .push((None, "198.51.100.200".parse().unwrap()))
+    });
+    let c = h.client(1, "alice", "secret");
+    let a = h.allocate(&c);
+    let advertised = a
+        .msg()
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    let bound = h.relay_of(&c);
+    assert_eq!(
+        advertised.ip(),
+        "198.51.100.200".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(advertised.port(), bound.port());
+    assert_eq!(
+        bound.ip(),
+        "203.0.113.1".parse::<std::net::IpAddr>().unwrap()
+    );
+}

@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub max_bps: u64,
     /// Bytes per second for the whole server (both directions); 0 is unlimited.
     pub bps_capacity: u64,
+    /// `external-ip`: (relay address or `None` for any of the family, public
+    /// address) pairs; XOR-RELAYED-ADDRESS carries the public address.
+    pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             max_tracked_sources: 65_536,
             max_bps: 0,
             bps_capacity: 0,
+            external_ips: Vec::new(),
         }
     }
 }
@@ -454,7 +458,7 @@ impl Server {
             }
             alloc.packets_to_peer += 1;
             alloc.bytes_to_peer += len as u64;
-            Some((alloc.relay, ch.peer, len))
+            Some((alloc.relay_for(ch.peer)?, ch.peer, len))
         })();
         match routed {
             Some((relay, peer, len)) => {
@@ -995,7 +999,14 @@ impl Server {
             }
             Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
         };
-        if token.is_some() && (even_port.is_some() || family.is_some()) {
+        // RFC 8656 section 7.2: ADDITIONAL-ADDRESS-FAMILY asks for an IPv6
+        // relay next to the IPv4 one; it excludes REQUESTED-ADDRESS-FAMILY.
+        let dual = match msg.get(AttributeType::ADDITIONAL_ADDRESS_FAMILY) {
+            None => false,
+            Some(&[2, _, _, _]) if family.is_none() => true,
+            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        if token.is_some() && (even_port.is_some() || family.is_some() || dual) {
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let user_count = self.per_user.get(&auth.username).copied().unwrap_or(0);
@@ -1060,6 +1071,25 @@ impl Server {
             }
         };
 
+        // The IPv6 half of a dual allocation: its failure is reported in
+        // ADDRESS-ERROR-CODE while the IPv4 half stands.
+        let mut additional_relay = None;
+        let mut additional_error = None;
+        if dual {
+            match self
+                .config
+                .relay_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6())
+            {
+                None => additional_error = Some(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+                Some(ip) => match self.bind_relay(ip, None, io) {
+                    Some((addr, _)) => additional_relay = Some(addr),
+                    None => additional_error = Some(ErrorCode::INSUFFICIENT_CAPACITY),
+                },
+            }
+        }
         let lifetime = self.lifetime(msg.get_u32(AttributeType::LIFETIME));
         let id = self.next_id;
         self.next_id += 1;
@@ -1070,6 +1100,7 @@ impl Server {
                 id,
                 five_tuple: ft,
                 relay,
+                additional_relay,
                 username: auth.username.clone(),
                 key: auth.key,
                 expires,
@@ -1086,12 +1117,27 @@ impl Server {
             },
         );
         self.by_relay.insert(relay, ft);
+        if let Some(r) = additional_relay {
+            self.by_relay.insert(r, ft);
+        }
         *self.per_user.entry(auth.username.clone()).or_insert(0) += 1;
         self.push_timer(expires, TimerKind::Allocation { ft, id });
         self.stats.allocations_created += 1;
         info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
+        let advertised = self.advertised(relay);
+        let advertised_additional = additional_relay.map(|a| self.advertised(a));
         self.finish(ft, out, r, Class::Success, key, |w| {
-            w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, relay)?;
+            w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, advertised)?;
+            if let Some(a) = advertised_additional {
+                w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, a)?;
+            }
+            if let Some(code) = additional_error {
+                // Family (1 byte), reserved (1), class (1), number (1). RFC 8656 section 18.12.
+                w.attribute(
+                    AttributeType::ADDRESS_ERROR_CODE,
+                    &[0x02, 0, (code.0 / 100) as u8, (code.0 % 100) as u8],
+                )?;
+            }
             w.u32(AttributeType::LIFETIME, lifetime.as_secs() as u32)?;
             if let Some(t) = new_token {
                 w.attribute(AttributeType::RESERVATION_TOKEN, &t)?;
@@ -1144,6 +1190,24 @@ impl Server {
         placed
     }
 
+    /// The address clients are told for relay address `relay`: its
+    /// `external-ip` when the host is behind 1:1 NAT, else itself.
+    pub fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        let ip = relay.ip();
+        let public =
+            self.config
+                .external_ips
+                .iter()
+                .find(|(private, _)| *private == Some(ip))
+                .or_else(|| {
+                    self.config.external_ips.iter().find(|(private, public)| {
+                        private.is_none() && public.is_ipv4() == ip.is_ipv4()
+                    })
+                })
+                .map(|(_, public)| *public);
+        SocketAddr::new(public.unwrap_or(ip), relay.port())
+    }
+
     fn allocation_bucket(&self, now: Instant) -> Option<TokenBucket> {
         let bps = self.config.max_bps;
         (bps > 0).then(|| TokenBucket::new(bps as f64, bandwidth_burst(bps), now))
@@ -1159,9 +1223,11 @@ impl Server {
         let Some(a) = self.allocations.remove(&ft) else {
             return;
         };
-        self.by_relay.remove(&a.relay);
-        self.release_port(a.relay);
-        io.close(a.relay);
+        for relay in std::iter::once(a.relay).chain(a.additional_relay) {
+            self.by_relay.remove(&relay);
+            self.release_port(relay);
+            io.close(relay);
+        }
         if let Some(c) = self.per_user.get_mut(&a.username) {
             *c -= 1;
             if *c == 0 {
@@ -1214,7 +1280,7 @@ impl Server {
     fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
         self.allocations
             .get(ft)
-            .is_some_and(|a| a.relay.is_ipv4() == peer.is_ipv4())
+            .is_some_and(|a| a.relay_for(peer).is_some())
     }
 
     /// CreatePermission. See RFC 8656, section 9.
@@ -1389,7 +1455,7 @@ impl Server {
             a.packets_to_peer += 1;
             a.bytes_to_peer += data.len() as u64;
             let start = data.as_ptr() as usize - input.as_ptr() as usize;
-            Some((a.relay, peer, start..start + data.len()))
+            Some((a.relay_for(peer)?, peer, start..start + data.len()))
         })();
         match routed {
             Some((relay, peer, range)) => {
