@@ -109,7 +109,7 @@ pub struct Cli {
     #[arg(long = "rest-api-separator", value_name = "CHAR")]
     pub rest_api_separator: Option<char>,
     /// SQLite user database (coturn's schema: turnusers_lt, turn_secret);
-    /// changes are picked up by a running server within a second.
+    /// changes are picked up by a running server within about a second.
     #[arg(short = 'b', long = "userdb", value_name = "FILE")]
     pub userdb: Option<PathBuf>,
     /// Bytes per second per allocation and direction; 0 is unlimited.

@@ -294,7 +294,7 @@ const ALREADY_SO: &[(&str, &str)] = &[
 /// Why an unsupported option matters, for the options where that is worth a
 /// sentence.
 const HINTS: &[(&str, &str)] = &[
-    ("external-ip", "relay addresses are advertised as bound (set `relay-ip` to an address clients can reach; 1:1 NAT mapping is not supported yet)"),
+    ("external-ip", "turnd advertises each relay address as bound, so set `relay-ip` to an address clients can reach (1:1 NAT mapping is not supported yet)"),
     ("no-auth", "turnd always requires credentials"),
     ("tls-listening-port", "turnd has no TLS listener yet"),
     ("alt-tls-listening-port", "turnd has no TLS listener yet"),
@@ -418,7 +418,7 @@ pub fn parse(text: &str) -> Result<CoturnConf, CoturnConfError> {
         if key.is_empty() {
             return Err(CoturnConfError::Syntax {
                 line,
-                text: if content.contains('=') {
+                text: if content.contains(['=', ' ', '\t']) {
                     "<line without an option name>".to_owned()
                 } else {
                     content.to_owned()
@@ -508,16 +508,17 @@ enum Fate {
     Keep(&'static str, toml::Value),
     /// Dropped silently: turnd does this anyway, or the flag is off.
     Moot(String),
-    /// Dropped with a warning.
-    Ignored(String),
+    /// Dropped with a warning; the note is the short form for comments.
+    Ignored { warning: String, note: String },
 }
 
 fn fate(key: &str, value: &toml::Value, table: &toml::Table, supported: &[&str]) -> Fate {
     let is_supported = |k: &str| supported.contains(&k);
     if key == "stale-nonce" && value.as_integer() == Some(0) && is_supported(key) {
-        return Fate::Ignored(
-            "coturn option `stale-nonce=0` (nonces never expire) is not supported by turnd; nonces last 600 s".into(),
-        );
+        return Fate::Ignored {
+            warning: "coturn option `stale-nonce=0` (nonces never expire) is not supported by turnd and is ignored: nonces last 600 s".into(),
+            note: "nonces that never expire are not supported by turnd: nonces last 600 s".into(),
+        };
     }
     if is_supported(key) {
         if let Some(name) = static_name(key) {
@@ -551,10 +552,11 @@ fn fate(key: &str, value: &toml::Value, table: &toml::Table, supported: &[&str])
     let hint = HINTS
         .iter()
         .find(|(name, _)| *name == key)
-        .map_or(String::new(), |(_, why)| format!(" ({why})"));
-    Fate::Ignored(format!(
-        "coturn option `{key}` is not supported by turnd and is ignored{hint}"
-    ))
+        .map_or(String::new(), |(_, why)| format!(": {why}"));
+    Fate::Ignored {
+        warning: format!("coturn option `{key}` is not supported by turnd and is ignored{hint}"),
+        note: format!("not supported by turnd{hint}"),
+    }
 }
 
 /// Splits `conf.table` into the keys turnd supports (`supported`) and the
@@ -585,7 +587,7 @@ pub fn split_supported(conf: &CoturnConf, supported: &[&str]) -> (toml::Table, V
                 table.insert(k.to_owned(), v);
             }
             Fate::Moot(_) => {}
-            Fate::Ignored(warning) => warnings.push(warning),
+            Fate::Ignored { warning, .. } => warnings.push(warning),
         }
     }
     for (line, key) in &conf.unknown {
@@ -630,8 +632,8 @@ pub fn to_toml(conf: &CoturnConf, supported: &[&str]) -> String {
             Fate::Moot(why) => {
                 let _ = writeln!(moot, "# {}  # {why}", toml_line(key, &shown));
             }
-            Fate::Ignored(why) => {
-                let _ = writeln!(dropped, "# {}  # {why}", toml_line(key, &shown));
+            Fate::Ignored { note, .. } => {
+                let _ = writeln!(dropped, "# {}  # {note}", toml_line(key, &shown));
             }
         }
     }

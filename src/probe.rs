@@ -575,11 +575,12 @@ fn explain_tls(e: &io::Error, ctx: &Ctx) -> String {
                      holds, or give the server a certificate for {host} ({c:?})"
                 )
             }
-            CertificateError::UnknownIssuer => format!(
+            CertificateError::UnknownIssuer => {
                 "the server's TLS certificate is not signed by a trusted certificate authority: \
                  pass the CA (or the server's self-signed certificate) with --ca FILE, or skip \
                  the check with --insecure"
-            ),
+                    .into()
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 format!("the server's TLS certificate has expired ({c:?})")
             }
@@ -588,11 +589,12 @@ fn explain_tls(e: &io::Error, ctx: &Ctx) -> String {
                     "the server's TLS certificate is not valid yet (are the clocks right?) ({c:?})"
                 )
             }
-            other if format!("{other:?}").contains("CaUsedAsEndEntity") => format!(
+            other if format!("{other:?}").contains("CaUsedAsEndEntity") => {
                 "the server's TLS certificate is a self-signed CA certificate, which is not \
                  trusted as a server certificate: pass that certificate with --ca FILE to trust \
                  it, or skip the check with --insecure"
-            ),
+                    .into()
+            }
             other => format!("the server's TLS certificate was refused: {other}"),
         },
         rustls::Error::AlertReceived(alert) => format!(
@@ -707,9 +709,14 @@ fn connect_tcp(ctx: &Ctx) -> Result<TcpStream, String> {
     let Some((addr, e)) = first_err else {
         return Err(format!("{} resolves to no address", ctx.target.host));
     };
+    let resolved = if ctx.host_port() == addr.to_string() {
+        String::new()
+    } else {
+        format!(" ({addr})")
+    };
     Err(match e.kind() {
         io::ErrorKind::ConnectionRefused => format!(
-            "connection refused: nothing listens on {} ({addr}) over {what}",
+            "connection refused: nothing listens on {}{resolved} over {what}",
             ctx.host_port()
         ),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(

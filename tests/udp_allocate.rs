@@ -156,11 +156,16 @@ fn missing_requested_transport_is_400() {
 }
 
 #[test]
-fn requested_transport_tcp_is_442() {
+fn requested_transport_other_than_udp_over_udp() {
     let (min, max) = range(6);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
+    // RFC 6062 section 5.1: a TCP relay over a UDP client connection is a bad request.
     let r = c.allocate_with(&[Attr::transport(6)]);
+    r.expect_error(400);
+    assert!(r.integrity_ok(&c.key()));
+    // Any other protocol is not supported: 442.
+    let r = c.allocate_with(&[Attr::transport(132)]);
     r.expect_error(442);
     assert!(r.integrity_ok(&c.key()));
     c.allocate();

@@ -143,7 +143,10 @@ pub fn resolve_relay_ips(config: &mut Config) -> Result<(), StartError> {
 struct RelaySocket {
     /// The only strong reference: dropping it closes the socket at once (the
     /// reader task holds a `Weak`), so a freed port can be bound again.
-    socket: Rc<UdpSocket>,
+    socket: Option<Rc<UdpSocket>>,
+    /// The listener of a TCP relay (RFC 6062), held the same way.
+    #[allow(dead_code)] // held, not read: dropping it closes the listener
+    listener: Option<Rc<tokio::net::TcpListener>>,
     task: JoinHandle<()>,
 }
 
@@ -154,6 +157,12 @@ struct Shell {
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     limits: stream::StreamLimits,
+    /// RFC 6062 peer connections waiting for their ConnectionBind.
+    tcp_pending: RefCell<HashMap<u32, tokio::net::TcpStream>>,
+    /// RFC 6062 connects in progress.
+    tcp_connecting: RefCell<HashMap<u32, JoinHandle<()>>>,
+    /// RFC 6062 connections being piped: notify to cut them.
+    tcp_piped: RefCell<HashMap<u32, Rc<tokio::sync::Notify>>>,
 }
 
 /// Sends one datagram now, without waiting for tokio's readiness: a socket
@@ -181,7 +190,8 @@ impl Shell {
     fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
         let relays = self.relays.borrow();
         if let Some(r) = relays.get(&relay) {
-            if let Err(e) = send_udp(&r.socket, bytes, peer) {
+            let Some(socket) = &r.socket else { return };
+            if let Err(e) = send_udp(socket, bytes, peer) {
                 debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
             }
         }
@@ -225,16 +235,60 @@ impl RelayIo for ShellIo<'_> {
             self.shell.clone(),
             self.core.clone(),
         ));
-        self.shell
-            .relays
-            .borrow_mut()
-            .insert(relay, RelaySocket { socket, task });
+        self.shell.relays.borrow_mut().insert(
+            relay,
+            RelaySocket {
+                socket: Some(socket),
+                listener: None,
+                task,
+            },
+        );
         Ok(())
     }
 
     fn close(&mut self, relay: SocketAddr) {
         if let Some(r) = self.shell.relays.borrow_mut().remove(&relay) {
             r.task.abort();
+        }
+    }
+
+    fn open_tcp(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let listener = Rc::new(stream::bind_tcp_relay(relay)?);
+        let task = tokio::task::spawn_local(stream::tcp_relay_accept(
+            relay,
+            Rc::downgrade(&listener),
+            self.shell.clone(),
+            self.core.clone(),
+        ));
+        self.shell.relays.borrow_mut().insert(
+            relay,
+            RelaySocket {
+                socket: None,
+                listener: Some(listener),
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    fn connect_tcp(&mut self, relay: SocketAddr, peer: SocketAddr, id: u32) {
+        let task = tokio::task::spawn_local(stream::tcp_relay_connect(
+            relay,
+            peer,
+            id,
+            self.shell.clone(),
+            self.core.clone(),
+        ));
+        self.shell.tcp_connecting.borrow_mut().insert(id, task);
+    }
+
+    fn close_tcp(&mut self, id: u32) {
+        self.shell.tcp_pending.borrow_mut().remove(&id);
+        if let Some(t) = self.shell.tcp_connecting.borrow_mut().remove(&id) {
+            t.abort();
+        }
+        if let Some(n) = self.shell.tcp_piped.borrow_mut().remove(&id) {
+            n.notify_one();
         }
     }
 }
@@ -421,6 +475,9 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
         per_ip: RefCell::new(HashMap::new()),
+        tcp_pending: RefCell::new(HashMap::new()),
+        tcp_connecting: RefCell::new(HashMap::new()),
+        tcp_piped: RefCell::new(HashMap::new()),
         limits: stream::StreamLimits {
             idle_timeout: config.stream_idle_timeout,
             handshake_timeout: config.tls_handshake_timeout,

@@ -50,6 +50,9 @@ pub(super) struct StreamConn {
     pending: RefCell<Vec<u8>>,
     wake: Notify,
     closed: Cell<bool>,
+    /// Stop writing after the pending bytes and give the write half back
+    /// (RFC 6062 ConnectionBind turns the connection into a raw pipe).
+    handover: Cell<bool>,
     dropped: Cell<u64>,
 }
 
@@ -76,10 +79,13 @@ impl StreamConn {
     }
 }
 
-async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) {
+async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) -> Option<W> {
     let mut chunk = Vec::new();
     loop {
         if conn.pending.borrow().is_empty() {
+            if conn.handover.get() && !conn.closed.get() {
+                return Some(w);
+            }
             if conn.closed.get() {
                 break;
             }
@@ -95,6 +101,7 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) {
         chunk.clear();
     }
     let _ = w.shutdown().await;
+    None
 }
 
 /// Accepts TCP (or, with `tls`, TLS) connections on `listener` forever.
@@ -202,6 +209,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                         }
                         Transmit::None => {}
                     }
+                    let bound = core.borrow_mut().take_connection_bind(&ft);
+                    if let Some(id) = bound {
+                        // RFC 6062 section 5.4: from now on raw bytes to and from the peer.
+                        shell.conns.borrow_mut().remove(&ft);
+                        conn.handover.set(true);
+                        conn.wake.notify_one();
+                        let write_half = writer_task.await.ok().flatten();
+                        let peer_stream = shell.tcp_pending.borrow_mut().remove(&id);
+                        match (write_half, peer_stream) {
+                            (Some(w), Some(peer)) => {
+                                let client = reader.unsplit(w);
+                                pipe(id, client, peer, buf, shell).await;
+                            }
+                            _ => debug!(
+                                connection_id = id,
+                                "tcp relay connection gone before it could be piped"
+                            ),
+                        }
+                        core.borrow_mut().handle_tcp_connection_closed(id);
+                        return;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => break 'conn format!("protocol error: {e}"),
@@ -240,6 +268,138 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         info!(client = %ft.client, dropped, "slow client: relayed datagrams dropped");
     }
     debug!(client = %ft.client, transport = ?ft.transport, %reason, "connection closed");
+}
+
+/// Pipes raw bytes between a client data connection and its peer (RFC 6062)
+/// until either side closes or the allocation goes. Back-pressure, not loss:
+/// a side that does not read stops the other side's reads.
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    id: u32,
+    mut client: S,
+    mut peer: tokio::net::TcpStream,
+    leftover: BytesMut,
+    shell: &Rc<Shell>,
+) {
+    let cut = Rc::new(Notify::new());
+    shell.tcp_piped.borrow_mut().insert(id, cut.clone());
+    if !leftover.is_empty() && peer.write_all(&leftover).await.is_err() {
+        shell.tcp_piped.borrow_mut().remove(&id);
+        return;
+    }
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut peer) => {
+            debug!(connection_id = id, result = ?r, "tcp relay connection ended");
+        }
+        _ = cut.notified() => debug!(connection_id = id, "tcp relay connection cut: allocation gone"),
+    }
+    shell.tcp_piped.borrow_mut().remove(&id);
+}
+
+/// Binds the listener of an RFC 6062 TCP relay. `SO_REUSEPORT` lets the
+/// server's outgoing connections for Connect use the same address.
+pub(super) fn bind_tcp_relay(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Accepts peer connections on a TCP relay; each becomes a ConnectionAttempt
+/// for the client, or is closed when the peer has no permission.
+pub(super) async fn tcp_relay_accept(
+    relay: SocketAddr,
+    listener: std::rc::Weak<TcpListener>,
+    shell: Rc<Shell>,
+    core: Rc<RefCell<Server>>,
+) {
+    let mut out = vec![0u8; 512];
+    loop {
+        let accepted = std::future::poll_fn(|cx| match listener.upgrade() {
+            None => std::task::Poll::Ready(None),
+            Some(l) => l.poll_accept(cx).map(Some),
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => return,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                warn!(%relay, error = %e, "tcp relay accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let attempt =
+            core.borrow_mut()
+                .handle_peer_connection(Instant::now(), relay, peer, &mut out);
+        if let Some((id, t)) = attempt {
+            shell.tcp_pending.borrow_mut().insert(id, stream);
+            if let Transmit::Reply { to, len } = t {
+                shell.send_to_client(&to, &out[..len]);
+            }
+        }
+    }
+}
+
+/// Connects from a TCP relay to a peer for a Connect request (30 s at most)
+/// and reports the outcome to the core.
+pub(super) async fn tcp_relay_connect(
+    relay: SocketAddr,
+    peer: SocketAddr,
+    id: u32,
+    shell: Rc<Shell>,
+    core: Rc<RefCell<Server>>,
+) {
+    let attempt = async {
+        let socket = if relay.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(relay)?;
+        socket.connect(peer).await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(30), attempt).await;
+    shell.tcp_connecting.borrow_mut().remove(&id);
+    let ok = match result {
+        Ok(Ok(stream)) => {
+            shell.tcp_pending.borrow_mut().insert(id, stream);
+            true
+        }
+        Ok(Err(e)) => {
+            debug!(%relay, %peer, error = %e, "tcp connect to peer failed");
+            false
+        }
+        Err(_) => {
+            debug!(%relay, %peer, "tcp connect to peer timed out");
+            false
+        }
+    };
+    let mut out = vec![0u8; 512];
+    let t = {
+        let mut io = ShellIo {
+            shell: &shell,
+            core: &core,
+        };
+        core.borrow_mut()
+            .handle_tcp_connect_result(Instant::now(), id, ok, &mut out, &mut io)
+    };
+    if let Transmit::Reply { to, len } = t {
+        shell.send_to_client(&to, &out[..len]);
+    }
 }
 
 /// Binds a TCP listener with `SO_REUSEADDR` (restarts while old connections

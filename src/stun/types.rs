@@ -27,6 +27,12 @@ impl Method {
     pub const CREATE_PERMISSION: Method = Method(0x008);
     /// RFC 8656, section 17: ChannelBind (request/response only).
     pub const CHANNEL_BIND: Method = Method(0x009);
+    /// RFC 6062, section 6.1: Connect (request/response only).
+    pub const CONNECT: Method = Method(0x00A);
+    /// RFC 6062, section 6.1: ConnectionBind (request/response only).
+    pub const CONNECTION_BIND: Method = Method(0x00B);
+    /// RFC 6062, section 6.1: ConnectionAttempt (indication only).
+    pub const CONNECTION_ATTEMPT: Method = Method(0x00C);
 
     /// The RFC name of the method, or `None` for an unknown one.
     pub fn name(self) -> Option<&'static str> {
@@ -38,6 +44,9 @@ impl Method {
             Method::DATA => "Data",
             Method::CREATE_PERMISSION => "CreatePermission",
             Method::CHANNEL_BIND => "ChannelBind",
+            Method::CONNECT => "Connect",
+            Method::CONNECTION_BIND => "ConnectionBind",
+            Method::CONNECTION_ATTEMPT => "ConnectionAttempt",
             _ => return None,
         })
     }
@@ -171,6 +180,8 @@ impl AttributeType {
     pub const RESERVATION_TOKEN: AttributeType = AttributeType(0x0022);
     /// RFC 8445, section 16.1 (ICE; accepted and ignored).
     pub const PRIORITY: AttributeType = AttributeType(0x0024);
+    /// RFC 6062, section 6.2: the 32-bit id of a TCP relay connection.
+    pub const CONNECTION_ID: AttributeType = AttributeType(0x002A);
     /// RFC 8445, section 16.1 (ICE; accepted and ignored).
     pub const USE_CANDIDATE: AttributeType = AttributeType(0x0025);
     /// RFC 8656, section 18.11 (comprehension-optional).
@@ -216,6 +227,7 @@ impl AttributeType {
                 | AttributeType::MESSAGE_INTEGRITY_SHA256
                 | AttributeType::PASSWORD_ALGORITHM
                 | AttributeType::USERHASH
+                | AttributeType::CONNECTION_ID
         )
     }
 }
@@ -254,6 +266,10 @@ impl ErrorCode {
     pub const WRONG_CREDENTIALS: ErrorCode = ErrorCode(441);
     /// RFC 8656, section 18: Unsupported Transport Protocol.
     pub const UNSUPPORTED_TRANSPORT_PROTOCOL: ErrorCode = ErrorCode(442);
+    /// RFC 6062, section 6.3: Connection Already Exists.
+    pub const CONNECTION_ALREADY_EXISTS: ErrorCode = ErrorCode(446);
+    /// RFC 6062, section 6.3: Connection Timeout or Failure.
+    pub const CONNECTION_TIMEOUT_OR_FAILURE: ErrorCode = ErrorCode(447);
     /// RFC 8656, section 18: Peer Address Family Mismatch.
     pub const PEER_ADDRESS_FAMILY_MISMATCH: ErrorCode = ErrorCode(443);
     /// RFC 8656, section 18: Allocation Quota Reached.
@@ -277,6 +293,8 @@ impl ErrorCode {
             441 => "Wrong Credentials",
             442 => "Unsupported Transport Protocol",
             443 => "Peer Address Family Mismatch",
+            446 => "Connection Already Exists",
+            447 => "Connection Timeout or Failure",
             486 => "Allocation Quota Reached",
             500 => "Server Error",
             508 => "Insufficient Capacity",
@@ -303,6 +321,8 @@ pub type TransactionId = [u8; 12];
 /// IANA protocol number of UDP, the value of REQUESTED-TRANSPORT for UDP relays.
 /// See RFC 8656, section 18.8.
 pub const PROTOCOL_UDP: u8 = 17;
+/// IANA protocol number of TCP, REQUESTED-TRANSPORT for TCP relays. See RFC 6062, section 5.1.
+pub const PROTOCOL_TCP: u8 = 6;
 
 #[cfg(test)]
 mod tests {

@@ -62,6 +62,8 @@ pub struct Allocation {
     /// The second relayed address of a dual allocation (IPv6 next to IPv4,
     /// RFC 8656 section 7.2 ADDITIONAL-ADDRESS-FAMILY).
     pub additional_relay: Option<SocketAddr>,
+    /// A TCP relay (RFC 6062): peers connect over TCP, no UDP datagrams.
+    pub tcp_relay: bool,
     /// The username that created it; later requests must use the same (else 441).
     pub username: Arc<str>,
     /// The long-term key of that user, for MESSAGE-INTEGRITY on responses.

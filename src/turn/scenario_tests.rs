@@ -405,10 +405,16 @@ fn request_validation_errors() {
         Some(400),
         "no REQUESTED-TRANSPORT"
     );
+    // RFC 6062 section 5.1: a TCP relay needs a TCP or TLS client connection.
     let tcp = h.request(&c, Method::ALLOCATE, |w| {
         w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
     });
-    assert_eq!(tcp.code(), Some(442));
+    assert_eq!(tcp.code(), Some(400));
+    let sctp = h.request(&c, Method::ALLOCATE, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 132 << 24)
+            .unwrap()
+    });
+    assert_eq!(sctp.code(), Some(442));
     let v6 = h.request(&c, Method::ALLOCATE, |w| {
         w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
         w.u32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x02 << 24)
@@ -1212,5 +1218,28 @@ fn external_ip_is_advertised() {
     assert_eq!(
         bound.ip(),
         "203.0.113.1".parse::<std::net::IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn failure_block_spares_existing_allocations() {
+    let mut h = Harness::new(|c| c.auth_failures_per_minute = 2);
+    let good = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&good).class(), Class::Success);
+    let bad = h.client(2, "alice", "wrong");
+    assert_eq!(h.allocate(&bad).code(), Some(401));
+    assert_eq!(h.allocate(&bad).code(), Some(401));
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&bad), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(
+        h.request_raw(bad.ft, &b).is_none(),
+        "the address is blocked for new logins"
+    );
+    // The allocation already held from that address keeps refreshing.
+    assert_eq!(
+        h.request(&good, Method::REFRESH, |_| {}).class(),
+        Class::Success
     );
 }

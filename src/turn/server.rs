@@ -29,7 +29,7 @@ use crate::auth::{
 use crate::stun::{
     write_channel_data_header, AttributeType, ChannelData, Class, ErrorCode, Message, MessageType,
     MessageWriter, Method, TransactionId, CHANNEL_DATA_HEADER_LEN, MAGIC_COOKIE, MAX_CHANNEL,
-    MIN_CHANNEL, PROTOCOL_UDP,
+    MIN_CHANNEL, PROTOCOL_TCP, PROTOCOL_UDP,
 };
 
 /// RFC 8656 section 7.2: default allocation lifetime, 600 s.
@@ -152,8 +152,26 @@ pub trait RelayIo {
     /// # Errors
     /// The bind error; the core then tries another port.
     fn open(&mut self, relay: SocketAddr) -> io::Result<()>;
-    /// Closes the socket bound on `relay`.
+    /// Closes the socket (UDP or TCP listener) bound on `relay`.
     fn close(&mut self, relay: SocketAddr);
+    /// Binds a TCP listener on `relay` for an RFC 6062 TCP relay; incoming
+    /// peer connections go to [`Server::handle_peer_connection`].
+    ///
+    /// # Errors
+    /// The bind error; the core then tries another port.
+    fn open_tcp(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let _ = relay;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Starts a TCP connection from `relay` to `peer` for connection `id`;
+    /// the outcome goes to [`Server::handle_tcp_connect_result`].
+    fn connect_tcp(&mut self, relay: SocketAddr, peer: SocketAddr, id: u32) {
+        let _ = (relay, peer, id);
+    }
+    /// Closes TCP relay connection `id` (pending or piped).
+    fn close_tcp(&mut self, id: u32) {
+        let _ = id;
+    }
 }
 
 /// What the IO shell must send after a `handle_*` call.
@@ -239,6 +257,9 @@ enum TimerKind {
         ft: FiveTuple,
         tid: TransactionId,
     },
+    TcpConnection {
+        id: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -277,6 +298,35 @@ struct CachedResponse {
     expires: Instant,
 }
 
+/// RFC 6062: a TCP connection between a TCP relay and a peer.
+#[derive(Clone, Debug)]
+struct TcpConnection {
+    control: FiveTuple,
+    allocation_id: u64,
+    peer: SocketAddr,
+    state: TcpConnectionState,
+    expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcpConnectionState {
+    /// The server is connecting to the peer for a Connect request.
+    Connecting {
+        tid: TransactionId,
+        fingerprint: bool,
+        sha256: bool,
+    },
+    /// Connected, waiting for the client's ConnectionBind (30 s).
+    Ready,
+    /// Piped to a client data connection.
+    Bound,
+}
+
+/// RFC 6062 section 5.2/5.3: a connection waits 30 s for its ConnectionBind.
+pub const TCP_CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most TCP relay connections one allocation may have pending or open.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
+
 struct Authenticated {
     username: Arc<str>,
     key: Key,
@@ -311,6 +361,8 @@ pub struct Server {
     failures: SourceLimiter,
     capacity: Option<TokenBucket>,
     key_scratch: Vec<Key>,
+    tcp_connections: HashMap<u32, TcpConnection>,
+    connection_binds: HashMap<FiveTuple, u32>,
 }
 
 impl std::fmt::Debug for Server {
@@ -358,6 +410,8 @@ impl Server {
                 )
             }),
             key_scratch: Vec::new(),
+            tcp_connections: HashMap::new(),
+            connection_binds: HashMap::new(),
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
             config,
             epoch: now,
@@ -677,7 +731,9 @@ impl Server {
             Method::ALLOCATE
             | Method::REFRESH
             | Method::CREATE_PERMISSION
-            | Method::CHANNEL_BIND => {}
+            | Method::CHANNEL_BIND
+            | Method::CONNECT
+            | Method::CONNECTION_BIND => {}
             _ => return self.unauthenticated_error(now, ft, out, &r, ErrorCode::BAD_REQUEST),
         }
         // A retransmission gets the very same answer (RFC 8489 section 6.3.4).
@@ -697,6 +753,8 @@ impl Server {
             Method::ALLOCATE => self.allocate(now, ft, &r, &auth, out, io),
             Method::REFRESH => self.refresh(now, ft, &r, &auth, out, io),
             Method::CREATE_PERMISSION => self.create_permission(now, ft, &r, &auth, out),
+            Method::CONNECT => self.connect(now, ft, &r, &auth, out, io),
+            Method::CONNECTION_BIND => self.connection_bind(now, ft, &r, &auth, out),
             _ => self.channel_bind(now, ft, &r, &auth, out),
         };
         if let Transmit::Reply { len, .. } = t {
@@ -805,8 +863,10 @@ impl Server {
         if !msg.has_integrity() && !msg.has_integrity_sha256() {
             return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
         }
-        // Repeated failures from one source: no answers until its budget refills.
-        if self.failures.is_blocked(ip, now) {
+        // Repeated failures from one source: no answers until its budget
+        // refills. A 5-tuple that holds an allocation is exempt: its user is
+        // proven, and requests there cannot try other usernames (441).
+        if !self.allocations.contains_key(&ft) && self.failures.is_blocked(ip, now) {
             self.stats.rate_limited += 1;
             debug!(client = %ft.client, "too many authentication failures from this address: dropped");
             return Err(Transmit::None);
@@ -965,13 +1025,20 @@ impl Server {
         if self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        match msg.get(AttributeType::REQUESTED_TRANSPORT) {
-            Some(v) if v.len() == 4 && v[0] == PROTOCOL_UDP => {}
+        let tcp_relay = match msg.get(AttributeType::REQUESTED_TRANSPORT) {
+            Some(v) if v.len() == 4 && v[0] == PROTOCOL_UDP => false,
+            // RFC 6062 section 5.1: TCP relays only for clients over TCP or TLS.
+            Some(v) if v.len() == 4 && v[0] == PROTOCOL_TCP && ft.transport != Transport::Udp => {
+                true
+            }
+            Some(v) if v.len() == 4 && v[0] == PROTOCOL_TCP => {
+                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key)
+            }
             Some(v) if v.len() == 4 => {
                 return self.error(ft, out, r, ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL, key)
             }
             _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-        }
+        };
         if msg
             .get(AttributeType::DONT_FRAGMENT)
             .is_some_and(|v| !v.is_empty())
@@ -1007,6 +1074,9 @@ impl Server {
             Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
         };
         if token.is_some() && (even_port.is_some() || family.is_some() || dual) {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        if tcp_relay && (token.is_some() || even_port.is_some() || dual) {
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let user_count = self.per_user.get(&auth.username).copied().unwrap_or(0);
@@ -1046,7 +1116,7 @@ impl Server {
             else {
                 return self.error(ft, out, r, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, key);
             };
-            match self.bind_relay(ip, even_port, io) {
+            match self.bind_relay(ip, even_port, tcp_relay, io) {
                 Some((addr, reserved)) => {
                     if let Some(next) = reserved {
                         let mut t = [0u8; 8];
@@ -1084,7 +1154,7 @@ impl Server {
                 .find(|ip| ip.is_ipv6())
             {
                 None => additional_error = Some(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
-                Some(ip) => match self.bind_relay(ip, None, io) {
+                Some(ip) => match self.bind_relay(ip, None, false, io) {
                     Some((addr, _)) => additional_relay = Some(addr),
                     None => additional_error = Some(ErrorCode::INSUFFICIENT_CAPACITY),
                 },
@@ -1101,6 +1171,7 @@ impl Server {
                 five_tuple: ft,
                 relay,
                 additional_relay,
+                tcp_relay,
                 username: auth.username.clone(),
                 key: auth.key,
                 expires,
@@ -1153,6 +1224,7 @@ impl Server {
         &mut self,
         ip: IpAddr,
         even_port: Option<bool>,
+        tcp: bool,
         io: &mut impl RelayIo,
     ) -> Option<(SocketAddr, Option<SocketAddr>)> {
         // Ports another program holds are skipped, then returned to the pool
@@ -1170,7 +1242,12 @@ impl Server {
             let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
             let reserved = (even_port == Some(true)).then(|| SocketAddr::new(ip, port + 1));
-            match io.open(addr) {
+            let opened = if tcp {
+                io.open_tcp(addr)
+            } else {
+                io.open(addr)
+            };
+            match opened {
                 Ok(()) => {
                     placed = Some((addr, reserved));
                     break;
@@ -1223,6 +1300,16 @@ impl Server {
         let Some(a) = self.allocations.remove(&ft) else {
             return;
         };
+        let ids: Vec<u32> = self
+            .tcp_connections
+            .iter()
+            .filter(|(_, c)| c.allocation_id == a.id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+        }
         for relay in std::iter::once(a.relay).chain(a.additional_relay) {
             self.by_relay.remove(&relay);
             self.release_port(relay);
@@ -1524,6 +1611,20 @@ impl Server {
                         self.release_port(res.relay);
                     }
                 }
+                TimerKind::TcpConnection { id } => {
+                    if self
+                        .tcp_connections
+                        .get(&id)
+                        .is_some_and(|c| c.state != TcpConnectionState::Bound && c.expires <= now)
+                    {
+                        self.tcp_connections.remove(&id);
+                        io.close_tcp(id);
+                        debug!(
+                            connection_id = id,
+                            "tcp relay connection not bound within 30 s: closed"
+                        );
+                    }
+                }
                 TimerKind::Transaction { ft, tid } => {
                     if self
                         .responses
@@ -1535,6 +1636,272 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Connect (RFC 6062 section 5.2): the server connects from the TCP relay
+    /// to the peer; the answer comes when the shell reports the outcome.
+    fn connect(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let key = Some(&auth.key);
+        let Some(a) = self.allocations.get(&ft) else {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        };
+        if !a.tcp_relay {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let (alloc_id, relay) = (a.id, a.relay);
+        let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
+            Some(Ok(p)) => p,
+            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        };
+        if peer.is_ipv4() != relay.is_ipv4() {
+            return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
+        }
+        if !self.config.policy.is_allowed(peer.ip()) {
+            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+        }
+        let mine = self
+            .tcp_connections
+            .values()
+            .filter(|c| c.allocation_id == alloc_id);
+        let mut count = 0;
+        for c in mine {
+            if c.peer == peer {
+                return self.error(ft, out, r, ErrorCode::CONNECTION_ALREADY_EXISTS, key);
+            }
+            count += 1;
+        }
+        if count >= MAX_TCP_CONNECTIONS {
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+        }
+        let id = self.new_connection_id();
+        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
+        self.tcp_connections.insert(
+            id,
+            TcpConnection {
+                control: ft,
+                allocation_id: alloc_id,
+                peer,
+                state: TcpConnectionState::Connecting {
+                    tid: r.msg.transaction_id(),
+                    fingerprint: r.fingerprint,
+                    sha256: r.sha256,
+                },
+                expires,
+            },
+        );
+        if let Some(a) = self.allocations.get_mut(&ft) {
+            let perm = now + self.config.permission_lifetime;
+            a.permissions.insert(peer.ip(), perm);
+            self.push_timer(
+                perm,
+                TimerKind::Permission {
+                    ft,
+                    id: alloc_id,
+                    peer: peer.ip(),
+                },
+            );
+        }
+        debug!(client = %ft.client, %peer, connection_id = id, "connecting to peer over tcp");
+        io.connect_tcp(relay, peer, id);
+        Transmit::None
+    }
+
+    fn new_connection_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.tcp_connections.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// The shell's TCP connection to a peer for a Connect finished (`ok`) or
+    /// failed. Returns the Connect response (success with CONNECTION-ID, or
+    /// 447) for the control connection.
+    pub fn handle_tcp_connect_result(
+        &mut self,
+        now: Instant,
+        id: u32,
+        ok: bool,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
+        let Some(c) = self.tcp_connections.get_mut(&id) else {
+            io.close_tcp(id);
+            return Transmit::None;
+        };
+        let TcpConnectionState::Connecting {
+            tid,
+            fingerprint,
+            sha256,
+        } = c.state
+        else {
+            return Transmit::None;
+        };
+        let ft = c.control;
+        let Some(key) = self
+            .allocations
+            .get(&ft)
+            .filter(|a| a.id == c.allocation_id)
+            .map(|a| a.key)
+        else {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+            return Transmit::None;
+        };
+        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
+        if ok {
+            c.state = TcpConnectionState::Ready;
+            c.expires = expires;
+            self.push_timer(expires, TimerKind::TcpConnection { id });
+        } else {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+        }
+        let phrases = self.config.reason_phrases;
+        let class = if ok { Class::Success } else { Class::Error };
+        let written = (|| {
+            let mut w =
+                MessageWriter::new(out, MessageType::new(Method::CONNECT, class), tid).ok()?;
+            if ok {
+                w.u32(AttributeType::CONNECTION_ID, id).ok()?;
+            } else {
+                w.error_code_with_reason(ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE, phrases)
+                    .ok()?;
+            }
+            if sha256 {
+                w.message_integrity_sha256(key.as_bytes()).ok()?;
+            } else {
+                w.message_integrity(key.as_bytes()).ok()?;
+            }
+            if fingerprint {
+                w.fingerprint().ok()?;
+            }
+            Some(w.finish())
+        })();
+        written.map_or(Transmit::None, |len| Transmit::Reply { to: ft, len })
+    }
+
+    /// A peer connected to the TCP relay `relay` (RFC 6062 section 5.3).
+    /// Returns the connection id and the ConnectionAttempt indication for the
+    /// client, or `None` when the peer has no permission (the shell closes
+    /// the connection).
+    pub fn handle_peer_connection(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        out: &mut [u8],
+    ) -> Option<(u32, Transmit)> {
+        let ft = *self.by_relay.get(&relay)?;
+        let a = self.allocations.get(&ft)?;
+        if !a.tcp_relay || !a.has_permission(peer.ip(), now) {
+            debug!(%relay, %peer, "tcp connection from a peer without permission: closed");
+            return None;
+        }
+        let alloc_id = a.id;
+        if self
+            .tcp_connections
+            .values()
+            .filter(|c| c.allocation_id == alloc_id)
+            .count()
+            >= MAX_TCP_CONNECTIONS
+        {
+            return None;
+        }
+        let id = self.new_connection_id();
+        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
+        self.tcp_connections.insert(
+            id,
+            TcpConnection {
+                control: ft,
+                allocation_id: alloc_id,
+                peer,
+                state: TcpConnectionState::Ready,
+                expires,
+            },
+        );
+        self.push_timer(expires, TimerKind::TcpConnection { id });
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let len = (|| {
+            let mut w = MessageWriter::new(
+                out,
+                MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication),
+                tid,
+            )
+            .ok()?;
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer).ok()?;
+            w.u32(AttributeType::CONNECTION_ID, id).ok()?;
+            Some(w.finish())
+        })()?;
+        debug!(client = %ft.client, %peer, connection_id = id, "tcp connection attempt from peer");
+        Some((id, Transmit::Reply { to: ft, len }))
+    }
+
+    /// ConnectionBind (RFC 6062 section 5.4) on a new client connection.
+    fn connection_bind(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Reply<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Transmit {
+        let key = Some(&auth.key);
+        if ft.transport == Transport::Udp
+            || self.allocations.contains_key(&ft)
+            || self.connection_binds.contains_key(&ft)
+        {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let Some(id) = r.msg.get_u32(AttributeType::CONNECTION_ID) else {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        };
+        let Some(c) = self
+            .tcp_connections
+            .get(&id)
+            .filter(|c| c.state == TcpConnectionState::Ready && c.expires > now)
+        else {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        };
+        let owner = self
+            .allocations
+            .get(&c.control)
+            .filter(|a| a.id == c.allocation_id)
+            .map(|a| a.username.clone());
+        match owner {
+            Some(u) if u == auth.username => {}
+            Some(_) => return self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, key),
+            None => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        }
+        if let Some(c) = self.tcp_connections.get_mut(&id) {
+            c.state = TcpConnectionState::Bound;
+        }
+        self.connection_binds.insert(ft, id);
+        debug!(client = %ft.client, connection_id = id, "tcp relay connection bound");
+        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
+    }
+
+    /// After a reply on a stream: `Some(id)` when that connection just bound
+    /// TCP relay connection `id`; the shell then pipes raw bytes between it
+    /// and the peer. Each binding is handed out once.
+    pub fn take_connection_bind(&mut self, ft: &FiveTuple) -> Option<u32> {
+        self.connection_binds.remove(ft)
+    }
+
+    /// TCP relay connection `id` ended (either side closed).
+    pub fn handle_tcp_connection_closed(&mut self, id: u32) {
+        self.tcp_connections.remove(&id);
     }
 
     /// The client's TCP or TLS connection of `ft` closed: its allocation goes

@@ -89,19 +89,25 @@ export function resolveTurndBin() {
 /**
  * Start turnd on an ephemeral UDP port and wait (bounded) for its
  * "turnd: listening on udp 127.0.0.1:PORT" line on stdout.
+ *
+ * Options (all optional): `extraArgs`, more turnd arguments appended after the
+ * standard ones (e.g. ['--static-auth-secret', 'S']); `minPort`/`maxPort`, the
+ * relay port range (default MIN_PORT-MAX_PORT; test files run in parallel, so
+ * give each its own range).
  */
-export async function startTurnd({ timeoutMs = 10_000 } = {}) {
+export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT } = {}) {
   const bin = resolveTurndBin();
   const args = [
     '--listening-ip', '127.0.0.1',
     '--listening-port', '0',
     '--relay-ip', '127.0.0.1',
-    '--min-port', String(MIN_PORT),
-    '--max-port', String(MAX_PORT),
+    '--min-port', String(minPort),
+    '--max-port', String(maxPort),
     '--realm', REALM,
     '--user', `${USER}:${PASSWORD}`,
     '--allow-loopback-peers',
     '--verbose',
+    ...extraArgs,
   ];
   // detached: turnd leads its own process group, so the SIGKILL fallback also
   // reaches anything it might have started. SIGTERM goes to turnd's PID only.
