@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 use crate::auth::Credentials;
 use crate::turn::{IpRange, PeerPolicy, ServerConfig};
@@ -80,10 +81,10 @@ pub struct Cli {
     #[arg(short = 'a', long = "lt-cred-mech")]
     pub lt_cred_mech: bool,
     /// Concurrent allocations per user; 0 is unlimited (486 when reached).
-    #[arg(long = "user-quota", value_name = "N")]
+    #[arg(short = 'q', long = "user-quota", value_name = "N")]
     pub user_quota: Option<u32>,
     /// Concurrent allocations in all; 0 is unlimited (486 when reached).
-    #[arg(long = "total-quota", value_name = "N")]
+    #[arg(short = 'Q', long = "total-quota", value_name = "N")]
     pub total_quota: Option<u32>,
     /// Longest allocation lifetime in seconds (default 3600).
     #[arg(long = "max-allocate-lifetime", value_name = "SECONDS")]
@@ -103,20 +104,20 @@ pub struct Cli {
     pub use_auth_secret: bool,
     /// A TURN REST API shared secret (repeatable; every secret is tried, so
     /// secrets rotate without downtime). Implies --use-auth-secret.
-    #[arg(short = 's', long = "static-auth-secret", value_name = "SECRET")]
+    #[arg(long = "static-auth-secret", value_name = "SECRET")]
     pub static_auth_secret: Vec<String>,
     /// Separator between expiry time and user id in REST usernames (default ':').
-    #[arg(long = "rest-api-separator", value_name = "CHAR")]
+    #[arg(short = 'C', long = "rest-api-separator", value_name = "CHAR")]
     pub rest_api_separator: Option<char>,
     /// SQLite user database (coturn's schema: turnusers_lt, turn_secret);
     /// changes are picked up by a running server within about a second.
     #[arg(short = 'b', long = "userdb", value_name = "FILE")]
     pub userdb: Option<PathBuf>,
     /// Bytes per second per allocation and direction; 0 is unlimited.
-    #[arg(long = "max-bps", value_name = "BYTES")]
+    #[arg(short = 's', long = "max-bps", value_name = "BYTES")]
     pub max_bps: Option<u64>,
     /// Bytes per second for the whole server; 0 is unlimited.
-    #[arg(long = "bps-capacity", value_name = "BYTES")]
+    #[arg(short = 'B', long = "bps-capacity", value_name = "BYTES")]
     pub bps_capacity: Option<u64>,
     /// Also send MAPPED-ADDRESS in Binding responses (RFC 3489 clients).
     #[arg(long = "stun-backward-compatibility")]
@@ -174,6 +175,54 @@ pub struct Cli {
     /// Concurrent TCP/TLS connections per source IP address (default 256).
     #[arg(long = "max-connections-per-ip", value_name = "N")]
     pub max_connections_per_ip: Option<u32>,
+    /// Seconds to keep relaying existing allocations after SIGTERM while
+    /// refusing new ones (0: close at once). Default 0.
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
+    /// Log format: "text" (default) or "json".
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Write logs to this file instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(short = 'l', long = "log-file", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Write the process id to this file.
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Serve Prometheus metrics on /metrics (port 9641, coturn's).
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Port of the Prometheus listener (default 9641).
+    #[arg(long = "prometheus-port", value_name = "N")]
+    pub prometheus_port: Option<u16>,
+    /// Address of the Prometheus listener (default 0.0.0.0).
+    #[arg(long = "prometheus-address", value_name = "IP")]
+    pub prometheus_address: Option<IpAddr>,
+    /// Per-user byte counters in the metrics (one series per user).
+    #[arg(long = "prometheus-username-labels")]
+    pub prometheus_username_labels: bool,
+    /// Bearer token of the admin API and status page; setting it turns them on.
+    #[arg(long = "admin-token", value_name = "TOKEN", env = "TURND_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Address of the admin API and status page (default 127.0.0.1:9642).
+    #[arg(long = "admin-listen", value_name = "IP:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Do not answer STUN Binding requests (TURN only).
+    #[arg(long = "no-stun")]
+    pub no_stun: bool,
+    /// Answer only STUN Binding requests (no TURN).
+    #[arg(short = 'S', long = "stun-only")]
+    pub stun_only: bool,
+    /// Accepted for coturn compatibility and ignored with a warning: turnd
+    /// relays on one thread for now.
+    #[arg(short = 'm', long = "relay-threads", value_name = "N")]
+    pub relay_threads: Option<u32>,
+    /// Accepted for coturn compatibility and ignored with a warning: turnd
+    /// stays in the foreground (run it under systemd).
+    #[arg(short = 'o', long = "daemon")]
+    pub daemon: bool,
+    /// Ignore the configuration file named by --config (coturn's -n).
+    #[arg(short = 'n', long = "no-config-file")]
+    pub no_config_file: bool,
     /// Subcommand; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -218,6 +267,15 @@ pub enum Command {
         /// Password.
         #[arg(long)]
         password: String,
+    },
+    /// Check any TURN server end to end, like the Trickle ICE page: Binding,
+    /// two allocations, permissions, a relayed round trip, Refresh to 0.
+    /// Exit 0 only when the relay works.
+    Probe(crate::probe::ProbeArgs),
+    /// Print the TOML equivalent of a coturn turnserver.conf.
+    ConvertConfig {
+        /// The coturn configuration file.
+        file: PathBuf,
     },
     /// Manage users in the SQLite user database (like coturn's turnadmin).
     User {
@@ -314,6 +372,23 @@ struct FileConfig {
     stream_idle_timeout: Option<u64>,
     tls_handshake_timeout: Option<u64>,
     max_connections_per_ip: Option<u32>,
+    server_name: Option<String>,
+    no_multicast_peers: Option<bool>,
+    no_cli: Option<bool>,
+    log_file: Option<PathBuf>,
+    log_format: Option<String>,
+    syslog: Option<bool>,
+    pidfile: Option<PathBuf>,
+    prometheus: Option<bool>,
+    prometheus_port: Option<u16>,
+    prometheus_address: Option<IpAddr>,
+    prometheus_username_labels: Option<bool>,
+    relay_threads: Option<u32>,
+    no_stun: Option<bool>,
+    stun_only: Option<bool>,
+    drain_timeout: Option<u64>,
+    admin_token: Option<String>,
+    admin_listen: Option<SocketAddr>,
 }
 
 /// The TOML keys turnd reads (every one is documented in turnserver.toml.example).
@@ -360,6 +435,23 @@ pub const TOML_KEYS: &[&str] = &[
     "stream-idle-timeout",
     "tls-handshake-timeout",
     "max-connections-per-ip",
+    "server-name",
+    "no-multicast-peers",
+    "no-cli",
+    "log-file",
+    "log-format",
+    "syslog",
+    "pidfile",
+    "prometheus",
+    "prometheus-port",
+    "prometheus-address",
+    "prometheus-username-labels",
+    "relay-threads",
+    "no-stun",
+    "stun-only",
+    "drain-timeout",
+    "admin-token",
+    "admin-listen",
 ];
 
 /// One `external-ip` entry: the public address, and the relay address it
@@ -481,6 +573,28 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     /// Concurrent connections per source IP.
     pub max_connections_per_ip: u32,
+    /// Relay existing allocations this long after SIGTERM.
+    pub drain_timeout: Duration,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Log file (reopened on SIGHUP).
+    pub log_file: Option<PathBuf>,
+    /// PID file.
+    pub pidfile: Option<PathBuf>,
+    /// Prometheus listener, when on.
+    pub prometheus: Option<SocketAddr>,
+    /// Per-user byte series in the metrics.
+    pub prometheus_username_labels: bool,
+    /// Admin API token (admin on when set).
+    pub admin_token: Option<Secret>,
+    /// Admin API address.
+    pub admin_listen: SocketAddr,
+    /// No STUN Binding answers.
+    pub no_stun: bool,
+    /// STUN only, no TURN.
+    pub stun_only: bool,
+    /// Warnings to log once logging is up (coturn options turnd ignores...).
+    pub warnings: Vec<String>,
 }
 
 /// A shared secret; `Debug` never prints it.
@@ -559,11 +673,43 @@ fn parse_user(origin: &str, s: &str) -> Result<StaticUser, ConfigError> {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// True when `path` names a coturn-format file (`*.conf`) rather than TOML.
+pub fn is_coturn_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "conf")
+}
+
+/// Reads a config file: TOML, or coturn's format for `*.conf` files. The
+/// second value lists coturn options turnd ignores (each a warning).
+fn read_file(path: &Path) -> Result<(FileConfig, Vec<String>), ConfigError> {
     let origin = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| err(&origin, format!("cannot read: {e}")))?;
-    toml::from_str(&text).map_err(|e| err(&origin, e.to_string().trim_end().replace('\n', " ")))
+    if is_coturn_file(path) {
+        let conf = crate::coturn_conf::parse(&text).map_err(|e| err(&origin, e.to_string()))?;
+        let (table, warnings) = crate::coturn_conf::split_supported(&conf, TOML_KEYS);
+        let file = FileConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| err(&origin, e.to_string().trim_end().replace('\n', " ")))?;
+        let warnings = warnings
+            .into_iter()
+            .map(|w| format!("{origin}: {w}"))
+            .collect();
+        return Ok((file, warnings));
+    }
+    let file = toml::from_str(&text)
+        .map_err(|e| err(&origin, e.to_string().trim_end().replace('\n', " ")))?;
+    Ok((file, Vec::new()))
+}
+
+/// `turnd convert-config FILE`: the TOML equivalent of a coturn file.
+///
+/// # Errors
+/// [`ConfigError`] when the file cannot be read or parsed.
+pub fn convert_coturn_file(path: &Path) -> Result<String, ConfigError> {
+    let origin = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(&origin, format!("cannot read: {e}")))?;
+    let conf = crate::coturn_conf::parse(&text).map_err(|e| err(&origin, e.to_string()))?;
+    Ok(crate::coturn_conf::to_toml(&conf, TOML_KEYS))
 }
 
 impl Config {
@@ -572,9 +718,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file (or "command line"), the option and why.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let file = match &cli.config {
-            Some(p) => read_file(p)?,
-            None => FileConfig::default(),
+        let (file, mut file_warnings) = match &cli.config {
+            Some(p) if !cli.no_config_file => read_file(p)?,
+            _ => (FileConfig::default(), Vec::new()),
         };
         let f_origin = cli
             .config
@@ -638,7 +784,8 @@ impl Config {
         let realm = cli
             .realm
             .clone()
-            .or(file.realm)
+            .or(file.realm.clone())
+            .or(file.server_name.clone())
             .unwrap_or_else(|| "turnd".to_owned());
         if realm.is_empty() || realm.len() > 763 {
             return Err(err(
@@ -830,7 +977,78 @@ impl Config {
             ));
         }
 
+        let mut warnings = std::mem::take(&mut file_warnings);
+        if file.syslog.unwrap_or(false) {
+            warnings.push("option `syslog`: turnd logs to stderr (journald under systemd) or `log-file`; syslog is not used".into());
+        }
+        if cli.daemon {
+            warnings.push("option `daemon` (-o): turnd stays in the foreground; run it under systemd (systemd/turnd.service)".into());
+        }
+        if let Some(n) = cli.relay_threads.or(file.relay_threads) {
+            if n > 1 {
+                warnings.push(format!(
+                    "option `relay-threads`: turnd relays on one thread for now; {n} ignored"
+                ));
+            }
+        }
+        let _ = (file.no_multicast_peers, file.no_cli);
+        let log_format = cli
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(err(
+                    fo,
+                    format!("option `log-format`: expected \"text\" or \"json\", got {other:?}"),
+                ))
+            }
+        };
+        let prometheus_on = cli.prometheus || file.prometheus.unwrap_or(false);
+        let prometheus = prometheus_on.then(|| {
+            SocketAddr::new(
+                cli.prometheus_address
+                    .or(file.prometheus_address)
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                cli.prometheus_port.or(file.prometheus_port).unwrap_or(9641),
+            )
+        });
+        let admin_token = cli
+            .admin_token
+            .clone()
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty())
+            .map(Secret);
+        let stun_only = cli.stun_only || file.stun_only.unwrap_or(false);
+        let no_stun = cli.no_stun || file.no_stun.unwrap_or(false);
+        if stun_only && no_stun {
+            return Err(err(
+                fo,
+                "options `stun-only` and `no-stun`: together they leave nothing to serve".into(),
+            ));
+        }
+
         Ok(Config {
+            drain_timeout: Duration::from_secs(
+                cli.drain_timeout.or(file.drain_timeout).unwrap_or(0),
+            ),
+            log_json,
+            log_file: cli.log_file.clone().or(file.log_file),
+            pidfile: cli.pidfile.clone().or(file.pidfile),
+            prometheus,
+            prometheus_username_labels: cli.prometheus_username_labels
+                || file.prometheus_username_labels.unwrap_or(false),
+            admin_token,
+            admin_listen: cli
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9642))),
+            no_stun,
+            stun_only,
+            warnings,
             tls_listening_ports,
             cert,
             pkey,
@@ -974,6 +1192,8 @@ impl Config {
                 .iter()
                 .map(|e| (e.private, e.public))
                 .collect(),
+            no_stun: self.no_stun,
+            stun_only: self.stun_only,
             ..ServerConfig::default()
         }
     }

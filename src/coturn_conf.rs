@@ -240,6 +240,13 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("unauth-rate", Kind::Int),
     ("unauth-burst", Kind::Int),
     ("auth-failures-per-minute", Kind::Int),
+    ("stream-idle-timeout", Kind::Int),
+    ("tls-handshake-timeout", Kind::Int),
+    ("max-connections-per-ip", Kind::Int),
+    ("log-format", Kind::Str),
+    ("drain-timeout", Kind::Int),
+    ("admin-token", Kind::Str),
+    ("admin-listen", Kind::Str),
 ];
 
 /// Other names coturn accepts for an option: (alias, option).
@@ -262,6 +269,7 @@ const SECRETS: &[&str] = &[
     "mongo-userdb",
     "redis-userdb",
     "redis-statsdb",
+    "admin-token",
 ];
 
 /// Flags that, when on, ask for what turnd does anyway, with why: no

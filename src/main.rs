@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use turnd::config::{Cli, Command, Config};
 
 fn main() -> ExitCode {
@@ -14,6 +13,9 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match Config::check_file(file) {
             Ok(c) => {
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} listening address(es), port {}, relay ports {}-{}, realm {:?}, {} user(s))",
                     file.display(),
@@ -78,6 +80,25 @@ fn main() -> ExitCode {
         }) => {
             return print_result(turnd::userdb::run_secret_command(userdb, realm, command));
         }
+        Some(Command::Probe(args)) => {
+            return if turnd::probe::run(args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some(Command::ConvertConfig { file }) => {
+            return match turnd::config::convert_coturn_file(file) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("turnd: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::CheckConfig { .. }) | None => {}
     }
     let config = match Config::load(&cli) {
@@ -92,12 +113,21 @@ fn main() -> ExitCode {
     } else {
         "turnd=info"
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) =
+        turnd::server::logging::init(default_level, config.log_json, config.log_file.as_deref())
+    {
+        eprintln!(
+            "turnd: cannot open log file {}: {e}",
+            config
+                .log_file
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string())
+        );
+        return ExitCode::FAILURE;
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
+pub mod logging;
 mod stream;
 mod tls;
 use std::rc::Rc;
@@ -532,12 +533,54 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
     }
 
+    let pidfile = config.pidfile.clone();
     let config = Rc::new(RefCell::new(config));
     if let Some(db) = userdb {
         tokio::task::spawn_local(userdb_task(db, config.clone(), core.clone()));
     }
-    wait_for_shutdown(&cli, &config, &core, cert.as_deref()).await?;
+    if let Some(p) = &pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            warn!(path = %p.display(), error = %e, "cannot write pidfile");
+        }
+    }
+    if let Some(interval) = watchdog_interval() {
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let _ = notify::notify("WATCHDOG=1");
+            }
+        });
+    }
+    let drain = wait_for_shutdown(&cli, &config, &core, cert.as_deref()).await?;
     let _ = notify::notify("STOPPING=1");
+    if !drain.is_zero() {
+        core.borrow_mut().start_draining();
+        let count = core.borrow().allocation_count();
+        info!(
+            allocations = count,
+            drain_timeout_s = drain.as_secs(),
+            "draining: no new allocations; existing ones keep relaying"
+        );
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            if core.borrow().allocation_count() == 0 {
+                info!("draining: every allocation has ended");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => { info!("draining: timeout reached"); break; }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = term.recv() => { info!("second signal: stopping now"); break; }
+                _ = int.recv() => { info!("second signal: stopping now"); break; }
+            }
+        }
+    }
+    if let Some(p) = &pidfile {
+        let _ = std::fs::remove_file(p);
+    }
     timers.abort();
     let mut io = ShellIo {
         shell: &shell,
@@ -548,6 +591,18 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let stats = core.borrow().stats();
     info!(allocations_closed = count, ?stats, "turnd stopped");
     Ok(())
+}
+
+/// Half of systemd's `WatchdogSec` (from `WATCHDOG_USEC`), when it applies to
+/// this process.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn unix_now() -> u64 {
@@ -651,17 +706,20 @@ async fn wait_for_shutdown(
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
     cert: Option<&tls::ReloadableCert>,
-) -> io::Result<()> {
+) -> io::Result<Duration> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(config.borrow().drain_timeout); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(Duration::ZERO); }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading configuration");
+                if let Some(Err(e)) = logging::reopen_log_file() {
+                    error!(error = %e, "SIGHUP: log file not reopened");
+                }
                 reload(cli, config, core);
                 if let Some(cert) = cert {
                     match cert.reload() {

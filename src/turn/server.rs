@@ -111,6 +111,10 @@ pub struct ServerConfig {
     /// `external-ip`: (relay address or `None` for any of the family, public
     /// address) pairs; XOR-RELAYED-ADDRESS carries the public address.
     pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
+    /// Ignore STUN Binding requests (coturn's `no-stun`).
+    pub no_stun: bool,
+    /// Ignore every TURN request (coturn's `stun-only`).
+    pub stun_only: bool,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +144,8 @@ impl Default for ServerConfig {
             max_bps: 0,
             bps_capacity: 0,
             external_ips: Vec::new(),
+            no_stun: false,
+            stun_only: false,
         }
     }
 }
@@ -363,6 +369,7 @@ pub struct Server {
     key_scratch: Vec<Key>,
     tcp_connections: HashMap<u32, TcpConnection>,
     connection_binds: HashMap<FiveTuple, u32>,
+    draining: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -412,6 +419,7 @@ impl Server {
             key_scratch: Vec::new(),
             tcp_connections: HashMap::new(),
             connection_binds: HashMap::new(),
+            draining: false,
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
             config,
             epoch: now,
@@ -711,6 +719,11 @@ impl Server {
                 w.error_code_with_reason(ErrorCode::UNKNOWN_ATTRIBUTE, phrases)?;
                 w.unknown_attributes(unknown)
             });
+        }
+        if (msg.method() == Method::BINDING && self.config.no_stun)
+            || (msg.method() != Method::BINDING && self.config.stun_only)
+        {
+            return Transmit::None;
         }
         match msg.method() {
             Method::BINDING => {
@@ -1024,6 +1037,10 @@ impl Server {
         let key = Some(&auth.key);
         if self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        if self.draining {
+            // Shutting down: clients move on to another server of the fleet.
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
         }
         let tcp_relay = match msg.get(AttributeType::REQUESTED_TRANSPORT) {
             Some(v) if v.len() == 4 && v[0] == PROTOCOL_UDP => false,
@@ -1958,6 +1975,17 @@ impl Server {
             allocations = self.allocations.len(),
             revoked, "configuration reloaded"
         );
+    }
+
+    /// Stops granting new allocations (508) while existing ones keep
+    /// relaying and refreshing: the first step of a graceful shutdown.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// True after [`Server::start_draining`].
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Deletes every allocation (shutdown), closing relay sockets through `io`.
