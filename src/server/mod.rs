@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
+mod http;
 pub mod logging;
 mod stream;
 mod tls;
@@ -453,6 +454,19 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             }
         }
     }
+    let metrics_listener = match config.prometheus {
+        Some(addr) => {
+            Some(stream::bind_tcp(addr).map_err(listen_error(addr, "http (prometheus)"))?)
+        }
+        None => None,
+    };
+    let admin_listener = match &config.admin_token {
+        Some(_) => Some(
+            stream::bind_tcp(config.admin_listen)
+                .map_err(listen_error(config.admin_listen, "http (admin)"))?,
+        ),
+        None => None,
+    };
     let cert = match (&config.cert, &config.pkey) {
         (Some(c), Some(k)) if config.tls => {
             Some(tls::ReloadableCert::load(c, k).map_err(|e| StartError::Tls(e.to_string()))?)
@@ -535,6 +549,28 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
 
     let pidfile = config.pidfile.clone();
     let config = Rc::new(RefCell::new(config));
+    let http_state = Rc::new(http::HttpState {
+        core: core.clone(),
+        shell: shell.clone(),
+        config: config.clone(),
+        started: Instant::now(),
+    });
+    if let Some(l) = metrics_listener {
+        let local = l.local_addr()?;
+        tokio::task::spawn_local(http::serve(l, http_state.clone(), http::metrics));
+        println!("turnd: listening on prometheus http://{local}/metrics");
+        info!(%local, "prometheus metrics on /metrics");
+    }
+    if let Some(l) = admin_listener {
+        let local = l.local_addr()?;
+        tokio::task::spawn_local(http::serve(l, http_state.clone(), http::admin));
+        println!("turnd: listening on admin http://{local}/");
+        info!(%local, "admin API and status page");
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
     if let Some(db) = userdb {
         tokio::task::spawn_local(userdb_task(db, config.clone(), core.clone()));
     }

@@ -370,6 +370,9 @@ pub struct Server {
     tcp_connections: HashMap<u32, TcpConnection>,
     connection_binds: HashMap<FiveTuple, u32>,
     draining: bool,
+    requests: HashMap<(Method, u16), u64>,
+    auth_failure_reasons: HashMap<&'static str, u64>,
+    ended_user_bytes: HashMap<Arc<str>, (u64, u64)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -420,6 +423,9 @@ impl Server {
             tcp_connections: HashMap::new(),
             connection_binds: HashMap::new(),
             draining: false,
+            requests: HashMap::new(),
+            auth_failure_reasons: HashMap::new(),
+            ended_user_bytes: HashMap::new(),
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
             config,
             epoch: now,
@@ -702,6 +708,21 @@ impl Server {
         out: &mut [u8],
         io: &mut impl RelayIo,
     ) -> Transmit {
+        let t = self.answer_request(now, ft, msg, out, io);
+        if let Transmit::Reply { len, .. } = t {
+            self.count_answer(msg.method(), &out[..len]);
+        }
+        t
+    }
+
+    fn answer_request(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Transmit {
         let r = Reply {
             msg,
             fingerprint: self.config.fingerprint || msg.has_fingerprint(),
@@ -935,6 +956,7 @@ impl Server {
         };
         let failure = |this: &mut Self, why: &'static str| {
             this.stats.auth_failures += 1;
+            *this.auth_failure_reasons.entry(why).or_insert(0) += 1;
             this.failures.record(ip, now);
             info!(client = %ft.client, user = %username, reason = why, "auth failure");
         };
@@ -1317,6 +1339,12 @@ impl Server {
         let Some(a) = self.allocations.remove(&ft) else {
             return;
         };
+        let e = self
+            .ended_user_bytes
+            .entry(a.username.clone())
+            .or_insert((0, 0));
+        e.0 += a.bytes_to_peer;
+        e.1 += a.bytes_to_client;
         let ids: Vec<u32> = self
             .tcp_connections
             .iter()
@@ -1975,6 +2003,65 @@ impl Server {
             allocations = self.allocations.len(),
             revoked, "configuration reloaded"
         );
+    }
+
+    fn count_answer(&mut self, method: Method, reply: &[u8]) {
+        let code = match Message::parse(reply) {
+            Ok(m) if m.class() == Class::Success => 200,
+            Ok(m) => m
+                .get(AttributeType::ERROR_CODE)
+                .and_then(|v| crate::stun::decode_error_code(v).ok())
+                .map_or(500, |(c, _)| c.0),
+            Err(_) => 500,
+        };
+        *self.requests.entry((method, code)).or_insert(0) += 1;
+    }
+
+    /// Answers sent, by request method and result code (200 for success).
+    pub fn request_counts(&self) -> impl Iterator<Item = (Method, u16, u64)> + '_ {
+        self.requests.iter().map(|((m, c), n)| (*m, *c, *n))
+    }
+
+    /// Authentication failures by reason.
+    pub fn auth_failure_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.auth_failure_reasons.iter().map(|(r, n)| (*r, *n))
+    }
+
+    /// Bytes relayed per user (client to peer, peer to client), live and
+    /// ended allocations together.
+    pub fn user_bytes(&self) -> HashMap<Arc<str>, (u64, u64)> {
+        let mut m = self.ended_user_bytes.clone();
+        for a in self.allocations.values() {
+            let e = m.entry(a.username.clone()).or_insert((0, 0));
+            e.0 += a.bytes_to_peer;
+            e.1 += a.bytes_to_client;
+        }
+        m
+    }
+
+    /// Every live allocation.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// Deletes the allocation with `id` (admin API). False when none has it.
+    pub fn delete_allocation_by_id(&mut self, id: u64, io: &mut impl RelayIo) -> bool {
+        let Some(ft) = self
+            .allocations
+            .values()
+            .find(|a| a.id == id)
+            .map(|a| a.five_tuple)
+        else {
+            return false;
+        };
+        self.stats.allocations_deleted += 1;
+        self.delete_allocation(ft, io, "deleted by the admin API");
+        true
+    }
+
+    /// Relay addresses and the ports still free on each.
+    pub fn relay_ports_free(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
+        self.pools.iter().map(|(ip, p)| (*ip, p.free()))
     }
 
     /// Stops granting new allocations (508) while existing ones keep

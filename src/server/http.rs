@@ -1,0 +1,501 @@
+//! HTTP listeners: Prometheus `/metrics`, and the admin API with its status
+//! and self-test pages.
+//!
+//! Both run on the server's thread and read the core directly when asked:
+//! the relay path keeps plain counters and pays nothing for metrics; a
+//! scrape costs one pass over the allocations.
+//!
+//! Admin endpoints (all need `Authorization: Bearer TOKEN`, or `?token=TOKEN`
+//! for the pages a browser opens):
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
+//! - `GET /api/status`: JSON counters (the status page polls it).
+//! - `GET /api/allocations`: JSON list of allocations.
+//! - `DELETE /api/allocations/{id}`: ends one allocation (204, 404).
+//! - `POST /api/credentials?user=U&ttl=S`: mints TURN REST credentials from
+//!   the first configured secret (409 when there is none).
+//! - `GET /`: the status page; `GET /selftest`: gathers candidates against
+//!   this server in the visitor's own browser.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use super::{Shell, ShellIo};
+use crate::config::Config;
+use crate::turn::{Server, Transport};
+
+/// What the HTTP handlers read.
+pub(super) struct HttpState {
+    pub core: Rc<RefCell<Server>>,
+    pub shell: Rc<Shell>,
+    pub config: Rc<RefCell<Config>>,
+    pub started: Instant,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
+fn text(status: StatusCode, body: &str) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body.to_owned())
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until the task is dropped.
+pub(super) async fn serve<F, Fut>(listener: TcpListener, state: Rc<HttpState>, handler: F)
+where
+    F: Fn(Request<Incoming>, Rc<HttpState>) -> Fut + Copy + 'static,
+    Fut: std::future::Future<Output = Resp> + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "http accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::task::spawn_local(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handler(req, state).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            // Bounded: a client may not hold a connection forever.
+            match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
+                Err(_) => debug!(%peer, "http connection timed out"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format (version 0.0.4).
+pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Resp {
+    if req.method() != Method::GET || req.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "only /metrics here\n");
+    }
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        render_metrics(&state),
+    )
+}
+
+fn render_metrics(state: &HttpState) -> String {
+    let core = state.core.borrow();
+    let stats = core.stats();
+    let mut o = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_owned()
+    };
+    let _ = family(
+        "turnd_allocations",
+        "gauge",
+        "Live allocations by client transport and relay address family.",
+    );
+    let mut active: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for t in ["udp", "tcp", "tls"] {
+        for f in ["ipv4", "ipv6"] {
+            active.insert((t, f), 0);
+        }
+    }
+    let (mut permissions, mut channels) = (0usize, 0usize);
+    for a in core.allocations() {
+        let t = match a.five_tuple.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        };
+        let f = if a.relay.is_ipv4() { "ipv4" } else { "ipv6" };
+        *active.entry((t, f)).or_insert(0) += 1;
+        permissions += a.permissions.len();
+        channels += a.channels.len();
+    }
+    for ((t, f), n) in &active {
+        let _ = writeln!(
+            o,
+            "turnd_allocations{{transport=\"{t}\",family=\"{f}\"}} {n}"
+        );
+    }
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "turnd_allocations_created_total",
+            "Allocations created.",
+            stats.allocations_created,
+        ),
+        (
+            "turnd_allocations_expired_total",
+            "Allocations that expired.",
+            stats.allocations_expired,
+        ),
+        (
+            "turnd_allocations_deleted_total",
+            "Allocations deleted by the client, a closed connection or the admin API.",
+            stats.allocations_deleted,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    let _ = writeln!(o, "# HELP turnd_requests_total Requests answered, by method and result code (200 is success).\n# TYPE turnd_requests_total counter");
+    let mut reqs: Vec<_> = core.request_counts().collect();
+    reqs.sort_by_key(|(m, c, _)| (m.0, *c));
+    for (m, c, n) in reqs {
+        let method = m.name().unwrap_or("unknown");
+        let _ = writeln!(
+            o,
+            "turnd_requests_total{{method=\"{method}\",code=\"{c}\"}} {n}"
+        );
+    }
+    let _ = writeln!(o, "# HELP turnd_auth_failures_total Failed authentications by reason.\n# TYPE turnd_auth_failures_total counter");
+    let mut reasons: Vec<_> = core.auth_failure_counts().collect();
+    reasons.sort();
+    for (r, n) in reasons {
+        let _ = writeln!(o, "turnd_auth_failures_total{{reason=\"{r}\"}} {n}");
+    }
+    let _ = writeln!(o, "# HELP turnd_relayed_packets_total Packets relayed, by direction.\n# TYPE turnd_relayed_packets_total counter");
+    let _ = writeln!(
+        o,
+        "turnd_relayed_packets_total{{direction=\"client_to_peer\"}} {}",
+        stats.packets_to_peer
+    );
+    let _ = writeln!(
+        o,
+        "turnd_relayed_packets_total{{direction=\"peer_to_client\"}} {}",
+        stats.packets_to_client
+    );
+    let _ = writeln!(o, "# HELP turnd_relayed_bytes_total Payload bytes relayed, by direction.\n# TYPE turnd_relayed_bytes_total counter");
+    let _ = writeln!(
+        o,
+        "turnd_relayed_bytes_total{{direction=\"client_to_peer\"}} {}",
+        stats.bytes_to_peer
+    );
+    let _ = writeln!(
+        o,
+        "turnd_relayed_bytes_total{{direction=\"peer_to_client\"}} {}",
+        stats.bytes_to_client
+    );
+    let _ = writeln!(o, "# HELP turnd_dropped_packets_total Packets dropped, by reason.\n# TYPE turnd_dropped_packets_total counter");
+    let drops = [
+        ("from_client", stats.dropped_from_client),
+        ("from_peer", stats.dropped_from_peer),
+        ("bandwidth", stats.dropped_bandwidth),
+        ("rate_limited", stats.rate_limited),
+    ];
+    for (r, n) in drops {
+        let _ = writeln!(o, "turnd_dropped_packets_total{{reason=\"{r}\"}} {n}");
+    }
+    let _ = writeln!(o, "# HELP turnd_permissions Live permissions.\n# TYPE turnd_permissions gauge\nturnd_permissions {permissions}");
+    let _ = writeln!(o, "# HELP turnd_channels Live channel bindings.\n# TYPE turnd_channels gauge\nturnd_channels {channels}");
+    let _ = writeln!(o, "# HELP turnd_relay_ports_free Relay ports still free, by relay address.\n# TYPE turnd_relay_ports_free gauge");
+    let mut ports: Vec<_> = core.relay_ports_free().collect();
+    ports.sort();
+    for (ip, n) in ports {
+        let _ = writeln!(o, "turnd_relay_ports_free{{relay_ip=\"{ip}\"}} {n}");
+    }
+    let _ = writeln!(o, "# HELP turnd_connections Open TCP and TLS client connections.\n# TYPE turnd_connections gauge\nturnd_connections {}", state.shell.conns.borrow().len());
+    if state.config.borrow().prometheus_username_labels {
+        let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");
+        let mut users: Vec<_> = core.user_bytes().into_iter().collect();
+        users.sort();
+        for (u, (to_peer, to_client)) in users {
+            let u = u
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"client_to_peer\"}} {to_peer}");
+            let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"peer_to_client\"}} {to_client}");
+        }
+    }
+    let _ = writeln!(o, "# HELP turnd_uptime_seconds Seconds since start.\n# TYPE turnd_uptime_seconds gauge\nturnd_uptime_seconds {}", state.started.elapsed().as_secs());
+    o
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .or_else(|| req.uri().query().and_then(|q| query_param(q, "token")));
+    let Some(given) = given else { return false };
+    // Constant time in the token's length.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0
+}
+
+/// The admin API and pages.
+pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp {
+    let token = state
+        .config
+        .borrow()
+        .admin_token
+        .as_ref()
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if method == Method::GET && path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    if token.is_empty() || !authorized(&req, &token) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        r.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/readyz") => {
+            if state.core.borrow().is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (Method::GET, "/api/status") => json(StatusCode::OK, &status_json(&state)),
+        (Method::GET, "/api/allocations") => json(StatusCode::OK, &allocations_json(&state)),
+        (Method::DELETE, p) if p.starts_with("/api/allocations/") => {
+            let Ok(id) = p["/api/allocations/".len()..].parse::<u64>() else {
+                return text(StatusCode::BAD_REQUEST, "allocation id must be a number\n");
+            };
+            let deleted = {
+                let mut io = ShellIo {
+                    shell: &state.shell,
+                    core: &state.core,
+                };
+                state.core.borrow_mut().delete_allocation_by_id(id, &mut io)
+            };
+            if deleted {
+                info!(allocation = id, "allocation deleted through the admin API");
+                respond(StatusCode::NO_CONTENT, "text/plain", "")
+            } else {
+                text(StatusCode::NOT_FOUND, "no such allocation\n")
+            }
+        }
+        (Method::POST, "/api/credentials") => credentials(&req, &state),
+        (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+        (Method::GET, "/selftest") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", SELFTEST_PAGE)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn credentials(req: &Request<Incoming>, state: &HttpState) -> Resp {
+    let config = state.config.borrow();
+    let Some(secret) = config.static_auth_secrets.first() else {
+        return text(
+            StatusCode::CONFLICT,
+            "no static-auth-secret configured: REST credentials cannot be minted\n",
+        );
+    };
+    let query = req.uri().query().unwrap_or("");
+    let user = query_param(query, "user").unwrap_or("selftest");
+    let ttl: u64 = query_param(query, "ttl")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3600)
+        .clamp(60, 86_400 * 7);
+    if user.is_empty()
+        || user.len() > 128
+        || !user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "user must be 1-128 characters of [A-Za-z0-9-_.@]\n",
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let username = format!("{}{}{user}", now + ttl, config.rest_api_separator);
+    let password = crate::auth::rest_password(&secret.0, &username);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "username": username, "password": password, "ttl": ttl }),
+    )
+}
+
+fn status_json(state: &HttpState) -> serde_json::Value {
+    let core = state.core.borrow();
+    let stats = core.stats();
+    let config = state.config.borrow();
+    let udp: Vec<String> = state
+        .shell
+        .listeners
+        .keys()
+        .map(|a| a.to_string())
+        .collect();
+    serde_json::json!({
+        "uptime_s": state.started.elapsed().as_secs(),
+        "draining": core.is_draining(),
+        "realm": config.realm,
+        "rest_credentials": !config.static_auth_secrets.is_empty(),
+        "listening_port": udp.first().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()),
+        "udp_listeners": udp,
+        "allocations": core.allocation_count(),
+        "connections": state.shell.conns.borrow().len(),
+        "allocations_created": stats.allocations_created,
+        "packets_to_peer": stats.packets_to_peer,
+        "packets_to_client": stats.packets_to_client,
+        "bytes_to_peer": stats.bytes_to_peer,
+        "bytes_to_client": stats.bytes_to_client,
+        "auth_failures": stats.auth_failures,
+        "rate_limited": stats.rate_limited,
+    })
+}
+
+fn allocations_json(state: &HttpState) -> serde_json::Value {
+    let core = state.core.borrow();
+    let now = Instant::now();
+    let list: Vec<serde_json::Value> = core
+        .allocations()
+        .map(|a| {
+            serde_json::json!({
+                "id": a.id,
+                "user": &*a.username,
+                "client": a.five_tuple.client.to_string(),
+                "relay": core.advertised(a.relay).to_string(),
+                "additional_relay": a.additional_relay.map(|r| core.advertised(r).to_string()),
+                "transport": format!("{:?}", a.five_tuple.transport).to_lowercase(),
+                "relay_transport": if a.tcp_relay { "tcp" } else { "udp" },
+                "age_s": now.saturating_duration_since(a.created).as_secs(),
+                "expires_in_s": a.expires.saturating_duration_since(now).as_secs(),
+                "bytes_to_peer": a.bytes_to_peer,
+                "bytes_to_client": a.bytes_to_client,
+                "packets_to_peer": a.packets_to_peer,
+                "packets_to_client": a.packets_to_client,
+                "permissions": a.permissions.len(),
+                "channels": a.channels.len(),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+/// The status page: live counts from `/api/status`, the allocation table.
+const STATUS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>turnd status</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}td,th{padding:.2em .8em;text-align:left}
+table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}.num{font-variant-numeric:tabular-nums}</style></head>
+<body><h1>turnd</h1>
+<p><a id="selftest" href="selftest">Self-test this server from your browser</a></p>
+<h2>Now</h2><table id="status"></table>
+<h2>Allocations</h2><table id="allocs"><thead><tr><th>id</th><th>user</th><th>client</th><th>relay</th><th>transport</th><th>age (s)</th><th>bytes to peer</th><th>bytes to client</th></tr></thead><tbody></tbody></table>
+<script>
+const token = new URLSearchParams(location.search).get('token') || '';
+document.getElementById('selftest').href = 'selftest?token=' + encodeURIComponent(token);
+const h = {headers: {Authorization: 'Bearer ' + token}};
+function cell(tr, v) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
+async function refresh() {
+  const s = await (await fetch('api/status', h)).json();
+  const t = document.getElementById('status'); t.textContent = '';
+  for (const [k, v] of Object.entries(s)) { const tr = document.createElement('tr'); tr.id = 'status-' + k; cell(tr, k); cell(tr, JSON.stringify(v)); t.appendChild(tr); }
+  const a = await (await fetch('api/allocations', h)).json();
+  const b = document.querySelector('#allocs tbody'); b.textContent = '';
+  for (const x of a) { const tr = document.createElement('tr');
+    for (const k of ['id','user','client','relay','transport','age_s','bytes_to_peer','bytes_to_client']) cell(tr, x[k]);
+    b.appendChild(tr); }
+  document.body.dataset.refreshed = String(Date.now());
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"#;
+
+/// The self-test page: like the Trickle ICE sample, gathers candidates
+/// against this server in the visitor's browser and shows srflx and relay.
+const SELFTEST_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>turnd self-test</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:.2em .8em;text-align:left}.ok{color:#070}.bad{color:#a00}</style></head>
+<body><h1>turnd self-test</h1>
+<p>Gathers ICE candidates against this server from your browser. A working server gives a <b>srflx</b> candidate (STUN) and a <b>relay</b> candidate (TURN).</p>
+<p><label>Host <input id="host"></label> <label>Port <input id="port" size="6"></label>
+<label>User <input id="user"></label> <label>Password <input id="password" type="password"></label>
+<button id="run">Gather candidates</button></p>
+<p id="verdict"></p>
+<table><thead><tr><th>type</th><th>protocol</th><th>address</th><th>port</th><th>url</th></tr></thead><tbody id="cands"></tbody></table>
+<pre id="errors"></pre>
+<script>
+const token = new URLSearchParams(location.search).get('token') || '';
+const h = {headers: {Authorization: 'Bearer ' + token}};
+document.getElementById('host').value = location.hostname;
+async function init() {
+  const s = await (await fetch('api/status', h)).json();
+  document.getElementById('port').value = s.listening_port || 3478;
+  if (s.rest_credentials) {
+    const c = await (await fetch('api/credentials?user=selftest&ttl=600', {method: 'POST', ...h})).json();
+    document.getElementById('user').value = c.username;
+    document.getElementById('password').value = c.password;
+  }
+  document.body.dataset.ready = '1';
+}
+async function run() {
+  const host = document.getElementById('host').value, port = document.getElementById('port').value;
+  const hostPart = host.includes(':') ? '[' + host + ']' : host;
+  const iceServers = [{urls: 'stun:' + hostPart + ':' + port},
+    {urls: 'turn:' + hostPart + ':' + port + '?transport=udp', username: document.getElementById('user').value, credential: document.getElementById('password').value}];
+  const pc = new RTCPeerConnection({iceServers, iceTransportPolicy: 'all'});
+  const found = {srflx: false, relay: false}; const body = document.getElementById('cands'); body.textContent = '';
+  document.getElementById('errors').textContent = '';
+  pc.onicecandidate = (e) => { if (!e.candidate || !e.candidate.candidate) return; const c = e.candidate;
+    if (c.type in found) found[c.type] = true;
+    const tr = document.createElement('tr'); tr.className = 'cand cand-' + c.type;
+    for (const v of [c.type, c.protocol, c.address, c.port, c.url || '']) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
+    body.appendChild(tr); };
+  pc.onicecandidateerror = (e) => { document.getElementById('errors').textContent += 'error ' + e.errorCode + ' ' + e.errorText + ' (' + e.url + ')\n'; };
+  pc.createDataChannel('selftest');
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((r) => { const t = setTimeout(r, 10000); pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') { clearTimeout(t); r(); } }; });
+  pc.close();
+  const v = document.getElementById('verdict');
+  v.textContent = 'srflx: ' + (found.srflx ? 'yes' : 'NO') + ', relay: ' + (found.relay ? 'yes' : 'NO');
+  v.className = found.srflx && found.relay ? 'ok' : 'bad';
+  document.body.dataset.srflx = String(found.srflx); document.body.dataset.relay = String(found.relay); document.body.dataset.done = '1';
+}
+document.getElementById('run').onclick = run;
+init();
+</script></body></html>
+"#;
