@@ -2,6 +2,10 @@
 //! channel bindings. See RFC 8656, sections 2.2, 9 and 12.
 
 use std::collections::HashMap;
+
+/// Hash map of the relay path: aHash with per-process random keys (fast and
+/// resistant to collision flooding, unlike SipHash's speed or Fx's weakness).
+pub type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,11 +77,11 @@ pub struct Allocation {
     /// When it was created.
     pub created: Instant,
     /// Installed permissions by peer IP.
-    pub permissions: HashMap<IpAddr, Instant>,
+    pub permissions: FastMap<IpAddr, Instant>,
     /// Channel bindings by number.
-    pub channels: HashMap<u16, ChannelBinding>,
+    pub channels: FastMap<u16, ChannelBinding>,
     /// Channel numbers by peer transport address.
-    pub channel_by_peer: HashMap<SocketAddr, u16>,
+    pub channel_by_peer: FastMap<SocketAddr, u16>,
     /// Packets relayed from client to peers.
     pub packets_to_peer: u64,
     /// Packets relayed from peers to the client.

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, trace};
 
-use super::allocation::{Allocation, ChannelBinding, FiveTuple, Transport};
+use super::allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
 use super::limits::{bandwidth_burst, SourceLimiter, TokenBucket};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
@@ -352,8 +352,8 @@ pub struct Server {
     epoch: Instant,
     rng: StdRng,
     nonces: NonceIssuer,
-    allocations: HashMap<FiveTuple, Allocation>,
-    by_relay: HashMap<SocketAddr, FiveTuple>,
+    allocations: FastMap<FiveTuple, Allocation>,
+    by_relay: FastMap<SocketAddr, FiveTuple>,
     pools: HashMap<IpAddr, PortPool>,
     reservations: HashMap<[u8; 8], Reservation>,
     responses: HashMap<(FiveTuple, TransactionId), CachedResponse>,
@@ -430,8 +430,8 @@ impl Server {
             config,
             epoch: now,
             rng,
-            allocations: HashMap::new(),
-            by_relay: HashMap::new(),
+            allocations: FastMap::default(),
+            by_relay: FastMap::default(),
             pools,
             reservations: HashMap::new(),
             responses: HashMap::new(),
@@ -1215,9 +1215,9 @@ impl Server {
                 key: auth.key,
                 expires,
                 created: now,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_by_peer: HashMap::new(),
+                permissions: FastMap::default(),
+                channels: FastMap::default(),
+                channel_by_peer: FastMap::default(),
                 packets_to_peer: 0,
                 packets_to_client: 0,
                 bytes_to_peer: 0,
