@@ -479,9 +479,12 @@ async function run() {
     {urls: 'turn:' + hostPart + ':' + port + '?transport=udp', username: document.getElementById('user').value, credential: document.getElementById('password').value}];
   const pc = new RTCPeerConnection({iceServers, iceTransportPolicy: 'all'});
   const found = {srflx: false, relay: false}; const body = document.getElementById('cands'); body.textContent = '';
+  const hosts = new Set(); const mapped = [];
   document.getElementById('errors').textContent = '';
   pc.onicecandidate = (e) => { if (!e.candidate || !e.candidate.candidate) return; const c = e.candidate;
     if (c.type in found) found[c.type] = true;
+    if (c.type === 'host') hosts.add(c.address);
+    if (c.type === 'relay' && c.relatedAddress) mapped.push(c.relatedAddress);
     const tr = document.createElement('tr'); tr.className = 'cand cand-' + c.type;
     for (const v of [c.type, c.protocol, c.address, c.port, c.url || '']) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
     body.appendChild(tr); };
@@ -490,10 +493,15 @@ async function run() {
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise((r) => { const t = setTimeout(r, 10000); pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') { clearTimeout(t); r(); } }; });
   pc.close();
+  // Without NAT the reflexive address equals a host address and browsers
+  // drop the srflx candidate as redundant: the relay candidate's related
+  // address (the server's XOR-MAPPED-ADDRESS) shows STUN worked.
+  const noNat = !found.srflx && mapped.some((a) => hosts.has(a));
+  const srflx = found.srflx || noNat;
   const v = document.getElementById('verdict');
-  v.textContent = 'srflx: ' + (found.srflx ? 'yes' : 'NO') + ', relay: ' + (found.relay ? 'yes' : 'NO');
-  v.className = found.srflx && found.relay ? 'ok' : 'bad';
-  document.body.dataset.srflx = String(found.srflx); document.body.dataset.relay = String(found.relay); document.body.dataset.done = '1';
+  v.textContent = 'srflx: ' + (found.srflx ? 'yes' : noNat ? 'yes (no NAT: same as your host address)' : 'NO') + ', relay: ' + (found.relay ? 'yes' : 'NO');
+  v.className = srflx && found.relay ? 'ok' : 'bad';
+  document.body.dataset.srflx = String(srflx); document.body.dataset.relay = String(found.relay); document.body.dataset.done = '1';
 }
 document.getElementById('run').onclick = run;
 init();

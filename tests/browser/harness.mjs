@@ -93,9 +93,15 @@ export function resolveTurndBin() {
  * Options (all optional): `extraArgs`, more turnd arguments appended after the
  * standard ones (e.g. ['--static-auth-secret', 'S']); `minPort`/`maxPort`, the
  * relay port range (default MIN_PORT-MAX_PORT; test files run in parallel, so
- * give each its own range).
+ * give each its own range); `listeners`, which "turnd: listening on PROTO
+ * 127.0.0.1:PORT" lines to wait for (default ['udp']; e.g. ['udp', 'tcp', 'tls']
+ * with --cert/--pkey/--tls-listening-port 0). The returned server has `port`
+ * (the UDP port, else the first one seen), `tcpPort`, `tlsPort` (the first TLS
+ * port) and `tlsPorts`.
  */
-export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT } = {}) {
+export async function startTurnd({
+  timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT, listeners = ['udp'],
+} = {}) {
   const bin = resolveTurndBin();
   const args = [
     '--listening-ip', '127.0.0.1',
@@ -138,6 +144,13 @@ export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort =
 
   createInterface({ input: child.stderr }).on('line', (l) => keep('stderr', l));
   const stdoutLines = createInterface({ input: child.stdout });
+  // Every stdout line, for server.waitForStdout (added for admin.test.mjs).
+  const stdoutSeen = [];
+  const stdoutWaiters = new Set();
+  stdoutLines.on('line', (line) => {
+    stdoutSeen.push(line);
+    for (const w of [...stdoutWaiters]) w(line);
+  });
 
   const server = {
     bin,
@@ -145,6 +158,9 @@ export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort =
     child,
     pid: child.pid,
     port: null,
+    tcpPort: null,
+    tlsPort: null,
+    tlsPorts: [],
     logTail: () => logTail.join('\n'),
     exited: () => exited,
     async stop({ graceMs = 5_000 } = {}) {
@@ -164,10 +180,11 @@ export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort =
     },
   };
 
+  const seen = { udp: [], tcp: [], tls: [] };
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       reject(new Error(
-        `turnd did not print "turnd: listening on udp 127.0.0.1:PORT" within ${timeoutMs} ms\n` +
+        `turnd did not print "turnd: listening on ${listeners.join('/')} 127.0.0.1:PORT" within ${timeoutMs} ms\n` +
           `command: ${bin} ${args.join(' ')}\n--- turnd output ---\n${server.logTail()}`,
       ));
     }, timeoutMs);
@@ -181,8 +198,13 @@ export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort =
     });
     stdoutLines.on('line', (line) => {
       keep('stdout', line);
-      const m = /^turnd: listening on udp 127\.0\.0\.1:(\d+)\s*$/.exec(line);
-      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+      const m = /^turnd: listening on (udp|tcp|tls) 127\.0\.0\.1:(\d+)\s*$/.exec(line);
+      if (!m) return;
+      seen[m[1]].push(Number(m[2]));
+      if (listeners.every((p) => seen[p].length > 0)) {
+        clearTimeout(timer);
+        resolve(seen.udp[0] ?? seen[listeners[0]][0]);
+      }
     });
   }).catch(async (err) => {
     const wasRunning = exited === null;
@@ -193,10 +215,63 @@ export async function startTurnd({ timeoutMs = 10_000, extraArgs = [], minPort =
   });
   if (!(port > 0 && port < 65536)) throw new Error(`turnd printed an invalid port ${port}`);
   server.port = port;
+  // Added for admin.test.mjs: other stdout lines (admin, prometheus listeners).
+  Object.assign(server, {
+    /** Every stdout line so far. */
+    stdoutLines: () => [...stdoutSeen],
+    /**
+     * Resolves with the match of the first stdout line (past or future) that
+     * matches `re`; rejects after `timeoutMs` or when turnd exits first.
+     */
+    waitForStdout(re, { timeoutMs = 10_000 } = {}) {
+      for (const line of stdoutSeen) {
+        const m = re.exec(line);
+        if (m) return Promise.resolve(m);
+      }
+      return new Promise((resolve, reject) => {
+        let waiter = null;
+        const done = () => { clearTimeout(timer); stdoutWaiters.delete(waiter); };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`turnd printed no stdout line matching ${re} within ${timeoutMs} ms\n` +
+            `--- turnd output ---\n${server.logTail()}`));
+        }, timeoutMs);
+        waiter = (line) => {
+          const m = re.exec(line);
+          if (m) { done(); resolve(m); }
+        };
+        stdoutWaiters.add(waiter);
+        exitPromise.then(({ code, signal }) => {
+          if (!stdoutWaiters.has(waiter)) return;
+          done();
+          reject(new Error(`turnd exited (code ${code}, signal ${signal}) before printing a line matching ${re}\n` +
+            `--- turnd output ---\n${server.logTail()}`));
+        });
+      });
+    },
+    /**
+     * The admin API's base URL (`http://127.0.0.1:PORT/`), from turnd's
+     * `turnd: listening on admin http://ADDR/` line (needs --admin-token and
+     * --admin-listen 127.0.0.1:PORT, port 0 allowed).
+     */
+    async waitForAdmin({ timeoutMs = 10_000 } = {}) {
+      const m = await server.waitForStdout(/^turnd: listening on admin (http:\/\/127\.0\.0\.1:\d+\/)\s*$/, { timeoutMs });
+      return m[1];
+    },
+  });
+  server.tcpPort = seen.tcp[0] ?? null;
+  server.tlsPorts = seen.tls;
+  server.tlsPort = seen.tls[0] ?? null;
   return server;
 }
 
-export async function launchChromium() {
+/**
+ * Launch Chromium with CHROMIUM_ARGS. Options (all optional): `extraArgs`,
+ * more switches appended; `hostResolverRules`, a replacement for the value of
+ * the single --host-resolver-rules switch (e.g.
+ * 'MAP localhost 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1').
+ */
+export async function launchChromium({ extraArgs = [], hostResolverRules = null } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
   const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-'));
   let context;
@@ -204,7 +279,11 @@ export async function launchChromium() {
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
-      args: CHROMIUM_ARGS,
+      args: [
+        ...CHROMIUM_ARGS.map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
+          ? `--host-resolver-rules=${hostResolverRules}` : a)),
+        ...extraArgs,
+      ],
       timeout: 30_000,
     });
   } catch (err) {

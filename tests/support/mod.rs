@@ -2476,7 +2476,7 @@ pub mod ops_support {
                 if line.starts_with('#') {
                     continue;
                 }
-                let (name_labels, value) = match line.rfind(|c: char| c == ' ') {
+                let (name_labels, value) = match line.rfind(' ') {
                     Some(i) => (&line[..i], line[i + 1..].trim()),
                     None => {
                         m.problems.push(format!("sample without value: {line:?}"));

@@ -71,8 +71,10 @@ pub fn insecure_tls_config() -> io::Result<Arc<ClientConfig>> {
 pub struct StreamConn {
     tcp: TcpStream,
     tls: Option<Box<ClientConnection>>,
+    /// Received bytes are `inbuf[head..tail]`.
     inbuf: Vec<u8>,
     head: usize,
+    tail: usize,
     /// Bytes not yet written (TCP; TLS keeps them inside rustls).
     out: Vec<u8>,
     /// EPOLLOUT is being watched.
@@ -102,8 +104,9 @@ impl StreamConn {
         Ok(StreamConn {
             tcp,
             tls,
-            inbuf: Vec::with_capacity(READ_CHUNK),
+            inbuf: vec![0u8; 2 * READ_CHUNK],
             head: 0,
+            tail: 0,
             out: Vec::new(),
             watching_out: false,
         })
@@ -175,53 +178,50 @@ impl StreamConn {
         }
     }
 
+    /// Makes room after `tail` (compacting, growing when a frame needs more).
+    fn room(&mut self) {
+        if self.tail == self.inbuf.len() {
+            if self.head > 0 {
+                self.inbuf.copy_within(self.head..self.tail, 0);
+                self.tail -= self.head;
+                self.head = 0;
+            } else {
+                let n = self.inbuf.len();
+                self.inbuf.resize(n * 2, 0);
+            }
+        }
+    }
+
     /// Reads what is available. Returns false when the server closed.
     pub fn read_available(&mut self) -> io::Result<bool> {
-        if self.head > 0 && self.head == self.inbuf.len() {
-            self.inbuf.clear();
+        if self.head == self.tail {
             self.head = 0;
+            self.tail = 0;
         }
         match &mut self.tls {
             None => loop {
-                let len = self.inbuf.len();
-                self.inbuf.resize(len + READ_CHUNK, 0);
-                let r = self.tcp.read(&mut self.inbuf[len..]);
-                match r {
-                    Ok(0) => {
-                        self.inbuf.truncate(len);
-                        return Ok(false);
-                    }
-                    Ok(n) => self.inbuf.truncate(len + n),
-                    Err(e) => {
-                        self.inbuf.truncate(len);
-                        if e.kind() == io::ErrorKind::WouldBlock {
-                            return Ok(true);
-                        }
-                        return Err(e);
-                    }
+                self.room();
+                match self.tcp.read(&mut self.inbuf[self.tail..]) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => self.tail += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) => return Err(e),
                 }
             },
-            Some(t) => loop {
+            Some(_) => loop {
+                let t = self.tls.as_mut().expect("tls");
                 match t.read_tls(&mut self.tcp) {
                     Ok(0) => return Ok(false),
                     Ok(_) => {
                         t.process_new_packets().map_err(io::Error::other)?;
                         loop {
-                            let len = self.inbuf.len();
-                            self.inbuf.resize(len + READ_CHUNK, 0);
-                            match t.reader().read(&mut self.inbuf[len..]) {
-                                Ok(0) => {
-                                    self.inbuf.truncate(len);
-                                    return Ok(false);
-                                }
-                                Ok(n) => self.inbuf.truncate(len + n),
-                                Err(e) => {
-                                    self.inbuf.truncate(len);
-                                    if e.kind() == io::ErrorKind::WouldBlock {
-                                        break;
-                                    }
-                                    return Err(e);
-                                }
+                            self.room();
+                            let t = self.tls.as_mut().expect("tls");
+                            match t.reader().read(&mut self.inbuf[self.tail..]) {
+                                Ok(0) => return Ok(false),
+                                Ok(n) => self.tail += n,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(e),
                             }
                         }
                     }
@@ -242,7 +242,7 @@ impl StreamConn {
         frames.clear();
         bounds.clear();
         loop {
-            let rest = &self.inbuf[self.head..];
+            let rest = &self.inbuf[self.head..self.tail];
             match stream_frame_len(rest) {
                 Ok(Some(n)) => {
                     let s = frames.len();
@@ -253,10 +253,6 @@ impl StreamConn {
                 Ok(None) => break,
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
-        }
-        if self.head > 0 && self.head * 2 >= self.inbuf.len() {
-            self.inbuf.drain(..self.head);
-            self.head = 0;
         }
         Ok(())
     }

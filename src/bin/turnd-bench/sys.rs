@@ -215,21 +215,10 @@ impl Batch {
         Ok(self.len)
     }
 
-    /// The bytes of message `i` (received, or set with [`Batch::set_len`]).
+    /// The bytes of message `i` (as received).
     pub fn data(&self, i: usize) -> &[u8] {
         let o = i * self.cap;
         &self.bufs[o..o + self.iovs[i].iov_len]
-    }
-
-    /// The whole buffer of message `i`, to fill before [`Batch::set_len`].
-    pub fn buf_mut(&mut self, i: usize) -> &mut [u8] {
-        let o = i * self.cap;
-        &mut self.bufs[o..o + self.cap]
-    }
-
-    /// Sets message `i`'s length for sending (at most the capacity).
-    pub fn set_len(&mut self, i: usize, len: usize) {
-        self.iovs[i].iov_len = len.min(self.cap);
     }
 
     /// The source address of received message `i`.

@@ -1,0 +1,884 @@
+//! The load generator: one socket (or TCP/TLS connection) per allocation,
+//! UDP echo peers, the setup state machines (401 dance, Allocate,
+//! ChannelBind, Refresh 0) and the paced traffic loop, all on one thread
+//! around one epoll instance.
+//!
+//! Cost per round trip on the generator's side: one `send` on the client
+//! socket, one `recvmmsg` per readable client socket (it drains every
+//! datagram waiting), and on the echo sockets one `recvmmsg` + one `sendmmsg`
+//! per batch of up to 64 datagrams; one `epoll_pwait2` per wake-up.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use turnd::stun::{long_term_key, write_channel_data_header, ChannelData, TransactionId};
+
+use crate::procstat::{self, Sample};
+use crate::proto::{self, Auth, Reply, CHANNEL};
+use crate::report::Histogram;
+use crate::stream::{self, StreamConn};
+use crate::sys::{self, Batch, Epoll};
+
+/// How the client reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// What the engine is set up with.
+pub struct Config {
+    pub server: SocketAddr,
+    pub user: String,
+    pub password: String,
+    pub bare: bool,
+    pub transport: Transport,
+    pub allocations: usize,
+    pub size: usize,
+    pub echo_sockets: usize,
+    pub setup_concurrency: usize,
+    pub server_pid: Option<u32>,
+}
+
+/// Where a setup run should bring every client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Allocated (authenticated Allocate succeeded).
+    Allocated,
+    /// Allocated and the channel bound to the echo peer (bare: relay socket made).
+    Bound,
+    /// Released (Refresh LIFETIME 0; bare: FREE).
+    Released,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Probe,
+    Auth,
+    Bind,
+    Allocated,
+    Ready,
+    Refresh,
+    Released,
+    BareBind,
+    Failed(u16),
+}
+
+impl Phase {
+    fn waiting(self) -> bool {
+        matches!(
+            self,
+            Phase::Probe | Phase::Auth | Phase::Bind | Phase::Refresh | Phase::BareBind
+        )
+    }
+}
+
+enum Link {
+    Udp(UdpSocket),
+    Stream(Box<StreamConn>),
+}
+
+impl Link {
+    fn fd(&self) -> i32 {
+        match self {
+            Link::Udp(s) => s.as_raw_fd(),
+            Link::Stream(s) => s.fd(),
+        }
+    }
+}
+
+struct Client {
+    link: Link,
+    phase: Phase,
+    tid: TransactionId,
+    req: Vec<u8>,
+    sent_at: Instant,
+    tries: u32,
+    nonce: Vec<u8>,
+    relay: Option<SocketAddr>,
+    peer: SocketAddr,
+    /// The traffic frame (ChannelData header, or none for bare, then the payload).
+    frame: Vec<u8>,
+    inflight: u32,
+    last_rx_ns: u64,
+}
+
+/// Token offset of the echo sockets in epoll (clients use their index).
+const ECHO_BASE: u64 = 1 << 40;
+/// Datagrams per recvmmsg/sendmmsg batch.
+const BATCH: usize = 64;
+/// Largest datagram handled.
+const MAX_DGRAM: usize = 2048;
+/// UDP retransmission timeout for setup requests, and the number of tries.
+const RTO: Duration = Duration::from_millis(300);
+const MAX_TRIES: u32 = 8;
+/// Payload marker after the timestamp and the client index.
+const MAGIC: &[u8; 4] = b"TBNC";
+/// The smallest payload: timestamp (8), client index (4), marker (4).
+pub const MIN_SIZE: usize = 16;
+
+/// How many clients a setup run brought where asked, and why others failed.
+#[derive(Debug, Default)]
+pub struct SetupReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+    /// Error code (0: timeout or I/O error) and how many clients got it.
+    pub codes: BTreeMap<u16, usize>,
+}
+
+/// The offered load.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// Round trips per second in total, spread round-robin over allocations.
+    Rate(f64),
+    /// This many round trips in flight per allocation.
+    Window(u32),
+}
+
+/// Timing of a traffic run (all in seconds).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub warmup: f64,
+    pub duration: f64,
+    pub drain: f64,
+    /// Shortest sleep between paced sends (µs): sends due within it go out together.
+    pub tick_us: u64,
+}
+
+/// What a traffic run measured.
+pub struct TrafficReport {
+    pub allocations: usize,
+    pub window_s: f64,
+    pub sent: u64,
+    pub received: u64,
+    /// Round trips completed (answer received) while the window was open.
+    pub received_in_window: u64,
+    pub send_errors: u64,
+    /// Sends the generator could not make on time (it fell behind).
+    pub skipped: u64,
+    pub hist: Histogram,
+    pub server_start: Sample,
+    pub server_end: Sample,
+    pub cpu_wall_s: f64,
+    pub gen_cpu: Duration,
+}
+
+/// Clients, echo peers and the epoll instance around them.
+pub struct Engine {
+    cfg: Config,
+    ep: Epoll,
+    clients: Vec<Client>,
+    echoes: Vec<UdpSocket>,
+    realm: String,
+    key: [u8; 16],
+    hdr_len: usize,
+    codes: BTreeMap<u16, usize>,
+    frames: Vec<u8>,
+    bounds: Vec<(usize, usize)>,
+    stats: Counters,
+    hist: Option<Histogram>,
+}
+
+#[derive(Default)]
+struct Counters {
+    window: bool,
+    warm_ns: u64,
+    meas_ns: u64,
+    sent: u64,
+    sent_window: u64,
+    cohort_rx: u64,
+    wall_rx: u64,
+    send_errors: u64,
+    window_mode: bool,
+}
+
+fn bind_udp(ip: IpAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    Ok(s.into())
+}
+
+fn ns_since(t0: Instant) -> u64 {
+    t0.elapsed().as_nanos() as u64
+}
+
+impl Engine {
+    /// Opens the echo sockets and one socket or connection per allocation.
+    pub fn new(cfg: Config) -> io::Result<Self> {
+        let limit = sys::raise_nofile();
+        let need = cfg.allocations as u64 + cfg.echo_sockets as u64 + 32;
+        if need > limit {
+            return Err(io::Error::other(format!(
+                "{} allocations need {need} open files, the limit is {limit} (ulimit -n)",
+                cfg.allocations
+            )));
+        }
+        let local_ip = if cfg.server.ip().is_loopback() {
+            cfg.server.ip()
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        };
+        let ep = Epoll::new(1024)?;
+        let mut echoes = Vec::new();
+        for j in 0..cfg.echo_sockets.max(1) {
+            let s = bind_udp(local_ip, 4 << 20)?;
+            ep.add(s.as_raw_fd(), ECHO_BASE + j as u64, sys::IN)?;
+            echoes.push(s);
+        }
+        let echo_addrs: Vec<SocketAddr> = echoes
+            .iter()
+            .map(UdpSocket::local_addr)
+            .collect::<io::Result<_>>()?;
+        let tls = match cfg.transport {
+            Transport::Tls => Some(stream::insecure_tls_config()?),
+            _ => None,
+        };
+        let hdr_len = if cfg.bare { 0 } else { 4 };
+        let pad = if cfg.transport == Transport::Udp || cfg.bare {
+            0
+        } else {
+            (4 - cfg.size % 4) % 4
+        };
+        let mut clients = Vec::with_capacity(cfg.allocations);
+        for i in 0..cfg.allocations {
+            let link = match (cfg.transport, cfg.bare) {
+                (Transport::Udp, _) | (_, true) => {
+                    let s = bind_udp(local_ip, 1 << 20)?;
+                    if !cfg.bare {
+                        s.connect(cfg.server)?;
+                    }
+                    Link::Udp(s)
+                }
+                (_, false) => Link::Stream(Box::new(StreamConn::connect(cfg.server, tls.as_ref())?)),
+            };
+            ep.add(link.fd(), i as u64, sys::IN)?;
+            let mut frame = vec![0xA5u8; hdr_len + cfg.size + pad];
+            if !cfg.bare {
+                write_channel_data_header(&mut frame, CHANNEL, cfg.size);
+            }
+            frame[hdr_len + 8..hdr_len + 12].copy_from_slice(&(i as u32).to_le_bytes());
+            frame[hdr_len + 12..hdr_len + 16].copy_from_slice(MAGIC);
+            clients.push(Client {
+                link,
+                phase: Phase::Idle,
+                tid: [0; 12],
+                req: Vec::new(),
+                sent_at: Instant::now(),
+                tries: 0,
+                nonce: Vec::new(),
+                relay: None,
+                peer: echo_addrs[i % echo_addrs.len()],
+                frame,
+                inflight: 0,
+                last_rx_ns: 0,
+            });
+        }
+        Ok(Engine {
+            cfg,
+            ep,
+            clients,
+            echoes,
+            realm: String::new(),
+            key: [0; 16],
+            hdr_len,
+            codes: BTreeMap::new(),
+            frames: Vec::new(),
+            bounds: Vec::new(),
+            stats: Counters::default(),
+            hist: None,
+        })
+    }
+
+    // ---- setup ---------------------------------------------------------
+
+    fn send_req(&mut self, i: usize, now: Instant) {
+        let server = self.cfg.server;
+        let c = &mut self.clients[i];
+        c.sent_at = now;
+        c.tries += 1;
+        let ok = match &mut c.link {
+            Link::Udp(s) => {
+                let r = if c.phase == Phase::BareBind {
+                    s.send_to(&c.req, server)
+                } else {
+                    s.send(&c.req)
+                };
+                // A refused datagram is retransmitted like a lost one.
+                r.is_ok() || matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Link::Stream(s) => {
+                let ok = s.send(&c.req).is_ok();
+                if ok && s.pending() && !s.watching_out {
+                    s.watching_out = true;
+                    let _ = self.ep.modify(s.fd(), i as u64, sys::IN | sys::OUT);
+                }
+                ok
+            }
+        };
+        if !ok {
+            c.phase = Phase::Failed(0);
+        }
+    }
+
+    /// Builds and sends the request of `phase` for client `i`.
+    fn start_phase(&mut self, i: usize, phase: Phase, now: Instant) {
+        let tid: TransactionId = rand::random();
+        let mut buf = [0u8; 512];
+        let c = &mut self.clients[i];
+        c.tid = tid;
+        c.phase = phase;
+        c.tries = 0;
+        let auth = Auth {
+            user: &self.cfg.user,
+            realm: &self.realm,
+            nonce: &c.nonce,
+            key: &self.key,
+        };
+        let n = match phase {
+            Phase::Probe => proto::allocate_probe(&mut buf, tid),
+            Phase::Auth => proto::allocate(&mut buf, tid, &auth),
+            Phase::Bind => proto::channel_bind(&mut buf, tid, &auth, c.peer),
+            Phase::Refresh => proto::release(&mut buf, tid, &auth),
+            Phase::BareBind => {
+                let t = format!("BIND {}", c.peer);
+                buf[..t.len()].copy_from_slice(t.as_bytes());
+                Ok(t.len())
+            }
+            _ => return,
+        };
+        match n {
+            Ok(n) => {
+                c.req.clear();
+                c.req.extend_from_slice(&buf[..n]);
+                self.send_req(i, now);
+            }
+            Err(_) => c.phase = Phase::Failed(0),
+        }
+    }
+
+    /// Starts client `i` towards `target`; false when there is nothing to do.
+    fn start(&mut self, i: usize, target: Target, now: Instant) -> bool {
+        let bare = self.cfg.bare;
+        let c = &mut self.clients[i];
+        match target {
+            Target::Allocated | Target::Bound => {
+                if c.phase != Phase::Idle {
+                    return false;
+                }
+                let p = if bare { Phase::BareBind } else { Phase::Probe };
+                self.start_phase(i, p, now);
+            }
+            Target::Released => {
+                if !matches!(c.phase, Phase::Ready | Phase::Allocated) {
+                    return false;
+                }
+                if bare {
+                    // Best effort, no answer: the forwarder closes the relay socket.
+                    if let (Link::Udp(s), Some(relay)) = (&c.link, c.relay) {
+                        let _ = s.send_to(format!("FREE {}", relay.port()).as_bytes(), self.cfg.server);
+                    }
+                    c.phase = Phase::Released;
+                    return false;
+                }
+                self.start_phase(i, Phase::Refresh, now);
+            }
+        }
+        self.clients[i].phase.waiting()
+    }
+
+    fn learn_realm(&mut self, realm: &str) {
+        if self.realm != realm {
+            self.realm = realm.to_string();
+            self.key = long_term_key(&self.cfg.user, realm, &self.cfg.password);
+        }
+    }
+
+    /// A STUN message (or the forwarder's text answer) for client `i`.
+    fn on_setup_msg(&mut self, i: usize, bytes: &[u8], target: Target, now: Instant) {
+        let phase = self.clients[i].phase;
+        if phase == Phase::BareBind {
+            let port = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.strip_prefix("OK "))
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            if let Some(port) = port {
+                let relay = SocketAddr::new(self.cfg.server.ip(), port);
+                let c = &mut self.clients[i];
+                if let Link::Udp(s) = &c.link {
+                    if s.connect(relay).is_err() {
+                        c.phase = Phase::Failed(0);
+                        return;
+                    }
+                }
+                c.relay = Some(relay);
+                c.phase = Phase::Ready;
+            }
+            return;
+        }
+        if !phase.waiting() {
+            return;
+        }
+        let Some(reply) = proto::reply(bytes, &self.clients[i].tid) else {
+            return;
+        };
+        match (phase, reply) {
+            (
+                Phase::Probe,
+                Reply::Error {
+                    code: 401,
+                    realm: Some(realm),
+                    nonce: Some(nonce),
+                },
+            ) => {
+                self.learn_realm(&realm);
+                self.clients[i].nonce = nonce;
+                self.start_phase(i, Phase::Auth, now);
+            }
+            (
+                Phase::Auth | Phase::Bind | Phase::Refresh,
+                Reply::Error {
+                    code: 438,
+                    realm,
+                    nonce: Some(nonce),
+                },
+            ) if self.clients[i].tries < MAX_TRIES => {
+                if let Some(r) = realm {
+                    self.learn_realm(&r);
+                }
+                self.clients[i].nonce = nonce;
+                self.start_phase(i, phase, now);
+            }
+            (Phase::Auth, Reply::Success { relay }) => {
+                self.clients[i].relay = relay;
+                if target == Target::Bound {
+                    self.start_phase(i, Phase::Bind, now);
+                } else {
+                    self.clients[i].phase = Phase::Allocated;
+                }
+            }
+            (Phase::Bind, Reply::Success { .. }) => self.clients[i].phase = Phase::Ready,
+            (Phase::Refresh, Reply::Success { .. } | Reply::Error { code: 437, .. }) => {
+                self.clients[i].phase = Phase::Released;
+            }
+            (_, Reply::Error { code, .. }) => self.clients[i].phase = Phase::Failed(code),
+            (_, Reply::Success { .. }) => self.clients[i].phase = Phase::Failed(0),
+        }
+    }
+
+    /// Brings every client to `target`, `concurrency` transactions at a time.
+    pub fn setup(&mut self, target: Target, deadline: Duration) -> io::Result<SetupReport> {
+        let t0 = Instant::now();
+        let n = self.clients.len();
+        let concurrency = self.cfg.setup_concurrency.max(1);
+        let mut batch = Batch::new(16, MAX_DGRAM);
+        let mut next = 0;
+        let mut waiting = 0usize;
+        let mut last_scan = t0;
+        self.codes.clear();
+        loop {
+            let now = Instant::now();
+            while waiting < concurrency && next < n {
+                if self.start(next, target, now) {
+                    waiting += 1;
+                }
+                next += 1;
+            }
+            if waiting == 0 && next >= n {
+                break;
+            }
+            if now - t0 > deadline {
+                for c in &mut self.clients {
+                    if c.phase.waiting() {
+                        c.phase = Phase::Failed(0);
+                    }
+                }
+                break;
+            }
+            let k = self.ep.wait(Some(Duration::from_millis(10)))?;
+            let now = Instant::now();
+            for e in 0..k {
+                let (tok, flags) = self.ep.event(e);
+                if tok >= ECHO_BASE {
+                    let s = &self.echoes[(tok - ECHO_BASE) as usize];
+                    while batch.recv(s.as_raw_fd()).unwrap_or(0) == batch.capacity() {}
+                    continue;
+                }
+                let i = tok as usize;
+                let was = self.clients[i].phase.waiting();
+                self.on_readable(i, flags, &mut batch, Some(target), now, 0);
+                if was && !self.clients[i].phase.waiting() {
+                    waiting -= 1;
+                }
+            }
+            if now - last_scan >= Duration::from_millis(20) {
+                last_scan = now;
+                for i in 0..next {
+                    let c = &mut self.clients[i];
+                    if !c.phase.waiting() {
+                        continue;
+                    }
+                    let udp = matches!(c.link, Link::Udp(_));
+                    let timeout = if udp { RTO } else { Duration::from_secs(5) };
+                    if now - c.sent_at < timeout {
+                        continue;
+                    }
+                    if udp && c.tries < MAX_TRIES {
+                        self.send_req(i, now);
+                    } else {
+                        c.phase = Phase::Failed(0);
+                    }
+                    if !self.clients[i].phase.waiting() {
+                        waiting -= 1;
+                    }
+                }
+            }
+        }
+        let mut rep = SetupReport {
+            elapsed: t0.elapsed(),
+            ..SetupReport::default()
+        };
+        for c in &self.clients {
+            match (target, c.phase) {
+                (Target::Released, Phase::Released) => rep.ok += 1,
+                (Target::Allocated, Phase::Allocated | Phase::Ready) => rep.ok += 1,
+                (Target::Bound, Phase::Ready) => rep.ok += 1,
+                (_, Phase::Failed(code)) => {
+                    rep.failed += 1;
+                    *rep.codes.entry(code).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(rep)
+    }
+
+    // ---- receiving -----------------------------------------------------
+
+    /// Client `i`'s socket is readable (or writable): handles what arrived.
+    /// `target` is the setup target (None during traffic); `now_ns` the
+    /// traffic clock.
+    fn on_readable(
+        &mut self,
+        i: usize,
+        flags: u32,
+        batch: &mut Batch,
+        target: Option<Target>,
+        now: Instant,
+        now_ns: u64,
+    ) {
+        let c = &mut self.clients[i];
+        match &mut c.link {
+            Link::Udp(s) => {
+                let fd = s.as_raw_fd();
+                loop {
+                    let k = match batch.recv(fd) {
+                        Ok(k) => k,
+                        Err(_) => 0,
+                    };
+                    for m in 0..k {
+                        self.on_message(i, batch.data(m), target, now, now_ns);
+                    }
+                    if k < batch.capacity() {
+                        break;
+                    }
+                }
+            }
+            Link::Stream(s) => {
+                if flags & sys::OUT != 0 {
+                    let _ = s.flush();
+                }
+                let open = match s.read_available() {
+                    Ok(open) => open,
+                    Err(_) => false,
+                };
+                let mut frames = std::mem::take(&mut self.frames);
+                let mut bounds = std::mem::take(&mut self.bounds);
+                let framed = match &mut self.clients[i].link {
+                    Link::Stream(s) => s.take_frames(&mut frames, &mut bounds).is_ok(),
+                    Link::Udp(_) => true,
+                };
+                for &(a, b) in &bounds {
+                    self.on_message(i, &frames[a..b], target, now, now_ns);
+                }
+                self.frames = frames;
+                self.bounds = bounds;
+                let c = &mut self.clients[i];
+                if !open || !framed {
+                    let _ = self.ep.delete(c.link.fd());
+                    if c.phase.waiting() || c.phase == Phase::Ready {
+                        c.phase = Phase::Failed(0);
+                    }
+                    return;
+                }
+                if let Link::Stream(s) = &mut c.link {
+                    if s.watching_out && !s.pending() {
+                        s.watching_out = false;
+                        let _ = self.ep.modify(s.fd(), i as u64, sys::IN);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        i: usize,
+        bytes: &[u8],
+        target: Option<Target>,
+        now: Instant,
+        now_ns: u64,
+    ) {
+        let traffic = self.cfg.bare && self.clients[i].phase == Phase::Ready
+            || !self.cfg.bare && bytes.first().is_some_and(|b| b & 0xC0 == 0x40);
+        if traffic {
+            let payload = if self.cfg.bare {
+                bytes
+            } else {
+                match ChannelData::parse(bytes) {
+                    Ok(cd) => cd.data(),
+                    Err(_) => return,
+                }
+            };
+            if target.is_none() {
+                self.on_payload(i, payload, now_ns);
+            }
+            return;
+        }
+        let t = target.unwrap_or(Target::Bound);
+        self.on_setup_msg(i, bytes, t, now);
+    }
+
+    /// A round trip came back on client `i`.
+    #[inline]
+    fn on_payload(&mut self, i: usize, p: &[u8], now_ns: u64) {
+        if p.len() < MIN_SIZE || &p[12..16] != MAGIC {
+            return;
+        }
+        let ts = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+        let st = &mut self.stats;
+        if ts >= st.warm_ns && ts < st.meas_ns {
+            st.cohort_rx += 1;
+            self.hist_record(now_ns.saturating_sub(ts) / 1000);
+        }
+        let st = &mut self.stats;
+        if st.window {
+            st.wall_rx += 1;
+        }
+        let window_mode = st.window_mode;
+        let sending = now_ns < st.meas_ns;
+        let c = &mut self.clients[i];
+        c.inflight = c.inflight.saturating_sub(1);
+        c.last_rx_ns = now_ns;
+        if window_mode && sending {
+            self.send_data(i, now_ns);
+        }
+    }
+
+    fn hist_record(&mut self, us: u64) {
+        if let Some(h) = &mut self.hist {
+            h.record(us);
+        }
+    }
+
+    // ---- traffic -------------------------------------------------------
+
+    /// Sends one round trip's first leg on client `i`, stamped `now_ns`.
+    #[inline]
+    fn send_data(&mut self, i: usize, now_ns: u64) {
+        let off = self.hdr_len;
+        let c = &mut self.clients[i];
+        c.frame[off..off + 8].copy_from_slice(&now_ns.to_le_bytes());
+        let ok = match &mut c.link {
+            Link::Udp(s) => s.send(&c.frame).is_ok(),
+            Link::Stream(s) => {
+                let ok = s.send(&c.frame).is_ok();
+                if ok && s.pending() && !s.watching_out {
+                    s.watching_out = true;
+                    let _ = self.ep.modify(s.fd(), i as u64, sys::IN | sys::OUT);
+                }
+                ok
+            }
+        };
+        c.inflight += 1;
+        let st = &mut self.stats;
+        st.sent += 1;
+        if now_ns >= st.warm_ns && now_ns < st.meas_ns {
+            st.sent_window += 1;
+        }
+        if !ok {
+            st.send_errors += 1;
+        }
+    }
+
+    /// Runs the load on every ready client: `timing.warmup` seconds, then
+    /// the measured window of `timing.duration` seconds, then up to
+    /// `timing.drain` seconds for the window's last answers.
+    pub fn traffic(&mut self, load: Load, timing: Timing) -> io::Result<TrafficReport> {
+        sys::tight_timer_slack();
+        let ready: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].phase == Phase::Ready)
+            .collect();
+        if ready.is_empty() {
+            return Err(io::Error::other("no allocation is ready"));
+        }
+        let warm_ns = (timing.warmup * 1e9) as u64;
+        let meas_ns = warm_ns + (timing.duration * 1e9) as u64;
+        let drain_end = meas_ns + (timing.drain * 1e9) as u64;
+        let tick_ns = timing.tick_us * 1000;
+        self.stats = Counters {
+            warm_ns,
+            meas_ns,
+            window_mode: matches!(load, Load::Window(_)),
+            ..Counters::default()
+        };
+        self.hist = Some(Histogram::new());
+        let mut batch = Batch::new(BATCH, MAX_DGRAM);
+        let pid = self.cfg.server_pid;
+        let mut server_start = Sample::default();
+        let mut server_end = Sample::default();
+        let (mut gen_start, mut gen_cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut win_start_ns, mut win_end_ns) = (0u64, 0u64);
+        let (mut started, mut ended) = (false, false);
+        let mut scheduled = 0u64;
+        let mut skipped = 0u64;
+        let mut rr = 0usize;
+        let mut last_check = 0u64;
+        let t0 = Instant::now();
+        if let Load::Window(w) = load {
+            for &i in &ready {
+                for _ in 0..w {
+                    self.send_data(i, 0);
+                }
+                self.clients[i].last_rx_ns = 0;
+            }
+        }
+        loop {
+            let now_ns = ns_since(t0);
+            if !started && now_ns >= warm_ns {
+                started = true;
+                self.stats.window = true;
+                server_start = procstat::sample(pid);
+                gen_start = sys::self_cpu();
+                win_start_ns = ns_since(t0);
+            }
+            if !ended && now_ns >= meas_ns {
+                ended = true;
+                self.stats.window = false;
+                server_end = procstat::sample(pid);
+                gen_cpu = sys::self_cpu().saturating_sub(gen_start);
+                win_end_ns = ns_since(t0);
+            }
+            if now_ns >= drain_end
+                || (ended && self.stats.cohort_rx >= self.stats.sent_window)
+            {
+                break;
+            }
+            let mut wake = drain_end;
+            if now_ns < meas_ns {
+                wake = wake.min(if started { meas_ns } else { warm_ns });
+                match load {
+                    Load::Rate(rate) => {
+                        let target = (now_ns as f64 * rate / 1e9) as u64;
+                        let max_burst = ((rate * 0.002) as u64).max(32);
+                        let mut burst = 0;
+                        while scheduled < target {
+                            if burst == max_burst {
+                                skipped += target - scheduled;
+                                scheduled = target;
+                                break;
+                            }
+                            self.send_data(ready[rr], now_ns);
+                            rr = (rr + 1) % ready.len();
+                            scheduled += 1;
+                            burst += 1;
+                        }
+                        let next_due = ((scheduled + 1) as f64 * 1e9 / rate) as u64;
+                        wake = wake.min(next_due.max(now_ns + tick_ns));
+                    }
+                    Load::Window(w) => {
+                        // A window emptied by losses is refilled after 200 ms of silence.
+                        if now_ns - last_check > 50_000_000 {
+                            last_check = now_ns;
+                            for &i in &ready {
+                                let c = &self.clients[i];
+                                if c.inflight < w && now_ns.saturating_sub(c.last_rx_ns) > 200_000_000 {
+                                    for _ in c.inflight..w {
+                                        self.send_data(i, now_ns);
+                                    }
+                                    self.clients[i].last_rx_ns = now_ns;
+                                }
+                            }
+                        }
+                        wake = wake.min(now_ns + 50_000_000);
+                    }
+                }
+            }
+            let timeout = Duration::from_nanos(wake.saturating_sub(ns_since(t0)));
+            let k = self.ep.wait(Some(timeout))?;
+            let now_ns = ns_since(t0);
+            let now = Instant::now();
+            for e in 0..k {
+                let (tok, flags) = self.ep.event(e);
+                if tok >= ECHO_BASE {
+                    let fd = self.echoes[(tok - ECHO_BASE) as usize].as_raw_fd();
+                    loop {
+                        let n = batch.recv(fd).unwrap_or(0);
+                        if n > 0 {
+                            batch.send(fd, n);
+                        }
+                        if n < batch.capacity() {
+                            break;
+                        }
+                    }
+                } else {
+                    self.on_readable(tok as usize, flags, &mut batch, None, now, now_ns);
+                }
+            }
+        }
+        if !ended {
+            server_end = procstat::sample(pid);
+            gen_cpu = sys::self_cpu().saturating_sub(gen_start);
+            win_end_ns = ns_since(t0);
+        }
+        let st = &self.stats;
+        Ok(TrafficReport {
+            allocations: ready.len(),
+            window_s: timing.duration,
+            sent: st.sent_window,
+            received: st.cohort_rx,
+            received_in_window: st.wall_rx,
+            send_errors: st.send_errors,
+            skipped,
+            hist: self.hist.take().unwrap_or_else(Histogram::new),
+            server_start,
+            server_end,
+            cpu_wall_s: (win_end_ns.saturating_sub(win_start_ns)) as f64 / 1e9,
+            gen_cpu,
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! `turnd-bench`: end-to-end load generator for TURN servers (turnd, coturn,
+//! anything speaking RFC 8656) and a bare UDP forwarder to compare them with.
+//!
+//! ```text
+//! turnd-bench --server 127.0.0.1:3478 --user U --password P --rate 20000 --server-pid PID
+//! turnd-bench --server 127.0.0.1:3478 --user U --password P --window 4
+//! turnd-bench --server 127.0.0.1:3478 --user U --password P --allocations-only --allocations 5000
+//! turnd-bench forwarder --listen 127.0.0.1:40000 &
+//! turnd-bench --bare --server 127.0.0.1:40000 --rate 20000 --server-pid $!
+//! ```
+//!
+//! Each allocation is a client socket (or TCP/TLS connection with
+//! `--transport`) that does the 401 dance, an authenticated Allocate and a
+//! ChannelBind (channel 0x4000) to a UDP echo peer run by the tool itself on
+//! 127.0.0.1 (so the server must allow loopback peers). Then ChannelData
+//! messages of `--size` payload bytes go round trip client -> server ->
+//! peer -> server -> client, paced at `--rate` round trips/s in total, or
+//! with `--window` round trips in flight per allocation. Results: a table and
+//! a last line `RESULT {json}`.
+//!
+//! Server CPU per relayed packet = (utime + stime of the server process from
+//! /proc/PID/stat over the measured window) / (2 x round trips completed in
+//! the window): each round trip is two relayed packets, client->peer and
+//! peer->client.
+
+#![allow(clippy::disallowed_methods)] // a load generator reads the clock
+
+mod engine;
+mod forwarder;
+mod procstat;
+mod proto;
+mod report;
+mod stream;
+mod sys;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use engine::{Engine, Load, Target, Timing, TrafficReport, Transport};
+use report::{opt, r};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "turnd-bench",
+    about = "Load generator for TURN servers (and a bare UDP forwarder to compare with)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the bare UDP forwarder (the floor: one relay socket per client,
+    /// recvmmsg/sendmmsg, no TURN) until killed.
+    Forwarder {
+        /// Control address clients send BIND to; relay sockets use its IP.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The TURN server (or, with --bare, the forwarder's control address).
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// TURN username.
+    #[arg(long, default_value = "bench")]
+    user: String,
+    /// TURN password.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// Target the bare forwarder (`turnd-bench forwarder`) instead of a TURN server.
+    #[arg(long)]
+    bare: bool,
+    /// Transport to the TURN server (the relay is UDP in every case).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// Number of allocations (client sockets).
+    #[arg(long, default_value_t = 100)]
+    allocations: usize,
+    /// Application payload per packet in bytes (ChannelData adds 4).
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Round trips per second in total, spread round-robin over the allocations.
+    #[arg(long, conflicts_with = "window")]
+    rate: Option<f64>,
+    /// Round trips in flight per allocation, as fast as they come back.
+    #[arg(long)]
+    window: Option<u32>,
+    /// Measured window in seconds (at most 600).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up before the measured window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Longest wait for the window's last answers after it closes, in ms.
+    #[arg(long, default_value_t = 500)]
+    drain_ms: u64,
+    /// PID of the server: reports its CPU time per relayed packet and its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Only create allocations as fast as possible (authenticated
+    /// allocations/s, RSS per allocation), then release them.
+    #[arg(long)]
+    allocations_only: bool,
+    /// UDP echo peer sockets (allocations are spread over them).
+    #[arg(long, default_value_t = 1)]
+    echo_sockets: usize,
+    /// Setup transactions in flight at once.
+    #[arg(long, default_value_t = 128)]
+    setup_concurrency: usize,
+    /// Shortest sleep between paced sends in µs (sends due within it leave together).
+    #[arg(long, default_value_t = 50)]
+    tick_us: u64,
+    /// A label copied into the RESULT line.
+    #[arg(long)]
+    label: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Forwarder { listen }) = cli.command {
+        return match forwarder::run(listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turnd-bench forwarder: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cli.run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("turnd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<ExitCode, String> {
+    let server = a.server.ok_or("--server ADDR is required")?;
+    if a.size < engine::MIN_SIZE || a.size > 1400 {
+        return Err(format!(
+            "--size must be {}..=1400 bytes (timestamp, index and marker live in the payload)",
+            engine::MIN_SIZE
+        ));
+    }
+    if a.allocations == 0 {
+        return Err("--allocations must be at least 1".into());
+    }
+    if a.bare && a.transport != Transport::Udp {
+        return Err("--bare is UDP only".into());
+    }
+    let load = match (a.rate, a.window, a.allocations_only) {
+        (_, _, true) => None,
+        (Some(r), None, _) if r > 0.0 => Some(Load::Rate(r)),
+        (None, Some(w), _) if w > 0 => Some(Load::Window(w)),
+        _ => return Err("give --rate R (> 0) or --window W (> 0), or --allocations-only".into()),
+    };
+    let duration = a.duration.clamp(0.1, 600.0);
+    let warmup = a.warmup.clamp(0.0, 60.0);
+    let mut eng = Engine::new(engine::Config {
+        server,
+        user: a.user.clone(),
+        password: a.password.clone(),
+        bare: a.bare,
+        transport: a.transport,
+        allocations: a.allocations,
+        size: a.size,
+        echo_sockets: a.echo_sockets,
+        setup_concurrency: a.setup_concurrency,
+        server_pid: a.server_pid,
+    })
+    .map_err(|e| format!("setting up {} client sockets: {e}", a.allocations))?;
+    let target_name = if a.bare { "bare" } else { "turn" };
+
+    let Some(load) = load else {
+        return allocations_only(&mut eng, &a);
+    };
+
+    let setup = eng
+        .setup(Target::Bound, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    if setup.failed > 0 {
+        eprintln!(
+            "turnd-bench: {} of {} allocations failed (error code: count, 0 = timeout) {:?}",
+            setup.failed, a.allocations, setup.codes
+        );
+    }
+    if setup.ok == 0 {
+        return Err("no allocation could be made".into());
+    }
+    let timing = Timing {
+        warmup,
+        duration,
+        drain: a.drain_ms as f64 / 1000.0,
+        tick_us: a.tick_us,
+    };
+    let rep = eng.traffic(load, timing).map_err(|e| e.to_string())?;
+    let _ = eng.setup(Target::Released, Duration::from_secs(5));
+    print_traffic(&a, target_name, load, &rep, setup.elapsed);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, setup: Duration) {
+    let d = rep.window_s;
+    let offered = rep.sent as f64 / d;
+    let delivered = rep.received as f64 / d;
+    let loss = if rep.sent > 0 {
+        100.0 * (rep.sent.saturating_sub(rep.received)) as f64 / rep.sent as f64
+    } else {
+        0.0
+    };
+    let (p50, p99, max) = (rep.hist.quantile(0.5), rep.hist.quantile(0.99), rep.hist.max());
+    let relayed = 2 * rep.received_in_window;
+    let server_cpu = match (rep.server_start.cpu, rep.server_end.cpu) {
+        (Some(s), Some(e)) => Some(e.saturating_sub(s)),
+        _ => None,
+    };
+    let cpu_pct = server_cpu.map(|c| 100.0 * c.as_secs_f64() / rep.cpu_wall_s);
+    let cpu_per_pkt = server_cpu
+        .filter(|_| relayed > 0)
+        .map(|c| c.as_secs_f64() * 1e6 / relayed as f64);
+    let gen_pct = 100.0 * rep.gen_cpu.as_secs_f64() / rep.cpu_wall_s;
+    let gen_per_rt = if rep.received_in_window > 0 {
+        rep.gen_cpu.as_secs_f64() * 1e6 / rep.received_in_window as f64
+    } else {
+        f64::NAN
+    };
+    let load_text = match load {
+        Load::Rate(r) => format!("rate {r:.0} round trips/s"),
+        Load::Window(w) => format!("window {w} per allocation"),
+    };
+    let transport = if a.bare { "udp" } else { a.transport.name() };
+    println!(
+        "turnd-bench: {target} over {transport}, {} allocations x {} B payload, {load_text}, {:.1} s window after {:.1} s warm-up (setup {:.0} ms)",
+        rep.allocations,
+        a.size,
+        d,
+        a.warmup,
+        setup.as_secs_f64() * 1e3
+    );
+    println!("  {:<24} {offered:.0} round trips/s", "offered");
+    println!(
+        "  {:<24} {delivered:.0} round trips/s = {:.0} relayed packets/s",
+        "delivered",
+        2.0 * delivered
+    );
+    println!(
+        "  {:<24} {loss:.3} % ({} of {} lost; {} send errors, {} sends skipped: generator behind)",
+        "loss",
+        rep.sent.saturating_sub(rep.received),
+        rep.sent,
+        rep.send_errors,
+        rep.skipped
+    );
+    println!(
+        "  {:<24} {} / {} / {} us",
+        "RTT p50 / p99 / max",
+        opt(p50),
+        opt(p99),
+        opt(max)
+    );
+    if a.server_pid.is_some() {
+        println!(
+            "  {:<24} {} % of one core; {} us per relayed packet",
+            "server CPU",
+            opt(cpu_pct.map(|v| format!("{v:.1}"))),
+            opt(cpu_per_pkt.map(|v| format!("{v:.2}")))
+        );
+        println!(
+            "  {:<24} (utime+stime from /proc/PID/stat over the window, divided by 2 x round trips: each round trip is 2 relayed packets, client->peer and peer->client)",
+            ""
+        );
+        println!("  {:<24} {} KiB", "server RSS", opt(rep.server_end.rss_kib));
+    }
+    println!(
+        "  {:<24} {gen_pct:.1} % of one core; {gen_per_rt:.2} us per round trip",
+        "generator CPU"
+    );
+    let v = json!({
+        "mode": target,
+        "label": a.label,
+        "transport": transport,
+        "allocations": rep.allocations,
+        "size": a.size,
+        "rate": match load { Load::Rate(r) => json!(r), Load::Window(_) => json!(null) },
+        "window": match load { Load::Window(w) => json!(w), Load::Rate(_) => json!(null) },
+        "duration_s": d,
+        "offered_rt_per_s": r(offered, 1),
+        "delivered_rt_per_s": r(delivered, 1),
+        "relayed_pkt_per_s": r(2.0 * delivered, 1),
+        "sent": rep.sent,
+        "received": rep.received,
+        "loss_pct": r(loss, 4),
+        "send_errors": rep.send_errors,
+        "skipped": rep.skipped,
+        "rtt_p50_us": p50,
+        "rtt_p99_us": p99,
+        "rtt_max_us": max,
+        "server_cpu_pct": cpu_pct.map(|v| r(v, 2)),
+        "server_cpu_us_per_pkt": cpu_per_pkt.map(|v| r(v, 3)),
+        "relayed_packets_counted": relayed,
+        "server_rss_kib": rep.server_end.rss_kib,
+        "gen_cpu_pct": r(gen_pct, 2),
+        "gen_cpu_us_per_rt": r(gen_per_rt, 3),
+        "setup_ms": r(setup.as_secs_f64() * 1e3, 1),
+    });
+    report::emit(&v);
+}
+
+fn allocations_only(eng: &mut Engine, a: &RunArgs) -> Result<ExitCode, String> {
+    let pid = a.server_pid;
+    let before = procstat::sample(pid);
+    let rep = eng
+        .setup(Target::Allocated, Duration::from_secs(300))
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = procstat::sample(pid);
+    let released = eng
+        .setup(Target::Released, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(500));
+    let freed = procstat::sample(pid);
+    let rate = rep.ok as f64 / rep.elapsed.as_secs_f64();
+    let per_alloc = match (before.rss_kib, after.rss_kib) {
+        (Some(b), Some(e)) if rep.ok > 0 => Some(e.saturating_sub(b) as f64 * 1024.0 / rep.ok as f64),
+        _ => None,
+    };
+    let transport = if a.bare { "udp" } else { a.transport.name() };
+    println!(
+        "turnd-bench: {} allocations over {transport} (401, then authenticated Allocate), {} transactions in flight",
+        a.allocations, a.setup_concurrency
+    );
+    println!(
+        "  {:<24} {rate:.0} per second ({} ok, {} failed {:?}, {:.3} s)",
+        "allocations",
+        rep.ok,
+        rep.failed,
+        rep.codes,
+        rep.elapsed.as_secs_f64()
+    );
+    if pid.is_some() {
+        println!(
+            "  {:<24} before {} KiB, with the allocations {} KiB, after releasing them {} KiB",
+            "server RSS",
+            opt(before.rss_kib),
+            opt(after.rss_kib),
+            opt(freed.rss_kib)
+        );
+        println!(
+            "  {:<24} {} bytes",
+            "RSS per allocation",
+            opt(per_alloc.map(|v| format!("{v:.0}")))
+        );
+    }
+    println!("  {:<24} {} released", "release", released.ok);
+    report::emit(&json!({
+        "mode": "allocations",
+        "label": a.label,
+        "target": if a.bare { "bare" } else { "turn" },
+        "transport": transport,
+        "allocations": a.allocations,
+        "ok": rep.ok,
+        "failed": rep.failed,
+        "elapsed_s": r(rep.elapsed.as_secs_f64(), 4),
+        "allocs_per_s": r(rate, 1),
+        "rss_before_kib": before.rss_kib,
+        "rss_after_kib": after.rss_kib,
+        "rss_released_kib": freed.rss_kib,
+        "rss_per_alloc_bytes": per_alloc.map(|v| r(v, 0)),
+        "released": released.ok,
+    }));
+    Ok(if rep.ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,662 @@
+//! Prometheus `/metrics` scraped over plain HTTP while traffic flows, and the
+//! admin API (`--admin-token`, `--admin-listen`): token checks, readiness
+//! while draining, the allocation list, deleting an allocation, minting REST
+//! credentials.
+//!
+//! Relay ports: 25100-25199.
+
+#![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+const TOKEN: &str = "admin-token-0123456789";
+
+fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
+    let mut a = ops_standard_args(min, max);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+const PROMETHEUS: &[&str] = &[
+    "--prometheus",
+    "--prometheus-port",
+    "0",
+    "--prometheus-address",
+    "127.0.0.1",
+];
+
+const ADMIN: &[&str] = &["--admin-token", TOKEN, "--admin-listen", "127.0.0.1:0"];
+
+/// Prometheus naming and format conventions on a whole page.
+#[track_caller]
+fn assert_conventions(m: &OpsMetrics) {
+    assert!(
+        m.problems.is_empty(),
+        "malformed exposition: {:#?}\n{}",
+        m.problems,
+        m.text
+    );
+    for (name, kind) in &m.types {
+        assert!(
+            name.starts_with("turnd_"),
+            "{name} lacks the turnd_ namespace"
+        );
+        match kind.as_str() {
+            "counter" => assert!(
+                name.ends_with("_total"),
+                "counter {name} must end in _total"
+            ),
+            _ => assert!(
+                !name.ends_with("_total"),
+                "{kind} {name} must not end in _total (that suffix is for counters)"
+            ),
+        }
+        assert!(
+            m.helps.iter().any(|h| h == name),
+            "{name} has no # HELP line"
+        );
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{name}: snake_case expected"
+        );
+    }
+    for s in &m.samples {
+        assert!(
+            s.value >= 0.0 && s.value.is_finite(),
+            "negative or non-finite: {}",
+            s.line
+        );
+        if m.type_of(&s.name) == Some("counter") {
+            assert_eq!(s.value.fract(), 0.0, "counter not an integer: {}", s.line);
+        }
+    }
+    // No duplicate series.
+    let mut seen = std::collections::HashSet::new();
+    for s in &m.samples {
+        assert!(
+            seen.insert((s.name.clone(), format!("{:?}", s.labels))),
+            "duplicate series {}",
+            s.line
+        );
+    }
+}
+
+fn udp_ipv4_allocations(m: &OpsMetrics) -> f64 {
+    m.get(
+        "turnd_allocations",
+        &[("transport", "udp"), ("family", "ipv4")],
+    )
+}
+
+fn ports_free(m: &OpsMetrics) -> f64 {
+    m.get("turnd_relay_ports_free", &[("relay_ip", "127.0.0.1")])
+}
+
+fn c2p(m: &OpsMetrics) -> f64 {
+    m.get(
+        "turnd_relayed_packets_total",
+        &[("direction", "client_to_peer")],
+    )
+}
+
+fn p2c(m: &OpsMetrics) -> f64 {
+    m.get(
+        "turnd_relayed_packets_total",
+        &[("direction", "peer_to_client")],
+    )
+}
+
+/// Relays ping-pong on channel 0x4001 in a thread until `stop`; counts round trips.
+fn pump(mut c: Client, stop: Arc<AtomicBool>, trips: Arc<AtomicU64>) -> thread::JoinHandle<Client> {
+    thread::spawn(move || {
+        let mut i = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            c.channel_data(0x4001, &i.to_be_bytes());
+            match c.recv(Duration::from_secs(2)) {
+                Some(Incoming::Channel { channel, data }) => {
+                    assert_eq!(channel, 0x4001);
+                    assert_eq!(data, i.to_be_bytes());
+                    trips.fetch_add(1, Ordering::Relaxed);
+                }
+                other => panic!("pump: expected the echo of {i}, got {other:?}"),
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        c
+    })
+}
+
+#[test]
+fn metrics_move_live_while_relaying() {
+    let peer = OpsEchoPeer::start();
+    let mut server = OpsServer::start(
+        &args(
+            25100,
+            25119,
+            &[PROMETHEUS, &["--allow-loopback-peers"]].concat(),
+        ),
+        |_| {},
+    );
+    let addr = server.udp();
+    let prom = server.prometheus();
+    assert!(prom.ip().is_loopback(), "{prom}");
+
+    let m0 = ops_scrape(prom);
+    assert_conventions(&m0);
+    let free0 = ports_free(&m0);
+    assert_eq!(free0, 20.0, "20 relay ports configured (25100-25119)");
+    assert_eq!(udp_ipv4_allocations(&m0), 0.0);
+    assert!(
+        m0.find("turnd_user_relayed_bytes_total", &[]).is_empty(),
+        "per-user series without --prometheus-username-labels"
+    );
+    for name in [
+        "turnd_relayed_packets_total",
+        "turnd_relayed_bytes_total",
+        "turnd_allocations_created_total",
+        "turnd_requests_total",
+        "turnd_auth_failures_total",
+    ] {
+        assert_eq!(m0.type_of(name), Some("counter"), "{name}");
+    }
+    assert_eq!(m0.type_of("turnd_allocations"), Some("gauge"));
+    assert_eq!(m0.type_of("turnd_relay_ports_free"), Some("gauge"));
+
+    // A wrong password.
+    let mut bad = Client::new(addr, USER, "not-the-password");
+    bad.allocate_with(&[Attr::transport_udp()])
+        .expect_error(401);
+    let m1 = ops_scrape(prom);
+    assert_conventions(&m1);
+    let failures: f64 = m1
+        .find("turnd_auth_failures_total", &[])
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert!(
+        failures >= 1.0,
+        "no auth failure counted after a wrong password:\n{}",
+        m1.text
+    );
+    assert!(
+        m1.find("turnd_auth_failures_total", &[])
+            .iter()
+            .all(|s| s.labels.contains_key("reason") && s.labels.len() == 1),
+        "turnd_auth_failures_total must be labelled by reason only:\n{}",
+        m1.text
+    );
+
+    // Three allocations.
+    let mut a = Client::new(addr, USER, PASSWORD);
+    a.allocate();
+    let mut b = Client::new(addr, USER, PASSWORD);
+    b.allocate();
+    let mut c = Client::new(addr, USER, PASSWORD);
+    c.allocate();
+    let m2 = ops_scrape(prom);
+    assert_conventions(&m2);
+    assert_eq!(udp_ipv4_allocations(&m2), 3.0, "{}", m2.text);
+    assert_eq!(
+        ports_free(&m2),
+        free0 - 3.0,
+        "relay ports free after 3 allocations"
+    );
+    // (A retransmission under load may be answered, and counted, twice.)
+    assert!(
+        m2.get(
+            "turnd_requests_total",
+            &[("method", "Allocate"), ("code", "200")]
+        ) >= 3.0,
+        "{}",
+        m2.text
+    );
+    assert!(
+        m2.get(
+            "turnd_requests_total",
+            &[("method", "Allocate"), ("code", "401")]
+        ) >= 4.0,
+        "three challenges and one wrong password:\n{}",
+        m2.text
+    );
+    assert_eq!(m2.get("turnd_allocations_created_total", &[]), 3.0);
+
+    // Traffic flows in a thread while two scrapes are taken.
+    a.channel_bind(0x4001, peer.addr).expect_success();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trips = Arc::new(AtomicU64::new(0));
+    let h = pump(a, stop.clone(), trips.clone());
+    assert!(
+        ops_wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
+            >= 10),
+        "relay does not flow"
+    );
+    let s1 = ops_scrape(prom);
+    let t1 = trips.load(Ordering::Relaxed);
+    assert!(
+        ops_wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
+            >= t1 + 20),
+        "relay stalled"
+    );
+    let s2 = ops_scrape(prom);
+    let running = !h.is_finished();
+    stop.store(true, Ordering::Relaxed);
+    let mut a = h.join().expect("pump thread");
+    assert!(running, "the pump stopped before the second scrape");
+    assert!(
+        c2p(&s2) > c2p(&s1),
+        "client_to_peer did not move between scrapes: {} then {}",
+        c2p(&s1),
+        c2p(&s2)
+    );
+    assert!(
+        p2c(&s2) > p2c(&s1),
+        "peer_to_client did not move between scrapes: {} then {}",
+        p2c(&s1),
+        p2c(&s2)
+    );
+    assert!(
+        s2.get(
+            "turnd_relayed_bytes_total",
+            &[("direction", "client_to_peer")]
+        ) > s1.get(
+            "turnd_relayed_bytes_total",
+            &[("direction", "client_to_peer")]
+        )
+    );
+    let done = trips.load(Ordering::Relaxed) as f64;
+    let s3 = ops_scrape(prom);
+    assert!(
+        c2p(&s3) >= done && p2c(&s3) >= done,
+        "{done} round trips but counters {} / {}",
+        c2p(&s3),
+        p2c(&s3)
+    );
+    assert_eq!(s3.get("turnd_channels", &[]), 1.0);
+    assert!(s3.get("turnd_permissions", &[]) >= 1.0);
+
+    // Deleting one gives its port back.
+    a.refresh(Some(0)).expect_success();
+    let s4 = ops_scrape(prom);
+    assert_conventions(&s4);
+    assert_eq!(udp_ipv4_allocations(&s4), 2.0);
+    assert_eq!(ports_free(&s4), free0 - 2.0);
+    assert!(s4.get("turnd_allocations_deleted_total", &[]) >= 1.0);
+    assert_eq!(s4.get("turnd_channels", &[]), 0.0);
+    drop((b, c));
+    // Anything but /metrics is 404 on the metrics listener.
+    assert_eq!(ops_http(prom, "GET", "/", &[]).status, 404);
+}
+
+#[test]
+fn per_user_byte_counters_with_username_labels() {
+    let peer = OpsEchoPeer::start();
+    let mut server = OpsServer::start(
+        &args(
+            25120,
+            25129,
+            &[
+                PROMETHEUS,
+                &["--allow-loopback-peers", "--prometheus-username-labels"],
+            ]
+            .concat(),
+        ),
+        |_| {},
+    );
+    let addr = server.udp();
+    let prom = server.prometheus();
+    let mut a = Client::new(addr, USER, PASSWORD);
+    a.allocate();
+    a.channel_bind(0x4002, peer.addr).expect_success();
+    for i in 0..10u8 {
+        ops_channel_round_trip(&mut a, 0x4002, &[i; 100]);
+    }
+    let m = ops_scrape(prom);
+    assert_conventions(&m);
+    assert_eq!(m.type_of("turnd_user_relayed_bytes_total"), Some("counter"));
+    let up = m.get(
+        "turnd_user_relayed_bytes_total",
+        &[("user", USER), ("direction", "client_to_peer")],
+    );
+    let down = m.get(
+        "turnd_user_relayed_bytes_total",
+        &[("user", USER), ("direction", "peer_to_client")],
+    );
+    assert_eq!(
+        up, 1000.0,
+        "10 x 100 payload bytes to the peer:\n{}",
+        m.text
+    );
+    assert_eq!(down, 1000.0, "10 x 100 payload bytes back:\n{}", m.text);
+}
+
+/// Every admin endpoint but /healthz refuses a missing or wrong token.
+#[test]
+fn admin_token_is_required() {
+    let mut server = OpsServer::start(&args(25130, 25139, ADMIN), |_| {});
+    let admin = server.admin();
+    assert!(admin.ip().is_loopback() && admin.port() != 0, "{admin}");
+
+    let h = ops_http(admin, "GET", "/healthz", &[]);
+    assert_eq!(h.status, 200, "/healthz without token: {h:?}");
+
+    // (method, path, status with the right token)
+    let endpoints: &[(&str, &str, u16)] = &[
+        ("GET", "/readyz", 200),
+        ("GET", "/api/status", 200),
+        ("GET", "/api/allocations", 200),
+        ("GET", "/", 200),
+        ("GET", "/selftest", 200),
+        ("DELETE", "/api/allocations/12345", 404),
+        ("POST", "/api/credentials?user=bob", 409),
+        ("GET", "/no/such/page", 404),
+    ];
+    let wrong_same_len: String = TOKEN
+        .chars()
+        .map(|c| if c == 'a' { 'b' } else { c })
+        .collect();
+    assert_ne!(wrong_same_len, TOKEN);
+    let join = |path: &str, tok: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{sep}token={tok}")
+    };
+    for &(method, path, ok) in endpoints {
+        let none = ops_http(admin, method, path, &[]);
+        assert_eq!(
+            none.status, 401,
+            "{method} {path} without a token: {none:?}"
+        );
+        assert!(
+            none.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "401 without WWW-Authenticate: Bearer: {none:?}"
+        );
+        for wrong in [
+            "wrong",
+            wrong_same_len.as_str(),
+            &TOKEN[..TOKEN.len() - 1],
+            &format!("{TOKEN}x"),
+        ] {
+            let r = ops_http(
+                admin,
+                method,
+                path,
+                &[("Authorization", &format!("Bearer {wrong}"))],
+            );
+            assert_eq!(r.status, 401, "{method} {path} Bearer {wrong}: {r:?}");
+            let r = ops_http(admin, method, &join(path, wrong), &[]);
+            assert_eq!(r.status, 401, "{method} {path} ?token={wrong}: {r:?}");
+        }
+        // Not a bearer token at all.
+        let r = ops_http(admin, method, path, &[("Authorization", TOKEN)]);
+        assert_eq!(
+            r.status, 401,
+            "{method} {path} Authorization without Bearer: {r:?}"
+        );
+        let r = ops_http(
+            admin,
+            method,
+            path,
+            &[("Authorization", &format!("Basic {TOKEN}"))],
+        );
+        assert_eq!(r.status, 401, "{method} {path} Basic: {r:?}");
+
+        let r = ops_http(
+            admin,
+            method,
+            path,
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+        );
+        assert_eq!(r.status, ok, "{method} {path} with Bearer token: {r:?}");
+        let r = ops_http(admin, method, &join(path, TOKEN), &[]);
+        assert_eq!(r.status, ok, "{method} {path} with ?token=: {r:?}");
+    }
+    // The pages a browser opens are HTML.
+    let page = ops_get_bearer(admin, "/", TOKEN);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{page:?}"
+    );
+    assert!(page.body.contains("id=\"status\""), "{}", page.body);
+    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    assert_eq!(s["allocations"], 0);
+    assert_eq!(s["draining"], false);
+    assert_eq!(s["realm"], REALM);
+    assert_eq!(s["listening_port"], server.udp().port());
+}
+
+fn list(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let r = ops_get_bearer(admin, "/api/allocations", TOKEN);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{r:?}"
+    );
+    r.json().as_array().expect("a JSON array").clone()
+}
+
+#[test]
+fn admin_lists_and_deletes_allocations() {
+    let peer = OpsEchoPeer::start();
+    let mut server = OpsServer::start(
+        &args(25140, 25149, &[ADMIN, &["--allow-loopback-peers"]].concat()),
+        |_| {},
+    );
+    let addr = server.udp();
+    let admin = server.admin();
+    assert!(list(admin).is_empty());
+
+    let mut a = Client::new(addr, USER, PASSWORD);
+    let alloc = a.allocate();
+    a.channel_bind(0x4003, peer.addr).expect_success();
+    for i in 0..5u8 {
+        ops_channel_round_trip(&mut a, 0x4003, &[i; 50]);
+    }
+    let l1 = list(admin);
+    assert_eq!(l1.len(), 1, "{l1:?}");
+    let e = &l1[0];
+    assert_eq!(e["user"], USER, "{e}");
+    assert_eq!(
+        e["client"],
+        a.local_addr().to_string(),
+        "client address must be the client's socket address: {e}"
+    );
+    assert_eq!(e["relay"], alloc.relay.to_string(), "{e}");
+    assert_eq!(e["transport"], "udp", "{e}");
+    assert_eq!(e["channels"], 1, "{e}");
+    let id = e["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("numeric id: {e}"));
+    let to_peer1 = e["bytes_to_peer"].as_u64().expect("bytes_to_peer");
+    let to_client1 = e["bytes_to_client"].as_u64().expect("bytes_to_client");
+    assert_eq!(to_peer1, 250, "{e}");
+    assert_eq!(to_client1, 250, "{e}");
+
+    for i in 0..4u8 {
+        ops_channel_round_trip(&mut a, 0x4003, &[i; 25]);
+    }
+    let l2 = list(admin);
+    let e2 = &l2[0];
+    assert_eq!(e2["id"].as_u64(), Some(id));
+    assert_eq!(e2["bytes_to_peer"].as_u64(), Some(to_peer1 + 100), "{e2}");
+    assert_eq!(
+        e2["bytes_to_client"].as_u64(),
+        Some(to_client1 + 100),
+        "{e2}"
+    );
+
+    // A second allocation shows up with its own id and address.
+    let mut b = Client::new(addr, USER, PASSWORD);
+    let balloc = b.allocate();
+    let l3 = list(admin);
+    assert_eq!(l3.len(), 2, "{l3:?}");
+    let eb = l3
+        .iter()
+        .find(|x| x["client"] == b.local_addr().to_string())
+        .unwrap_or_else(|| panic!("b not listed: {l3:?}"));
+    assert_eq!(eb["relay"], balloc.relay.to_string());
+    assert_ne!(eb["id"].as_u64(), Some(id));
+
+    // DELETE ends it: 204, gone from the list, the client's Refresh gets 437.
+    let auth = format!("Bearer {TOKEN}");
+    let d = ops_http(
+        admin,
+        "DELETE",
+        &format!("/api/allocations/{id}"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(d.status, 204, "{d:?}");
+    let l4 = list(admin);
+    assert_eq!(l4.len(), 1, "{l4:?}");
+    assert_eq!(l4[0]["client"], b.local_addr().to_string());
+    a.refresh(None).expect_error(437);
+    // The relay no longer forwards for it.
+    a.channel_data(0x4003, b"after delete");
+    a.expect_silence(SILENCE);
+    let d2 = ops_http(
+        admin,
+        "DELETE",
+        &format!("/api/allocations/{id}"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(d2.status, 404, "second DELETE: {d2:?}");
+    let bad = ops_http(
+        admin,
+        "DELETE",
+        "/api/allocations/not-a-number",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(bad.status, 400, "{bad:?}");
+    // The other allocation is untouched.
+    b.refresh(None).expect_success();
+}
+
+#[test]
+fn readyz_is_503_while_draining() {
+    let mut server = OpsServer::start(
+        &args(25150, 25159, &[ADMIN, &["--drain-timeout", "5"]].concat()),
+        |_| {},
+    );
+    let addr = server.udp();
+    let admin = server.admin();
+    let r = ops_get_bearer(admin, "/readyz", TOKEN);
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut a = Client::new(addr, USER, PASSWORD);
+    a.allocate();
+
+    server.signal("TERM");
+    let mut last = None;
+    assert!(
+        ops_wait_until(Duration::from_secs(5), || {
+            let r = ops_get_bearer(admin, "/readyz", TOKEN);
+            let is503 = r.status == 503;
+            last = Some(r);
+            is503
+        }),
+        "/readyz not 503 after SIGTERM with --drain-timeout: {last:?}"
+    );
+    assert_eq!(ops_http(admin, "GET", "/healthz", &[]).status, 200);
+    // Still behind the token while draining.
+    assert_eq!(ops_http(admin, "GET", "/readyz", &[]).status, 401);
+    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    assert_eq!(s["draining"], true, "{s}");
+    assert_eq!(s["allocations"], 1, "{s}");
+    // A new client is refused meanwhile.
+    let mut b = Client::new(addr, USER, PASSWORD);
+    b.allocate_with(&[Attr::transport_udp()]).expect_error(508);
+
+    // Ending the last allocation through the admin API ends the drain.
+    let id = list(admin)[0]["id"].as_u64().expect("id");
+    let d = ops_http(
+        admin,
+        "DELETE",
+        &format!("/api/allocations/{id}"),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    assert_eq!(d.status, 204, "{d:?}");
+    let st = server
+        .wait_exit(Duration::from_secs(2))
+        .expect("turnd did not exit within 2 s of its last allocation's deletion");
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn credentials_409_without_a_secret() {
+    let mut server = OpsServer::start(&args(25160, 25169, ADMIN), |_| {});
+    let admin = server.admin();
+    let r = ops_http(
+        admin,
+        "POST",
+        "/api/credentials?user=bob",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    assert_eq!(r.status, 409, "{r:?}");
+    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    assert_eq!(s["rest_credentials"], false);
+}
+
+#[test]
+fn credentials_minted_with_a_secret_allocate() {
+    let secret = "ops-rest-secret";
+    let mut server = OpsServer::start(
+        &args(
+            25170,
+            25179,
+            &[ADMIN, &["--static-auth-secret", secret]].concat(),
+        ),
+        |_| {},
+    );
+    let addr = server.udp();
+    let admin = server.admin();
+    let r = ops_http(
+        admin,
+        "POST",
+        "/api/credentials?user=bob&ttl=600",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    let username = j["username"].as_str().expect("username").to_owned();
+    let password = j["password"].as_str().expect("password").to_owned();
+    let (expiry, user) = username
+        .split_once(':')
+        .unwrap_or_else(|| panic!("REST username EXPIRY:USER expected: {username}"));
+    assert_eq!(user, "bob");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("numeric expiry");
+    assert!(
+        (now + 590..=now + 610).contains(&expiry),
+        "ttl=600 gives expiry {expiry}, now {now}"
+    );
+    assert_eq!(password, turnd::auth::rest_password(secret, &username));
+
+    let mut c = Client::new(addr, &username, &password);
+    let alloc = c.allocate();
+    assert!(alloc.relay.ip().is_loopback());
+    let l = list(admin);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["user"], username.as_str());
+
+    // A bad user name is refused.
+    let r = ops_http(
+        admin,
+        "POST",
+        "/api/credentials?user=a%20b",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+}
