@@ -330,7 +330,7 @@ pub const NONCE_LEN: usize = 29;
 ///
 /// Shape: `obMatJos2` `wAAA` then base64 of 12 bytes: the issue time in
 /// seconds since the issuer's epoch (4 bytes, big endian) and the first 8
-/// bytes of HMAC-SHA1(key, issue-time || client address || client port).
+/// bytes of HMAC-SHA1(key, issue-time || client IP address).
 #[derive(Clone)]
 pub struct NonceIssuer {
     key: [u8; 20],
@@ -362,11 +362,12 @@ impl NonceIssuer {
     fn tag(&self, issued: u32, client: SocketAddr) -> [u8; 8] {
         let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.key).expect("any key length");
         mac.update(&issued.to_be_bytes());
+        // The IP only, not the port: RFC 6062 data connections come from new
+        // ports and reuse the nonce of the control connection.
         match client {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),
             SocketAddr::V6(a) => mac.update(&a.ip().octets()),
         }
-        mac.update(&client.port().to_be_bytes());
         let out = mac.finalize().into_bytes();
         let mut t = [0u8; 8];
         t.copy_from_slice(&out[..8]);
@@ -440,6 +441,11 @@ mod tests {
         assert_eq!(n.check(&nonce, 700, c), NonceCheck::Stale);
         assert_eq!(
             n.check(&nonce, 100, "192.0.2.1:5001".parse().unwrap()),
+            NonceCheck::Valid,
+            "another port of the same host"
+        );
+        assert_eq!(
+            n.check(&nonce, 100, "192.0.2.2:5000".parse().unwrap()),
             NonceCheck::Invalid
         );
         let mut forged = nonce;

@@ -48,6 +48,10 @@ pub struct StreamLimits {
 #[derive(Debug, Default)]
 pub(super) struct StreamConn {
     pending: RefCell<Vec<u8>>,
+    /// End offsets of the frames in `pending`: each is written on its own
+    /// (one TLS record per STUN or ChannelData message; some clients, such
+    /// as coturn's uclient over TLS, read one message per record).
+    ends: RefCell<Vec<usize>>,
     wake: Notify,
     closed: Cell<bool>,
     /// Stop writing after the pending bytes and give the write half back
@@ -69,6 +73,7 @@ impl StreamConn {
             return;
         }
         p.extend_from_slice(bytes);
+        self.ends.borrow_mut().push(p.len());
         drop(p);
         self.wake.notify_one();
     }
@@ -81,6 +86,7 @@ impl StreamConn {
 
 async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) -> Option<W> {
     let mut chunk = Vec::new();
+    let mut ends = Vec::new();
     loop {
         if conn.pending.borrow().is_empty() {
             if conn.handover.get() && !conn.closed.get() {
@@ -93,12 +99,26 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) -> Option
             continue;
         }
         std::mem::swap(&mut *conn.pending.borrow_mut(), &mut chunk);
-        if let Err(e) = w.write_all(&chunk).await {
+        std::mem::swap(&mut *conn.ends.borrow_mut(), &mut ends);
+        let mut start = 0;
+        let mut failed = None;
+        for &end in &ends {
+            if let Err(e) = w.write_all(&chunk[start..end]).await {
+                failed = Some(e);
+                break;
+            }
+            start = end;
+        }
+        if failed.is_none() {
+            failed = w.flush().await.err();
+        }
+        if let Some(e) = failed {
             debug!(error = %e, "write to client failed");
             conn.closed.set(true);
             break;
         }
         chunk.clear();
+        ends.clear();
     }
     let _ = w.shutdown().await;
     None

@@ -373,10 +373,13 @@ fn auth_failures() {
     let n = w.finish();
     assert_eq!(h.request_raw(c.ft, &buf[..n]).unwrap().code(), Some(400));
     assert_eq!(h.server.stats().auth_failures, 2);
-    // A nonce issued to another client address is not accepted.
+    // A nonce issued to another client IP address is not accepted.
     let good = h.client(2, "alice", "secret");
     let stolen = Client {
-        ft: ft(3),
+        ft: FiveTuple {
+            client: "198.51.100.8:3".parse().unwrap(),
+            ..ft(3)
+        },
         user: "alice",
         key: good.key,
         nonce: good.nonce.clone(),

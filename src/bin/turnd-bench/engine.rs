@@ -274,7 +274,9 @@ impl Engine {
                     }
                     Link::Udp(s)
                 }
-                (_, false) => Link::Stream(Box::new(StreamConn::connect(cfg.server, tls.as_ref())?)),
+                (_, false) => {
+                    Link::Stream(Box::new(StreamConn::connect(cfg.server, tls.as_ref())?))
+                }
             };
             ep.add(link.fd(), i as u64, sys::IN)?;
             let mut frame = vec![0xA5u8; hdr_len + cfg.size + pad];
@@ -400,7 +402,8 @@ impl Engine {
                 if bare {
                     // Best effort, no answer: the forwarder closes the relay socket.
                     if let (Link::Udp(s), Some(relay)) = (&c.link, c.relay) {
-                        let _ = s.send_to(format!("FREE {}", relay.port()).as_bytes(), self.cfg.server);
+                        let _ =
+                            s.send_to(format!("FREE {}", relay.port()).as_bytes(), self.cfg.server);
                     }
                     c.phase = Phase::Released;
                     return false;
@@ -793,9 +796,7 @@ impl Engine {
                 gen_cpu = sys::self_cpu().saturating_sub(gen_start);
                 win_end_ns = ns_since(t0);
             }
-            if now_ns >= drain_end
-                || (ended && self.stats.cohort_rx >= self.stats.sent_window)
-            {
+            if now_ns >= drain_end || (ended && self.stats.cohort_rx >= self.stats.sent_window) {
                 break;
             }
             let mut wake = drain_end;
@@ -826,7 +827,9 @@ impl Engine {
                             last_check = now_ns;
                             for &i in &ready {
                                 let c = &self.clients[i];
-                                if c.inflight < w && now_ns.saturating_sub(c.last_rx_ns) > 200_000_000 {
+                                if c.inflight < w
+                                    && now_ns.saturating_sub(c.last_rx_ns) > 200_000_000
+                                {
                                     for _ in c.inflight..w {
                                         self.send_data(i, now_ns);
                                     }

@@ -220,7 +220,11 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
     } else {
         0.0
     };
-    let (p50, p99, max) = (rep.hist.quantile(0.5), rep.hist.quantile(0.99), rep.hist.max());
+    let (p50, p99, max) = (
+        rep.hist.quantile(0.5),
+        rep.hist.quantile(0.99),
+        rep.hist.max(),
+    );
     let relayed = 2 * rep.received_in_window;
     let server_cpu = match (rep.server_start.cpu, rep.server_end.cpu) {
         (Some(s), Some(e)) => Some(e.saturating_sub(s)),
@@ -333,7 +337,9 @@ fn allocations_only(eng: &mut Engine, a: &RunArgs) -> Result<ExitCode, String> {
     let freed = procstat::sample(pid);
     let rate = rep.ok as f64 / rep.elapsed.as_secs_f64();
     let per_alloc = match (before.rss_kib, after.rss_kib) {
-        (Some(b), Some(e)) if rep.ok > 0 => Some(e.saturating_sub(b) as f64 * 1024.0 / rep.ok as f64),
+        (Some(b), Some(e)) if rep.ok > 0 => {
+            Some(e.saturating_sub(b) as f64 * 1024.0 / rep.ok as f64)
+        }
         _ => None,
     };
     let transport = if a.bare { "udp" } else { a.transport.name() };

@@ -19,7 +19,11 @@ pub struct Auth<'a> {
     pub key: &'a [u8; 16],
 }
 
-fn request(method: Method, buf: &mut [u8], tid: TransactionId) -> Result<MessageWriter<'_>, BufferFull> {
+fn request(
+    method: Method,
+    buf: &mut [u8],
+    tid: TransactionId,
+) -> Result<MessageWriter<'_>, BufferFull> {
     MessageWriter::new(buf, MessageType::new(method, Class::Request), tid)
 }
 
@@ -35,7 +39,10 @@ fn sign(mut w: MessageWriter<'_>, auth: &Auth<'_>) -> Result<usize, BufferFull> 
 /// Allocate without credentials: the server answers 401 with REALM and NONCE.
 pub fn allocate_probe(buf: &mut [u8], tid: TransactionId) -> Result<usize, BufferFull> {
     let mut w = request(Method::ALLOCATE, buf, tid)?;
-    w.u32(AttributeType::REQUESTED_TRANSPORT, u32::from(PROTOCOL_UDP) << 24)?;
+    w.u32(
+        AttributeType::REQUESTED_TRANSPORT,
+        u32::from(PROTOCOL_UDP) << 24,
+    )?;
     w.fingerprint()?;
     Ok(w.finish())
 }
@@ -43,7 +50,10 @@ pub fn allocate_probe(buf: &mut [u8], tid: TransactionId) -> Result<usize, Buffe
 /// Authenticated Allocate (UDP relay).
 pub fn allocate(buf: &mut [u8], tid: TransactionId, auth: &Auth<'_>) -> Result<usize, BufferFull> {
     let mut w = request(Method::ALLOCATE, buf, tid)?;
-    w.u32(AttributeType::REQUESTED_TRANSPORT, u32::from(PROTOCOL_UDP) << 24)?;
+    w.u32(
+        AttributeType::REQUESTED_TRANSPORT,
+        u32::from(PROTOCOL_UDP) << 24,
+    )?;
     sign(w, auth)
 }
 

@@ -110,7 +110,9 @@ impl Epoll {
             r as i32
         } else {
             // Millisecond timeout, rounded up so a short wait does not spin.
-            let ms = timeout.map_or(-1, |t| t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32);
+            let ms = timeout.map_or(-1, |t| {
+                t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+            });
             // SAFETY: `events` holds `max` entries.
             unsafe { libc::epoll_wait(epfd, self.events.as_mut_ptr(), max, ms) }
         };
