@@ -1,7 +1,9 @@
-//! Interop with coturn's test clients (Debian package `coturn`):
-//! `turnutils_uclient` relaying through turnd to `turnutils_peer`, an echo
-//! peer on loopback. uclient exits 0 even at 100% loss, so its summary is
-//! parsed. A missing binary is a failure, never a skip.
+//! Interop with coturn's `turnutils_uclient` over UDP, TCP (`-t`) and TLS
+//! (`-t -S`) to turnd, relaying to `turnutils_peer` (a UDP echo peer on
+//! loopback) with channels and Send indications (`-s`), client to client
+//! (`-y`), and TCP relays (`-T`, RFC 6062).
+//! uclient exits 0 even at 100% loss, so its summary is parsed (as in
+//! tests/interop_turnutils.rs). A missing binary is a failure, never a skip.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -14,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-// Relay ports of this file: 22000-22799, 200 per test (uclient makes 20
-// allocations with EVEN-PORT reservations per run).
+// Relay ports of this file: 23500-23919 (stream tests, 60 each) and
+// 22000-22799 (UDP tests, 200 each).
 const fn range(i: u16) -> (u16, u16) {
-    (22000 + 200 * i, 22000 + 200 * i + 199)
+    if i >= 100 {
+        (22000 + 200 * (i - 100), 22000 + 200 * (i - 100) + 199)
+    } else {
+        (23500 + 60 * i, 23500 + 60 * i + 59)
+    }
 }
 
 /// Longest one uclient run may take (it takes about 10 s).
@@ -52,7 +58,6 @@ struct EchoPeer {
 impl EchoPeer {
     fn start() -> EchoPeer {
         let bin = tool("turnutils_peer");
-        // A port that was free a moment ago; retried if another test takes it.
         for _ in 0..5 {
             let port = free_udp_port();
             let mut child = Command::new(&bin)
@@ -71,7 +76,6 @@ impl EchoPeer {
         panic!("turnutils_peer never echoed on 127.0.0.1");
     }
 
-    /// True when a datagram sent to the port comes back within ~5 s.
     fn echoes(port: u16) -> bool {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -113,8 +117,8 @@ fn parse_summary(out: &str) -> Option<Summary> {
         if let Some(rest) = line.split("Total lost packets ").nth(1) {
             lost = rest.split_whitespace().next().and_then(|n| n.parse().ok());
         }
-        // "start_mclient: tot_send_msgs=2000, tot_recv_msgs=2000" (the final tally
-        // has no "msz=" in front; progress lines do, and come earlier anyway).
+        // The final tally "start_mclient: tot_send_msgs=N, tot_recv_msgs=M"
+        // comes last; progress lines (with "msz=") come earlier.
         if let Some(rest) = line.split("tot_send_msgs=").nth(1) {
             sent = rest.split(',').next().and_then(|n| n.trim().parse().ok());
             received = rest
@@ -131,16 +135,46 @@ fn parse_summary(out: &str) -> Option<Summary> {
     })
 }
 
-/// Runs uclient with `flags` through a fresh turnd and peer; asserts 0 loss.
-fn uclient_run(i: u16, flags: &[&str]) {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Over {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// Runs uclient with `flags` over `over` through a fresh turnd (and a UDP
+/// echo peer); asserts that it sent something and lost nothing.
+fn uclient_run(i: u16, over: Over, flags: &[&str]) {
     let uclient = tool("turnutils_uclient");
     let peer = EchoPeer::start();
     let (min, max) = range(i);
-    let server = TestServer::start(min, max, &["--allow-loopback-peers"]);
+    let cert =
+        (over == Over::Tls).then(|| TestCert::generate(&format!("uclient-{i}"), "turnd-uclient"));
+    let mut args: Vec<String> = vec!["--allow-loopback-peers".into()];
+    if let Some(c) = &cert {
+        args.extend(c.args());
+        args.extend(["--tls-listening-port".into(), "0".into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, l) = TestServer::start_with_streams(min, max, &args);
+    let port = match over {
+        Over::Udp => l.udp.expect("turnd listens on udp").port(),
+        Over::Tcp => l.tcp().port(),
+        Over::Tls => l.tls().port(),
+    };
     let peer_port = peer.port.to_string();
-    let turn_port = server.addr.port().to_string();
+    let turn_port = port.to_string();
+    let mut all_flags: Vec<&str> = if over == Over::Udp {
+        vec![]
+    } else {
+        vec!["-t"]
+    };
+    if over == Over::Tls {
+        all_flags.push("-S");
+    }
+    all_flags.extend_from_slice(flags);
     let mut cmd = Command::new(&uclient);
-    cmd.args(flags).args([
+    cmd.args(&all_flags).args([
         "-u",
         USER,
         "-w",
@@ -167,48 +201,88 @@ fn uclient_run(i: u16, flags: &[&str]) {
     };
     assert!(
         !out.timed_out(),
-        "uclient {flags:?} ran past {UCLIENT_TIMEOUT:?}; output tail:\n{tail}"
+        "uclient {all_flags:?} ran past {UCLIENT_TIMEOUT:?}; output tail:\n{tail}"
     );
     let summary = parse_summary(&text)
-        .unwrap_or_else(|| panic!("uclient {flags:?}: no summary in its output:\n{tail}"));
+        .unwrap_or_else(|| panic!("uclient {all_flags:?}: no summary in its output:\n{tail}"));
     assert!(
         summary.sent > 0,
-        "uclient {flags:?} sent nothing: {summary:?}\n{tail}"
+        "uclient {all_flags:?} sent nothing: {summary:?}\n{tail}"
     );
     assert_eq!(
         summary.lost, 0,
-        "uclient {flags:?} lost packets: {summary:?}\n{tail}"
+        "uclient {all_flags:?} lost packets: {summary:?}\n{tail}"
     );
     assert_eq!(
         summary.received, summary.sent,
-        "uclient {flags:?}: {summary:?}\n{tail}"
+        "uclient {all_flags:?}: {summary:?}\n{tail}"
     );
     assert!(
         !server.log().contains("panicked"),
         "turnd panicked:\n{}",
         server.log()
     );
+    eprintln!("uclient {all_flags:?}: {summary:?} in {:?}", out.elapsed);
     drop(peer);
 }
 
 #[test]
 fn uclient_channels() {
-    uclient_run(0, &[]);
+    uclient_run(100, Over::Udp, &[]);
 }
 
 #[test]
 fn uclient_send_indications() {
-    uclient_run(1, &["-s"]);
+    uclient_run(101, Over::Udp, &["-s"]);
 }
 
 #[test]
 fn uclient_client_to_client() {
-    uclient_run(2, &["-y"]);
+    uclient_run(102, Over::Udp, &["-y"]);
 }
 
 #[test]
 fn uclient_no_rtcp_dont_fragment() {
-    uclient_run(3, &["-c", "-g"]);
+    uclient_run(103, Over::Udp, &["-c", "-g"]);
+}
+
+#[test]
+fn uclient_tcp_channels() {
+    uclient_run(0, Over::Tcp, &[]);
+}
+
+#[test]
+fn uclient_tcp_send_indications() {
+    uclient_run(1, Over::Tcp, &["-s"]);
+}
+
+#[test]
+fn uclient_tcp_client_to_client() {
+    uclient_run(2, Over::Tcp, &["-y"]);
+}
+
+#[test]
+fn uclient_tcp_padded_channel_data() {
+    uclient_run(3, Over::Tcp, &["-D"]);
+}
+
+#[test]
+fn uclient_tls_channels() {
+    uclient_run(4, Over::Tls, &[]);
+}
+
+#[test]
+fn uclient_tls_send_indications() {
+    uclient_run(5, Over::Tls, &["-s"]);
+}
+
+/// RFC 6062 TCP relays: `-T` implies `-t -y -c`: two clients allocate with
+/// REQUESTED-TRANSPORT TCP (6), one sends Connect to the other's relayed
+/// address, the other gets a ConnectionAttempt indication, and both open a
+/// data connection with ConnectionBind (CONNECTION-ID) carrying raw bytes.
+#[test]
+fn uclient_tcp_relay_rfc6062() {
+    uclient_run(6, Over::Tcp, &["-T"]);
 }
 
 #[test]
