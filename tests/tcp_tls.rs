@@ -9,7 +9,8 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -494,4 +495,82 @@ fn tls_client_rejects_an_unpinned_certificate() {
         e.contains("certificate") || e.contains("Certificate"),
         "{e}"
     );
+}
+
+/// TURN over TCP on an IPv6 listener (::1) with an IPv6 relay: Allocate with
+/// REQUESTED-ADDRESS-FAMILY IPv6, a channel to an IPv6 peer, data both ways.
+#[test]
+fn turn_over_tcp_on_ipv6_loopback() {
+    use std::io::{BufRead, BufReader};
+    let (min, max) = range(40);
+    let mut child = Command::new(turnd_bin())
+        .args([
+            "--listening-ip",
+            "::1",
+            "--listening-port",
+            "0",
+            "--relay-ip",
+            "::1",
+        ])
+        .args([
+            "--min-port",
+            &min.to_string(),
+            "--max-port",
+            &max.to_string(),
+        ])
+        .args([
+            "--realm",
+            REALM,
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--allow-loopback-peers",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnd starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("piped stdout");
+    let guard = Kill(child);
+    let mut tcp: Option<SocketAddr> = None;
+    for line in BufReader::new(stdout).lines().take(8) {
+        let line = line.expect("turnd's stdout");
+        if let Some(a) = line.strip_prefix("turnd: listening on tcp ") {
+            tcp = Some(a.parse().expect("an address"));
+            break;
+        }
+    }
+    let tcp = tcp.expect("turnd listens on tcp [::1]");
+    assert!(tcp.is_ipv6());
+    let mut c = StreamClient::connect_tcp(tcp);
+    let r = c.allocate_with(&[
+        Attr::transport_udp(),
+        Attr::U32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x02 << 24),
+    ]);
+    let relay = r
+        .xor_addr(AttributeType::XOR_RELAYED_ADDRESS)
+        .expect("an IPv6 relay address");
+    assert!(
+        relay.is_ipv6() && (min..=max).contains(&relay.port()),
+        "{relay}"
+    );
+    let peer = Peer::bind("::1");
+    c.channel_bind(0x4002, peer.addr()).expect_success();
+    c.channel_data(0x4002, b"over ipv6");
+    let (from, got) = peer
+        .recv(WAIT)
+        .expect("ChannelData relayed to the IPv6 peer");
+    assert_eq!((from, got.as_slice()), (relay, &b"over ipv6"[..]));
+    peer.send_to(b"back", relay);
+    let frame = c.recv_frame(WAIT).expect("ChannelData from the IPv6 peer");
+    let (ch, data) = padded_frame(&frame);
+    assert_eq!((ch, data.as_slice()), (0x4002, &b"back"[..]));
+    drop(guard);
 }
