@@ -116,6 +116,42 @@ fn default_route_ip(v6: bool) -> Option<IpAddr> {
     (!ip.is_unspecified()).then_some(ip)
 }
 
+/// The addresses UDP listens on: an unspecified address (0.0.0.0, ::) is
+/// replaced by every address of that family on the host's interfaces (IPv6
+/// link-local excepted), so each reply leaves from the address the client
+/// sent to, as on a multi-homed host it must. Kept as is when the interfaces
+/// cannot be listed or `port` is 0 (an ephemeral port per address would differ).
+fn udp_listening_ips(configured: &[IpAddr], port: u16) -> Vec<IpAddr> {
+    let interfaces = if port == 0 {
+        None
+    } else {
+        if_addrs::get_if_addrs().ok()
+    };
+    let mut out = Vec::new();
+    for ip in configured {
+        let expanded: Vec<IpAddr> = match (&interfaces, ip.is_unspecified()) {
+            (Some(ifs), true) => ifs
+                .iter()
+                .map(|i| i.ip())
+                .filter(|a| a.is_ipv4() == ip.is_ipv4())
+                .filter(|a| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .collect(),
+            _ => vec![*ip],
+        };
+        let expanded = if expanded.is_empty() {
+            vec![*ip]
+        } else {
+            expanded
+        };
+        for a in expanded {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// Fills in relay addresses when none are configured: the specific listening
 /// addresses, else the default route's interface address.
 ///
@@ -432,9 +468,22 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let mut listeners = HashMap::new();
     let mut tcp_listeners = Vec::new();
     let mut tls_listeners = Vec::new();
+    let udp_ips = udp_listening_ips(&config.listening_ips, config.listening_port);
+    if config.udp {
+        for ip in udp_ips
+            .iter()
+            .filter(|ip| !config.listening_ips.contains(ip))
+        {
+            let addr = SocketAddr::new(*ip, config.listening_port);
+            let std =
+                bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(listen_error(addr, "udp"))?;
+            let socket = UdpSocket::from_std(std)?;
+            listeners.insert(socket.local_addr()?, Rc::new(socket));
+        }
+    }
     for ip in &config.listening_ips {
         let mut port = config.listening_port;
-        if config.udp {
+        if config.udp && udp_ips.contains(ip) {
             let addr = SocketAddr::new(*ip, port);
             let std =
                 bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(listen_error(addr, "udp"))?;

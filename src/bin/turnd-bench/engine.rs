@@ -599,10 +599,7 @@ impl Engine {
             Link::Udp(s) => {
                 let fd = s.as_raw_fd();
                 loop {
-                    let k = match batch.recv(fd) {
-                        Ok(k) => k,
-                        Err(_) => 0,
-                    };
+                    let k = batch.recv(fd).unwrap_or(0);
                     for m in 0..k {
                         self.on_message(i, batch.data(m), target, now, now_ns);
                     }
@@ -615,10 +612,7 @@ impl Engine {
                 if flags & sys::OUT != 0 {
                     let _ = s.flush();
                 }
-                let open = match s.read_available() {
-                    Ok(open) => open,
-                    Err(_) => false,
-                };
+                let open = s.read_available().unwrap_or(false);
                 let mut frames = std::mem::take(&mut self.frames);
                 let mut bounds = std::mem::take(&mut self.bounds);
                 let framed = match &mut self.clients[i].link {
@@ -656,8 +650,11 @@ impl Engine {
         now: Instant,
         now_ns: u64,
     ) {
-        let traffic = self.cfg.bare && self.clients[i].phase == Phase::Ready
-            || !self.cfg.bare && bytes.first().is_some_and(|b| b & 0xC0 == 0x40);
+        let traffic = if self.cfg.bare {
+            self.clients[i].phase == Phase::Ready
+        } else {
+            bytes.first().is_some_and(|b| b & 0xC0 == 0x40)
+        };
         if traffic {
             let payload = if self.cfg.bare {
                 bytes
@@ -804,15 +801,17 @@ impl Engine {
                 wake = wake.min(if started { meas_ns } else { warm_ns });
                 match load {
                     Load::Rate(rate) => {
+                        // Late (descheduled): catch up at most 2 ms worth per
+                        // wake-up; more than 50 ms behind, give the backlog up.
                         let target = (now_ns as f64 * rate / 1e9) as u64;
                         let max_burst = ((rate * 0.002) as u64).max(32);
+                        let give_up = ((rate * 0.05) as u64).max(max_burst);
+                        if target.saturating_sub(scheduled) > give_up {
+                            skipped += target - scheduled - give_up;
+                            scheduled = target - give_up;
+                        }
                         let mut burst = 0;
-                        while scheduled < target {
-                            if burst == max_burst {
-                                skipped += target - scheduled;
-                                scheduled = target;
-                                break;
-                            }
+                        while scheduled < target && burst < max_burst {
                             self.send_data(ready[rr], now_ns);
                             rr = (rr + 1) % ready.len();
                             scheduled += 1;

@@ -260,7 +260,7 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         2.0 * delivered
     );
     println!(
-        "  {:<24} {loss:.3} % ({} of {} lost; {} send errors, {} sends skipped: generator behind)",
+        "  {:<24} {loss:.3} % ({} of {} lost; {} send errors, {} sends given up: generator > 50 ms behind)",
         "loss",
         rep.sent.saturating_sub(rep.received),
         rep.sent,

@@ -13,6 +13,12 @@ pub struct Histogram {
 
 const HIST_US: usize = 200_000;
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Histogram {
     pub fn new() -> Self {
         Histogram {

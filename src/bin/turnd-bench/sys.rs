@@ -349,9 +349,10 @@ pub fn clock_ticks() -> u64 {
 
 /// Asks for 1 ns of timer slack (default 50 µs) so paced sends wake on time.
 pub fn tight_timer_slack() {
+    let slack_ns: libc::c_ulong = 1;
     // SAFETY: PR_SET_TIMERSLACK takes an integer; no pointers.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        libc::prctl(libc::PR_SET_TIMERSLACK, slack_ns);
     }
 }
 
