@@ -74,6 +74,10 @@ pub struct Allocation {
     pub key: crate::auth::Key,
     /// When the allocation expires unless refreshed.
     pub expires: Instant,
+    /// When its expiry timer is due (at most `expires`): refreshes that move
+    /// `expires` later push no timer; the due timer re-arms itself. This keeps
+    /// one timer per allocation however often it is refreshed.
+    pub timer_at: Instant,
     /// When it was created.
     pub created: Instant,
     /// Installed permissions by peer IP.

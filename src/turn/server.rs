@@ -468,6 +468,13 @@ impl Server {
         self.pools.get(&ip).map_or(0, |p| p.free())
     }
 
+    /// Deadlines scheduled (allocations, permissions, channels, cached
+    /// answers, reservations, TCP connections): at most a few per entity,
+    /// however often clients refresh.
+    pub fn scheduled_timers(&self) -> usize {
+        self.timers.len()
+    }
+
     /// The earliest deadline at which [`Server::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|t| t.0.at)
@@ -1214,6 +1221,7 @@ impl Server {
                 username: auth.username.clone(),
                 key: auth.key,
                 expires,
+                timer_at: expires,
                 created: now,
                 permissions: FastMap::default(),
                 channels: FastMap::default(),
@@ -1401,7 +1409,11 @@ impl Server {
             a.expires = expires;
             let id = a.id;
             info!(user = %auth.username, client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
-            self.push_timer(expires, TimerKind::Allocation { ft, id });
+            // Only a shorter lifetime needs an earlier timer (see `timer_at`).
+            if expires < a.timer_at {
+                a.timer_at = expires;
+                self.push_timer(expires, TimerKind::Allocation { ft, id });
+            }
             lifetime.as_secs() as u32
         };
         self.finish(ft, out, r, Class::Success, key, |w| {
@@ -1468,11 +1480,16 @@ impl Server {
         }
         let id = a.id;
         let expires = now + lifetime;
-        for peer in peers[..count].iter().flatten() {
-            a.permissions.insert(*peer, expires);
+        // A refreshed permission keeps its timer, which re-arms when due:
+        // one timer per permission however often it is refreshed.
+        let mut fresh = [None; 16];
+        for (slot, peer) in fresh.iter_mut().zip(peers[..count].iter().flatten()) {
+            if a.permissions.insert(*peer, expires).is_none() {
+                *slot = Some(*peer);
+            }
         }
         debug!(user = %auth.username, client = %ft.client, peers = ?peers[..count].iter().flatten().collect::<Vec<_>>(), "permissions installed");
-        for peer in peers[..count].iter().flatten() {
+        for peer in fresh.iter().flatten() {
             self.push_timer(
                 expires,
                 TimerKind::Permission {
@@ -1536,26 +1553,33 @@ impl Server {
         let id = a.id;
         let expires = now + channel_lifetime;
         let perm_expires = now + permission_lifetime;
-        a.channels.insert(
-            number,
-            ChannelBinding {
+        let new_channel = a
+            .channels
+            .insert(
                 number,
-                peer,
-                expires,
-            },
-        );
+                ChannelBinding {
+                    number,
+                    peer,
+                    expires,
+                },
+            )
+            .is_none();
         a.channel_by_peer.insert(peer, number);
-        a.permissions.insert(peer.ip(), perm_expires);
+        let new_permission = a.permissions.insert(peer.ip(), perm_expires).is_none();
         debug!(user = %auth.username, client = %ft.client, channel = number, %peer, "channel bound");
-        self.push_timer(expires, TimerKind::Channel { ft, id, number });
-        self.push_timer(
-            perm_expires,
-            TimerKind::Permission {
-                ft,
-                id,
-                peer: peer.ip(),
-            },
-        );
+        if new_channel {
+            self.push_timer(expires, TimerKind::Channel { ft, id, number });
+        }
+        if new_permission {
+            self.push_timer(
+                perm_expires,
+                TimerKind::Permission {
+                    ft,
+                    id,
+                    peer: peer.ip(),
+                },
+            );
+        }
         self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
     }
 
@@ -1614,35 +1638,46 @@ impl Server {
             self.timers.pop();
             match t.kind {
                 TimerKind::Allocation { ft, id } => {
-                    if self
-                        .allocations
-                        .get(&ft)
-                        .is_some_and(|a| a.id == id && a.expires <= now)
-                    {
+                    let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) else {
+                        continue;
+                    };
+                    if a.expires <= now {
                         self.stats.allocations_expired += 1;
                         self.delete_allocation(ft, io, "expired");
+                    } else if t.at == a.timer_at {
+                        // Refreshed since: the due timer re-arms at the new expiry.
+                        a.timer_at = a.expires;
+                        let at = a.expires;
+                        self.push_timer(at, TimerKind::Allocation { ft, id });
                     }
                 }
                 TimerKind::Permission { ft, id, peer } => {
-                    if let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) {
-                        if a.permissions.get(&peer).is_some_and(|&e| e <= now) {
+                    let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) else {
+                        continue;
+                    };
+                    match a.permissions.get(&peer).copied() {
+                        Some(e) if e <= now => {
                             a.permissions.remove(&peer);
                             debug!(client = %ft.client, %peer, "permission expired");
                         }
+                        Some(e) => self.push_timer(e, TimerKind::Permission { ft, id, peer }),
+                        None => {}
                     }
                 }
                 TimerKind::Channel { ft, id, number } => {
-                    if let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) {
-                        if let Some(c) = a
-                            .channels
-                            .get(&number)
-                            .copied()
-                            .filter(|c| c.expires <= now)
-                        {
+                    let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) else {
+                        continue;
+                    };
+                    match a.channels.get(&number).copied() {
+                        Some(c) if c.expires <= now => {
                             a.channels.remove(&number);
                             a.channel_by_peer.remove(&c.peer);
                             debug!(client = %ft.client, channel = number, peer = %c.peer, "channel binding expired");
                         }
+                        Some(c) => {
+                            self.push_timer(c.expires, TimerKind::Channel { ft, id, number })
+                        }
+                        None => {}
                     }
                 }
                 TimerKind::Reservation { token } => {
@@ -1743,9 +1778,15 @@ impl Server {
                 expires,
             },
         );
+        let mut perm_timer_needed = true;
         if let Some(a) = self.allocations.get_mut(&ft) {
             let perm = now + self.config.permission_lifetime;
-            a.permissions.insert(peer.ip(), perm);
+            if a.permissions.insert(peer.ip(), perm).is_some() {
+                perm_timer_needed = false;
+            }
+        }
+        if perm_timer_needed {
+            let perm = now + self.config.permission_lifetime;
             self.push_timer(
                 perm,
                 TimerKind::Permission {
