@@ -195,6 +195,11 @@ struct Shell {
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     limits: stream::StreamLimits,
+    /// Receive buffer of every relay task: 4 bytes of headroom for the
+    /// ChannelData header, the datagram, 3 bytes for padding over streams.
+    relay_buf: RefCell<Vec<u8>>,
+    /// Output buffer of every relay task (Data indications).
+    relay_out: RefCell<Vec<u8>>,
     /// RFC 6062 peer connections waiting for their ConnectionBind.
     tcp_pending: RefCell<HashMap<u32, tokio::net::TcpStream>>,
     /// RFC 6062 connects in progress.
@@ -337,15 +342,17 @@ async fn relay_task(
     shell: Rc<Shell>,
     core: Rc<RefCell<Server>>,
 ) {
-    // 4 bytes of headroom for the ChannelData header, 3 for its padding over streams.
-    let mut buf = vec![0u8; 4 + RECV_BUFFER + 3];
-    let mut out = vec![0u8; OUT_BUFFER];
+    // The receive and output buffers are the shell's, shared by every relay
+    // task: a task holds them only inside one poll and the synchronous
+    // handling after it, never across an await, so an allocation costs no
+    // buffer of its own.
     loop {
         let received = std::future::poll_fn(|cx| {
             // Upgrade only while polling: the shell's map owns the socket.
             let Some(socket) = socket.upgrade() else {
                 return std::task::Poll::Ready(None);
             };
+            let mut buf = shell.relay_buf.borrow_mut();
             let mut rb = tokio::io::ReadBuf::new(&mut buf[4..4 + RECV_BUFFER]);
             socket
                 .poll_recv_from(cx, &mut rb)
@@ -360,6 +367,8 @@ async fn relay_task(
                 continue;
             }
         };
+        let mut buf = shell.relay_buf.borrow_mut();
+        let mut out = shell.relay_out.borrow_mut();
         let t =
             core.borrow_mut()
                 .handle_peer_input(Instant::now(), relay, peer, &mut buf, n, &mut out);
@@ -539,6 +548,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
         per_ip: RefCell::new(HashMap::new()),
+        relay_buf: RefCell::new(vec![0u8; 4 + RECV_BUFFER + 3]),
+        relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
         tcp_pending: RefCell::new(HashMap::new()),
         tcp_connecting: RefCell::new(HashMap::new()),
         tcp_piped: RefCell::new(HashMap::new()),

@@ -876,7 +876,7 @@ impl Engine {
             received_in_window: st.wall_rx,
             send_errors: st.send_errors,
             skipped,
-            hist: self.hist.take().unwrap_or_else(Histogram::new),
+            hist: self.hist.take().unwrap_or_default(),
             server_start,
             server_end,
             cpu_wall_s: (win_end_ns.saturating_sub(win_start_ns)) as f64 / 1e9,
