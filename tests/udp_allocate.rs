@@ -479,8 +479,10 @@ fn unknown_nonce_gets_438_with_a_fresh_one() {
         r.expect_error(438);
         assert!(c.learn_nonce(&r), "438 carries REALM and NONCE: {r:?}");
     }
-    // A nonce issued for another client address is not valid here either.
-    let mut other = server.client();
+    // A nonce issued for another client IP address is not valid here either
+    // (nonces are bound to the IP, not the port: RFC 6062 data connections
+    // reuse the control connection's nonce from a new port).
+    let mut other = Client::new_on("127.0.0.2", server.addr, USER, PASSWORD);
     other.fetch_nonce();
     c.nonce = other.nonce.clone();
     c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()])

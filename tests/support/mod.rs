@@ -586,7 +586,13 @@ const MAX_PENDING: usize = 100_000;
 impl Client {
     /// A client on a fresh 127.0.0.1 socket.
     pub fn new(server: SocketAddr, username: &str, password: &str) -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+        Client::new_on("127.0.0.1", server, username, password)
+    }
+
+    /// A client on a fresh socket bound to `ip` (another 127.0.0.0/8
+    /// address is another host as far as the server can tell).
+    pub fn new_on(ip: &str, server: SocketAddr, username: &str, password: &str) -> Client {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind client socket");
         Client {
             sock,
             server,
