@@ -491,19 +491,37 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         }
     }
     for ip in &config.listening_ips {
-        let mut port = config.listening_port;
-        if config.udp && udp_ips.contains(ip) {
-            let addr = SocketAddr::new(*ip, port);
-            let std =
-                bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(listen_error(addr, "udp"))?;
-            let socket = UdpSocket::from_std(std)?;
-            let local = socket.local_addr()?;
-            port = local.port();
-            listeners.insert(local, Rc::new(socket));
-        }
-        if config.tcp {
-            let addr = SocketAddr::new(*ip, port);
-            tcp_listeners.push(stream::bind_tcp(addr).map_err(listen_error(addr, "tcp"))?);
+        let udp_here = config.udp && udp_ips.contains(ip);
+        // With port 0 the TCP listener takes the port UDP got; another
+        // program may hold that TCP port, so a few fresh pairs are tried.
+        let tries = if config.listening_port == 0 && udp_here && config.tcp {
+            16
+        } else {
+            1
+        };
+        for attempt in 1..=tries {
+            let mut port = config.listening_port;
+            let mut udp = None;
+            if udp_here {
+                let addr = SocketAddr::new(*ip, port);
+                let std = bind_udp(addr, Some(LISTENER_SOCKET_BUFFER))
+                    .map_err(listen_error(addr, "udp"))?;
+                let socket = UdpSocket::from_std(std)?;
+                port = socket.local_addr()?.port();
+                udp = Some(socket);
+            }
+            if config.tcp {
+                let addr = SocketAddr::new(*ip, port);
+                match stream::bind_tcp(addr) {
+                    Ok(l) => tcp_listeners.push(l),
+                    Err(e) if attempt < tries && e.kind() == io::ErrorKind::AddrInUse => continue,
+                    Err(e) => return Err(listen_error(addr, "tcp")(e)),
+                }
+            }
+            if let Some(socket) = udp {
+                listeners.insert(socket.local_addr()?, Rc::new(socket));
+            }
+            break;
         }
         if config.tls {
             for p in &config.tls_listening_ports {
