@@ -244,7 +244,7 @@ fn channel_numbers_outside_the_range_are_400() {
     let mut c = server.client();
     c.allocate();
     let peer = Peer::bind("127.0.0.1");
-    for n in [0x0000u16, 0x3FFF, 0x7FFF, 0x8000, 0xFFFF] {
+    for n in [0x0000u16, 0x3FFF, 0x8000, 0xFFFF] {
         let r = c.channel_bind(n, peer.addr());
         r.expect_error(400);
         assert!(r.integrity_ok(&c.key()), "{n:#06x}: {r:?}");

@@ -2,20 +2,21 @@
 
 /// Lowest channel number a client may bind. See RFC 8656, section 12.
 pub const MIN_CHANNEL: u16 = 0x4000;
-/// Highest channel number a client may bind: 0x7FFE.
+/// Highest channel number a client may bind: 0x7FFF.
 ///
 /// RFC 8656 (section 12) narrowed the range to 0x4000-0x4FFF, but RFC 5766
-/// (section 11) allowed 0x4000-0x7FFE and deployed clients, coturn's
+/// (section 11) allowed 0x4000-0x7FFF and deployed clients, coturn's
 /// `turnutils_uclient` among them, still pick channels above 0x4FFF. Over TURN's
 /// own port nothing else starts with 0x50-0x7F, so turnd accepts the RFC 5766
-/// range as coturn does; 0x7FFF and everything outside 0x4000 stays a 400.
-pub const MAX_CHANNEL: u16 = 0x7FFE;
+/// range as coturn does (its `STUN_VALID_CHANNEL`); everything outside
+/// 0x4000-0x7FFF stays a 400.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 /// Length of the ChannelData header in bytes.
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 
 /// A ChannelData message borrowing its bytes.
 ///
-/// Wire layout (RFC 8656, section 12.4): channel number (2 bytes, 0x4000-0x7FFE, see [`MAX_CHANNEL`]),
+/// Wire layout (RFC 8656, section 12.4): channel number (2 bytes, 0x4000-0x7FFF, see [`MAX_CHANNEL`]),
 /// length (2 bytes, of the application data), application data. Over UDP the
 /// datagram may carry padding after the data; over TCP the message is padded
 /// to a multiple of 4 bytes.
@@ -36,8 +37,8 @@ pub enum ChannelDataError {
         /// Bytes available.
         got: usize,
     },
-    /// The channel number is outside 0x4000-0x7FFE.
-    #[error("channel number {0:#06x} outside 0x4000-0x7ffe")]
+    /// The channel number is outside 0x4000-0x7FFF.
+    #[error("channel number {0:#06x} outside 0x4000-0x7fff")]
     BadChannel(u16),
 }
 
@@ -114,11 +115,15 @@ mod tests {
         assert_eq!(ChannelData::parse(&b).unwrap().channel(), 0x5001);
         b[0] = 0x7f;
         b[1] = 0xff;
+        assert_eq!(ChannelData::parse(&b).unwrap().channel(), 0x7fff);
+        b[0] = 0x80;
+        b[1] = 0x00;
         assert_eq!(
             ChannelData::parse(&b),
-            Err(ChannelDataError::BadChannel(0x7fff))
+            Err(ChannelDataError::BadChannel(0x8000))
         );
         b[0] = 0x3f;
+        b[1] = 0xff;
         assert_eq!(
             ChannelData::parse(&b),
             Err(ChannelDataError::BadChannel(0x3fff))

@@ -46,7 +46,7 @@ pub struct Permission {
 /// A channel binding: channel number to peer transport address. See RFC 8656, section 12.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelBinding {
-    /// Channel number, 0x4000-0x7FFE (see [`crate::stun::MAX_CHANNEL`]).
+    /// Channel number, 0x4000-0x7FFF (see [`crate::stun::MAX_CHANNEL`]).
     pub number: u16,
     /// The peer transport address.
     pub peer: SocketAddr,

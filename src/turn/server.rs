@@ -1520,7 +1520,7 @@ impl Server {
             _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
         };
         if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
-            debug!(client = %ft.client, channel = number, "channel number outside 0x4000-0x7ffe: 400");
+            debug!(client = %ft.client, channel = number, "channel number outside 0x4000-0x7fff: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
