@@ -485,5 +485,128 @@ fn allocate_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, relay_benches, allocate_benches);
+/// Allocates for client `i` (IPv6 relay when `v6`) and binds `CHANNEL` to
+/// `peer`; returns the relayed address.
+fn allocate_family_and_bind(h: &mut Harness, i: u32, v6: bool, peer: SocketAddr) -> SocketAddr {
+    let ft = client_tuple(i);
+    let nonce = h.challenge(ft);
+    let req = h.request(Method::ALLOCATE, Some(&nonce), |w| {
+        w.u32(
+            AttributeType::REQUESTED_TRANSPORT,
+            u32::from(PROTOCOL_UDP) << 24,
+        )?;
+        w.u32(AttributeType::LIFETIME, 600)?;
+        if v6 {
+            w.u32(AttributeType::REQUESTED_ADDRESS_FAMILY, 0x02 << 24)?;
+        }
+        Ok(())
+    });
+    let reply = h.send(ft, &req);
+    h.expect_success(&reply, Method::ALLOCATE);
+    let relay = Message::parse(&reply)
+        .expect("parses")
+        .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
+        .expect("relayed address present")
+        .expect("relayed address decodes");
+    let req = h.request(Method::CHANNEL_BIND, Some(&nonce), |w| {
+        w.u32(AttributeType::CHANNEL_NUMBER, u32::from(CHANNEL) << 16)?;
+        w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
+    });
+    let reply = h.send(ft, &req);
+    h.expect_success(&reply, Method::CHANNEL_BIND);
+    relay
+}
+
+/// Issue 5's state benches: the permission and channel check of a peer
+/// datagram with 1, 1,000 and 100,000 allocations (IPv4 relays up to 60,000,
+/// then IPv6: one relay address per family has 64,512 ports), and the expiry
+/// of 1,000 allocations at once through the deadline heap.
+fn state_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("state");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    for n in [1u32, 1_000, 100_000] {
+        let mut h = Harness::with_config(|c| {
+            c.relay_ips.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+            // 100,000 client addresses at one frozen instant would fill the
+            // unauthenticated-answer limiter's table (65,536 sources).
+            c.unauth_rate = 0;
+        });
+        let mut targets = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let v6 = i >= 60_000;
+            let peer = if v6 {
+                SocketAddr::new(
+                    "2001:db8::2".parse().expect("addr"),
+                    20_000 + (i % 40_000) as u16,
+                )
+            } else {
+                bound_peer(i)
+            };
+            let relay = allocate_family_and_bind(&mut h, i, v6, peer);
+            targets.push((relay, peer));
+        }
+        let mut order = visit_order(n);
+        order.truncate(100_000);
+        let now = h.now;
+        let mut buf = vec![0xa5u8; CHANNEL_DATA_HEADER_LEN + PAYLOAD + 3];
+        for &i in &order {
+            let (relay, peer) = targets[i as usize];
+            let t = h
+                .server
+                .handle_peer_input(now, relay, peer, &mut buf, PAYLOAD, &mut h.out);
+            assert!(
+                matches!(t, Transmit::ToClient { .. }),
+                "permission and channel found: {t:?}"
+            );
+        }
+        g.bench_function(
+            BenchmarkId::new("peer_datagram_permission_and_channel_check", n),
+            |b| {
+                let mut k = 0;
+                b.iter(|| {
+                    let (relay, peer) = targets[order[k] as usize];
+                    k += 1;
+                    if k == order.len() {
+                        k = 0;
+                    }
+                    h.server.handle_peer_input(
+                        now,
+                        black_box(relay),
+                        black_box(peer),
+                        &mut buf,
+                        PAYLOAD,
+                        &mut h.out,
+                    )
+                })
+            },
+        );
+    }
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("expire_1000_allocations", |b| {
+        b.iter_batched(
+            || {
+                let mut h = Harness::new();
+                for i in 0..1_000 {
+                    let ft = client_tuple(i);
+                    let nonce = h.challenge(ft);
+                    let req = h.allocate_request(Some(&nonce));
+                    let reply = h.send(ft, &req);
+                    h.expect_success(&reply, Method::ALLOCATE);
+                }
+                h
+            },
+            |mut h| {
+                let later = h.now + std::time::Duration::from_secs(601);
+                h.server.handle_timeout(later, &mut h.io);
+                assert_eq!(h.server.allocation_count(), 0);
+                h
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, relay_benches, allocate_benches, state_benches);
 criterion_main!(benches);
