@@ -46,7 +46,7 @@ pub struct Cli {
     #[arg(short = 'p', long = "listening-port", value_name = "N")]
     pub listening_port: Option<u16>,
     /// Address relay sockets are bound on and advertised as XOR-RELAYED-ADDRESS
-    /// (repeatable; first of each family used). Default: the listening IP, or the
+    /// (repeatable; allocations spread over the addresses of a family). Default: the listening IP, or the
     /// address of the default route's interface when listening on 0.0.0.0.
     #[arg(short = 'E', long = "relay-ip", value_name = "IP")]
     pub relay_ip: Vec<IpAddr>,

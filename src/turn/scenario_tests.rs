@@ -1436,3 +1436,24 @@ fn refreshes_do_not_pile_up_timers_and_shorter_lifetimes_still_expire() {
     assert_eq!(h.server.allocation_count(), 0);
     assert!(h.io.open.is_empty());
 }
+
+#[test]
+fn several_relay_addresses_share_the_allocations() {
+    let mut h = Harness::new(|c| {
+        c.relay_ips = vec![
+            "203.0.113.1".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+        ];
+        c.min_port = 50000;
+        c.max_port = 50001;
+    });
+    let mut ips = HashSet::new();
+    for port in 1..=4 {
+        let c = h.client(port, "alice", "secret");
+        assert_eq!(h.allocate(&c).class(), Class::Success, "allocation {port}");
+        ips.insert(h.relay_of(&c).ip());
+    }
+    assert_eq!(ips.len(), 2, "both relay addresses used");
+    let c = h.client(5, "alice", "secret");
+    assert_eq!(h.allocate(&c).code(), Some(508), "2 addresses x 2 ports");
+}

@@ -61,7 +61,7 @@ pub struct ServerConfig {
     pub realm: String,
     /// Static users and their keys.
     pub credentials: Credentials,
-    /// Relay addresses; the first of each family is used for that family.
+    /// Relay addresses; an allocation takes a port on the address of its family with the most free ports.
     pub relay_ips: Vec<IpAddr>,
     /// Lowest relay port.
     pub min_port: u16,
@@ -1153,17 +1153,8 @@ impl Server {
             }
         } else {
             let want_v6 = family.unwrap_or(false);
-            let Some(ip) = self
-                .config
-                .relay_ips
-                .iter()
-                .copied()
-                .find(|ip| ip.is_ipv6() == want_v6)
-            else {
-                return self.error(ft, out, r, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, key);
-            };
-            match self.bind_relay(ip, even_port, tcp_relay, io) {
-                Some((addr, reserved)) => {
+            match self.bind_relay_family(want_v6, even_port, tcp_relay, io) {
+                Ok((addr, reserved)) => {
                     if let Some(next) = reserved {
                         let mut t = [0u8; 8];
                         self.rng.fill_bytes(&mut t);
@@ -1180,9 +1171,11 @@ impl Server {
                     }
                     addr
                 }
-                None => {
-                    info!(client = %ft.client, user = %auth.username, relay_ip = %ip, "no relay port left: 508");
-                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                Err(code) => {
+                    if code == ErrorCode::INSUFFICIENT_CAPACITY {
+                        info!(client = %ft.client, user = %auth.username, ipv6 = want_v6, "no relay port left: 508");
+                    }
+                    return self.error(ft, out, r, code, key);
                 }
             }
         };
@@ -1192,18 +1185,9 @@ impl Server {
         let mut additional_relay = None;
         let mut additional_error = None;
         if dual {
-            match self
-                .config
-                .relay_ips
-                .iter()
-                .copied()
-                .find(|ip| ip.is_ipv6())
-            {
-                None => additional_error = Some(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
-                Some(ip) => match self.bind_relay(ip, None, false, io) {
-                    Some((addr, _)) => additional_relay = Some(addr),
-                    None => additional_error = Some(ErrorCode::INSUFFICIENT_CAPACITY),
-                },
+            match self.bind_relay_family(true, None, false, io) {
+                Ok((addr, _)) => additional_relay = Some(addr),
+                Err(code) => additional_error = Some(code),
             }
         }
         let lifetime = self.lifetime(msg.get_u32(AttributeType::LIFETIME));
@@ -1262,6 +1246,37 @@ impl Server {
             }
             w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
         })
+    }
+
+    /// Binds a relay port on one of the relay addresses of a family (the one
+    /// with the most free ports first, so several `relay-ip`s share the load).
+    ///
+    /// # Errors
+    /// 440 when the family has no relay address, 508 when no port is left.
+    fn bind_relay_family(
+        &mut self,
+        v6: bool,
+        even_port: Option<bool>,
+        tcp: bool,
+        io: &mut impl RelayIo,
+    ) -> Result<(SocketAddr, Option<SocketAddr>), ErrorCode> {
+        let mut candidates: Vec<(usize, IpAddr)> = self
+            .config
+            .relay_ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| (self.free_ports(*ip), *ip))
+            .collect();
+        if candidates.is_empty() {
+            return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+        }
+        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, ip) in candidates {
+            if let Some(placed) = self.bind_relay(ip, even_port, tcp, io) {
+                return Ok(placed);
+            }
+        }
+        Err(ErrorCode::INSUFFICIENT_CAPACITY)
     }
 
     /// Picks a free port on `ip` and binds it; a few tries when a port is
