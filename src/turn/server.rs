@@ -1270,7 +1270,7 @@ impl Server {
         if candidates.is_empty() {
             return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, ip) in candidates {
             if let Some(placed) = self.bind_relay(ip, even_port, tcp, io) {
                 return Ok(placed);
