@@ -736,8 +736,7 @@ impl Server {
             sha256: msg.has_integrity_sha256(),
         };
         if !msg.unknown_attributes().is_empty() {
-            if !self.unauth.allow(ft.client.ip(), now) {
-                self.stats.rate_limited += 1;
+            if !self.allow_unauthenticated(ft.client.ip(), now) {
                 return Transmit::None;
             }
             let unknown = msg.unknown_attributes();
@@ -757,8 +756,7 @@ impl Server {
             Method::BINDING => {
                 // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only
                 // (and MAPPED-ADDRESS for RFC 3489-era clients when asked).
-                if !self.unauth.allow(ft.client.ip(), now) {
-                    self.stats.rate_limited += 1;
+                if !self.allow_unauthenticated(ft.client.ip(), now) {
                     return Transmit::None;
                 }
                 let mapped = self.config.mapped_address;
@@ -874,8 +872,7 @@ impl Server {
         r: &Reply<'_>,
         code: ErrorCode,
     ) -> Transmit {
-        if !self.unauth.allow(ft.client.ip(), now) {
-            self.stats.rate_limited += 1;
+        if !self.allow_unauthenticated(ft.client.ip(), now) {
             return Transmit::None;
         }
         let nonce = self.nonces.issue(self.now_secs(now), ft.client);
@@ -1022,6 +1019,16 @@ impl Server {
         })
     }
 
+    /// Takes a token from the per-source budget of unauthenticated answers;
+    /// false (counted as rate limited) when the source has none left.
+    fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let allowed = self.unauth.allow(ip, now);
+        if !allowed {
+            self.stats.rate_limited += 1;
+        }
+        allowed
+    }
+
     /// An error answer to a request that did not authenticate: rate limited
     /// per source like every unauthenticated answer.
     fn unauthenticated_error(
@@ -1032,8 +1039,7 @@ impl Server {
         r: &Reply<'_>,
         code: ErrorCode,
     ) -> Transmit {
-        if !self.unauth.allow(ft.client.ip(), now) {
-            self.stats.rate_limited += 1;
+        if !self.allow_unauthenticated(ft.client.ip(), now) {
             return Transmit::None;
         }
         self.error(ft, out, r, code, None)
