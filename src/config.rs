@@ -212,10 +212,20 @@ pub struct Cli {
     /// Answer only STUN Binding requests (no TURN).
     #[arg(short = 'S', long = "stun-only")]
     pub stun_only: bool,
-    /// Accepted for coturn compatibility and ignored with a warning: turnd
-    /// relays on one thread for now.
-    #[arg(short = 'm', long = "relay-threads", value_name = "N")]
+    /// Relay workers: threads, each with its own event loop, SO_REUSEPORT
+    /// UDP listeners, allocations and slice of the relay port range
+    /// (0 or unset: one per CPU this process may run on).
+    #[arg(
+        short = 'm',
+        long = "relay-threads",
+        visible_alias = "workers",
+        value_name = "N"
+    )]
     pub relay_threads: Option<u32>,
+    /// Kernel receive and send buffer of each UDP listener socket, bytes
+    /// (default 4194304; capped by net.core.rmem_max and wmem_max).
+    #[arg(long = "socket-buffer", value_name = "BYTES")]
+    pub socket_buffer: Option<usize>,
     /// Accepted for coturn compatibility and ignored with a warning: turnd
     /// stays in the foreground (run it under systemd).
     #[arg(short = 'o', long = "daemon")]
@@ -384,12 +394,16 @@ struct FileConfig {
     prometheus_address: Option<IpAddr>,
     prometheus_username_labels: Option<bool>,
     relay_threads: Option<u32>,
+    socket_buffer: Option<usize>,
     no_stun: Option<bool>,
     stun_only: Option<bool>,
     drain_timeout: Option<u64>,
     admin_token: Option<String>,
     admin_listen: Option<SocketAddr>,
 }
+
+/// Default `socket-buffer`: 4 MiB per UDP listener socket and direction.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 
 /// The TOML keys turnd reads (every one is documented in turnserver.toml.example).
 pub const TOML_KEYS: &[&str] = &[
@@ -447,6 +461,7 @@ pub const TOML_KEYS: &[&str] = &[
     "prometheus-address",
     "prometheus-username-labels",
     "relay-threads",
+    "socket-buffer",
     "no-stun",
     "stun-only",
     "drain-timeout",
@@ -575,6 +590,10 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// Relay existing allocations this long after SIGTERM.
     pub drain_timeout: Duration,
+    /// Relay workers (`relay-threads`); 0 means one per CPU the process may use.
+    pub relay_threads: usize,
+    /// SO_RCVBUF and SO_SNDBUF of UDP listener sockets (bytes).
+    pub socket_buffer: usize,
     /// JSON logs.
     pub log_json: bool,
     /// Log file (reopened on SIGHUP).
@@ -984,12 +1003,22 @@ impl Config {
         if cli.daemon {
             warnings.push("option `daemon` (-o): turnd stays in the foreground; run it under systemd (systemd/turnd.service)".into());
         }
-        if let Some(n) = cli.relay_threads.or(file.relay_threads) {
-            if n > 1 {
-                warnings.push(format!(
-                    "option `relay-threads`: turnd relays on one thread for now; {n} ignored"
-                ));
-            }
+        let relay_threads = cli.relay_threads.or(file.relay_threads).unwrap_or(0);
+        if relay_threads > 1024 {
+            return Err(err(
+                fo,
+                format!("option `relay-threads`: {relay_threads} workers is more than 1024"),
+            ));
+        }
+        let socket_buffer = cli
+            .socket_buffer
+            .or(file.socket_buffer)
+            .unwrap_or(DEFAULT_SOCKET_BUFFER);
+        if !(4096..=1 << 30).contains(&socket_buffer) {
+            return Err(err(
+                fo,
+                format!("option `socket-buffer`: {socket_buffer} bytes is outside 4096-1073741824"),
+            ));
         }
         let _ = (file.no_multicast_peers, file.no_cli);
         let log_format = cli
@@ -1032,6 +1061,8 @@ impl Config {
         }
 
         Ok(Config {
+            relay_threads: relay_threads as usize,
+            socket_buffer,
             drain_timeout: Duration::from_secs(
                 cli.drain_timeout.or(file.drain_timeout).unwrap_or(0),
             ),

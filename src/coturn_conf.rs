@@ -245,6 +245,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("max-connections-per-ip", Kind::Int),
     ("log-format", Kind::Str),
     ("drain-timeout", Kind::Int),
+    ("socket-buffer", Kind::Int),
     ("admin-token", Kind::Str),
     ("admin-listen", Kind::Str),
 ];
@@ -308,7 +309,6 @@ const HINTS: &[(&str, &str)] = &[
     ("alt-tls-listening-port", "turnd has no TLS listener yet"),
     ("cert", "turnd has no TLS listener yet"),
     ("pkey", "turnd has no TLS listener yet"),
-    ("relay-threads", "turnd chooses its threads itself"),
     ("log-file", "turnd logs to stderr (the journal under systemd); RUST_LOG sets the level"),
     ("syslog", "turnd logs to stderr (the journal under systemd)"),
     ("no-stdout-log", "turnd logs to stderr (the journal under systemd)"),

@@ -1,9 +1,10 @@
 //! HTTP listeners: Prometheus `/metrics`, and the admin API with its status
 //! and self-test pages.
 //!
-//! Both run on the server's thread and read the core directly when asked:
-//! the relay path keeps plain counters and pays nothing for metrics; a
-//! scrape costs one pass over the allocations.
+//! Both run on the main thread. When asked, they read the main thread's core
+//! directly and ask every other worker for a snapshot over its control
+//! channel, then add them up: the relay path keeps plain per-worker counters
+//! and pays nothing for metrics; a scrape costs one pass over the allocations.
 //!
 //! Admin endpoints (all need `Authorization: Bearer TOKEN`, or `?token=TOKEN`
 //! for the pages a browser opens):
@@ -32,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+use super::worker::{CoreView, Workers};
 use super::{Shell, ShellIo};
 use crate::config::Config;
 use crate::turn::{Server, Transport};
@@ -41,7 +43,17 @@ pub(super) struct HttpState {
     pub core: Rc<RefCell<Server>>,
     pub shell: Rc<Shell>,
     pub config: Rc<RefCell<Config>>,
+    pub workers: Rc<Workers>,
     pub started: Instant,
+}
+
+/// Every worker's snapshot, added up.
+async fn gather(state: &HttpState) -> CoreView {
+    let mut view = CoreView::of(&state.core.borrow(), &state.shell);
+    for v in state.workers.views().await {
+        view.merge(v);
+    }
+    view
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -105,13 +117,12 @@ pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Res
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render_metrics(&state),
+        render_metrics(&state, &gather(&state).await),
     )
 }
 
-fn render_metrics(state: &HttpState) -> String {
-    let core = state.core.borrow();
-    let stats = core.stats();
+fn render_metrics(state: &HttpState, view: &CoreView) -> String {
+    let stats = view.stats;
     let mut o = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -129,16 +140,16 @@ fn render_metrics(state: &HttpState) -> String {
         }
     }
     let (mut permissions, mut channels) = (0usize, 0usize);
-    for a in core.allocations() {
-        let t = match a.five_tuple.transport {
+    for a in &view.allocations {
+        let t = match a.transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
         };
-        let f = if a.relay.is_ipv4() { "ipv4" } else { "ipv6" };
+        let f = if a.relay_is_ipv4 { "ipv4" } else { "ipv6" };
         *active.entry((t, f)).or_insert(0) += 1;
-        permissions += a.permissions.len();
-        channels += a.channels.len();
+        permissions += a.permissions;
+        channels += a.channels;
     }
     for ((t, f), n) in &active {
         let _ = writeln!(
@@ -167,7 +178,11 @@ fn render_metrics(state: &HttpState) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(o, "# HELP turnd_requests_total Requests answered, by method and result code (200 is success).\n# TYPE turnd_requests_total counter");
-    let mut reqs: Vec<_> = core.request_counts().collect();
+    let mut reqs: Vec<_> = view
+        .requests
+        .iter()
+        .map(|((m, c), n)| (*m, *c, *n))
+        .collect();
     reqs.sort_by_key(|(m, c, _)| (m.0, *c));
     for (m, c, n) in reqs {
         let method = m.name().unwrap_or("unknown");
@@ -177,7 +192,7 @@ fn render_metrics(state: &HttpState) -> String {
         );
     }
     let _ = writeln!(o, "# HELP turnd_auth_failures_total Failed authentications by reason.\n# TYPE turnd_auth_failures_total counter");
-    let mut reasons: Vec<_> = core.auth_failure_counts().collect();
+    let mut reasons: Vec<_> = view.auth_failures.iter().map(|(r, n)| (*r, *n)).collect();
     reasons.sort();
     for (r, n) in reasons {
         let _ = writeln!(o, "turnd_auth_failures_total{{reason=\"{r}\"}} {n}");
@@ -217,15 +232,16 @@ fn render_metrics(state: &HttpState) -> String {
     let _ = writeln!(o, "# HELP turnd_permissions Live permissions.\n# TYPE turnd_permissions gauge\nturnd_permissions {permissions}");
     let _ = writeln!(o, "# HELP turnd_channels Live channel bindings.\n# TYPE turnd_channels gauge\nturnd_channels {channels}");
     let _ = writeln!(o, "# HELP turnd_relay_ports_free Relay ports still free, by relay address.\n# TYPE turnd_relay_ports_free gauge");
-    let mut ports: Vec<_> = core.relay_ports_free().collect();
+    let mut ports: Vec<_> = view.ports_free.iter().map(|(ip, n)| (*ip, *n)).collect();
     ports.sort();
     for (ip, n) in ports {
         let _ = writeln!(o, "turnd_relay_ports_free{{relay_ip=\"{ip}\"}} {n}");
     }
-    let _ = writeln!(o, "# HELP turnd_connections Open TCP and TLS client connections.\n# TYPE turnd_connections gauge\nturnd_connections {}", state.shell.conns.borrow().len());
+    let _ = writeln!(o, "# HELP turnd_connections Open TCP and TLS client connections.\n# TYPE turnd_connections gauge\nturnd_connections {}", view.connections);
+    let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {
         let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");
-        let mut users: Vec<_> = core.user_bytes().into_iter().collect();
+        let mut users: Vec<_> = view.user_bytes.clone().into_iter().collect();
         users.sort();
         for (u, (to_peer, to_client)) in users {
             let u = u
@@ -294,8 +310,12 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
                 text(StatusCode::OK, "ready\n")
             }
         }
-        (Method::GET, "/api/status") => json(StatusCode::OK, &status_json(&state)),
-        (Method::GET, "/api/allocations") => json(StatusCode::OK, &allocations_json(&state)),
+        (Method::GET, "/api/status") => {
+            json(StatusCode::OK, &status_json(&state, &gather(&state).await))
+        }
+        (Method::GET, "/api/allocations") => {
+            json(StatusCode::OK, &allocations_json(&gather(&state).await))
+        }
         (Method::DELETE, p) if p.starts_with("/api/allocations/") => {
             let Ok(id) = p["/api/allocations/".len()..].parse::<u64>() else {
                 return text(StatusCode::BAD_REQUEST, "allocation id must be a number\n");
@@ -306,7 +326,7 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
                     core: &state.core,
                 };
                 state.core.borrow_mut().delete_allocation_by_id(id, &mut io)
-            };
+            } || state.workers.delete(id).await;
             if deleted {
                 info!(allocation = id, "allocation deleted through the admin API");
                 respond(StatusCode::NO_CONTENT, "text/plain", "")
@@ -359,9 +379,8 @@ fn credentials(req: &Request<Incoming>, state: &HttpState) -> Resp {
     )
 }
 
-fn status_json(state: &HttpState) -> serde_json::Value {
-    let core = state.core.borrow();
-    let stats = core.stats();
+fn status_json(state: &HttpState, view: &CoreView) -> serde_json::Value {
+    let stats = view.stats;
     let config = state.config.borrow();
     let udp: Vec<String> = state
         .shell
@@ -371,13 +390,14 @@ fn status_json(state: &HttpState) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "uptime_s": state.started.elapsed().as_secs(),
-        "draining": core.is_draining(),
+        "draining": view.draining,
+        "workers": view.workers,
         "realm": config.realm,
         "rest_credentials": !config.static_auth_secrets.is_empty(),
         "listening_port": udp.first().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()),
         "udp_listeners": udp,
-        "allocations": core.allocation_count(),
-        "connections": state.shell.conns.borrow().len(),
+        "allocations": view.allocations.len(),
+        "connections": view.connections,
         "allocations_created": stats.allocations_created,
         "packets_to_peer": stats.packets_to_peer,
         "packets_to_client": stats.packets_to_client,
@@ -388,19 +408,20 @@ fn status_json(state: &HttpState) -> serde_json::Value {
     })
 }
 
-fn allocations_json(state: &HttpState) -> serde_json::Value {
-    let core = state.core.borrow();
+fn allocations_json(view: &CoreView) -> serde_json::Value {
     let now = Instant::now();
-    let list: Vec<serde_json::Value> = core
-        .allocations()
+    let mut list: Vec<_> = view.allocations.iter().collect();
+    list.sort_by_key(|a| a.id);
+    let list: Vec<serde_json::Value> = list
+        .into_iter()
         .map(|a| {
             serde_json::json!({
                 "id": a.id,
-                "user": &*a.username,
-                "client": a.five_tuple.client.to_string(),
-                "relay": core.advertised(a.relay).to_string(),
-                "additional_relay": a.additional_relay.map(|r| core.advertised(r).to_string()),
-                "transport": format!("{:?}", a.five_tuple.transport).to_lowercase(),
+                "user": &*a.user,
+                "client": a.client.to_string(),
+                "relay": a.relay.to_string(),
+                "additional_relay": a.additional_relay.map(|r| r.to_string()),
+                "transport": format!("{:?}", a.transport).to_lowercase(),
                 "relay_transport": if a.tcp_relay { "tcp" } else { "udp" },
                 "age_s": now.saturating_duration_since(a.created).as_secs(),
                 "expires_in_s": a.expires.saturating_duration_since(now).as_secs(),
@@ -408,8 +429,8 @@ fn allocations_json(state: &HttpState) -> serde_json::Value {
                 "bytes_to_client": a.bytes_to_client,
                 "packets_to_peer": a.packets_to_peer,
                 "packets_to_client": a.packets_to_client,
-                "permissions": a.permissions.len(),
-                "channels": a.channels.len(),
+                "permissions": a.permissions,
+                "channels": a.channels,
             })
         })
         .collect();

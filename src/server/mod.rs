@@ -1,10 +1,12 @@
 //! The IO shell: UDP listeners, relay sockets, the timer and signals, around
 //! the sans-IO [`Server`].
 //!
-//! Everything runs on one thread (a tokio current-thread runtime with a
-//! `LocalSet`): the core sits in an `Rc<RefCell<_>>` that each task borrows for
-//! the length of one `handle_*` call, never across an `.await`, so there is no
-//! lock and no channel hop between receiving a packet and sending it on.
+//! Each worker (see [`worker`]) runs on one thread (a tokio current-thread
+//! runtime with a `LocalSet`): its core sits in an `Rc<RefCell<_>>` that each
+//! task borrows for the length of one `handle_*` call, never across an
+//! `.await`, so there is no lock and no channel hop between receiving a packet
+//! and sending it on. The main thread is worker 0 and also runs TCP/TLS, HTTP,
+//! signals and the user database.
 //! UDP sends go straight to the kernel: a full socket buffer drops the datagram, as UDP
 //! would, instead of stalling every other flow.
 
@@ -19,6 +21,7 @@ mod http;
 pub mod logging;
 mod stream;
 mod tls;
+mod worker;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -30,14 +33,12 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Cli, Config};
 
 pub mod notify;
-use crate::turn::{FiveTuple, RelayIo, Server, Transmit, Transport};
+use crate::turn::{FiveTuple, RelayIo, Server, SharedState, Transmit, Transport};
 
 /// Receive buffer size for client datagrams and peer datagrams (bytes).
 const RECV_BUFFER: usize = 65_536;
 /// Output buffer for replies and Data indications (bytes).
 const OUT_BUFFER: usize = 65_600;
-/// Kernel socket buffer asked for on listeners (bytes; capped by net.core.*mem_max).
-const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
 /// How often the user database is polled for changes.
 const USERDB_POLL: Duration = Duration::from_secs(1);
 /// Longest the timer task sleeps between checks.
@@ -77,7 +78,9 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
-fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<StdUdpSocket> {
+/// Binds a UDP socket; `reuse_port` sets `SO_REUSEPORT` first, to join a
+/// group of sockets on one address (one per worker).
+fn bind_udp(addr: SocketAddr, buffer: Option<usize>, reuse_port: bool) -> io::Result<StdUdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -91,9 +94,42 @@ fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<StdUdpSocket>
         let _ = s.set_recv_buffer_size(b);
         let _ = s.set_send_buffer_size(b);
     }
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Binds `count` UDP listener sockets on `addr`, one per worker: alone when
+/// `count` is 1, else as an `SO_REUSEPORT` group. A group is preceded by a
+/// probe bind without `SO_REUSEPORT`, so an address that another process
+/// (another turnd, coturn) holds fails with "address in use" instead of being
+/// silently shared; with port 0 the probe also picks the port.
+fn bind_udp_group(addr: SocketAddr, buffer: usize, count: usize) -> io::Result<Vec<StdUdpSocket>> {
+    if count <= 1 {
+        return Ok(vec![bind_udp(addr, Some(buffer), false)?]);
+    }
+    let addr = bind_udp(addr, None, false)?.local_addr()?;
+    (0..count)
+        .map(|_| bind_udp(addr, Some(buffer), true))
+        .collect()
+}
+
+/// Workers to run: `relay-threads`, or one per CPU this process may run on
+/// (its affinity mask, so `taskset` and systemd's `CPUAffinity` count). One
+/// when UDP is off: TCP and TLS are served by the main thread only.
+fn worker_count(config: &Config) -> usize {
+    let n = match config.relay_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if config.udp {
+        n.max(1)
+    } else {
+        1
+    }
 }
 
 /// The address of the interface that routes to the public internet, found
@@ -270,7 +306,7 @@ struct ShellIo<'a> {
 
 impl RelayIo for ShellIo<'_> {
     fn open(&mut self, relay: SocketAddr) -> io::Result<()> {
-        let std = bind_udp(relay, None)?;
+        let std = bind_udp(relay, None, false)?;
         let socket = Rc::new(UdpSocket::from_std(std)?);
         let task = tokio::task::spawn_local(relay_task(
             relay,
@@ -438,6 +474,37 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
     }
 }
 
+/// A worker's shell around its UDP listeners.
+fn new_shell(
+    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
+    limits: stream::StreamLimits,
+) -> Rc<Shell> {
+    Rc::new(Shell {
+        listeners,
+        relays: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::new()),
+        per_ip: RefCell::new(HashMap::new()),
+        relay_buf: RefCell::new(vec![0u8; 4 + RECV_BUFFER + 3]),
+        relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
+        tcp_pending: RefCell::new(HashMap::new()),
+        tcp_connecting: RefCell::new(HashMap::new()),
+        tcp_piped: RefCell::new(HashMap::new()),
+        limits,
+    })
+}
+
+/// Spawns a receive task for each of the shell's UDP listeners.
+fn spawn_listeners(shell: &Rc<Shell>, core: &Rc<RefCell<Server>>) {
+    for (local, socket) in &shell.listeners {
+        tokio::task::spawn_local(listener_task(
+            *local,
+            socket.clone(),
+            shell.clone(),
+            core.clone(),
+        ));
+    }
+}
+
 /// Binds every listener and runs the server until SIGINT or SIGTERM.
 ///
 /// Prints `turnd: listening on udp ADDR` on stdout for each listener once bound
@@ -474,7 +541,22 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         }
     };
     // UDP first: with listening-port 0 the TCP listener takes the port UDP got.
+    let workers_wanted = worker_count(&config);
     let mut listeners = HashMap::new();
+    // The other workers' members of each listener's SO_REUSEPORT group.
+    let mut worker_sockets: Vec<Vec<StdUdpSocket>> =
+        (1..workers_wanted).map(|_| Vec::new()).collect();
+    let mut add_group = |group: Vec<StdUdpSocket>| -> io::Result<(SocketAddr, UdpSocket)> {
+        let mut group = group.into_iter();
+        let first = group
+            .next()
+            .ok_or_else(|| io::Error::other("empty socket group"))?;
+        for (i, s) in group.enumerate() {
+            worker_sockets[i].push(s);
+        }
+        let socket = UdpSocket::from_std(first)?;
+        Ok((socket.local_addr()?, socket))
+    };
     let mut tcp_listeners = Vec::new();
     let mut tls_listeners = Vec::new();
     let udp_ips = udp_listening_ips(&config.listening_ips, config.listening_port);
@@ -484,10 +566,10 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             .filter(|ip| !config.listening_ips.contains(ip))
         {
             let addr = SocketAddr::new(*ip, config.listening_port);
-            let std =
-                bind_udp(addr, Some(LISTENER_SOCKET_BUFFER)).map_err(listen_error(addr, "udp"))?;
-            let socket = UdpSocket::from_std(std)?;
-            listeners.insert(socket.local_addr()?, Rc::new(socket));
+            let group = bind_udp_group(addr, config.socket_buffer, workers_wanted)
+                .map_err(listen_error(addr, "udp"))?;
+            let (local, socket) = add_group(group)?;
+            listeners.insert(local, Rc::new(socket));
         }
     }
     for ip in &config.listening_ips {
@@ -504,11 +586,10 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             let mut udp = None;
             if udp_here {
                 let addr = SocketAddr::new(*ip, port);
-                let std = bind_udp(addr, Some(LISTENER_SOCKET_BUFFER))
+                let group = bind_udp_group(addr, config.socket_buffer, workers_wanted)
                     .map_err(listen_error(addr, "udp"))?;
-                let socket = UdpSocket::from_std(std)?;
-                port = socket.local_addr()?.port();
-                udp = Some(socket);
+                port = group[0].local_addr()?.port();
+                udp = Some(group);
             }
             if config.tcp {
                 let addr = SocketAddr::new(*ip, port);
@@ -518,8 +599,9 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
                     Err(e) => return Err(listen_error(addr, "tcp")(e)),
                 }
             }
-            if let Some(socket) = udp {
-                listeners.insert(socket.local_addr()?, Rc::new(socket));
+            if let Some(group) = udp {
+                let (local, socket) = add_group(group)?;
+                listeners.insert(local, Rc::new(socket));
             }
             break;
         }
@@ -555,36 +637,41 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     if let Some(db) = &mut userdb {
         server_config.credentials = db.credentials(&config)?;
     }
-    let core = Rc::new(RefCell::new(Server::new(
-        server_config,
-        Instant::now(),
-        unix_now(),
+    let limits = stream::StreamLimits {
+        idle_timeout: config.stream_idle_timeout,
+        handshake_timeout: config.tls_handshake_timeout,
+        max_per_ip: config.max_connections_per_ip,
+    };
+    let (epoch, unix_epoch) = (Instant::now(), unix_now());
+    let shared = SharedState::new(&server_config);
+    let mut workers = worker::Workers::default();
+    for (i, sockets) in worker_sockets.into_iter().enumerate() {
+        workers.spawn(worker::WorkerSetup {
+            index: i + 1,
+            count: workers_wanted,
+            sockets,
+            config: server_config.shard(i + 1, workers_wanted),
+            epoch,
+            unix_now: unix_epoch,
+            seed,
+            shared: shared.clone(),
+            limits,
+        })?;
+    }
+    let workers = Rc::new(workers);
+    let mut core = Server::new(
+        server_config.shard(0, workers_wanted),
+        epoch,
+        unix_epoch,
         seed,
-    )));
-    let shell = Rc::new(Shell {
-        listeners,
-        relays: RefCell::new(HashMap::new()),
-        conns: RefCell::new(HashMap::new()),
-        per_ip: RefCell::new(HashMap::new()),
-        relay_buf: RefCell::new(vec![0u8; 4 + RECV_BUFFER + 3]),
-        relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
-        tcp_pending: RefCell::new(HashMap::new()),
-        tcp_connecting: RefCell::new(HashMap::new()),
-        tcp_piped: RefCell::new(HashMap::new()),
-        limits: stream::StreamLimits {
-            idle_timeout: config.stream_idle_timeout,
-            handshake_timeout: config.tls_handshake_timeout,
-            max_per_ip: config.max_connections_per_ip,
-        },
-    });
-
-    for (local, socket) in &shell.listeners {
-        tokio::task::spawn_local(listener_task(
-            *local,
-            socket.clone(),
-            shell.clone(),
-            core.clone(),
-        ));
+    );
+    core.set_shard(0, workers_wanted, &shared);
+    let core = Rc::new(RefCell::new(core));
+    let shell = new_shell(listeners, limits);
+    spawn_listeners(&shell, &core);
+    let mut udp_locals: Vec<_> = shell.listeners.keys().collect();
+    udp_locals.sort();
+    for local in udp_locals {
         println!("turnd: listening on udp {local}");
         info!(%local, "listening on udp");
     }
@@ -614,7 +701,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     }
     info!(
         relay_ips = ?config.relay_ips, min_port = config.min_port, max_port = config.max_port,
-        realm = %config.realm, users = config.users.len(), allow_loopback_peers = config.policy.allow_loopback,
+        workers = workers.count(), realm = %config.realm, users = config.users.len(), allow_loopback_peers = config.policy.allow_loopback,
         "turnd started"
     );
     if config.policy.allow_loopback && config.listening_ips.iter().any(|ip| !ip.is_loopback()) {
@@ -631,6 +718,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         core: core.clone(),
         shell: shell.clone(),
         config: config.clone(),
+        workers: workers.clone(),
         started: Instant::now(),
     });
     if let Some(l) = metrics_listener {
@@ -650,7 +738,12 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         let _ = std::io::stdout().flush();
     }
     if let Some(db) = userdb {
-        tokio::task::spawn_local(userdb_task(db, config.clone(), core.clone()));
+        tokio::task::spawn_local(userdb_task(
+            db,
+            config.clone(),
+            core.clone(),
+            workers.clone(),
+        ));
     }
     if let Some(p) = &pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
@@ -666,11 +759,13 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             }
         });
     }
-    let drain = wait_for_shutdown(&cli, &config, &core, cert.as_deref()).await?;
+    let drain = wait_for_shutdown(&cli, &config, &core, &workers, cert.as_deref()).await?;
     let _ = notify::notify("STOPPING=1");
     if !drain.is_zero() {
         core.borrow_mut().start_draining();
-        let count = core.borrow().allocation_count();
+        workers.broadcast(|_| worker::Control::Drain);
+        // The ledger counts every worker's allocations.
+        let count = shared.quota.total();
         info!(
             allocations = count,
             drain_timeout_s = drain.as_secs(),
@@ -680,7 +775,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            if core.borrow().allocation_count() == 0 {
+            if shared.quota.total() == 0 {
                 info!("draining: every allocation has ended");
                 break;
             }
@@ -700,9 +795,10 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         shell: &shell,
         core: &core,
     };
-    let count = core.borrow().allocation_count();
+    let count = shared.quota.total();
     core.borrow_mut().close_all(&mut io);
-    let stats = core.borrow().stats();
+    let mut stats = core.borrow().stats();
+    stats += workers.stop().await;
     info!(allocations_closed = count, ?stats, "turnd stopped");
     Ok(())
 }
@@ -766,7 +862,12 @@ impl UserDbWatch {
 
 /// Polls the user database once a second and swaps the credentials in when
 /// it changed (`turnd user add` from another process).
-async fn userdb_task(mut db: UserDbWatch, config: Rc<RefCell<Config>>, core: Rc<RefCell<Server>>) {
+async fn userdb_task(
+    mut db: UserDbWatch,
+    config: Rc<RefCell<Config>>,
+    core: Rc<RefCell<Server>>,
+    workers: Rc<worker::Workers>,
+) {
     let mut tick = tokio::time::interval(USERDB_POLL);
     loop {
         tick.tick().await;
@@ -775,7 +876,10 @@ async fn userdb_task(mut db: UserDbWatch, config: Rc<RefCell<Config>>, core: Rc<
         }
         let loaded = db.credentials(&config.borrow());
         match loaded {
-            Ok(c) => core.borrow_mut().set_credentials(c),
+            Ok(c) => {
+                workers.broadcast(|_| worker::Control::Credentials(Box::new(c.clone())));
+                core.borrow_mut().set_credentials(c);
+            }
             Err(e) => {
                 warn!(error = %e, "user database changed but could not be read; keeping the old users")
             }
@@ -785,7 +889,12 @@ async fn userdb_task(mut db: UserDbWatch, config: Rc<RefCell<Config>>, core: Rc<
 
 /// SIGHUP: re-reads the configuration (and the user database) and applies
 /// it while allocations keep relaying. A bad file is logged and ignored.
-fn reload(cli: &Cli, config: &Rc<RefCell<Config>>, core: &Rc<RefCell<Server>>) {
+fn reload(
+    cli: &Cli,
+    config: &Rc<RefCell<Config>>,
+    core: &Rc<RefCell<Server>>,
+    workers: &Rc<worker::Workers>,
+) {
     let mut fresh = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -811,14 +920,30 @@ fn reload(cli: &Cli, config: &Rc<RefCell<Config>>, core: &Rc<RefCell<Server>>) {
             }
         }
     }
-    core.borrow_mut().reconfigure(Instant::now(), server_config);
+    // Relay addresses and port ranges stay as started.
+    let n = workers.count();
+    let revoked = core
+        .borrow_mut()
+        .reconfigure(Instant::now(), server_config.shard(0, n));
+    let allocations = core.borrow().allocation_count();
     *config.borrow_mut() = fresh;
+    let workers = workers.clone();
+    tokio::task::spawn_local(async move {
+        let (a, r) = workers.reconfigure(&server_config).await;
+        info!(
+            allocations = allocations + a,
+            revoked = revoked + r,
+            workers = n,
+            "configuration reloaded"
+        );
+    });
 }
 
 async fn wait_for_shutdown(
     cli: &Cli,
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
+    workers: &Rc<worker::Workers>,
     cert: Option<&tls::ReloadableCert>,
 ) -> io::Result<Duration> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -834,7 +959,7 @@ async fn wait_for_shutdown(
                 if let Some(Err(e)) = logging::reopen_log_file() {
                     error!(error = %e, "SIGHUP: log file not reopened");
                 }
-                reload(cli, config, core);
+                reload(cli, config, core, workers);
                 if let Some(cert) = cert {
                     match cert.reload() {
                         Ok(()) => info!("SIGHUP: TLS certificate reloaded; existing connections keep theirs"),

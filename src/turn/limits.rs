@@ -160,6 +160,58 @@ impl SourceLimiter {
     }
 }
 
+/// A [`SourceLimiter`] shared by every worker of a process, so a limit "per
+/// source IP" holds whichever worker each of the source's ports is hashed
+/// to. It is consulted only for requests (unauthenticated answers,
+/// authentication failures), never for relayed data; one uncontended mutex
+/// lock per request.
+#[derive(Clone, Debug)]
+pub struct SharedLimiter(std::sync::Arc<std::sync::Mutex<SourceLimiter>>);
+
+impl SharedLimiter {
+    /// Shares `limiter`.
+    pub fn new(limiter: SourceLimiter) -> Self {
+        SharedLimiter(std::sync::Arc::new(std::sync::Mutex::new(limiter)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SourceLimiter> {
+        // Every update is one step: a panicked holder left it consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`SourceLimiter::allow`].
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        self.lock().allow(ip, now)
+    }
+
+    /// [`SourceLimiter::is_blocked`].
+    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        self.lock().is_blocked(ip, now)
+    }
+
+    /// [`SourceLimiter::record`].
+    pub fn record(&self, ip: IpAddr, now: Instant) {
+        self.lock().record(ip, now);
+    }
+
+    /// [`SourceLimiter::set_rate`].
+    pub fn set_rate(&self, rate: f64, burst: u64) {
+        self.lock().set_rate(rate, burst);
+    }
+
+    /// Sources tracked now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no source is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
 /// Burst of a bandwidth bucket for `bytes_per_sec`: one second of traffic,
 /// at least 64 KiB so one large datagram always fits.
 pub fn bandwidth_burst(bytes_per_sec: u64) -> u64 {

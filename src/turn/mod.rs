@@ -8,12 +8,14 @@ mod allocation;
 mod limits;
 mod policy;
 mod ports;
+mod quota;
 mod server;
 
 pub use allocation::*;
 pub use limits::*;
 pub use policy::*;
 pub use ports::*;
+pub use quota::*;
 pub use server::*;
 
 #[cfg(test)]

@@ -147,3 +147,66 @@ mod tests {
         assert!(p.take_random_even(&mut rng, false).is_some());
     }
 }
+
+/// An EVEN-PORT R-bit reservation (RFC 8656 section 7.2): the relay address
+/// held for a later Allocate with this RESERVATION-TOKEN, until `expires`.
+#[derive(Clone, Copy, Debug)]
+pub struct Reservation {
+    /// The reserved relay address (its port is taken from the pool).
+    pub relay: std::net::SocketAddr,
+    /// When the reservation lapses and the port returns to the pool.
+    pub expires: std::time::Instant,
+}
+
+/// The pools of every relay address and the EVEN-PORT reservations.
+#[derive(Debug, Default)]
+pub struct RelayPortsInner {
+    /// Free ports per relay address.
+    pub pools: std::collections::HashMap<std::net::IpAddr, PortPool>,
+    /// Reservations by RESERVATION-TOKEN (8 bytes).
+    pub reservations: std::collections::HashMap<[u8; 8], Reservation>,
+}
+
+/// Relay ports shared by every worker of a process: one pool per relay
+/// address for the whole `min-port..=max-port` range, so no worker runs out
+/// while another has ports, and a RESERVATION-TOKEN from one worker's
+/// allocation can be claimed by an Allocate that lands on another. Locked
+/// once per Allocate and per ended allocation, never per relayed packet.
+#[derive(Clone, Debug, Default)]
+pub struct RelayPorts(std::sync::Arc<std::sync::Mutex<RelayPortsInner>>);
+
+impl RelayPorts {
+    /// A pool of `min..=max` on each of `ips`.
+    pub fn new(ips: &[std::net::IpAddr], min: u16, max: u16) -> Self {
+        let pools = ips
+            .iter()
+            .map(|ip| (*ip, PortPool::new(min, max)))
+            .collect();
+        RelayPorts(std::sync::Arc::new(std::sync::Mutex::new(
+            RelayPortsInner {
+                pools,
+                reservations: std::collections::HashMap::new(),
+            },
+        )))
+    }
+
+    /// Exclusive access (held for a few map operations, never across IO).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, RelayPortsInner> {
+        // Every update is one step: a panicked holder left it consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Free ports on `ip`.
+    pub fn free(&self, ip: std::net::IpAddr) -> usize {
+        self.lock().pools.get(&ip).map_or(0, PortPool::free)
+    }
+
+    /// Returns `addr`'s port to its pool.
+    pub fn put(&self, addr: std::net::SocketAddr) {
+        if let Some(p) = self.lock().pools.get_mut(&addr.ip()) {
+            p.put(addr.port());
+        }
+    }
+}

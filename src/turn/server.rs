@@ -19,9 +19,10 @@ use rand::{RngCore, SeedableRng};
 use tracing::{debug, info, trace};
 
 use super::allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
-use super::limits::{bandwidth_burst, SourceLimiter, TokenBucket};
+use super::limits::{bandwidth_burst, SharedLimiter, SourceLimiter, TokenBucket};
 use super::policy::PeerPolicy;
-use super::ports::PortPool;
+use super::ports::{RelayPorts, Reservation};
+use super::quota::QuotaLedger;
 use crate::auth::{
     Credentials, Key, LookupFailure, NonceCheck, NonceIssuer, PasswordAlgorithm,
     PASSWORD_ALGORITHMS_VALUE,
@@ -115,6 +116,58 @@ pub struct ServerConfig {
     pub no_stun: bool,
     /// Ignore every TURN request (coturn's `stun-only`).
     pub stun_only: bool,
+}
+
+/// What the workers of one process share: allocation quotas, the relay port
+/// pools with their EVEN-PORT reservations, and the per-source-IP limiters (`unauth-rate`, `auth-failures-per-minute`). None
+/// of it is on the relay path. Clone it into each worker's
+/// [`Server::set_shard`].
+#[derive(Clone, Debug)]
+pub struct SharedState {
+    /// Live allocations per user and in all.
+    pub quota: QuotaLedger,
+    /// Relay port pools and EVEN-PORT reservations.
+    pub ports: RelayPorts,
+    /// Answers to unauthenticated requests, per source IP.
+    pub unauth: SharedLimiter,
+    /// Failed authentications, per source IP.
+    pub failures: SharedLimiter,
+}
+
+impl SharedState {
+    /// Empty counters with the limits of `config`.
+    pub fn new(config: &ServerConfig) -> Self {
+        let f = config.auth_failures_per_minute;
+        SharedState {
+            quota: QuotaLedger::new(),
+            ports: RelayPorts::new(&config.relay_ips, config.min_port, config.max_port),
+            unauth: SharedLimiter::new(SourceLimiter::new(
+                config.unauth_rate as f64,
+                config.unauth_burst,
+                config.max_tracked_sources,
+            )),
+            failures: SharedLimiter::new(SourceLimiter::new(
+                f as f64 / 60.0,
+                f,
+                config.max_tracked_sources,
+            )),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The part of this configuration that worker `index` of `count` runs
+    /// with: an equal share of `bps_capacity` (bytes per second, rounded
+    /// up). Everything else applies to every worker as is; quotas, relay
+    /// ports and per-source limits are shared through a [`SharedState`].
+    pub fn shard(&self, index: usize, count: usize) -> ServerConfig {
+        let _ = index;
+        let mut c = self.clone();
+        if c.bps_capacity > 0 {
+            c.bps_capacity = c.bps_capacity.div_ceil(count.max(1) as u64);
+        }
+        c
+    }
 }
 
 impl Default for ServerConfig {
@@ -240,6 +293,24 @@ pub struct Stats {
     pub dropped_bandwidth: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    /// Adds another worker's counters.
+    fn add_assign(&mut self, o: Stats) {
+        self.packets_to_peer += o.packets_to_peer;
+        self.bytes_to_peer += o.bytes_to_peer;
+        self.packets_to_client += o.packets_to_client;
+        self.bytes_to_client += o.bytes_to_client;
+        self.dropped_from_client += o.dropped_from_client;
+        self.dropped_from_peer += o.dropped_from_peer;
+        self.allocations_created += o.allocations_created;
+        self.allocations_expired += o.allocations_expired;
+        self.allocations_deleted += o.allocations_deleted;
+        self.auth_failures += o.auth_failures;
+        self.rate_limited += o.rate_limited;
+        self.dropped_bandwidth += o.dropped_bandwidth;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKind {
     Allocation {
@@ -290,12 +361,6 @@ impl Ord for Timer {
     fn cmp(&self, o: &Self) -> Ordering {
         (self.at, self.seq).cmp(&(o.at, o.seq))
     }
-}
-
-#[derive(Clone, Debug)]
-struct Reservation {
-    relay: SocketAddr,
-    expires: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -354,17 +419,19 @@ pub struct Server {
     nonces: NonceIssuer,
     allocations: FastMap<FiveTuple, Allocation>,
     by_relay: FastMap<SocketAddr, FiveTuple>,
-    pools: HashMap<IpAddr, PortPool>,
-    reservations: HashMap<[u8; 8], Reservation>,
+    /// Relay port pools and reservations (shared by the workers).
+    ports: RelayPorts,
     responses: HashMap<(FiveTuple, TransactionId), CachedResponse>,
-    per_user: HashMap<Arc<str>, u32>,
+    quota: QuotaLedger,
+    /// Allocation ids step by the number of workers so they are unique per process.
+    id_step: u64,
     timers: BinaryHeap<Reverse<Timer>>,
     timer_seq: u64,
     next_id: u64,
     stats: Stats,
     unix_epoch: u64,
-    unauth: SourceLimiter,
-    failures: SourceLimiter,
+    unauth: SharedLimiter,
+    failures: SharedLimiter,
     capacity: Option<TokenBucket>,
     key_scratch: Vec<Key>,
     tcp_connections: HashMap<u32, TcpConnection>,
@@ -394,24 +461,11 @@ impl Server {
         let mut rng = StdRng::from_seed(seed);
         let mut nonce_key = [0u8; 20];
         rng.fill_bytes(&mut nonce_key);
-        let pools = config
-            .relay_ips
-            .iter()
-            .map(|ip| (*ip, PortPool::new(config.min_port, config.max_port)))
-            .collect();
-        let failures_rate = config.auth_failures_per_minute;
+        let shared = SharedState::new(&config);
         Server {
             unix_epoch: unix_now,
-            unauth: SourceLimiter::new(
-                config.unauth_rate as f64,
-                config.unauth_burst,
-                config.max_tracked_sources,
-            ),
-            failures: SourceLimiter::new(
-                failures_rate as f64 / 60.0,
-                failures_rate,
-                config.max_tracked_sources,
-            ),
+            unauth: shared.unauth,
+            failures: shared.failures,
             capacity: (config.bps_capacity > 0).then(|| {
                 TokenBucket::new(
                     config.bps_capacity as f64,
@@ -432,15 +486,39 @@ impl Server {
             rng,
             allocations: FastMap::default(),
             by_relay: FastMap::default(),
-            pools,
-            reservations: HashMap::new(),
+            ports: shared.ports,
             responses: HashMap::new(),
-            per_user: HashMap::new(),
+            quota: shared.quota,
+            id_step: 1,
             timers: BinaryHeap::new(),
             timer_seq: 0,
             next_id: 1,
             stats: Stats::default(),
         }
+    }
+
+    /// Makes this server worker `index` of `count` (0-based) in one process:
+    /// allocation ids become unique across the workers (`index + 1`, stepping
+    /// by `count`), quotas and per-source-IP limits are counted in `shared`
+    /// (the same for every worker), and the RNG
+    /// for relay ports and reservation tokens differs per worker. The nonce
+    /// key stays the one derived from the seed, so workers created with the
+    /// same seed and epoch accept each other's nonces. Call it before the
+    /// first request.
+    pub fn set_shard(&mut self, index: usize, count: usize, shared: &SharedState) {
+        let count = count.max(1) as u64;
+        self.id_step = count;
+        self.next_id = index as u64 % count + 1;
+        self.quota = shared.quota.clone();
+        self.ports = shared.ports.clone();
+        self.unauth = shared.unauth.clone();
+        self.failures = shared.failures.clone();
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        for (b, i) in s.iter_mut().zip((index as u64).to_le_bytes()) {
+            *b ^= i;
+        }
+        self.rng = StdRng::from_seed(s);
     }
 
     /// The configuration in force.
@@ -465,7 +543,7 @@ impl Server {
 
     /// Relay ports still free on `ip`.
     pub fn free_ports(&self, ip: IpAddr) -> usize {
-        self.pools.get(&ip).map_or(0, |p| p.free())
+        self.ports.free(ip)
     }
 
     /// Deadlines scheduled (allocations, permissions, channels, cached
@@ -1131,31 +1209,40 @@ impl Server {
         if tcp_relay && (token.is_some() || even_port.is_some() || dual) {
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
-        let user_count = self.per_user.get(&auth.username).copied().unwrap_or(0);
-        if (self.config.user_quota > 0 && user_count >= self.config.user_quota)
-            || (self.config.total_quota > 0
-                && self.allocations.len() >= self.config.total_quota as usize)
-        {
+        if !self.quota.try_acquire(
+            &auth.username,
+            self.config.user_quota,
+            self.config.total_quota,
+        ) {
             info!(client = %ft.client, user = %auth.username, "allocation quota reached: 486");
             return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
         }
+        // Every failure from here on gives the quota back.
+        let quota = self.quota.clone();
+        let give_back = |user: &str| quota.release(user);
 
         let mut new_token = None;
         let relay = if let Some(t) = token {
-            match self.reservations.remove(&t) {
+            let claimed = self.ports.lock().reservations.remove(&t);
+            match claimed {
                 Some(res) if res.expires > now => match io.open(res.relay) {
                     Ok(()) => res.relay,
                     Err(e) => {
                         debug!(relay = %res.relay, error = %e, "reserved relay port could not be bound");
                         self.release_port(res.relay);
+                        give_back(&auth.username);
                         return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
                     }
                 },
                 Some(res) => {
                     self.release_port(res.relay);
+                    give_back(&auth.username);
                     return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
                 }
-                None => return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key),
+                None => {
+                    give_back(&auth.username);
+                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                }
             }
         } else {
             let want_v6 = family.unwrap_or(false);
@@ -1165,7 +1252,7 @@ impl Server {
                         let mut t = [0u8; 8];
                         self.rng.fill_bytes(&mut t);
                         let expires = now + RESERVATION_LIFETIME;
-                        self.reservations.insert(
+                        self.ports.lock().reservations.insert(
                             t,
                             Reservation {
                                 relay: next,
@@ -1181,6 +1268,7 @@ impl Server {
                     if code == ErrorCode::INSUFFICIENT_CAPACITY {
                         info!(client = %ft.client, user = %auth.username, ipv6 = want_v6, "no relay port left: 508");
                     }
+                    give_back(&auth.username);
                     return self.error(ft, out, r, code, key);
                 }
             }
@@ -1198,7 +1286,7 @@ impl Server {
         }
         let lifetime = self.lifetime(msg.get_u32(AttributeType::LIFETIME));
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.id_step;
         let expires = now + lifetime;
         self.allocations.insert(
             ft,
@@ -1228,7 +1316,6 @@ impl Server {
         if let Some(r) = additional_relay {
             self.by_relay.insert(r, ft);
         }
-        *self.per_user.entry(auth.username.clone()).or_insert(0) += 1;
         self.push_timer(expires, TimerKind::Allocation { ft, id });
         self.stats.allocations_created += 1;
         info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
@@ -1300,12 +1387,15 @@ impl Server {
         let mut busy: Vec<SocketAddr> = Vec::new();
         let mut placed = None;
         for _ in 0..16 {
-            let Some(pool) = self.pools.get_mut(&ip) else {
-                break;
-            };
-            let port = match even_port {
-                Some(reserve) => pool.take_random_even(&mut self.rng, reserve),
-                None => pool.take_random(&mut self.rng),
+            let port = {
+                let mut ports = self.ports.lock();
+                let Some(pool) = ports.pools.get_mut(&ip) else {
+                    break;
+                };
+                match even_port {
+                    Some(reserve) => pool.take_random_even(&mut self.rng, reserve),
+                    None => pool.take_random(&mut self.rng),
+                }
             };
             let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
@@ -1359,9 +1449,7 @@ impl Server {
     }
 
     fn release_port(&mut self, addr: SocketAddr) {
-        if let Some(p) = self.pools.get_mut(&addr.ip()) {
-            p.put(addr.port());
-        }
+        self.ports.put(addr);
     }
 
     fn delete_allocation(&mut self, ft: FiveTuple, io: &mut impl RelayIo, why: &'static str) {
@@ -1389,12 +1477,7 @@ impl Server {
             self.release_port(relay);
             io.close(relay);
         }
-        if let Some(c) = self.per_user.get_mut(&a.username) {
-            *c -= 1;
-            if *c == 0 {
-                self.per_user.remove(&a.username);
-            }
-        }
+        self.quota.release(&a.username);
         info!(
             user = %a.username, client = %ft.client, relay = %a.relay, reason = why,
             packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
@@ -1702,13 +1785,15 @@ impl Server {
                     }
                 }
                 TimerKind::Reservation { token } => {
-                    if let Some(res) = self
-                        .reservations
-                        .get(&token)
-                        .filter(|r| r.expires <= now)
-                        .cloned()
-                    {
-                        self.reservations.remove(&token);
+                    // Gone when an Allocate (on any worker) claimed it.
+                    let lapsed = {
+                        let mut ports = self.ports.lock();
+                        match ports.reservations.get(&token) {
+                            Some(r) if r.expires <= now => ports.reservations.remove(&token),
+                            _ => None,
+                        }
+                    };
+                    if let Some(res) = lapsed {
                         self.release_port(res.relay);
                     }
                 }
@@ -2030,8 +2115,9 @@ impl Server {
     /// relaying: credentials, peer policy, quotas, lifetimes for new grants,
     /// nonce lifetime, rate and bandwidth limits. Relay addresses and the port
     /// range are kept as they were (they need a restart). Permissions and
-    /// channels to peers the new policy denies are removed at once.
-    pub fn reconfigure(&mut self, now: Instant, mut config: ServerConfig) {
+    /// channels to peers the new policy denies are removed at once; returns
+    /// how many were.
+    pub fn reconfigure(&mut self, now: Instant, mut config: ServerConfig) -> usize {
         config.relay_ips = self.config.relay_ips.clone();
         config.min_port = self.config.min_port;
         config.max_port = self.config.max_port;
@@ -2061,10 +2147,11 @@ impl Server {
             a.channel_by_peer.retain(|_, n| channels.contains_key(n));
             revoked += before - a.permissions.len() - a.channels.len();
         }
-        info!(
+        debug!(
             allocations = self.allocations.len(),
-            revoked, "configuration reloaded"
+            revoked, "core reconfigured"
         );
+        revoked
     }
 
     fn count_answer(&mut self, method: Method, reply: &[u8]) {
@@ -2121,9 +2208,11 @@ impl Server {
         true
     }
 
-    /// Relay addresses and the ports still free on each.
-    pub fn relay_ports_free(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
-        self.pools.iter().map(|(ip, p)| (*ip, p.free()))
+    /// Relay addresses and the ports still free on each (in the pools all
+    /// workers share).
+    pub fn relay_ports_free(&self) -> Vec<(IpAddr, usize)> {
+        let ports = self.ports.lock();
+        ports.pools.iter().map(|(ip, p)| (*ip, p.free())).collect()
     }
 
     /// Stops granting new allocations (508) while existing ones keep

@@ -1,0 +1,380 @@
+//! Relay workers: per-core sharding of the UDP relay.
+//!
+//! With `relay-threads = N` (default: one per CPU the process may run on)
+//! the process runs N workers. Worker 0 is the main thread, which also owns
+//! the TCP and TLS listeners (with their RFC 6062 relays), HTTP, signals and
+//! the user database. Workers 1..N each run on their own thread with their
+//! own tokio current-thread runtime and own:
+//!
+//! - one UDP listener socket per listening address, bound with
+//!   `SO_REUSEPORT` to the same address and port as worker 0's: the kernel
+//!   hashes each client's 4-tuple to one socket of the group, so every
+//!   datagram of a client reaches the worker that holds its allocation;
+//! - a [`Server`] core (the allocations created on it) and their relay
+//!   sockets, so peer datagrams arrive on the worker too. Ports come from
+//!   pools shared by all workers (taken once per allocation, under a lock).
+//!
+//! From receiving a datagram to sending it on, a worker takes no lock, makes
+//! no channel hop and wakes no other task. What is shared stays off that
+//! path: the [`SharedState`] (allocation quotas and per-source-IP limits: one
+//! mutex lock per request, none per relayed packet), and a control channel per worker that the main thread uses
+//! for reloads, draining, admin deletes, metrics snapshots and shutdown.
+//!
+//! All workers are created from the same seed and epoch, so a nonce issued by
+//! one is valid on every other (nonces are bound to the client's IP address,
+//! and one client IP may be hashed to several workers by its ports).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use super::{new_shell, spawn_listeners, timer_task, Shell, ShellIo};
+use crate::auth::Credentials;
+use crate::stun::Method;
+use crate::turn::{Server, ServerConfig, SharedState, Stats, Transport};
+
+/// How long the main thread waits for a worker's answer before going on
+/// without it (a metrics scrape, an admin call).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A message from the main thread to a worker.
+pub(super) enum Control {
+    /// SIGHUP: the reloaded configuration, already sharded for this worker;
+    /// answers with (allocations, permissions and channels revoked).
+    Reconfigure(Box<ServerConfig>, oneshot::Sender<(usize, usize)>),
+    /// The user database changed.
+    Credentials(Box<Credentials>),
+    /// SIGTERM with `drain-timeout`: refuse new allocations.
+    Drain,
+    /// A snapshot for metrics and the admin API.
+    View(oneshot::Sender<CoreView>),
+    /// Admin API: end the allocation with this id, if it is here.
+    Delete(u64, oneshot::Sender<bool>),
+    /// Close every allocation and end the thread; answers with the counters.
+    Stop(oneshot::Sender<Stats>),
+}
+
+/// One allocation as the admin API and metrics see it.
+#[derive(Clone, Debug)]
+pub(super) struct AllocationView {
+    pub id: u64,
+    pub user: Arc<str>,
+    pub client: SocketAddr,
+    pub transport: Transport,
+    /// The relay address as advertised (XOR-RELAYED-ADDRESS).
+    pub relay: SocketAddr,
+    pub relay_is_ipv4: bool,
+    pub additional_relay: Option<SocketAddr>,
+    pub tcp_relay: bool,
+    pub created: Instant,
+    pub expires: Instant,
+    pub bytes_to_peer: u64,
+    pub bytes_to_client: u64,
+    pub packets_to_peer: u64,
+    pub packets_to_client: u64,
+    pub permissions: usize,
+    pub channels: usize,
+}
+
+/// What the HTTP handlers read of one worker, or of all of them merged.
+#[derive(Debug, Default)]
+pub(super) struct CoreView {
+    pub stats: Stats,
+    pub draining: bool,
+    pub allocations: Vec<AllocationView>,
+    /// (method, result code, count).
+    pub requests: HashMap<(Method, u16), u64>,
+    pub auth_failures: HashMap<&'static str, u64>,
+    pub ports_free: HashMap<IpAddr, usize>,
+    pub user_bytes: HashMap<Arc<str>, (u64, u64)>,
+    /// Open TCP and TLS client connections.
+    pub connections: usize,
+    /// Workers that answered.
+    pub workers: usize,
+}
+
+impl CoreView {
+    /// A snapshot of one worker.
+    pub fn of(core: &Server, shell: &Shell) -> CoreView {
+        let allocations = core
+            .allocations()
+            .map(|a| AllocationView {
+                id: a.id,
+                user: a.username.clone(),
+                client: a.five_tuple.client,
+                transport: a.five_tuple.transport,
+                relay: core.advertised(a.relay),
+                relay_is_ipv4: a.relay.is_ipv4(),
+                additional_relay: a.additional_relay.map(|r| core.advertised(r)),
+                tcp_relay: a.tcp_relay,
+                created: a.created,
+                expires: a.expires,
+                bytes_to_peer: a.bytes_to_peer,
+                bytes_to_client: a.bytes_to_client,
+                packets_to_peer: a.packets_to_peer,
+                packets_to_client: a.packets_to_client,
+                permissions: a.permissions.len(),
+                channels: a.channels.len(),
+            })
+            .collect();
+        CoreView {
+            stats: core.stats(),
+            draining: core.is_draining(),
+            allocations,
+            requests: core.request_counts().map(|(m, c, n)| ((m, c), n)).collect(),
+            auth_failures: core.auth_failure_counts().collect(),
+            ports_free: core.relay_ports_free().into_iter().collect(),
+            user_bytes: core.user_bytes(),
+            connections: shell.conns.borrow().len(),
+            workers: 1,
+        }
+    }
+
+    /// Adds another worker's snapshot to this one.
+    pub fn merge(&mut self, other: CoreView) {
+        self.stats += other.stats;
+        self.draining |= other.draining;
+        self.allocations.extend(other.allocations);
+        for (k, n) in other.requests {
+            *self.requests.entry(k).or_insert(0) += n;
+        }
+        for (k, n) in other.auth_failures {
+            *self.auth_failures.entry(k).or_insert(0) += n;
+        }
+        // Relay ports are one pool for all workers: every view has the same.
+        let _ = other.ports_free;
+        for (k, (a, b)) in other.user_bytes {
+            let e = self.user_bytes.entry(k).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
+        self.connections += other.connections;
+        self.workers += other.workers;
+    }
+}
+
+/// Everything a worker thread starts from.
+pub(super) struct WorkerSetup {
+    pub index: usize,
+    pub count: usize,
+    /// Its UDP listener sockets (SO_REUSEPORT members of worker 0's groups).
+    pub sockets: Vec<StdUdpSocket>,
+    /// The core's configuration, sharded for this worker.
+    pub config: ServerConfig,
+    pub epoch: Instant,
+    pub unix_now: u64,
+    pub seed: [u8; 32],
+    pub shared: SharedState,
+    pub limits: super::stream::StreamLimits,
+}
+
+struct Remote {
+    index: usize,
+    tx: mpsc::UnboundedSender<Control>,
+    thread: RefCell<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The main thread's handles on workers 1..N (worker 0 is the main thread
+/// itself and is not in here).
+#[derive(Default)]
+pub(super) struct Workers {
+    remote: Vec<Remote>,
+}
+
+impl Workers {
+    /// Starts a worker thread.
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn spawn(&mut self, setup: WorkerSetup) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let index = setup.index;
+        let thread = std::thread::Builder::new()
+            .name(format!("turnd-worker-{index}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(worker = index, error = %e, "cannot start the worker's runtime");
+                        return;
+                    }
+                };
+                let span = tracing::info_span!("worker", n = index);
+                let _entered = span.enter();
+                tokio::task::LocalSet::new().block_on(&rt, worker_main(setup, rx));
+            })?;
+        self.remote.push(Remote {
+            index,
+            tx,
+            thread: RefCell::new(Some(thread)),
+        });
+        Ok(())
+    }
+
+    /// Workers in all, the main thread included.
+    pub fn count(&self) -> usize {
+        self.remote.len() + 1
+    }
+
+    /// Sends `make(index)` to every worker but the main thread.
+    pub fn broadcast(&self, make: impl Fn(usize) -> Control) {
+        for r in &self.remote {
+            if r.tx.send(make(r.index)).is_err() {
+                warn!(worker = r.index, "worker is gone");
+            }
+        }
+    }
+
+    /// Applies a reloaded configuration on workers 1..N; returns the sum of
+    /// their (allocations, revoked permissions and channels).
+    pub async fn reconfigure(&self, config: &ServerConfig) -> (usize, usize) {
+        let n = self.count();
+        let mut waiting = Vec::with_capacity(self.remote.len());
+        for r in &self.remote {
+            let (tx, rx) = oneshot::channel();
+            let c = Box::new(config.shard(r.index, n));
+            if r.tx.send(Control::Reconfigure(c, tx)).is_ok() {
+                waiting.push((r.index, rx));
+            }
+        }
+        let mut sum = (0, 0);
+        for (index, rx) in waiting {
+            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                Ok(Ok((a, r))) => {
+                    sum.0 += a;
+                    sum.1 += r;
+                }
+                _ => warn!(worker = index, "worker did not confirm the reload"),
+            }
+        }
+        sum
+    }
+
+    /// Snapshots of workers 1..N (those that answer in time).
+    pub async fn views(&self) -> Vec<CoreView> {
+        let mut waiting = Vec::with_capacity(self.remote.len());
+        for r in &self.remote {
+            let (tx, rx) = oneshot::channel();
+            if r.tx.send(Control::View(tx)).is_ok() {
+                waiting.push((r.index, rx));
+            }
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for (index, rx) in waiting {
+            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                Ok(Ok(v)) => out.push(v),
+                _ => warn!(worker = index, "worker did not answer a snapshot request"),
+            }
+        }
+        out
+    }
+
+    /// Ends allocation `id` on whichever worker 1..N holds it.
+    pub async fn delete(&self, id: u64) -> bool {
+        for r in &self.remote {
+            let (tx, rx) = oneshot::channel();
+            if r.tx.send(Control::Delete(id, tx)).is_err() {
+                continue;
+            }
+            if let Ok(Ok(true)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops workers 1..N: each closes its allocations; returns the sum of
+    /// their counters.
+    pub async fn stop(&self) -> Stats {
+        let mut total = Stats::default();
+        let mut waiting = Vec::new();
+        for r in &self.remote {
+            let (tx, rx) = oneshot::channel();
+            if r.tx.send(Control::Stop(tx)).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        for rx in waiting {
+            if let Ok(Ok(s)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                total += s;
+            }
+        }
+        for r in &self.remote {
+            if let Some(t) = r.thread.borrow_mut().take() {
+                if t.join().is_err() {
+                    error!(worker = r.index, "worker thread panicked");
+                }
+            }
+        }
+        total
+    }
+}
+
+async fn worker_main(setup: WorkerSetup, mut rx: mpsc::UnboundedReceiver<Control>) {
+    let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
+    core.set_shard(setup.index, setup.count, &setup.shared);
+    let core = Rc::new(RefCell::new(core));
+    let mut listeners = HashMap::new();
+    for s in setup.sockets {
+        match UdpSocket::from_std(s).and_then(|s| Ok((s.local_addr()?, s))) {
+            Ok((addr, s)) => {
+                listeners.insert(addr, Rc::new(s));
+            }
+            Err(e) => error!(error = %e, "worker cannot use its listener socket"),
+        }
+    }
+    let shell = new_shell(listeners, setup.limits);
+    spawn_listeners(&shell, &core);
+    let timers = tokio::task::spawn_local(timer_task(shell.clone(), core.clone()));
+    debug!(
+        min_port = core.borrow().config().min_port,
+        max_port = core.borrow().config().max_port,
+        "worker started"
+    );
+    let mut stopped = None;
+    while let Some(c) = rx.recv().await {
+        match c {
+            Control::Reconfigure(cfg, reply) => {
+                let revoked = core.borrow_mut().reconfigure(Instant::now(), *cfg);
+                let _ = reply.send((core.borrow().allocation_count(), revoked));
+            }
+            Control::Credentials(c) => core.borrow_mut().set_credentials(*c),
+            Control::Drain => core.borrow_mut().start_draining(),
+            Control::View(reply) => {
+                let _ = reply.send(CoreView::of(&core.borrow(), &shell));
+            }
+            Control::Delete(id, reply) => {
+                let mut io = ShellIo {
+                    shell: &shell,
+                    core: &core,
+                };
+                let deleted = core.borrow_mut().delete_allocation_by_id(id, &mut io);
+                let _ = reply.send(deleted);
+            }
+            Control::Stop(reply) => {
+                stopped = Some(reply);
+                break;
+            }
+        }
+    }
+    timers.abort();
+    let mut io = ShellIo {
+        shell: &shell,
+        core: &core,
+    };
+    core.borrow_mut().close_all(&mut io);
+    let stats = core.borrow().stats();
+    if let Some(reply) = stopped {
+        let _ = reply.send(stats);
+    }
+}
