@@ -1,5 +1,6 @@
 //! The `turnd` binary: parses the command line, loads the configuration and
-//! runs the server on a single-threaded tokio runtime.
+//! runs the server: worker 0 on this thread's tokio current-thread runtime, the
+//! other relay workers on threads of their own (see `turnd::server`).
 
 #![allow(clippy::disallowed_methods)] // the binary is IO shell: it reads the clock
 
