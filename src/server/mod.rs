@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -35,8 +35,13 @@ use crate::config::{Cli, Config};
 pub mod notify;
 use crate::turn::{FiveTuple, RelayIo, Server, SharedState, Transmit, Transport};
 
-/// Receive buffer size for client datagrams and peer datagrams (bytes).
+/// Largest datagram received from a client or a peer (bytes; above the
+/// largest UDP payload, 65,527).
 const RECV_BUFFER: usize = 65_536;
+/// Datagrams one `recvmmsg` takes from a UDP listener socket.
+const LISTENER_BATCH: usize = 32;
+/// Datagrams one `recvmmsg` takes from a relay socket (one allocation's peers).
+const RELAY_BATCH: usize = 16;
 /// Output buffer for replies and Data indications (bytes).
 const OUT_BUFFER: usize = 65_600;
 /// How often the user database is polled for changes.
@@ -214,10 +219,13 @@ pub fn resolve_relay_ips(config: &mut Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// A nonblocking UDP socket registered with the worker's reactor.
+type UdpFd = AsyncFd<StdUdpSocket>;
+
 struct RelaySocket {
     /// The only strong reference: dropping it closes the socket at once (the
     /// reader task holds a `Weak`), so a freed port can be bound again.
-    socket: Option<Rc<UdpSocket>>,
+    socket: Option<Rc<UdpFd>>,
     /// The listener of a TCP relay (RFC 6062), held the same way.
     #[allow(dead_code)] // held, not read: dropping it closes the listener
     listener: Option<Rc<tokio::net::TcpListener>>,
@@ -226,16 +234,23 @@ struct RelaySocket {
 
 /// Sockets and connections owned by the shell.
 struct Shell {
-    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
+    listeners: HashMap<SocketAddr, Rc<UdpFd>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     limits: stream::StreamLimits,
-    /// Receive buffer of every relay task: 4 bytes of headroom for the
-    /// ChannelData header, the datagram, 3 bytes for padding over streams.
-    relay_buf: RefCell<Vec<u8>>,
+    /// Receive batch of every relay task (each slot has headroom for the
+    /// ChannelData header and room for padding over streams), shared: a task
+    /// holds it only inside one poll and the synchronous handling after it,
+    /// never across an await, so an allocation costs no buffer of its own.
+    relay_batch: RefCell<crate::sys::RecvBatch>,
     /// Output buffer of every relay task (Data indications).
     relay_out: RefCell<Vec<u8>>,
+    /// `sendmmsg` headers, reused.
+    send_batch: RefCell<crate::sys::SendBatch>,
+    /// ChannelData framed in `relay_batch` slots, waiting to leave in one
+    /// `sendmmsg` towards the client: (client, slot, range in the slot).
+    to_client: RefCell<Vec<(FiveTuple, usize, std::ops::Range<usize>)>>,
     /// RFC 6062 peer connections waiting for their ConnectionBind.
     tcp_pending: RefCell<HashMap<u32, tokio::net::TcpStream>>,
     /// RFC 6062 connects in progress.
@@ -247,8 +262,8 @@ struct Shell {
 /// Sends one datagram now, without waiting for tokio's readiness: a socket
 /// that tokio has not yet seen writable would refuse `try_send_to`. A full
 /// kernel buffer drops the datagram, as UDP would.
-fn send_udp(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
-    socket2::SockRef::from(socket).send_to(bytes, &to.into())
+fn send_udp(socket: &UdpFd, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket.get_ref()).send_to(bytes, &to.into())
 }
 
 impl Shell {
@@ -274,6 +289,42 @@ impl Shell {
                 debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
             }
         }
+    }
+
+    /// Sends the ChannelData messages framed in `batch` slots to their UDP
+    /// clients: one `sendmmsg` per run of messages leaving from the same
+    /// listener socket (a relay socket's batch has one client), a plain
+    /// `sendto` for a single message.
+    fn flush_to_client(
+        &self,
+        batch: &crate::sys::RecvBatch,
+        pending: &mut Vec<(FiveTuple, usize, std::ops::Range<usize>)>,
+    ) {
+        use std::os::fd::AsFd;
+        let mut start = 0;
+        while start < pending.len() {
+            let server = pending[start].0.server;
+            let end = pending[start..]
+                .iter()
+                .position(|(to, _, _)| to.server != server)
+                .map_or(pending.len(), |k| start + k);
+            if let Some(s) = self.listeners.get(&server) {
+                let run = &pending[start..end];
+                if run.len() == 1 {
+                    let (to, i, range) = &run[0];
+                    if let Err(e) = send_udp(s, &batch.slot(*i)[range.clone()], to.client) {
+                        debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
+                    }
+                } else {
+                    let msgs = run
+                        .iter()
+                        .map(|(to, i, range)| (&batch.slot(*i)[range.clone()], to.client));
+                    self.send_batch.borrow_mut().send(s.get_ref().as_fd(), msgs);
+                }
+            }
+            start = end;
+        }
+        pending.clear();
     }
 
     /// Counts a new connection from `ip`; false when it has too many.
@@ -307,7 +358,7 @@ struct ShellIo<'a> {
 impl RelayIo for ShellIo<'_> {
     fn open(&mut self, relay: SocketAddr) -> io::Result<()> {
         let std = bind_udp(relay, None, false)?;
-        let socket = Rc::new(UdpSocket::from_std(std)?);
+        let socket = Rc::new(crate::sys::register_udp(std)?);
         let task = tokio::task::spawn_local(relay_task(
             relay,
             Rc::downgrade(&socket),
@@ -374,86 +425,139 @@ impl RelayIo for ShellIo<'_> {
 
 async fn relay_task(
     relay: SocketAddr,
-    socket: std::rc::Weak<UdpSocket>,
+    socket: std::rc::Weak<UdpFd>,
     shell: Rc<Shell>,
     core: Rc<RefCell<Server>>,
 ) {
-    // The receive and output buffers are the shell's, shared by every relay
-    // task: a task holds them only inside one poll and the synchronous
-    // handling after it, never across an await, so an allocation costs no
-    // buffer of its own.
+    use std::os::fd::AsFd;
+    use std::task::{ready, Poll};
     loop {
+        // One `recvmmsg` per wake-up into the shell's batch. A short batch
+        // means the socket's queue is empty: readiness is cleared without the
+        // extra read that would return EAGAIN (tokio's epoll is
+        // edge-triggered, so a datagram arriving later wakes the task again).
         let received = std::future::poll_fn(|cx| {
             // Upgrade only while polling: the shell's map owns the socket.
             let Some(socket) = socket.upgrade() else {
-                return std::task::Poll::Ready(None);
+                return Poll::Ready(None);
             };
-            let mut buf = shell.relay_buf.borrow_mut();
-            let mut rb = tokio::io::ReadBuf::new(&mut buf[4..4 + RECV_BUFFER]);
-            socket
-                .poll_recv_from(cx, &mut rb)
-                .map(|r| Some(r.map(|peer| (rb.filled().len(), peer))))
+            loop {
+                let mut guard = match ready!(socket.poll_read_ready(cx)) {
+                    Ok(g) => g,
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                };
+                let mut batch = shell.relay_batch.borrow_mut();
+                match batch.recv(socket.get_ref().as_fd()) {
+                    Ok(0) => guard.clear_ready(),
+                    Ok(n) => {
+                        if n < batch.capacity() {
+                            guard.clear_ready();
+                        }
+                        return Poll::Ready(Some(Ok(n)));
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
         })
         .await;
-        let (n, peer) = match received {
+        let n = match received {
             None => return,
-            Some(Ok(x)) => x,
+            Some(Ok(n)) => n,
             Some(Err(e)) => {
                 debug!(%relay, error = %e, "relay socket receive error");
                 continue;
             }
         };
-        let mut buf = shell.relay_buf.borrow_mut();
+        let now = Instant::now();
+        let mut batch = shell.relay_batch.borrow_mut();
         let mut out = shell.relay_out.borrow_mut();
-        let t =
-            core.borrow_mut()
-                .handle_peer_input(Instant::now(), relay, peer, &mut buf, n, &mut out);
-        match t {
-            Transmit::ToClient { to, range } => shell.send_to_client(&to, &buf[range]),
-            Transmit::Reply { to, len } => shell.send_to_client(&to, &out[..len]),
-            Transmit::ToPeer { .. } | Transmit::None => {}
+        let mut pending = shell.to_client.borrow_mut();
+        for i in 0..n {
+            let Some((peer, len, slot)) = batch.slot_mut(i) else {
+                continue;
+            };
+            let t = core
+                .borrow_mut()
+                .handle_peer_input(now, relay, peer, slot, len, &mut out);
+            match t {
+                Transmit::ToClient { to, range } if to.transport == Transport::Udp => {
+                    pending.push((to, i, range));
+                }
+                Transmit::ToClient { to, range } => shell.send_to_client(&to, &slot[range]),
+                Transmit::Reply { to, len } => {
+                    // A Data indication, built in `out`: whatever was framed
+                    // before it leaves first, in order.
+                    shell.flush_to_client(&batch, &mut pending);
+                    shell.send_to_client(&to, &out[..len]);
+                }
+                Transmit::ToPeer { .. } | Transmit::None => {}
+            }
         }
+        shell.flush_to_client(&batch, &mut pending);
     }
 }
 
 async fn listener_task(
     local: SocketAddr,
-    socket: Rc<UdpSocket>,
+    socket: Rc<UdpFd>,
     shell: Rc<Shell>,
     core: Rc<RefCell<Server>>,
 ) {
-    let mut buf = vec![0u8; RECV_BUFFER];
+    use std::os::fd::AsFd;
+    let mut batch = crate::sys::RecvBatch::new(LISTENER_BATCH, RECV_BUFFER);
     let mut out = vec![0u8; OUT_BUFFER];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let mut guard = match socket.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(%local, error = %e, "listener socket failed");
+                return;
+            }
+        };
+        // One `recvmmsg` per wake-up; a short batch drained the queue, so
+        // readiness is cleared without a read that would return EAGAIN.
+        let n = match batch.recv(socket.get_ref().as_fd()) {
+            Ok(n) => n,
             Err(e) => {
                 debug!(%local, error = %e, "listener receive error");
                 continue;
             }
         };
-        let ft = FiveTuple {
-            client: from,
-            server: local,
-            transport: Transport::Udp,
-        };
-        let t = {
-            let mut io = ShellIo {
-                shell: &shell,
-                core: &core,
+        if n < batch.capacity() {
+            guard.clear_ready();
+        }
+        drop(guard);
+        let now = Instant::now();
+        for i in 0..n {
+            let Some((from, len, slot)) = batch.slot_mut(i) else {
+                continue;
             };
-            core.borrow_mut()
-                .handle_client_input(Instant::now(), ft, &buf[..n], &mut out, &mut io)
-        };
-        match t {
-            Transmit::Reply { to, len } => {
-                if let Err(e) = send_udp(&socket, &out[..len], to.client) {
-                    debug!(target: "turnd::packet", client = %to.client, error = %e, "reply failed");
+            let data = &slot[crate::sys::HEADROOM..crate::sys::HEADROOM + len];
+            let ft = FiveTuple {
+                client: from,
+                server: local,
+                transport: Transport::Udp,
+            };
+            let t = {
+                let mut io = ShellIo {
+                    shell: &shell,
+                    core: &core,
+                };
+                core.borrow_mut()
+                    .handle_client_input(now, ft, data, &mut out, &mut io)
+            };
+            match t {
+                Transmit::Reply { to, len } => {
+                    if let Err(e) = send_udp(&socket, &out[..len], to.client) {
+                        debug!(target: "turnd::packet", client = %to.client, error = %e, "reply failed");
+                    }
                 }
+                Transmit::ToPeer { relay, peer, range } => {
+                    shell.send_to_peer(relay, peer, &data[range])
+                }
+                Transmit::ToClient { to, range } => shell.send_to_client(&to, &data[range]),
+                Transmit::None => {}
             }
-            Transmit::ToPeer { relay, peer, range } => shell.send_to_peer(relay, peer, &buf[range]),
-            Transmit::ToClient { to, range } => shell.send_to_client(&to, &buf[range]),
-            Transmit::None => {}
         }
     }
 }
@@ -475,17 +579,16 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
 }
 
 /// A worker's shell around its UDP listeners.
-fn new_shell(
-    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
-    limits: stream::StreamLimits,
-) -> Rc<Shell> {
+fn new_shell(listeners: HashMap<SocketAddr, Rc<UdpFd>>, limits: stream::StreamLimits) -> Rc<Shell> {
     Rc::new(Shell {
         listeners,
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
         per_ip: RefCell::new(HashMap::new()),
-        relay_buf: RefCell::new(vec![0u8; 4 + RECV_BUFFER + 3]),
+        relay_batch: RefCell::new(crate::sys::RecvBatch::new(RELAY_BATCH, RECV_BUFFER)),
         relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
+        send_batch: RefCell::new(crate::sys::SendBatch::default()),
+        to_client: RefCell::new(Vec::with_capacity(RELAY_BATCH)),
         tcp_pending: RefCell::new(HashMap::new()),
         tcp_connecting: RefCell::new(HashMap::new()),
         tcp_piped: RefCell::new(HashMap::new()),
@@ -541,12 +644,19 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         }
     };
     // UDP first: with listening-port 0 the TCP listener takes the port UDP got.
+    // Every allocation holds a relay socket: lift the soft limit of open
+    // files (often 1024) to the hard limit (systemd's LimitNOFILE).
+    match crate::sys::raise_nofile_limit() {
+        Ok((old, new)) if new > old => debug!(old, new, "open-file limit raised"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let workers_wanted = worker_count(&config);
     let mut listeners = HashMap::new();
     // The other workers' members of each listener's SO_REUSEPORT group.
     let mut worker_sockets: Vec<Vec<StdUdpSocket>> =
         (1..workers_wanted).map(|_| Vec::new()).collect();
-    let mut add_group = |group: Vec<StdUdpSocket>| -> io::Result<(SocketAddr, UdpSocket)> {
+    let mut add_group = |group: Vec<StdUdpSocket>| -> io::Result<(SocketAddr, UdpFd)> {
         let mut group = group.into_iter();
         let first = group
             .next()
@@ -554,8 +664,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         for (i, s) in group.enumerate() {
             worker_sockets[i].push(s);
         }
-        let socket = UdpSocket::from_std(first)?;
-        Ok((socket.local_addr()?, socket))
+        let local = first.local_addr()?;
+        Ok((local, crate::sys::register_udp(first)?))
     };
     let mut tcp_listeners = Vec::new();
     let mut tls_listeners = Vec::new();

@@ -31,7 +31,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
@@ -326,7 +325,10 @@ async fn worker_main(setup: WorkerSetup, mut rx: mpsc::UnboundedReceiver<Control
     let core = Rc::new(RefCell::new(core));
     let mut listeners = HashMap::new();
     for s in setup.sockets {
-        match UdpSocket::from_std(s).and_then(|s| Ok((s.local_addr()?, s))) {
+        match s
+            .local_addr()
+            .and_then(|a| Ok((a, crate::sys::register_udp(s)?)))
+        {
             Ok((addr, s)) => {
                 listeners.insert(addr, Rc::new(s));
             }

@@ -19,9 +19,11 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+use turnd::sys::{from_storage, to_storage};
 
 /// An epoll instance (level-triggered) with its event buffer.
 pub struct Epoll {
@@ -259,67 +261,6 @@ impl Batch {
             }
         }
         sent
-    }
-}
-
-fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    // SAFETY: sockaddr_storage is larger than and aligned for both
-    // sockaddr_in and sockaddr_in6; we write one of them at its start.
-    unsafe {
-        match addr {
-            SocketAddr::V4(a) => {
-                let p = (s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                *p = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                size_of::<libc::sockaddr_in>() as libc::socklen_t
-            }
-            SocketAddr::V6(a) => {
-                let p = (s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                *p = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: a.scope_id(),
-                };
-                size_of::<libc::sockaddr_in6>() as libc::socklen_t
-            }
-        }
-    }
-}
-
-fn from_storage(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    // SAFETY: the family says which struct the kernel wrote, and `len`
-    // confirms it is complete; both fit in sockaddr_storage.
-    unsafe {
-        match s.ss_family as i32 {
-            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-                let a = &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes()),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-                let a = &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
     }
 }
 
