@@ -1,7 +1,8 @@
 //! The small unsafe part of turnd: batched UDP receive and send
 //! (`recvmmsg`/`sendmmsg`) and the open-file limit, plain libc calls that std
 //! and socket2 do not expose, and the registration of UDP sockets with
-//! tokio's reactor ([`register_udp`]). Nothing else in the library uses
+//! tokio's reactor ([`register_udp`]) and heap trimming ([`trim_heap`]).
+//! Nothing else in the library uses
 //! `unsafe`.
 //!
 //! Each call is given pointers to memory this module owns for the whole
@@ -313,6 +314,19 @@ pub fn register_udp(
     // descriptor while it is registered; it is closed only when the
     // `AsyncFd` is dropped, after deregistration.
     Ok(unsafe { tokio::io::unix::AsyncFd::register(socket) }?)
+}
+
+/// Returns the free memory of every malloc arena to the OS (glibc's
+/// `malloc_trim(0)`, which also releases free pages inside the heap). After
+/// many allocations ended, the allocator would otherwise keep their memory
+/// for reuse and RSS would stay at its peak. Takes a few milliseconds on a
+/// large heap: call it after a drop, not on a hot path.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: no arguments but a size; glibc walks its own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Raises this process's soft open-file limit (RLIMIT_NOFILE) to its hard

@@ -562,8 +562,32 @@ async fn listener_task(
     }
 }
 
+/// Allocations that must have ended since the last trim before the heap is
+/// trimmed again (checked every [`TRIM_INTERVAL`]).
+const TRIM_AFTER_ENDED: usize = 1024;
+/// How often a worker looks for memory to give back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
 async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
+    // Memory comes back after a peak: every TRIM_INTERVAL, sparse tables of
+    // the core are shrunk, and when that freed something or many allocations
+    // ended, the allocator is asked to return its free pages.
+    let mut peak = 0usize;
+    let mut last_trim = Instant::now();
     loop {
+        let count = core.borrow().allocation_count();
+        peak = peak.max(count);
+        if last_trim.elapsed() >= TRIM_INTERVAL {
+            // Tables left sparse by ended allocations or expired cached
+            // responses (40 s after the last request) are shrunk first.
+            let shrunk = core.borrow_mut().compact();
+            if shrunk > 0 || peak >= count + TRIM_AFTER_ENDED {
+                crate::sys::trim_heap();
+                debug!(peak, count, shrunk, "allocations ended: memory returned");
+                peak = count;
+            }
+            last_trim = Instant::now();
+        }
         let now = Instant::now();
         let next = core
             .borrow()

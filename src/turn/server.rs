@@ -417,7 +417,9 @@ pub struct Server {
     epoch: Instant,
     rng: StdRng,
     nonces: NonceIssuer,
-    allocations: FastMap<FiveTuple, Allocation>,
+    /// Boxed: the table's slots stay small (a key and a pointer), so its
+    /// power-of-two growth wastes little memory at scale.
+    allocations: FastMap<FiveTuple, Box<Allocation>>,
     by_relay: FastMap<SocketAddr, FiveTuple>,
     /// Relay port pools and reservations (shared by the workers).
     ports: RelayPorts,
@@ -538,7 +540,7 @@ impl Server {
 
     /// The allocation of a 5-tuple.
     pub fn allocation(&self, ft: &FiveTuple) -> Option<&Allocation> {
-        self.allocations.get(ft)
+        self.allocations.get(ft).map(|a| &**a)
     }
 
     /// Relay ports still free on `ip`.
@@ -1290,7 +1292,7 @@ impl Server {
         let expires = now + lifetime;
         self.allocations.insert(
             ft,
-            Allocation {
+            Box::new(Allocation {
                 id,
                 five_tuple: ft,
                 relay,
@@ -1310,7 +1312,7 @@ impl Server {
                 bytes_to_client: 0,
                 bandwidth_to_peer: self.allocation_bucket(now),
                 bandwidth_to_client: self.allocation_bucket(now),
-            },
+            }),
         );
         self.by_relay.insert(relay, ft);
         if let Some(r) = additional_relay {
@@ -2190,7 +2192,7 @@ impl Server {
 
     /// Every live allocation.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocations.values()
+        self.allocations.values().map(|a| &**a)
     }
 
     /// Deletes the allocation with `id` (admin API). False when none has it.
@@ -2219,6 +2221,36 @@ impl Server {
     /// relaying and refreshing: the first step of a graceful shutdown.
     pub fn start_draining(&mut self) {
         self.draining = true;
+    }
+
+    /// Gives back the memory of tables that emptied: each table holding
+    /// less than a quarter of its capacity is shrunk to fit. Hash tables
+    /// never shrink on their own, so after a peak (a burst of allocations
+    /// that ended) they would keep its size. O(entries); call it now and
+    /// then (the shell does when many allocations ended), not per packet.
+    /// Returns the number of tables shrunk.
+    pub fn compact(&mut self) -> usize {
+        fn sparse(len: usize, cap: usize) -> bool {
+            cap > 64 && len < cap / 4
+        }
+        let mut n = 0;
+        if sparse(self.allocations.len(), self.allocations.capacity()) {
+            self.allocations.shrink_to_fit();
+            n += 1;
+        }
+        if sparse(self.by_relay.len(), self.by_relay.capacity()) {
+            self.by_relay.shrink_to_fit();
+            n += 1;
+        }
+        if sparse(self.responses.len(), self.responses.capacity()) {
+            self.responses.shrink_to_fit();
+            n += 1;
+        }
+        if sparse(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to_fit();
+            n += 1;
+        }
+        n
     }
 
     /// True after [`Server::start_draining`].

@@ -51,6 +51,8 @@ pub struct Config {
     pub allocations: usize,
     pub size: usize,
     pub echo_sockets: usize,
+    /// Client sockets spread over 127.0.0.1..=127.0.0.N (loopback servers).
+    pub client_ips: u8,
     pub setup_concurrency: usize,
     pub server_pid: Option<u32>,
 }
@@ -268,7 +270,13 @@ impl Engine {
         for i in 0..cfg.allocations {
             let link = match (cfg.transport, cfg.bare) {
                 (Transport::Udp, _) | (_, true) => {
-                    let s = bind_udp(local_ip, 1 << 20)?;
+                    let ip = match local_ip {
+                        IpAddr::V4(v4) if v4.is_loopback() && cfg.client_ips > 1 => IpAddr::V4(
+                            Ipv4Addr::new(127, 0, 0, 1 + (i % cfg.client_ips as usize) as u8),
+                        ),
+                        other => other,
+                    };
+                    let s = bind_udp(ip, 1 << 20)?;
                     if !cfg.bare {
                         s.connect(cfg.server)?;
                     }

@@ -115,6 +115,11 @@ struct RunArgs {
     /// UDP echo peer sockets (allocations are spread over them).
     #[arg(long, default_value_t = 1)]
     echo_sockets: usize,
+    /// Loopback addresses the client sockets are spread over: 127.0.0.1 to
+    /// 127.0.0.N (each address has its own ~28,000 ephemeral ports, so 100,000
+    /// allocations need 4 or more). Only with a loopback server.
+    #[arg(long, default_value_t = 1)]
+    client_ips: u8,
     /// Setup transactions in flight at once.
     #[arg(long, default_value_t = 128)]
     setup_concurrency: usize,
@@ -177,6 +182,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         allocations: a.allocations,
         size: a.size,
         echo_sockets: a.echo_sockets,
+        client_ips: a.client_ips.max(1),
         setup_concurrency: a.setup_concurrency,
         server_pid: a.server_pid,
     })
