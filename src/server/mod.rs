@@ -676,6 +676,13 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
     let workers_wanted = worker_count(&config);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers_wanted > cpus {
+        warn!(
+            workers = workers_wanted,
+            cpus, "relay-threads is more than the CPUs this process may use: workers share cores"
+        );
+    }
     let mut listeners = HashMap::new();
     // The other workers' members of each listener's SO_REUSEPORT group.
     let mut worker_sockets: Vec<Vec<StdUdpSocket>> =

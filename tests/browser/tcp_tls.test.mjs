@@ -19,6 +19,7 @@ import {
   assertLoopbackOnlyNetwork,
   installPageHelpers,
   launchChromium,
+  retryDataChannelStall,
   startTurnd,
 } from './harness.mjs';
 
@@ -196,7 +197,7 @@ test('turnd printed tcp and tls listeners', () => {
 test('data channel relay/relay through turn:...?transport=tcp (relayProtocol tcp)', { timeout: 60_000 }, withTurndLog(async (t) => {
   await newPage();
   const url = `turn:127.0.0.1:${turnd.tcpPort}?transport=tcp`;
-  const result = await relayDataChannel(url);
+  const result = await retryDataChannelStall(t, () => relayDataChannel(url));
   t.diagnostic(`${url}: connected in ${Math.round(result.connectMs)} ms`);
   checkRelayed(result, 'tcp');
   assert.match(turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tcp/, 'turnd saw no TCP connection');
@@ -205,7 +206,7 @@ test('data channel relay/relay through turn:...?transport=tcp (relayProtocol tcp
 test('data channel relay/relay through turns:...?transport=tcp (relayProtocol tls)', { timeout: 60_000 }, withTurndLog(async (t) => {
   await newPage();
   const url = `turns:127.0.0.1:${turnd.tlsPort}?transport=tcp`;
-  const result = await relayDataChannel(url);
+  const result = await retryDataChannelStall(t, () => relayDataChannel(url));
   t.diagnostic(`${url}: connected in ${Math.round(result.connectMs)} ms`);
   checkRelayed(result, 'tls');
   assert.match(turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tls/, 'turnd saw no TLS connection');

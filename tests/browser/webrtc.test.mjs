@@ -17,6 +17,7 @@ import {
   installPageHelpers,
   launchChromium,
   startPageServer,
+  retryDataChannelStall,
   startTurnd,
   turnUrl,
 } from './harness.mjs';
@@ -111,7 +112,7 @@ test('chromium runs with the expected effective command line', { timeout: 30_000
 
 test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, withTurndLog(async (t) => {
   await newPage();
-  const result = await page.evaluate(async ({ url, username, credential }) => {
+  const result = await retryDataChannelStall(t, () => page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
     const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
     const a = watch(new RTCPeerConnection(config), 'a');
@@ -156,7 +157,7 @@ test('data channel flows both ways through a relay/relay UDP candidate pair', { 
       a.close();
       b.close();
     }
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD });
+  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD }));
 
   t.diagnostic(`connected in ${Math.round(result.connectMs)} ms`);
   assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
