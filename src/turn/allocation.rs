@@ -74,9 +74,12 @@ pub struct Allocation {
     pub key: crate::auth::Key,
     /// When the allocation expires unless refreshed.
     pub expires: Instant,
-    /// When its expiry timer is due (at most `expires`): refreshes that move
-    /// `expires` later push no timer; the due timer re-arms itself. This keeps
-    /// one timer per allocation however often it is refreshed.
+    /// When its one timer is due: at most the earliest of `expires` and the
+    /// expiries of its permissions and channel bindings. Refreshes that move
+    /// a deadline later push no timer; the due timer expires what is due and
+    /// re-arms at the next deadline. So an allocation keeps one timer in the
+    /// deadline heap however many permissions and channels it has and however
+    /// often they are refreshed.
     pub timer_at: Instant,
     /// When it was created.
     pub created: Instant,

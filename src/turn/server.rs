@@ -313,19 +313,11 @@ impl std::ops::AddAssign for Stats {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKind {
+    /// The allocation's one deadline: its own expiry or the earliest of its
+    /// permissions and channel bindings (see `Allocation::timer_at`).
     Allocation {
         ft: FiveTuple,
         id: u64,
-    },
-    Permission {
-        ft: FiveTuple,
-        id: u64,
-        peer: IpAddr,
-    },
-    Channel {
-        ft: FiveTuple,
-        id: u64,
-        number: u16,
     },
     Reservation {
         token: [u8; 8],
@@ -1527,6 +1519,21 @@ impl Server {
         })
     }
 
+    /// Arms the allocation's one timer for `at` when that is earlier than the
+    /// one armed (`Allocation::timer_at`). Permissions and channel bindings
+    /// expire through it, so an allocation holds one deadline in the heap
+    /// however many of them it has and however often they are refreshed.
+    fn arm_allocation_timer(&mut self, ft: FiveTuple, at: Instant) {
+        let Some(a) = self.allocations.get_mut(&ft) else {
+            return;
+        };
+        if at < a.timer_at {
+            a.timer_at = at;
+            let id = a.id;
+            self.push_timer(at, TimerKind::Allocation { ft, id });
+        }
+    }
+
     fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
         self.allocations
             .get(ft)
@@ -1584,27 +1591,14 @@ impl Server {
         if a.permissions.len() + new > MAX_PERMISSIONS {
             return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
         }
-        let id = a.id;
         let expires = now + lifetime;
-        // A refreshed permission keeps its timer, which re-arms when due:
-        // one timer per permission however often it is refreshed.
-        let mut fresh = [None; 16];
-        for (slot, peer) in fresh.iter_mut().zip(peers[..count].iter().flatten()) {
-            if a.permissions.insert(*peer, expires).is_none() {
-                *slot = Some(*peer);
-            }
+        // Permissions expire through the allocation's one timer; a refreshed
+        // one needs nothing (the timer re-arms at the next deadline when due).
+        for peer in peers[..count].iter().flatten() {
+            a.permissions.insert(*peer, expires);
         }
         debug!(user = %auth.username, client = %ft.client, peers = ?peers[..count].iter().flatten().collect::<Vec<_>>(), "permissions installed");
-        for peer in fresh.iter().flatten() {
-            self.push_timer(
-                expires,
-                TimerKind::Permission {
-                    ft,
-                    id,
-                    peer: *peer,
-                },
-            );
-        }
+        self.arm_allocation_timer(ft, expires);
         self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
     }
 
@@ -1656,36 +1650,20 @@ impl Server {
             debug!(client = %ft.client, channel = number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
-        let id = a.id;
         let expires = now + channel_lifetime;
         let perm_expires = now + permission_lifetime;
-        let new_channel = a
-            .channels
-            .insert(
+        a.channels.insert(
+            number,
+            ChannelBinding {
                 number,
-                ChannelBinding {
-                    number,
-                    peer,
-                    expires,
-                },
-            )
-            .is_none();
+                peer,
+                expires,
+            },
+        );
         a.channel_by_peer.insert(peer, number);
-        let new_permission = a.permissions.insert(peer.ip(), perm_expires).is_none();
+        a.permissions.insert(peer.ip(), perm_expires);
         debug!(user = %auth.username, client = %ft.client, channel = number, %peer, "channel bound");
-        if new_channel {
-            self.push_timer(expires, TimerKind::Channel { ft, id, number });
-        }
-        if new_permission {
-            self.push_timer(
-                perm_expires,
-                TimerKind::Permission {
-                    ft,
-                    id,
-                    peer: peer.ip(),
-                },
-            );
-        }
+        self.arm_allocation_timer(ft, expires.min(perm_expires));
         self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
     }
 
@@ -1750,41 +1728,38 @@ impl Server {
                     if a.expires <= now {
                         self.stats.allocations_expired += 1;
                         self.delete_allocation(ft, io, "expired");
-                    } else if t.at == a.timer_at {
-                        // Refreshed since: the due timer re-arms at the new expiry.
-                        a.timer_at = a.expires;
-                        let at = a.expires;
-                        self.push_timer(at, TimerKind::Allocation { ft, id });
-                    }
-                }
-                TimerKind::Permission { ft, id, peer } => {
-                    let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) else {
                         continue;
-                    };
-                    match a.permissions.get(&peer).copied() {
-                        Some(e) if e <= now => {
-                            a.permissions.remove(&peer);
+                    }
+                    if t.at != a.timer_at {
+                        // Superseded by an earlier one that re-armed since.
+                        continue;
+                    }
+                    // Due: expire permissions and channel bindings, then
+                    // re-arm at the next deadline of the allocation.
+                    a.permissions.retain(|peer, e| {
+                        let keep = *e > now;
+                        if !keep {
                             debug!(client = %ft.client, %peer, "permission expired");
                         }
-                        Some(e) => self.push_timer(e, TimerKind::Permission { ft, id, peer }),
-                        None => {}
-                    }
-                }
-                TimerKind::Channel { ft, id, number } => {
-                    let Some(a) = self.allocations.get_mut(&ft).filter(|a| a.id == id) else {
-                        continue;
-                    };
-                    match a.channels.get(&number).copied() {
-                        Some(c) if c.expires <= now => {
-                            a.channels.remove(&number);
-                            a.channel_by_peer.remove(&c.peer);
+                        keep
+                    });
+                    a.channels.retain(|number, c| {
+                        let keep = c.expires > now;
+                        if !keep {
                             debug!(client = %ft.client, channel = number, peer = %c.peer, "channel binding expired");
                         }
-                        Some(c) => {
-                            self.push_timer(c.expires, TimerKind::Channel { ft, id, number })
-                        }
-                        None => {}
-                    }
+                        keep
+                    });
+                    let channels = &a.channels;
+                    a.channel_by_peer.retain(|_, n| channels.contains_key(n));
+                    let next = a
+                        .permissions
+                        .values()
+                        .copied()
+                        .chain(a.channels.values().map(|c| c.expires))
+                        .fold(a.expires, Instant::min);
+                    a.timer_at = next;
+                    self.push_timer(next, TimerKind::Allocation { ft, id });
                 }
                 TimerKind::Reservation { token } => {
                     // Gone when an Allocate (on any worker) claimed it.
@@ -1895,14 +1870,7 @@ impl Server {
         }
         if perm_timer_needed {
             let perm = now + self.config.permission_lifetime;
-            self.push_timer(
-                perm,
-                TimerKind::Permission {
-                    ft,
-                    id: alloc_id,
-                    peer: peer.ip(),
-                },
-            );
+            self.arm_allocation_timer(ft, perm);
         }
         debug!(client = %ft.client, %peer, connection_id = id, "connecting to peer over tcp");
         io.connect_tcp(relay, peer, id);
