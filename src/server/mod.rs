@@ -122,12 +122,13 @@ fn bind_udp_group(addr: SocketAddr, buffer: usize, count: usize) -> io::Result<V
         .collect()
 }
 
-/// Workers to run: `relay-threads`, or one per CPU this process may run on
-/// (its affinity mask, so `taskset` and systemd's `CPUAffinity` count). One
+/// Workers to run: `relay-threads`, or `cpus`, the CPUs this process may run
+/// on (`available_parallelism`: its affinity mask, so `taskset` and
+/// systemd's `CPUAffinity` count). One
 /// when UDP is off: TCP and TLS are served by the main thread only.
-fn worker_count(config: &Config) -> usize {
+fn worker_count(config: &Config, cpus: usize) -> usize {
     let n = match config.relay_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => cpus,
         n => n,
     };
     if config.udp {
@@ -675,8 +676,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let workers_wanted = worker_count(&config);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers_wanted = worker_count(&config, cpus);
     if workers_wanted > cpus {
         warn!(
             workers = workers_wanted,
@@ -791,7 +792,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             index: i + 1,
             count: workers_wanted,
             sockets,
-            config: server_config.shard(i + 1, workers_wanted),
+            config: server_config.shard(workers_wanted),
             epoch,
             unix_now: unix_epoch,
             seed,
@@ -800,12 +801,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         })?;
     }
     let workers = Rc::new(workers);
-    let mut core = Server::new(
-        server_config.shard(0, workers_wanted),
-        epoch,
-        unix_epoch,
-        seed,
-    );
+    let mut core = Server::new(server_config.shard(workers_wanted), epoch, unix_epoch, seed);
     core.set_shard(0, workers_wanted, &shared);
     let core = Rc::new(RefCell::new(core));
     let shell = new_shell(listeners, limits);
@@ -1065,7 +1061,7 @@ fn reload(
     let n = workers.count();
     let revoked = core
         .borrow_mut()
-        .reconfigure(Instant::now(), server_config.shard(0, n));
+        .reconfigure(Instant::now(), server_config.shard(n));
     let allocations = core.borrow().allocation_count();
     *config.borrow_mut() = fresh;
     let workers = workers.clone();

@@ -234,37 +234,18 @@ impl Workers {
         }
     }
 
-    /// Applies a reloaded configuration on workers 1..N; returns the sum of
-    /// their (allocations, revoked permissions and channels).
-    pub async fn reconfigure(&self, config: &ServerConfig) -> (usize, usize) {
-        let n = self.count();
+    /// Sends `make(index, reply)` to every worker 1..N and collects the
+    /// replies of those that answer within [`ANSWER_TIMEOUT`]; `what` names
+    /// the request in the warning about a worker that did not.
+    async fn ask_all<T>(
+        &self,
+        make: impl Fn(usize, oneshot::Sender<T>) -> Control,
+        what: &str,
+    ) -> Vec<T> {
         let mut waiting = Vec::with_capacity(self.remote.len());
         for r in &self.remote {
             let (tx, rx) = oneshot::channel();
-            let c = Box::new(config.shard(r.index, n));
-            if r.tx.send(Control::Reconfigure(c, tx)).is_ok() {
-                waiting.push((r.index, rx));
-            }
-        }
-        let mut sum = (0, 0);
-        for (index, rx) in waiting {
-            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-                Ok(Ok((a, r))) => {
-                    sum.0 += a;
-                    sum.1 += r;
-                }
-                _ => warn!(worker = index, "worker did not confirm the reload"),
-            }
-        }
-        sum
-    }
-
-    /// Snapshots of workers 1..N (those that answer in time).
-    pub async fn views(&self) -> Vec<CoreView> {
-        let mut waiting = Vec::with_capacity(self.remote.len());
-        for r in &self.remote {
-            let (tx, rx) = oneshot::channel();
-            if r.tx.send(Control::View(tx)).is_ok() {
+            if r.tx.send(make(r.index, tx)).is_ok() {
                 waiting.push((r.index, rx));
             }
         }
@@ -272,10 +253,27 @@ impl Workers {
         for (index, rx) in waiting {
             match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
                 Ok(Ok(v)) => out.push(v),
-                _ => warn!(worker = index, "worker did not answer a snapshot request"),
+                _ => warn!(worker = index, "worker did not answer {what}"),
             }
         }
         out
+    }
+
+    /// Applies a reloaded configuration on workers 1..N; returns the sum of
+    /// their (allocations, revoked permissions and channels).
+    pub async fn reconfigure(&self, config: &ServerConfig) -> (usize, usize) {
+        let n = self.count();
+        let make = |_, tx| Control::Reconfigure(Box::new(config.shard(n)), tx);
+        self.ask_all(make, "the reload")
+            .await
+            .into_iter()
+            .fold((0, 0), |s, (a, r)| (s.0 + a, s.1 + r))
+    }
+
+    /// Snapshots of workers 1..N (those that answer in time).
+    pub async fn views(&self) -> Vec<CoreView> {
+        self.ask_all(|_, tx| Control::View(tx), "a snapshot request")
+            .await
     }
 
     /// Ends allocation `id` on whichever worker 1..N holds it.
@@ -296,17 +294,8 @@ impl Workers {
     /// their counters.
     pub async fn stop(&self) -> Stats {
         let mut total = Stats::default();
-        let mut waiting = Vec::new();
-        for r in &self.remote {
-            let (tx, rx) = oneshot::channel();
-            if r.tx.send(Control::Stop(tx)).is_ok() {
-                waiting.push(rx);
-            }
-        }
-        for rx in waiting {
-            if let Ok(Ok(s)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-                total += s;
-            }
+        for s in self.ask_all(|_, tx| Control::Stop(tx), "stop").await {
+            total += s;
         }
         for r in &self.remote {
             if let Some(t) = r.thread.borrow_mut().take() {

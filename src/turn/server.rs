@@ -156,12 +156,11 @@ impl SharedState {
 }
 
 impl ServerConfig {
-    /// The part of this configuration that worker `index` of `count` runs
-    /// with: an equal share of `bps_capacity` (bytes per second, rounded
-    /// up). Everything else applies to every worker as is; quotas, relay
-    /// ports and per-source limits are shared through a [`SharedState`].
-    pub fn shard(&self, index: usize, count: usize) -> ServerConfig {
-        let _ = index;
+    /// The configuration each of `count` workers runs with: an equal share
+    /// of `bps_capacity` (bytes per second, rounded up). Everything else
+    /// applies to every worker as is; quotas, relay ports and per-source
+    /// limits are shared through a [`SharedState`].
+    pub fn shard(&self, count: usize) -> ServerConfig {
         let mut c = self.clone();
         if c.bps_capacity > 0 {
             c.bps_capacity = c.bps_capacity.div_ceil(count.max(1) as u64);
