@@ -4,314 +4,38 @@
 //! `relay-ip`, `min-port`, `allow-loopback-peers`...), both as TOML keys and as
 //! long flags. An unknown key, a malformed value or an inconsistent setting is
 //! a [`ConfigError`] naming the file, the option and why.
+//!
+//! Each option is a field of [`Cli`] (the flag), of the file's table (the
+//! TOML key, listed in [`TOML_KEYS`]) and of [`Config`] (the resolved value);
+//! its default is in one place, [`Config::default`], which takes the core's
+//! from [`ServerConfig::default`]. The tests check that the three lists and
+//! the defaults stated in `--help` agree.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use serde::Deserialize;
-use std::net::SocketAddr;
 
 use crate::auth::Credentials;
+pub use crate::cli::{Cli, Command};
 use crate::turn::{IpRange, PeerPolicy, ServerConfig};
 
-/// Default STUN/TURN port over UDP and TCP. See RFC 8489, section 9.
+/// Default STUN/TURN port over UDP and TCP (and of `turn:` and `stun:`
+/// URLs). See RFC 8489, section 9.
 pub const DEFAULT_LISTENING_PORT: u16 = 3478;
-/// Default STUN/TURN port over TLS. See RFC 8489, section 9.
+/// Default STUN/TURN port over TLS (and of `turns:` URLs). See RFC 8489,
+/// section 9.
 pub const DEFAULT_TLS_LISTENING_PORT: u16 = 5349;
-/// Default lowest relay port (RFC 8656 section 7.2 suggests 49152-65535).
-pub const DEFAULT_MIN_PORT: u16 = 49152;
-/// Default highest relay port.
-pub const DEFAULT_MAX_PORT: u16 = 65535;
-
-/// turnd command line.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(
-    name = "turnd",
-    version,
-    about = "STUN/TURN relay server (RFC 8489, RFC 8656)",
-    long_about = "STUN/TURN relay server (RFC 8489, RFC 8656).\n\n\
-        Options come from the TOML file given with --config, then from these flags, which \
-        override the file. Option names are coturn's."
-)]
-pub struct Cli {
-    /// TOML configuration file.
-    #[arg(short = 'c', long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on for STUN/TURN over UDP (repeatable). Default 0.0.0.0.
-    #[arg(short = 'L', long = "listening-ip", value_name = "IP")]
-    pub listening_ip: Vec<IpAddr>,
-    /// Port to listen on (UDP). Default 3478; 0 picks a free port and prints it.
-    #[arg(short = 'p', long = "listening-port", value_name = "N")]
-    pub listening_port: Option<u16>,
-    /// Address relay sockets are bound on and advertised as XOR-RELAYED-ADDRESS
-    /// (repeatable; allocations spread over the addresses of a family). Default: the listening IP, or the
-    /// address of the default route's interface when listening on 0.0.0.0.
-    #[arg(short = 'E', long = "relay-ip", value_name = "IP")]
-    pub relay_ip: Vec<IpAddr>,
-    /// Lowest relay port (default 49152).
-    #[arg(long = "min-port", value_name = "N")]
-    pub min_port: Option<u16>,
-    /// Highest relay port (default 65535).
-    #[arg(long = "max-port", value_name = "N")]
-    pub max_port: Option<u16>,
-    /// Realm of the long-term credentials (default "turnd").
-    #[arg(short = 'r', long, value_name = "R")]
-    pub realm: Option<String>,
-    /// A static user as NAME:PASSWORD (repeatable; added to the file's users).
-    #[arg(short = 'u', long = "user", value_name = "NAME:PASSWORD")]
-    pub user: Vec<String>,
-    /// Allow relaying to loopback peers (127.0.0.0/8, ::1). For tests only.
-    #[arg(long = "allow-loopback-peers")]
-    pub allow_loopback_peers: bool,
-    /// Peer addresses allowed even if denied by default: IP, a-b range or CIDR (repeatable).
-    #[arg(long = "allowed-peer-ip", value_name = "RANGE")]
-    pub allowed_peer_ip: Vec<String>,
-    /// Peer addresses denied in addition to the defaults: IP, a-b range or CIDR (repeatable).
-    #[arg(long = "denied-peer-ip", value_name = "RANGE")]
-    pub denied_peer_ip: Vec<String>,
-    /// Add FINGERPRINT to every response (otherwise only when the request had one).
-    #[arg(short = 'f', long)]
-    pub fingerprint: bool,
-    /// Log at debug level (RUST_LOG overrides).
-    #[arg(short = 'v', long)]
-    pub verbose: bool,
-    /// Accepted for coturn compatibility: long-term credentials are always on.
-    #[arg(short = 'a', long = "lt-cred-mech")]
-    pub lt_cred_mech: bool,
-    /// Concurrent allocations per user; 0 is unlimited (486 when reached).
-    #[arg(short = 'q', long = "user-quota", value_name = "N")]
-    pub user_quota: Option<u32>,
-    /// Concurrent allocations in all; 0 is unlimited (486 when reached).
-    #[arg(short = 'Q', long = "total-quota", value_name = "N")]
-    pub total_quota: Option<u32>,
-    /// Longest allocation lifetime in seconds (default 3600).
-    #[arg(long = "max-allocate-lifetime", value_name = "SECONDS")]
-    pub max_allocate_lifetime: Option<u64>,
-    /// Permission lifetime in seconds (default 300).
-    #[arg(long = "permission-lifetime", value_name = "SECONDS")]
-    pub permission_lifetime: Option<u64>,
-    /// Channel binding lifetime in seconds (default 600).
-    #[arg(long = "channel-lifetime", value_name = "SECONDS")]
-    pub channel_lifetime: Option<u64>,
-    /// Nonce lifetime in seconds before 438 Stale Nonce (default 600).
-    #[arg(long = "stale-nonce", value_name = "SECONDS")]
-    pub stale_nonce: Option<u64>,
-    /// Turn on the TURN REST API: usernames "<expiry unix time>:<user>",
-    /// passwords base64(HMAC-SHA1(secret, username)).
-    #[arg(long = "use-auth-secret")]
-    pub use_auth_secret: bool,
-    /// A TURN REST API shared secret (repeatable; every secret is tried, so
-    /// secrets rotate without downtime). Implies --use-auth-secret.
-    #[arg(long = "static-auth-secret", value_name = "SECRET")]
-    pub static_auth_secret: Vec<String>,
-    /// Separator between expiry time and user id in REST usernames (default ':').
-    #[arg(short = 'C', long = "rest-api-separator", value_name = "CHAR")]
-    pub rest_api_separator: Option<char>,
-    /// SQLite user database (coturn's schema: turnusers_lt, turn_secret);
-    /// changes are picked up by a running server within about a second.
-    #[arg(short = 'b', long = "userdb", value_name = "FILE")]
-    pub userdb: Option<PathBuf>,
-    /// Bytes per second per allocation and direction; 0 is unlimited.
-    #[arg(short = 's', long = "max-bps", value_name = "BYTES")]
-    pub max_bps: Option<u64>,
-    /// Bytes per second for the whole server; 0 is unlimited.
-    #[arg(short = 'B', long = "bps-capacity", value_name = "BYTES")]
-    pub bps_capacity: Option<u64>,
-    /// Also send MAPPED-ADDRESS in Binding responses (RFC 3489 clients).
-    #[arg(long = "stun-backward-compatibility")]
-    pub stun_backward_compatibility: bool,
-    /// Put reason phrases in ERROR-CODE (off: smaller error answers).
-    #[arg(long = "reason-phrases")]
-    pub reason_phrases: bool,
-    /// Answers to unauthenticated requests per second per source IP (default 50; 0 disables).
-    #[arg(long = "unauth-rate", value_name = "N")]
-    pub unauth_rate: Option<u64>,
-    /// Burst for --unauth-rate (default 100).
-    #[arg(long = "unauth-burst", value_name = "N")]
-    pub unauth_burst: Option<u64>,
-    /// Failed authentications per minute per source IP before it gets no
-    /// answers until the budget refills (default 10; 0 disables).
-    #[arg(long = "auth-failures-per-minute", value_name = "N")]
-    pub auth_failures_per_minute: Option<u64>,
-    /// Peer policy preset: "default" (loopback, private, link-local,
-    /// multicast... denied) or "recommended" (also every other IANA
-    /// special-purpose range).
-    #[arg(long = "peer-policy", value_name = "PRESET")]
-    pub peer_policy: Option<String>,
-    /// TLS listening port (repeatable: several TLS ports, e.g. 5349 and 443). Default 5349.
-    #[arg(long = "tls-listening-port", value_name = "N")]
-    pub tls_listening_port: Vec<u16>,
-    /// PEM certificate chain for TLS (reloaded on SIGHUP).
-    #[arg(long, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key for TLS (reloaded on SIGHUP).
-    #[arg(long, value_name = "FILE")]
-    pub pkey: Option<PathBuf>,
-    /// Public address advertised in XOR-RELAYED-ADDRESS, as PUBLIC or
-    /// PUBLIC/PRIVATE (the relay address it stands for), for hosts behind 1:1
-    /// NAT (repeatable).
-    #[arg(short = 'X', long = "external-ip", value_name = "IP[/IP]")]
-    pub external_ip: Vec<String>,
-    /// Do not listen on UDP.
-    #[arg(long = "no-udp")]
-    pub no_udp: bool,
-    /// Do not listen on TCP.
-    #[arg(long = "no-tcp")]
-    pub no_tcp: bool,
-    /// Do not listen on TLS.
-    #[arg(long = "no-tls")]
-    pub no_tls: bool,
-    /// Accepted for coturn compatibility: turnd has no DTLS listener.
-    #[arg(long = "no-dtls")]
-    pub no_dtls: bool,
-    /// Seconds a TCP/TLS connection may stay idle without an allocation (default 30).
-    #[arg(long = "stream-idle-timeout", value_name = "SECONDS")]
-    pub stream_idle_timeout: Option<u64>,
-    /// Seconds a TLS handshake may take (default 10).
-    #[arg(long = "tls-handshake-timeout", value_name = "SECONDS")]
-    pub tls_handshake_timeout: Option<u64>,
-    /// Concurrent TCP/TLS connections per source IP address (default 256).
-    #[arg(long = "max-connections-per-ip", value_name = "N")]
-    pub max_connections_per_ip: Option<u32>,
-    /// Seconds to keep relaying existing allocations after SIGTERM while
-    /// refusing new ones (0: close at once). Default 0.
-    #[arg(long = "drain-timeout", value_name = "SECONDS")]
-    pub drain_timeout: Option<u64>,
-    /// Log format: "text" (default) or "json".
-    #[arg(long = "log-format", value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Write logs to this file instead of stderr (reopened on SIGHUP, for logrotate).
-    #[arg(short = 'l', long = "log-file", value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Write the process id to this file.
-    #[arg(long = "pidfile", value_name = "FILE")]
-    pub pidfile: Option<PathBuf>,
-    /// Serve Prometheus metrics on /metrics (port 9641, coturn's).
-    #[arg(long)]
-    pub prometheus: bool,
-    /// Port of the Prometheus listener (default 9641).
-    #[arg(long = "prometheus-port", value_name = "N")]
-    pub prometheus_port: Option<u16>,
-    /// Address of the Prometheus listener (default 0.0.0.0).
-    #[arg(long = "prometheus-address", value_name = "IP")]
-    pub prometheus_address: Option<IpAddr>,
-    /// Per-user byte counters in the metrics (one series per user).
-    #[arg(long = "prometheus-username-labels")]
-    pub prometheus_username_labels: bool,
-    /// Bearer token of the admin API and status page; setting it turns them on.
-    #[arg(long = "admin-token", value_name = "TOKEN", env = "TURND_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
-    /// Address of the admin API and status page (default 127.0.0.1:9642).
-    #[arg(long = "admin-listen", value_name = "IP:PORT")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Do not answer STUN Binding requests (TURN only).
-    #[arg(long = "no-stun")]
-    pub no_stun: bool,
-    /// Answer only STUN Binding requests (no TURN).
-    #[arg(short = 'S', long = "stun-only")]
-    pub stun_only: bool,
-    /// Relay workers: threads, each with its own event loop, SO_REUSEPORT
-    /// UDP listeners, allocations and slice of the relay port range
-    /// (0 or unset: one per CPU this process may run on).
-    #[arg(
-        short = 'm',
-        long = "relay-threads",
-        visible_alias = "workers",
-        value_name = "N"
-    )]
-    pub relay_threads: Option<u32>,
-    /// Kernel receive and send buffer of each UDP listener socket, bytes
-    /// (default 4194304; capped by net.core.rmem_max and wmem_max).
-    #[arg(long = "socket-buffer", value_name = "BYTES")]
-    pub socket_buffer: Option<usize>,
-    /// Accepted for coturn compatibility and ignored with a warning: turnd
-    /// stays in the foreground (run it under systemd).
-    #[arg(short = 'o', long = "daemon")]
-    pub daemon: bool,
-    /// Ignore the configuration file named by --config (coturn's -n).
-    #[arg(short = 'n', long = "no-config-file")]
-    pub no_config_file: bool,
-    /// Subcommand; none runs the server.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// turnd subcommands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Validate a configuration file and exit (0 when valid, 2 otherwise).
-    CheckConfig {
-        /// The TOML file to check.
-        file: PathBuf,
-    },
-    /// Mint TURN REST API credentials from a shared secret and print them
-    /// with a ready `iceServers` snippet.
-    Credentials {
-        /// The shared secret (as in static-auth-secret).
-        #[arg(long)]
-        secret: String,
-        /// The user id part of the username.
-        #[arg(long)]
-        user: String,
-        /// Validity in seconds from now.
-        #[arg(long, default_value_t = 86_400)]
-        ttl: u64,
-        /// Separator between expiry and user id.
-        #[arg(long, default_value_t = ':')]
-        separator: char,
-        /// TURN URL for the snippet.
-        #[arg(long, default_value = "turn:127.0.0.1:3478?transport=udp")]
-        url: String,
-    },
-    /// Print the long-term key MD5(user:realm:password) as coturn's
-    /// `turnadmin -k` does, for `user = ["name:0x..."]`.
-    HashKey {
-        /// User name.
-        #[arg(long)]
-        user: String,
-        /// Realm.
-        #[arg(long)]
-        realm: String,
-        /// Password.
-        #[arg(long)]
-        password: String,
-    },
-    /// Check any TURN server end to end, like the Trickle ICE page: Binding,
-    /// two allocations, permissions, a relayed round trip, Refresh to 0.
-    /// Exit 0 only when the relay works.
-    Probe(crate::probe::ProbeArgs),
-    /// Print the TOML equivalent of a coturn turnserver.conf.
-    ConvertConfig {
-        /// The coturn configuration file.
-        file: PathBuf,
-    },
-    /// Manage users in the SQLite user database (like coturn's turnadmin).
-    User {
-        /// The database file.
-        #[arg(long, short = 'b')]
-        userdb: PathBuf,
-        /// The realm.
-        #[arg(long, short = 'r')]
-        realm: String,
-        /// What to do.
-        #[command(subcommand)]
-        command: crate::userdb::UserCommand,
-    },
-    /// Manage TURN REST API secrets in the SQLite user database.
-    Secret {
-        /// The database file.
-        #[arg(long, short = 'b')]
-        userdb: PathBuf,
-        /// The realm.
-        #[arg(long, short = 'r')]
-        realm: String,
-        /// What to do.
-        #[command(subcommand)]
-        command: crate::userdb::SecretCommand,
-    },
-}
+/// Default `socket-buffer`: 4 MiB per UDP listener socket and direction.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+/// Default `rest-api-separator`, between expiry time and user id in TURN
+/// REST usernames (coturn's).
+pub const DEFAULT_REST_API_SEPARATOR: char = ':';
+/// Default Prometheus listener when `prometheus` is on: coturn's port 9641
+/// on every address.
+pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9641));
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -401,9 +125,6 @@ struct FileConfig {
     admin_token: Option<String>,
     admin_listen: Option<SocketAddr>,
 }
-
-/// Default `socket-buffer`: 4 MiB per UDP listener socket and direction.
-pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 
 /// The TOML keys turnd reads (every one is documented in turnserver.toml.example).
 pub const TOML_KEYS: &[&str] = &[
@@ -692,6 +413,24 @@ fn parse_user(origin: &str, s: &str) -> Result<StaticUser, ConfigError> {
     }
 }
 
+/// One `external-ip` value, `PUBLIC` or `PUBLIC/PRIVATE` (one family); None
+/// when malformed.
+fn parse_external_ip(v: &str) -> Option<ExternalIp> {
+    let (public, private) = match v.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (v, None),
+    };
+    let public: IpAddr = public.trim().parse().ok()?;
+    let private: Option<IpAddr> = match private {
+        Some(p) => Some(p.trim().parse().ok()?),
+        None => None,
+    };
+    if private.is_some_and(|p| p.is_ipv4() != public.is_ipv4()) {
+        return None;
+    }
+    Some(ExternalIp { public, private })
+}
+
 /// True when `path` names a coturn-format file (`*.conf`) rather than TOML.
 pub fn is_coturn_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "conf")
@@ -731,426 +470,460 @@ pub fn convert_coturn_file(path: &Path) -> Result<String, ConfigError> {
     Ok(crate::coturn_conf::to_toml(&conf, TOML_KEYS))
 }
 
+impl Default for Config {
+    /// The configuration with no file and no flags: the one place every
+    /// default is set. The core's options take [`ServerConfig::default`]'s.
+    fn default() -> Self {
+        let core = ServerConfig::default();
+        Config {
+            listening_ips: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            listening_port: DEFAULT_LISTENING_PORT,
+            relay_ips: core.relay_ips,
+            min_port: core.min_port,
+            max_port: core.max_port,
+            realm: core.realm,
+            users: Vec::new(),
+            policy: core.policy,
+            fingerprint: core.fingerprint,
+            verbose: false,
+            user_quota: core.user_quota,
+            total_quota: core.total_quota,
+            max_allocate_lifetime: core.max_lifetime,
+            permission_lifetime: core.permission_lifetime,
+            channel_lifetime: core.channel_lifetime,
+            stale_nonce: core.nonce_lifetime,
+            use_auth_secret: false,
+            static_auth_secrets: Vec::new(),
+            rest_api_separator: DEFAULT_REST_API_SEPARATOR,
+            userdb: None,
+            max_bps: core.max_bps,
+            bps_capacity: core.bps_capacity,
+            stun_backward_compatibility: core.mapped_address,
+            reason_phrases: core.reason_phrases,
+            unauth_rate: core.unauth_rate,
+            unauth_burst: core.unauth_burst,
+            auth_failures_per_minute: core.auth_failures_per_minute,
+            tls_listening_ports: vec![DEFAULT_TLS_LISTENING_PORT],
+            cert: None,
+            pkey: None,
+            external_ips: Vec::new(),
+            udp: true,
+            tcp: true,
+            tls: false,
+            stream_idle_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 256,
+            drain_timeout: Duration::ZERO,
+            relay_threads: 0,
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            log_json: false,
+            log_file: None,
+            pidfile: None,
+            prometheus: None,
+            prometheus_username_labels: false,
+            admin_token: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9642)),
+            no_stun: core.no_stun,
+            stun_only: core.stun_only,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// The two layers an option's value comes from, flags over file, and the
+/// origin each names in a [`ConfigError`].
+struct Layers<'a> {
+    cli: &'a Cli,
+    file: FileConfig,
+    /// The file's path, or "defaults" without one.
+    file_origin: String,
+}
+
+impl Layers<'_> {
+    /// An error about an option set on the command line (`from_cli`) or in
+    /// the file.
+    fn error(&self, from_cli: bool, message: String) -> ConfigError {
+        err(
+            if from_cli {
+                "command line"
+            } else {
+                &self.file_origin
+            },
+            message,
+        )
+    }
+
+    /// An error reported against the file (also for values from flags, as
+    /// turnd always has for these options).
+    fn file_error(&self, message: String) -> ConfigError {
+        self.error(false, message)
+    }
+
+    /// A list option given in the file: its entries, or none.
+    fn file_list(list: &Option<OneOrMany>) -> Vec<String> {
+        list.clone().map(OneOrMany::into_vec).unwrap_or_default()
+    }
+
+    /// Seconds from the flag, else the file, else `default`; 1 s to 7 days.
+    fn seconds(
+        &self,
+        cli: Option<u64>,
+        file: Option<u64>,
+        default: Duration,
+        option: &str,
+    ) -> Result<Duration, ConfigError> {
+        let v = cli.or(file).map_or(default, Duration::from_secs);
+        if v.is_zero() || v.as_secs() > 86_400 * 7 {
+            return Err(self.error(
+                cli.is_some(),
+                format!(
+                    "option `{option}`: {} seconds is outside 1..=604800",
+                    v.as_secs()
+                ),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// A flag on the command line or in the file.
+fn on(cli: bool, file: Option<bool>) -> bool {
+    cli || file.unwrap_or(false)
+}
+
+/// Sets each named field of a [`Config`] from the flag of the same name in
+/// [`Cli`], else the file's key, as one of:
+/// - `value`: a value option; the default already in the field stays
+///   when neither gives one;
+/// - `flag`: a flag, on when either sets it;
+/// - `path`: an optional path;
+/// - `seconds`: a [`Duration`] given in seconds, 1 s to 7 days
+///   (a [`ConfigError`] otherwise, so use inside a function returning one).
+macro_rules! layered {
+    ($config:expr, $layers:expr, value: $($field:ident),+ $(,)?) => {
+        $($config.$field = $layers.cli.$field.or($layers.file.$field).unwrap_or($config.$field);)+
+    };
+    ($config:expr, $layers:expr, flag: $($field:ident),+ $(,)?) => {
+        $($config.$field = on($layers.cli.$field, $layers.file.$field);)+
+    };
+    ($config:expr, $layers:expr, path: $($field:ident),+ $(,)?) => {
+        $($config.$field = $layers.cli.$field.clone().or($layers.file.$field.clone());)+
+    };
+    ($config:expr, $layers:expr, seconds: $($field:ident),+ $(,)?) => {
+        $($config.$field = $layers.seconds(
+            $layers.cli.$field,
+            $layers.file.$field,
+            $config.$field,
+            &stringify!($field).replace('_', "-"),
+        )?;)+
+    };
+}
+
 impl Config {
     /// Loads the file named by `cli.config` (if any) and applies the flags.
     ///
     /// # Errors
     /// [`ConfigError`] naming the file (or "command line"), the option and why.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let (file, mut file_warnings) = match &cli.config {
+        let (file, warnings) = match &cli.config {
             Some(p) if !cli.no_config_file => read_file(p)?,
             _ => (FileConfig::default(), Vec::new()),
         };
-        let f_origin = cli
-            .config
-            .as_ref()
-            .map_or("defaults".to_owned(), |p| p.display().to_string());
-        let fo = f_origin.as_str();
-        let co = "command line";
+        let layers = Layers {
+            cli,
+            file,
+            file_origin: cli
+                .config
+                .as_ref()
+                .map_or("defaults".to_owned(), |p| p.display().to_string()),
+        };
+        let mut config = Config {
+            warnings,
+            ..Config::default()
+        };
+        config.load_listeners(&layers)?;
+        config.load_auth(&layers)?;
+        config.load_limits(&layers)?;
+        config.load_tls(&layers)?;
+        config.load_observability(&layers)?;
+        Ok(config)
+    }
 
-        let mut listening_ips = parse_ips(
-            fo,
-            "listening-ip",
-            file.listening_ip
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
-        )?;
+    /// Listening and relay addresses and ports, listeners, workers, what is
+    /// served.
+    fn load_listeners(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file, fo) = (layers.cli, &layers.file, layers.file_origin.as_str());
+        let listening_ips = parse_ips(fo, "listening-ip", Layers::file_list(&file.listening_ip))?;
         if !cli.listening_ip.is_empty() {
-            listening_ips = cli.listening_ip.clone();
+            self.listening_ips = cli.listening_ip.clone();
+        } else if !listening_ips.is_empty() {
+            self.listening_ips = listening_ips;
         }
-        if listening_ips.is_empty() {
-            listening_ips.push(IpAddr::from([0, 0, 0, 0]));
-        }
-        let mut relay_ips = parse_ips(
-            fo,
-            "relay-ip",
-            file.relay_ip.map(OneOrMany::into_vec).unwrap_or_default(),
-        )?;
+        let mut relay_ips = parse_ips(fo, "relay-ip", Layers::file_list(&file.relay_ip))?;
         if !cli.relay_ip.is_empty() {
             relay_ips = cli.relay_ip.clone();
         }
-        for ip in &relay_ips {
-            if ip.is_unspecified() || ip.is_multicast() {
-                let o = if cli.relay_ip.is_empty() { fo } else { co };
-                return Err(err(o, format!("option `relay-ip`: {ip} cannot be a relay address (it must be a unicast address of this host)")));
-            }
+        if let Some(ip) = relay_ips
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(layers.error(!cli.relay_ip.is_empty(), format!("option `relay-ip`: {ip} cannot be a relay address (it must be a unicast address of this host)")));
         }
+        self.relay_ips = relay_ips;
 
-        let listening_port = cli
-            .listening_port
-            .or(file.listening_port)
-            .unwrap_or(DEFAULT_LISTENING_PORT);
-        let min_port = cli.min_port.or(file.min_port).unwrap_or(DEFAULT_MIN_PORT);
-        let max_port = cli.max_port.or(file.max_port).unwrap_or(DEFAULT_MAX_PORT);
-        let port_origin = if cli.min_port.is_some() || cli.max_port.is_some() {
-            co
-        } else {
-            fo
-        };
-        if min_port == 0 {
-            return Err(err(
-                port_origin,
+        layered!(self, layers, value: listening_port, min_port, max_port);
+        let ports_from_cli = cli.min_port.is_some() || cli.max_port.is_some();
+        if self.min_port == 0 {
+            return Err(layers.error(
+                ports_from_cli,
                 "option `min-port`: must be at least 1".into(),
             ));
         }
-        if min_port > max_port {
-            return Err(err(
-                port_origin,
-                format!("option `min-port`: {min_port} is greater than `max-port` {max_port}"),
+        if self.min_port > self.max_port {
+            return Err(layers.error(
+                ports_from_cli,
+                format!(
+                    "option `min-port`: {} is greater than `max-port` {}",
+                    self.min_port, self.max_port
+                ),
             ));
         }
 
-        let realm = cli
+        let external_ips = Layers::file_list(&file.external_ip)
+            .into_iter()
+            .map(|v| (v, false))
+            .chain(cli.external_ip.iter().map(|v| (v.clone(), true)));
+        for (v, from_cli) in external_ips {
+            let external_ip = parse_external_ip(&v)
+                .ok_or_else(|| layers.error(from_cli, format!("option `external-ip`: expected PUBLIC or PUBLIC/PRIVATE addresses, got {v:?}")))?;
+            self.external_ips.push(external_ip);
+        }
+        self.udp = !on(cli.no_udp, file.no_udp);
+        self.tcp = !on(cli.no_tcp, file.no_tcp);
+
+        self.relay_threads = cli
+            .relay_threads
+            .or(file.relay_threads)
+            .map_or(self.relay_threads, |n| n as usize);
+        if self.relay_threads > 1024 {
+            return Err(layers.file_error(format!(
+                "option `relay-threads`: {} workers is more than 1024",
+                self.relay_threads
+            )));
+        }
+        layered!(self, layers, value: socket_buffer);
+        if !(4096..=1 << 30).contains(&self.socket_buffer) {
+            return Err(layers.file_error(format!(
+                "option `socket-buffer`: {} bytes is outside 4096-1073741824",
+                self.socket_buffer
+            )));
+        }
+
+        layered!(self, layers, flag: fingerprint, reason_phrases, stun_backward_compatibility);
+        layered!(self, layers, flag: stun_only, no_stun);
+        if self.stun_only && self.no_stun {
+            return Err(layers.file_error(
+                "options `stun-only` and `no-stun`: together they leave nothing to serve".into(),
+            ));
+        }
+        let _ = file.no_multicast_peers;
+        Ok(())
+    }
+
+    /// Realm, static users, TURN REST secrets, the user database, nonces.
+    fn load_auth(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file, fo) = (layers.cli, &layers.file, layers.file_origin.as_str());
+        self.realm = cli
             .realm
             .clone()
             .or(file.realm.clone())
             .or(file.server_name.clone())
-            .unwrap_or_else(|| "turnd".to_owned());
-        if realm.is_empty() || realm.len() > 763 {
-            return Err(err(
-                if cli.realm.is_some() { co } else { fo },
+            .unwrap_or(std::mem::take(&mut self.realm));
+        if self.realm.is_empty() || self.realm.len() > 763 {
+            return Err(layers.error(
+                cli.realm.is_some(),
                 "option `realm`: must be 1 to 763 bytes".into(),
             ));
         }
 
-        let mut users = Vec::new();
-        for u in file.user.map(OneOrMany::into_vec).unwrap_or_default() {
-            users.push(parse_user(fo, &u)?);
+        for u in Layers::file_list(&file.user) {
+            self.users.push(parse_user(fo, &u)?);
         }
         for u in &cli.user {
-            users.push(parse_user(co, u)?);
+            self.users.push(parse_user("command line", u)?);
         }
-
-        let mut allowed = parse_ranges(
-            fo,
-            "allowed-peer-ip",
-            &file
-                .allowed_peer_ip
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
-        )?;
-        allowed.extend(parse_ranges(co, "allowed-peer-ip", &cli.allowed_peer_ip)?);
-        let mut denied = parse_ranges(
-            fo,
-            "denied-peer-ip",
-            &file
-                .denied_peer_ip
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
-        )?;
-        denied.extend(parse_ranges(co, "denied-peer-ip", &cli.denied_peer_ip)?);
-        let mut policy = PeerPolicy {
-            allow_loopback: cli.allow_loopback_peers || file.allow_loopback_peers.unwrap_or(false),
-            allowed,
-            denied,
-        };
-
-        let secs = |cli_v: Option<u64>,
-                    file_v: Option<u64>,
-                    default: u64,
-                    option: &str|
-         -> Result<Duration, ConfigError> {
-            let v = cli_v.or(file_v).unwrap_or(default);
-            if v == 0 || v > 86_400 * 7 {
-                let o = if cli_v.is_some() { co } else { fo };
-                return Err(err(
-                    o,
-                    format!("option `{option}`: {v} seconds is outside 1..=604800"),
-                ));
-            }
-            Ok(Duration::from_secs(v))
-        };
         let _ = file.lt_cred_mech;
 
-        let mut static_auth_secrets: Vec<Secret> = file
-            .static_auth_secret
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default()
+        self.static_auth_secrets = Layers::file_list(&file.static_auth_secret)
             .into_iter()
+            .chain(cli.static_auth_secret.iter().cloned())
             .map(Secret)
             .collect();
-        static_auth_secrets.extend(cli.static_auth_secret.iter().cloned().map(Secret));
-        if static_auth_secrets.iter().any(|s| s.0.is_empty()) {
-            return Err(err(
-                fo,
-                "option `static-auth-secret`: a secret cannot be empty".into(),
-            ));
+        if self.static_auth_secrets.iter().any(|s| s.0.is_empty()) {
+            return Err(
+                layers.file_error("option `static-auth-secret`: a secret cannot be empty".into())
+            );
         }
-        let userdb = cli.userdb.clone().or(file.userdb);
-        let use_auth_secret = cli.use_auth_secret
-            || file.use_auth_secret.unwrap_or(false)
-            || !static_auth_secrets.is_empty();
-        if use_auth_secret && static_auth_secrets.is_empty() && userdb.is_none() {
-            let o = if cli.use_auth_secret { co } else { fo };
-            return Err(err(o, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` holding secrets)".into()));
+        layered!(self, layers, path: userdb);
+        self.use_auth_secret =
+            on(cli.use_auth_secret, file.use_auth_secret) || !self.static_auth_secrets.is_empty();
+        if self.use_auth_secret && self.static_auth_secrets.is_empty() && self.userdb.is_none() {
+            return Err(layers.error(cli.use_auth_secret, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` holding secrets)".into()));
         }
-        let rest_api_separator = match (cli.rest_api_separator, file.rest_api_separator.as_deref())
-        {
-            (Some(c), _) => c,
-            (None, None) => ':',
+        match (cli.rest_api_separator, file.rest_api_separator.as_deref()) {
+            (Some(c), _) => self.rest_api_separator = c,
+            (None, None) => {}
             (None, Some(s)) => {
                 let mut chars = s.chars();
                 match (chars.next(), chars.next()) {
-                    (Some(c), None) => c,
+                    (Some(c), None) => self.rest_api_separator = c,
                     _ => {
-                        return Err(err(
-                            fo,
-                            format!(
-                                "option `rest-api-separator`: expected one character, got {s:?}"
-                            ),
-                        ))
+                        return Err(layers.file_error(format!(
+                            "option `rest-api-separator`: expected one character, got {s:?}"
+                        )))
                     }
                 }
             }
+        }
+        layered!(self, layers, seconds: stale_nonce);
+        Ok(())
+    }
+
+    /// Peer policy, quotas, rates, lifetimes and connection limits.
+    fn load_limits(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file, fo) = (layers.cli, &layers.file, layers.file_origin.as_str());
+        let ranges = |option: &str, file_v: &Option<OneOrMany>, cli_v: &[String]| {
+            let mut ranges = parse_ranges(fo, option, &Layers::file_list(file_v))?;
+            ranges.extend(parse_ranges("command line", option, cli_v)?);
+            Ok::<_, ConfigError>(ranges)
         };
+        let allowed = ranges(
+            "allowed-peer-ip",
+            &file.allowed_peer_ip,
+            &cli.allowed_peer_ip,
+        )?;
+        let mut denied = ranges("denied-peer-ip", &file.denied_peer_ip, &cli.denied_peer_ip)?;
         match cli.peer_policy.as_deref().or(file.peer_policy.as_deref()) {
             None | Some("default") => {}
             Some("recommended") => {
-                policy.denied.extend(
+                denied.extend(
                     RECOMMENDED_DENIED
                         .iter()
                         .map(|r| r.parse::<IpRange>().expect("valid built-in range")),
                 );
             }
             Some(other) => {
-                let o = if cli.peer_policy.is_some() { co } else { fo };
-                return Err(err(o, format!("option `peer-policy`: expected \"default\" or \"recommended\", got {other:?}")));
+                return Err(layers.error(cli.peer_policy.is_some(), format!("option `peer-policy`: expected \"default\" or \"recommended\", got {other:?}")));
             }
         }
-        let unauth_burst = cli.unauth_burst.or(file.unauth_burst).unwrap_or(100);
-        if unauth_burst == 0 {
-            return Err(err(fo, "option `unauth-burst`: must be at least 1".into()));
+        self.policy = PeerPolicy {
+            allow_loopback: on(cli.allow_loopback_peers, file.allow_loopback_peers),
+            allowed,
+            denied,
+        };
+
+        layered!(self, layers, value: user_quota, total_quota, max_bps, bps_capacity);
+        layered!(self, layers, value: unauth_rate, unauth_burst, auth_failures_per_minute);
+        if self.unauth_burst == 0 {
+            return Err(layers.file_error("option `unauth-burst`: must be at least 1".into()));
         }
 
-        let mut tls_listening_ports = match file.tls_listening_port {
-            None => vec![],
-            Some(Ports::One(p)) => vec![p],
-            Some(Ports::Many(v)) => v,
+        layered!(self, layers, seconds: max_allocate_lifetime, permission_lifetime);
+        layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
+        layered!(self, layers, value: max_connections_per_ip);
+        self.max_connections_per_ip = self.max_connections_per_ip.max(1);
+        if let Some(s) = cli.drain_timeout.or(file.drain_timeout) {
+            self.drain_timeout = Duration::from_secs(s);
+        }
+        Ok(())
+    }
+
+    /// TLS listeners: ports, certificate and key; then the check that some
+    /// listener is on.
+    fn load_tls(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file) = (layers.cli, &layers.file);
+        let tls_listening_ports = if cli.tls_listening_port.is_empty() {
+            match &file.tls_listening_port {
+                None => vec![],
+                Some(Ports::One(p)) => vec![*p],
+                Some(Ports::Many(v)) => v.clone(),
+            }
+        } else {
+            cli.tls_listening_port.clone()
         };
-        if !cli.tls_listening_port.is_empty() {
-            tls_listening_ports = cli.tls_listening_port.clone();
-        }
         let explicit_tls_ports = !tls_listening_ports.is_empty();
-        if tls_listening_ports.is_empty() {
-            tls_listening_ports.push(DEFAULT_TLS_LISTENING_PORT);
+        if explicit_tls_ports {
+            self.tls_listening_ports = tls_listening_ports;
         }
-        let cert = cli.cert.clone().or(file.cert);
-        let pkey = cli.pkey.clone().or(file.pkey);
-        let no_tls = cli.no_tls || file.no_tls.unwrap_or(false);
-        let _ = cli.no_dtls || file.no_dtls.unwrap_or(false);
-        let tls = match (&cert, &pkey) {
+        layered!(self, layers, path: cert, pkey);
+        let no_tls = on(cli.no_tls, file.no_tls);
+        let _ = on(cli.no_dtls, file.no_dtls);
+        self.tls = match (&self.cert, &self.pkey) {
             (Some(_), Some(_)) => !no_tls,
             (Some(_), None) => {
-                return Err(err(
-                    fo,
-                    "option `cert`: needs `pkey` (the private key) too".into(),
-                ))
+                return Err(
+                    layers.file_error("option `cert`: needs `pkey` (the private key) too".into())
+                )
             }
             (None, Some(_)) => {
-                return Err(err(
-                    fo,
-                    "option `pkey`: needs `cert` (the certificate chain) too".into(),
-                ))
+                return Err(layers
+                    .file_error("option `pkey`: needs `cert` (the certificate chain) too".into()))
             }
             (None, None) if explicit_tls_ports && !no_tls => {
-                return Err(err(
-                    fo,
-                    "option `tls-listening-port`: needs `cert` and `pkey`".into(),
-                ))
+                return Err(layers
+                    .file_error("option `tls-listening-port`: needs `cert` and `pkey`".into()))
             }
             (None, None) => false,
         };
-        let mut external_ips = Vec::new();
-        let ext: Vec<(String, &str)> = file
-            .external_ip
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| (v, fo))
-            .chain(cli.external_ip.iter().map(|v| (v.clone(), co)))
-            .collect();
-        for (v, o) in ext {
-            let (public, private) = match v.split_once('/') {
-                Some((a, b)) => (a, Some(b)),
-                None => (v.as_str(), None),
-            };
-            let bad = || {
-                err(o, format!("option `external-ip`: expected PUBLIC or PUBLIC/PRIVATE addresses, got {v:?}"))
-            };
-            let public: IpAddr = public.trim().parse().map_err(|_| bad())?;
-            let private: Option<IpAddr> = match private {
-                Some(p) => Some(p.trim().parse().map_err(|_| bad())?),
-                None => None,
-            };
-            if private.is_some_and(|p| p.is_ipv4() != public.is_ipv4()) {
-                return Err(bad());
-            }
-            external_ips.push(ExternalIp { public, private });
+        layered!(self, layers, seconds: tls_handshake_timeout);
+        if !self.udp && !self.tcp && !self.tls {
+            return Err(layers
+                .file_error("options `no-udp`, `no-tcp`, `no-tls`: every listener is off".into()));
         }
-        let udp = !(cli.no_udp || file.no_udp.unwrap_or(false));
-        let tcp = !(cli.no_tcp || file.no_tcp.unwrap_or(false));
-        if !udp && !tcp && !tls {
-            return Err(err(
-                fo,
-                "options `no-udp`, `no-tcp`, `no-tls`: every listener is off".into(),
-            ));
-        }
+        Ok(())
+    }
 
-        let mut warnings = std::mem::take(&mut file_warnings);
+    /// Logs, PID file, metrics and the admin API; warnings about coturn
+    /// options turnd does not follow.
+    fn load_observability(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file) = (layers.cli, &layers.file);
         if file.syslog.unwrap_or(false) {
-            warnings.push("option `syslog`: turnd logs to stderr (journald under systemd) or `log-file`; syslog is not used".into());
+            self.warnings.push("option `syslog`: turnd logs to stderr (journald under systemd) or `log-file`; syslog is not used".into());
         }
         if cli.daemon {
-            warnings.push("option `daemon` (-o): turnd stays in the foreground; run it under systemd (systemd/turnd.service)".into());
+            self.warnings.push("option `daemon` (-o): turnd stays in the foreground; run it under systemd (systemd/turnd.service)".into());
         }
-        let relay_threads = cli.relay_threads.or(file.relay_threads).unwrap_or(0);
-        if relay_threads > 1024 {
-            return Err(err(
-                fo,
-                format!("option `relay-threads`: {relay_threads} workers is more than 1024"),
-            ));
-        }
-        let socket_buffer = cli
-            .socket_buffer
-            .or(file.socket_buffer)
-            .unwrap_or(DEFAULT_SOCKET_BUFFER);
-        if !(4096..=1 << 30).contains(&socket_buffer) {
-            return Err(err(
-                fo,
-                format!("option `socket-buffer`: {socket_buffer} bytes is outside 4096-1073741824"),
-            ));
-        }
-        let _ = (file.no_multicast_peers, file.no_cli);
-        let log_format = cli
-            .log_format
-            .clone()
-            .or(file.log_format)
-            .unwrap_or_else(|| "text".into());
-        let log_json = match log_format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(err(
-                    fo,
-                    format!("option `log-format`: expected \"text\" or \"json\", got {other:?}"),
-                ))
+        let _ = file.no_cli;
+        layered!(self, layers, flag: verbose, prometheus_username_labels);
+        match cli.log_format.as_deref().or(file.log_format.as_deref()) {
+            None => {}
+            Some("text") => self.log_json = false,
+            Some("json") => self.log_json = true,
+            Some(other) => {
+                return Err(layers.file_error(format!(
+                    "option `log-format`: expected \"text\" or \"json\", got {other:?}"
+                )))
             }
-        };
-        let prometheus_on = cli.prometheus || file.prometheus.unwrap_or(false);
-        let prometheus = prometheus_on.then(|| {
-            SocketAddr::new(
+        }
+        layered!(self, layers, path: log_file, pidfile);
+        if on(cli.prometheus, file.prometheus) {
+            self.prometheus = Some(SocketAddr::new(
                 cli.prometheus_address
                     .or(file.prometheus_address)
-                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                cli.prometheus_port.or(file.prometheus_port).unwrap_or(9641),
-            )
-        });
-        let admin_token = cli
-            .admin_token
-            .clone()
-            .or(file.admin_token)
-            .filter(|t| !t.is_empty())
-            .map(Secret);
-        let stun_only = cli.stun_only || file.stun_only.unwrap_or(false);
-        let no_stun = cli.no_stun || file.no_stun.unwrap_or(false);
-        if stun_only && no_stun {
-            return Err(err(
-                fo,
-                "options `stun-only` and `no-stun`: together they leave nothing to serve".into(),
+                    .unwrap_or(DEFAULT_PROMETHEUS_LISTEN.ip()),
+                cli.prometheus_port
+                    .or(file.prometheus_port)
+                    .unwrap_or(DEFAULT_PROMETHEUS_LISTEN.port()),
             ));
         }
-
-        Ok(Config {
-            relay_threads: relay_threads as usize,
-            socket_buffer,
-            drain_timeout: Duration::from_secs(
-                cli.drain_timeout.or(file.drain_timeout).unwrap_or(0),
-            ),
-            log_json,
-            log_file: cli.log_file.clone().or(file.log_file),
-            pidfile: cli.pidfile.clone().or(file.pidfile),
-            prometheus,
-            prometheus_username_labels: cli.prometheus_username_labels
-                || file.prometheus_username_labels.unwrap_or(false),
-            admin_token,
-            admin_listen: cli
-                .admin_listen
-                .or(file.admin_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9642))),
-            no_stun,
-            stun_only,
-            warnings,
-            tls_listening_ports,
-            cert,
-            pkey,
-            external_ips,
-            udp,
-            tcp,
-            tls,
-            stream_idle_timeout: secs(
-                cli.stream_idle_timeout,
-                file.stream_idle_timeout,
-                30,
-                "stream-idle-timeout",
-            )?,
-            tls_handshake_timeout: secs(
-                cli.tls_handshake_timeout,
-                file.tls_handshake_timeout,
-                10,
-                "tls-handshake-timeout",
-            )?,
-            max_connections_per_ip: cli
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(256)
-                .max(1),
-            use_auth_secret,
-            static_auth_secrets,
-            rest_api_separator,
-            userdb,
-            max_bps: cli.max_bps.or(file.max_bps).unwrap_or(0),
-            bps_capacity: cli.bps_capacity.or(file.bps_capacity).unwrap_or(0),
-            stun_backward_compatibility: cli.stun_backward_compatibility
-                || file.stun_backward_compatibility.unwrap_or(false),
-            reason_phrases: cli.reason_phrases || file.reason_phrases.unwrap_or(false),
-            unauth_rate: cli.unauth_rate.or(file.unauth_rate).unwrap_or(50),
-            unauth_burst,
-            auth_failures_per_minute: cli
-                .auth_failures_per_minute
-                .or(file.auth_failures_per_minute)
-                .unwrap_or(10),
-            listening_ips,
-            listening_port,
-            relay_ips,
-            min_port,
-            max_port,
-            realm,
-            users,
-            policy,
-            fingerprint: cli.fingerprint || file.fingerprint.unwrap_or(false),
-            verbose: cli.verbose || file.verbose.unwrap_or(false),
-            user_quota: cli.user_quota.or(file.user_quota).unwrap_or(0),
-            total_quota: cli.total_quota.or(file.total_quota).unwrap_or(0),
-            max_allocate_lifetime: secs(
-                cli.max_allocate_lifetime,
-                file.max_allocate_lifetime,
-                3600,
-                "max-allocate-lifetime",
-            )?,
-            permission_lifetime: secs(
-                cli.permission_lifetime,
-                file.permission_lifetime,
-                300,
-                "permission-lifetime",
-            )?,
-            channel_lifetime: secs(
-                cli.channel_lifetime,
-                file.channel_lifetime,
-                600,
-                "channel-lifetime",
-            )?,
-            stale_nonce: secs(cli.stale_nonce, file.stale_nonce, 600, "stale-nonce")?,
-        })
+        self.admin_token = cli
+            .admin_token
+            .clone()
+            .or(file.admin_token.clone())
+            .filter(|t| !t.is_empty())
+            .map(Secret);
+        layered!(self, layers, value: admin_listen);
+        Ok(())
     }
 
     /// Checks one file on its own (what `turnd check-config FILE` does).
@@ -1233,6 +1006,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn write(name: &str, text: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!(
@@ -1292,5 +1066,129 @@ mod tests {
         let cli = Cli::parse_from(["turnd", "--user", "alice:hunter2"]);
         let c = Config::load(&cli).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// The field names a `Deserialize` impl asks for: what serde's derive
+    /// passes to `deserialize_struct` (for `FileConfig`, its TOML keys).
+    fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{value::Error, Error as _, Visitor};
+        struct Fields<'a>(&'a mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for Fields<'_> {
+            type Error = Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+                Err(Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Error> {
+                *self.0 = fields;
+                Err(Error::custom("fields read"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Fields(&mut fields));
+        fields
+    }
+
+    #[test]
+    fn toml_keys_are_the_file_fields() {
+        assert_eq!(TOML_KEYS, struct_fields::<FileConfig>());
+    }
+
+    /// Every server flag is a TOML key and the other way round, but for
+    /// the few that only make sense on one side.
+    #[test]
+    fn flags_and_toml_keys_are_the_same_options() {
+        use clap::CommandFactory;
+        const FLAGS_ONLY: &[&str] = &["config", "no-config-file", "daemon", "help", "version"];
+        const FILE_ONLY: &[&str] = &["server-name", "no-multicast-peers", "no-cli", "syslog"];
+        let cli = Cli::command();
+        let mut flags: Vec<&str> = cli
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !FLAGS_ONLY.contains(l))
+            .collect();
+        let mut keys: Vec<&str> = TOML_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !FILE_ONLY.contains(k))
+            .collect();
+        flags.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn no_file_and_no_flags_give_the_defaults() {
+        let loaded = Config::load(&Cli::default()).unwrap();
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::default()));
+    }
+
+    /// The defaults `--help` states are [`Config::default`]'s.
+    #[test]
+    fn help_states_the_defaults() {
+        use clap::CommandFactory;
+        let d = Config::default();
+        let secs = |t: Duration| t.as_secs().to_string();
+        let prometheus = DEFAULT_PROMETHEUS_LISTEN;
+        let stated = [
+            ("listening-ip", d.listening_ips[0].to_string()),
+            ("listening-port", d.listening_port.to_string()),
+            ("min-port", d.min_port.to_string()),
+            ("max-port", d.max_port.to_string()),
+            ("realm", format!("{:?}", d.realm)),
+            ("max-allocate-lifetime", secs(d.max_allocate_lifetime)),
+            ("permission-lifetime", secs(d.permission_lifetime)),
+            ("channel-lifetime", secs(d.channel_lifetime)),
+            ("stale-nonce", secs(d.stale_nonce)),
+            ("rest-api-separator", format!("{:?}", d.rest_api_separator)),
+            ("unauth-rate", d.unauth_rate.to_string()),
+            ("unauth-burst", d.unauth_burst.to_string()),
+            (
+                "auth-failures-per-minute",
+                d.auth_failures_per_minute.to_string(),
+            ),
+            ("tls-listening-port", d.tls_listening_ports[0].to_string()),
+            ("stream-idle-timeout", secs(d.stream_idle_timeout)),
+            ("tls-handshake-timeout", secs(d.tls_handshake_timeout)),
+            (
+                "max-connections-per-ip",
+                d.max_connections_per_ip.to_string(),
+            ),
+            ("drain-timeout", secs(d.drain_timeout)),
+            ("prometheus-port", prometheus.port().to_string()),
+            ("prometheus-address", prometheus.ip().to_string()),
+            ("admin-listen", d.admin_listen.to_string()),
+            ("socket-buffer", d.socket_buffer.to_string()),
+        ];
+        let cli = Cli::command();
+        for (flag, value) in stated {
+            let arg = cli
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("no --{flag}"));
+            let help = format!(
+                "{} {}",
+                arg.get_help().map(ToString::to_string).unwrap_or_default(),
+                arg.get_long_help()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+            .to_lowercase();
+            assert!(
+                help.contains(&format!("default {value}")),
+                "--{flag}: help says {help:?}, the default is {value}"
+            );
+        }
+        assert!(!d.log_json, "--log-format: \"text\" is the default");
+        assert_eq!(d.relay_threads, 0, "--relay-threads: unset is one per CPU");
     }
 }

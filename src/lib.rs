@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod coturn_conf;
 pub mod probe;

@@ -7,7 +7,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use turnd::config::{Cli, Command, Config};
+use turnd::cli::{Cli, Command};
+use turnd::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
