@@ -293,38 +293,66 @@ const ALREADY_SO: &[(&str, &str)] = &[
         "turnd denies multicast peers by default",
     ),
     ("no-tcp-relay", "turnd has no TCP relays"),
-    ("no-tcp", "turnd has no TCP listener yet"),
-    ("no-tls", "turnd has no TLS listener yet"),
-    ("no-dtls", "turnd has no DTLS listener"),
-    ("no-tlsv1", "turnd has no TLS listener yet"),
-    ("no-tlsv1_1", "turnd has no TLS listener yet"),
+    (
+        "no-tlsv1",
+        "turnd's TLS listeners take only TLS 1.2 and 1.3",
+    ),
+    (
+        "no-tlsv1_1",
+        "turnd's TLS listeners take only TLS 1.2 and 1.3",
+    ),
 ];
 
 /// Why an unsupported option matters, for the options where that is worth a
-/// sentence.
+/// sentence. (Only for options turnd does not take: the tests check that no
+/// hint outlives the option's support.)
 const HINTS: &[(&str, &str)] = &[
-    ("external-ip", "turnd advertises each relay address as bound, so set `relay-ip` to an address clients can reach (1:1 NAT mapping is not supported yet)"),
     ("no-auth", "turnd always requires credentials"),
-    ("tls-listening-port", "turnd has no TLS listener yet"),
-    ("alt-tls-listening-port", "turnd has no TLS listener yet"),
-    ("cert", "turnd has no TLS listener yet"),
-    ("pkey", "turnd has no TLS listener yet"),
-    ("log-file", "turnd logs to stderr (the journal under systemd); RUST_LOG sets the level"),
-    ("syslog", "turnd logs to stderr (the journal under systemd)"),
-    ("no-stdout-log", "turnd logs to stderr (the journal under systemd)"),
-    ("simple-log", "turnd logs to stderr (the journal under systemd)"),
-    ("pidfile", "run turnd under systemd (systemd/turnd.service) instead"),
-    ("daemon", "run turnd under systemd (systemd/turnd.service) instead"),
-    ("proc-user", "run turnd under systemd (systemd/turnd.service), which sets the user"),
-    ("proc-group", "run turnd under systemd (systemd/turnd.service), which sets the group"),
-    ("psql-userdb", "only SQLite user databases (`userdb`) are supported"),
-    ("mysql-userdb", "only SQLite user databases (`userdb`) are supported"),
-    ("mongo-userdb", "only SQLite user databases (`userdb`) are supported"),
-    ("redis-userdb", "only SQLite user databases (`userdb`) are supported"),
-    ("listening-device", "use `listening-ip` with the device's address"),
+    (
+        "alt-tls-listening-port",
+        "list every TLS port in `tls-listening-port`",
+    ),
+    (
+        "no-stdout-log",
+        "turnd logs to stderr (the journal under systemd) or to `log-file`",
+    ),
+    (
+        "simple-log",
+        "turnd logs to stderr (the journal under systemd) or to `log-file`",
+    ),
+    (
+        "daemon",
+        "run turnd under systemd (systemd/turnd.service) instead",
+    ),
+    (
+        "proc-user",
+        "run turnd under systemd (systemd/turnd.service), which sets the user",
+    ),
+    (
+        "proc-group",
+        "run turnd under systemd (systemd/turnd.service), which sets the group",
+    ),
+    (
+        "psql-userdb",
+        "only SQLite user databases (`userdb`) are supported",
+    ),
+    (
+        "mysql-userdb",
+        "only SQLite user databases (`userdb`) are supported",
+    ),
+    (
+        "mongo-userdb",
+        "only SQLite user databases (`userdb`) are supported",
+    ),
+    (
+        "redis-userdb",
+        "only SQLite user databases (`userdb`) are supported",
+    ),
+    (
+        "listening-device",
+        "use `listening-ip` with the device's address",
+    ),
     ("relay-device", "use `relay-ip` with the device's address"),
-    ("stun-only", "turnd always serves both STUN and TURN"),
-    ("no-stun", "turnd always answers STUN Binding requests"),
 ];
 
 fn kind_of(name: &str) -> Option<Kind> {
@@ -523,9 +551,10 @@ enum Fate {
 fn fate(key: &str, value: &toml::Value, table: &toml::Table, supported: &[&str]) -> Fate {
     let is_supported = |k: &str| supported.contains(&k);
     if key == "stale-nonce" && value.as_integer() == Some(0) && is_supported(key) {
+        let lifetime = crate::auth::DEFAULT_NONCE_LIFETIME.as_secs();
         return Fate::Ignored {
-            warning: "coturn option `stale-nonce=0` (nonces never expire) is not supported by turnd and is ignored: nonces last 600 s".into(),
-            note: "nonces that never expire are not supported by turnd: nonces last 600 s".into(),
+            warning: format!("coturn option `stale-nonce=0` (nonces never expire) is not supported by turnd and is ignored: nonces last {lifetime} s"),
+            note: format!("nonces that never expire are not supported by turnd: nonces last {lifetime} s"),
         };
     }
     if is_supported(key) {
@@ -1129,5 +1158,19 @@ mod tests {
                 "--fingerprint"
             ]
         );
+    }
+
+    /// A hint is for an option turnd does not take: once it does, the
+    /// option is kept and the hint (such as "turnd has no TLS listener yet")
+    /// would only go stale.
+    #[test]
+    fn hints_are_only_for_options_turnd_does_not_take() {
+        for (key, why) in HINTS {
+            assert!(
+                !crate::config::TOML_KEYS.contains(key),
+                "`{key}` is a turnd option; drop its hint {why:?}"
+            );
+            assert!(kind_of(key).is_some(), "`{key}` is not an option");
+        }
     }
 }
