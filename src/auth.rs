@@ -135,6 +135,14 @@ pub fn rest_password(secret: &str, username: &str) -> String {
     BASE64.encode(mac.finalize().into_bytes())
 }
 
+/// A TURN REST API username: `<expiry><separator><user>`, the expiry in Unix
+/// seconds (`1700000000:alice` with coturn's separator `:`), as servers read
+/// it back with [`Credentials::rest_expiry`]. Its password is
+/// [`rest_password`]. See draft-uberti-behave-turn-rest-00, section 2.2.
+pub fn rest_username(expiry_unix_secs: u64, separator: char, user: &str) -> String {
+    format!("{expiry_unix_secs}{separator}{user}")
+}
+
 /// Parses the coturn `0x<32 hex digits>` form of an MD5 key.
 pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
     let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;

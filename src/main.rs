@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let username = format!("{}{separator}{user}", now + ttl);
+            let username = turnd::auth::rest_username(now + ttl, *separator, user);
             let password = turnd::auth::rest_password(secret, &username);
             println!("username: {username}");
             println!("password: {password}");

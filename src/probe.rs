@@ -47,12 +47,16 @@ use rustls::{
     SignatureScheme, StreamOwned,
 };
 
-use crate::auth::{rest_password, Key, PasswordAlgorithm};
-use crate::stun::{
-    decode_address, decode_error_code, write_channel_data_header, AttributeType, BufferFull,
-    ChannelData, Class, Message, MessageType, MessageWriter, Method, TransactionId,
-    CHANNEL_DATA_HEADER_LEN, HEADER_LEN, PROTOCOL_UDP,
+use crate::auth::{rest_password, rest_username, Key, PasswordAlgorithm};
+use crate::config::{
+    DEFAULT_LISTENING_PORT, DEFAULT_REST_API_SEPARATOR, DEFAULT_TLS_LISTENING_PORT,
 };
+use crate::stun::{
+    decode_address, decode_error_code, stream_frame_len, write_channel_data_header, AttributeType,
+    BufferFull, ChannelData, Class, FrameError, Message, MessageType, MessageWriter, Method,
+    TransactionId, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, PROTOCOL_UDP,
+};
+use crate::turn::Transport;
 
 /// Command-line arguments of `turnd probe`.
 #[derive(Debug, Clone, clap::Args)]
@@ -129,10 +133,6 @@ const MAX_UDP_SENDS: u32 = 7;
 const PENDING_CAP: usize = 64;
 /// RFC 7443: the ALPN protocol ID of STUN/TURN over TLS.
 const ALPN_STUN_TURN: &[u8] = b"stun.turn";
-/// Default port of `turn:` and `stun:` (RFC 8656 section 3.1).
-const DEFAULT_PORT: u16 = 3478;
-/// Default port of `turns:` and `stuns:` (RFC 8656 section 3.1).
-const DEFAULT_TLS_PORT: u16 = 5349;
 /// Most seconds a best-effort cleanup after a failure waits per request.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lifetime of REST credentials minted from `--secret`: one hour.
@@ -158,21 +158,12 @@ fn unix_now() -> u64 {
 // URL and context
 // ---------------------------------------------------------------------------
 
-/// How the probe reaches the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
+/// How the probe reaches the server, in words.
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
     }
 }
 
@@ -244,7 +235,13 @@ fn parse_url(url: &str) -> Result<Target, String> {
             _ => return Err(format!("unknown transport {v:?}: expected udp or tcp")),
         };
     }
-    let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
+    // The default ports of `turns:`/`stuns:` and `turn:`/`stun:` URLs are
+    // the servers' (RFC 7064 and RFC 7065).
+    let default_port = if tls {
+        DEFAULT_TLS_LISTENING_PORT
+    } else {
+        DEFAULT_LISTENING_PORT
+    };
     let parse_port = |p: &str| -> Result<u16, String> {
         match p.parse::<u16>() {
             Ok(n) if n != 0 => Ok(n),
@@ -326,10 +323,10 @@ impl Ctx {
         let timeout_secs = args.timeout.max(1);
         let creds = match (&args.secret, &args.user, &args.password) {
             (Some(secret), user, _) => {
-                let username = format!(
-                    "{}:{}",
+                let username = rest_username(
                     unix_now() + REST_LIFETIME_SECS,
-                    user.as_deref().unwrap_or("probe")
+                    DEFAULT_REST_API_SEPARATOR,
+                    user.as_deref().unwrap_or("probe"),
                 );
                 let password = rest_password(secret, &username);
                 Some(Creds {
@@ -371,7 +368,11 @@ impl Ctx {
     }
 
     fn describe(&self) -> String {
-        let mut s = format!("{} to {}", self.target.transport.name(), self.addrs[0]);
+        let mut s = format!(
+            "{} to {}",
+            transport_name(self.target.transport),
+            self.addrs[0]
+        );
         if self.addrs.len() > 1 {
             let _ = write!(s, " (and {} more addresses)", self.addrs.len() - 1);
         }
@@ -412,7 +413,7 @@ impl Ctx {
                 "no answer from {} over {} within {} s: the connection is open but nothing \
                  answers STUN on it (is it a TURN server, and is it overloaded?)",
                 self.host_port(),
-                t.name(),
+                transport_name(t),
                 self.timeout_secs
             ),
         }
@@ -631,28 +632,21 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Splits one message off the front of a stream buffer: STUN is 20 + length
-/// bytes, ChannelData 4 + length rounded up to 4 (RFC 8656, section 12.5).
+/// Splits one message off the front of a stream buffer, framed as the server
+/// frames them ([`stream_frame_len`]; RFC 8656, section 12.5).
 fn take_frame(rx: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
-    if rx.len() < 4 {
-        return Ok(None);
+    match stream_frame_len(rx) {
+        Ok(Some(total)) => Ok(Some(rx.drain(..total).collect())),
+        Ok(None) => Ok(None),
+        Err(FrameError::Garbage(first)) => Err(format!(
+            "the server sent bytes that are neither STUN nor ChannelData (first byte {first:#04x}): \
+             the stream is out of step"
+        )),
+        Err(FrameError::Unaligned(len)) => Err(format!(
+            "the server sent a STUN message of length {len}, not a multiple of 4: \
+             the stream is out of step"
+        )),
     }
-    let len = u16::from_be_bytes([rx[2], rx[3]]) as usize;
-    let total = match rx[0] >> 6 {
-        0 => HEADER_LEN + len,
-        1 => CHANNEL_DATA_HEADER_LEN + ((len + 3) & !3),
-        _ => {
-            return Err(format!(
-                "the server sent bytes that are neither STUN nor ChannelData (first byte {:#04x}): \
-                 the stream is out of step",
-                rx[0]
-            ))
-        }
-    };
-    if rx.len() < total {
-        return Ok(None);
-    }
-    Ok(Some(rx.drain(..total).collect()))
 }
 
 /// Authentication state of one client: what the 401 challenge said.
@@ -664,7 +658,7 @@ struct Auth {
 }
 
 /// What an Allocate success said.
-struct Allocation {
+struct Allocated {
     relayed: SocketAddr,
     mapped: Option<SocketAddr>,
     lifetime: Option<u32>,
@@ -1090,7 +1084,7 @@ impl Client {
     }
 
     /// Steps 2 and 3: Allocate a UDP relay.
-    fn allocate(&mut self, ctx: &Ctx) -> Result<Allocation, String> {
+    fn allocate(&mut self, ctx: &Ctx) -> Result<Allocated, String> {
         let resp = self.request(ctx, Method::ALLOCATE, ctx.timeout, &|w| {
             w.u32(
                 AttributeType::REQUESTED_TRANSPORT,
@@ -1112,7 +1106,7 @@ impl Client {
                  external-ip set?)"
             ));
         }
-        Ok(Allocation {
+        Ok(Allocated {
             relayed,
             mapped: msg
                 .get_xor_address(AttributeType::XOR_MAPPED_ADDRESS)
@@ -1374,7 +1368,7 @@ fn cleanup(out: &mut dyn Write, ctx: &Ctx, clients: &mut [&mut Client]) {
     }
 }
 
-fn describe_allocation(a: &Allocation, c: &Client) -> String {
+fn describe_allocation(a: &Allocated, c: &Client) -> String {
     let mut s = format!("relayed address {}", a.relayed);
     match a.lifetime {
         Some(l) => {

@@ -371,7 +371,7 @@ fn credentials(req: &Request<Incoming>, state: &HttpState) -> Resp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let username = format!("{}{}{user}", now + ttl, config.rest_api_separator);
+    let username = crate::auth::rest_username(now + ttl, config.rest_api_separator, user);
     let password = crate::auth::rest_password(&secret.0, &username);
     json(
         StatusCode::OK,
