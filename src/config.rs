@@ -126,7 +126,8 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
 }
 
-/// The TOML keys turnd reads (every one is documented in turnserver.toml.example).
+/// The TOML keys turnd reads (every one is documented in turnserver.toml.example):
+/// the fields of the file's table, in their order (a test checks that they match).
 pub const TOML_KEYS: &[&str] = &[
     "listening-ip",
     "listening-port",
