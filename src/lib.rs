@@ -34,4 +34,5 @@ pub mod server;
 pub mod stun;
 pub mod sys;
 pub mod turn;
+pub mod untrusted;
 pub mod userdb;
