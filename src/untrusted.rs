@@ -243,6 +243,8 @@ mod tests {
             "nul\0",
             "esc\u{1b}",
             "c1\u{85}",
+            "ls\u{2028}",
+            "rlo\u{202e}",
             "\u{e0001}x",
         ] {
             assert!(opaque_string(bad).is_err(), "{bad:?}");
