@@ -35,4 +35,5 @@ pub mod server;
 pub mod stun;
 pub mod sys;
 pub mod turn;
+pub mod untrusted;
 pub mod userdb;

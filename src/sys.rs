@@ -1,12 +1,17 @@
-//! The small unsafe part of turnd: batched UDP receive and send
-//! (`recvmmsg`/`sendmmsg`) and the open-file limit, plain libc calls that std
-//! and socket2 do not expose, and the registration of UDP sockets with
-//! tokio's reactor ([`register_udp`]) and heap trimming ([`trim_heap`]).
-//! Nothing else in the library uses
-//! `unsafe`.
+//! The small unsafe part of turnd and turnd-bench: batched UDP receive and
+//! send (`recvmmsg`/`sendmmsg`), epoll with a nanosecond timeout ([`Epoll`],
+//! for turnd-bench), the open-file limit, CPU time and timer slack, plain
+//! libc calls that std and socket2 do not expose, and the registration of
+//! UDP sockets with tokio's reactor ([`register_udp`]) and heap trimming
+//! ([`trim_heap`]). Nothing else in the library or its binaries uses
+//! `unsafe`. The module is public only so that turnd-bench, a binary of this
+//! package, shares it; it is not a stable API.
 //!
-//! Each call is given pointers to memory this module owns for the whole
-//! call:
+//! Every public function is sound for any argument: sizes are clamped
+//! ([`MAX_BATCH`], [`MAX_DATAGRAM`], [`MAX_EPOLL_EVENTS`]) before any
+//! arithmetic, so no length given to the kernel exceeds the memory it
+//! describes. Each call is given pointers to memory this module owns for the
+//! whole call:
 //!
 //! - [`RecvBatch`] owns one contiguous buffer of `count` slots, one `iovec`,
 //!   one `sockaddr_storage` and one `mmsghdr` per slot, allocated once in
@@ -19,12 +24,15 @@
 //!   and its own `iovec`/`sockaddr_storage` vectors inside one call of
 //!   [`SendBatch::send`], whose borrows outlive the system call; the headers
 //!   are not used after it returns.
+//! - [`Epoll`] passes its own `Vec<epoll_event>` (length fixed at creation)
+//!   and its own descriptor (an `OwnedFd`, closed on drop).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// Bytes kept free before each received datagram: room for a ChannelData
 /// header (RFC 8656 section 12.4), so peer data is framed in place.
@@ -32,6 +40,14 @@ pub const HEADROOM: usize = 4;
 /// Bytes kept free after each received datagram: room for ChannelData
 /// padding to a multiple of 4 over TCP and TLS (RFC 8656 section 12.5).
 pub const TAILROOM: usize = 3;
+/// Most datagrams one batch holds: the kernel's `UIO_MAXIOV`, beyond which
+/// `recvmmsg`/`sendmmsg` handle no more per call anyway. Larger counts are
+/// clamped to it.
+pub const MAX_BATCH: usize = 1024;
+/// Largest datagram capacity of a [`RecvBatch`] slot, in bytes: above every
+/// UDP payload (65,527 bytes at most without IPv6 jumbograms). Larger
+/// capacities are clamped to it.
+pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Up to `count` received datagrams, each in its own slot:
 /// `[HEADROOM bytes][datagram, at most cap bytes][TAILROOM bytes]`.
@@ -56,10 +72,15 @@ impl std::fmt::Debug for RecvBatch {
 }
 
 impl RecvBatch {
-    /// Room for `count` datagrams (at least 1) of at most `cap` bytes. The
-    /// buffer is zeroed lazily by the OS, so unused slot tails cost no RSS.
+    /// Room for `count` datagrams of at most `cap` bytes each. `count` is
+    /// clamped to `1..=`[`MAX_BATCH`] and `cap` to at most [`MAX_DATAGRAM`]
+    /// (read the result back with [`RecvBatch::capacity`] and
+    /// [`RecvBatch::datagram_capacity`]), so the buffer is at most about
+    /// 64 MiB. It is zeroed lazily by the OS, so unused slot tails cost no RSS.
     pub fn new(count: usize, cap: usize) -> Self {
-        let count = count.max(1);
+        let count = count.clamp(1, MAX_BATCH);
+        let cap = cap.min(MAX_DATAGRAM);
+        // Cannot overflow: at most 1024 * (65,536 + 7).
         let slot = HEADROOM + cap + TAILROOM;
         let mut b = RecvBatch {
             bufs: vec![0u8; count * slot],
@@ -94,6 +115,11 @@ impl RecvBatch {
     /// Most datagrams one [`RecvBatch::recv`] returns.
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
+    }
+
+    /// Largest datagram a slot holds, in bytes (`cap` as clamped).
+    pub fn datagram_capacity(&self) -> usize {
+        self.cap
     }
 
     /// Receives up to [`RecvBatch::capacity`] datagrams from `fd` without
@@ -137,8 +163,21 @@ impl RecvBatch {
     /// # Panics
     /// When `i` is not below [`RecvBatch::capacity`].
     pub fn slot(&self, i: usize) -> &[u8] {
-        let o = i * self.slot;
+        assert!(
+            i < self.capacity(),
+            "slot {i} of a batch of {}",
+            self.capacity()
+        );
+        let o = i * self.slot; // below bufs.len(): no overflow
         &self.bufs[o..o + self.slot]
+    }
+
+    /// Datagram `i` of the last receive: its source and its bytes. `None`
+    /// as for [`RecvBatch::slot_mut`].
+    pub fn datagram(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        let (from, len) = self.received(i)?;
+        let o = i * self.slot + HEADROOM;
+        Some((from, &self.bufs[o..o + len]))
     }
 
     /// Datagram `i` of the last receive: its source, its length in bytes,
@@ -146,6 +185,14 @@ impl RecvBatch {
     /// `None` when `i` is out of range, the source address is not IPv4 or
     /// IPv6, or the datagram was truncated (larger than the slot).
     pub fn slot_mut(&mut self, i: usize) -> Option<(SocketAddr, usize, &mut [u8])> {
+        let (from, len) = self.received(i)?;
+        let o = i * self.slot;
+        Some((from, len, &mut self.bufs[o..o + self.slot]))
+    }
+
+    /// The source and length (at most `cap`) of datagram `i`, when it is
+    /// one of the last receive's, complete, and from IPv4 or IPv6.
+    fn received(&self, i: usize) -> Option<(SocketAddr, usize)> {
         if i >= self.len {
             return None;
         }
@@ -154,9 +201,7 @@ impl RecvBatch {
             return None;
         }
         let len = (h.msg_len as usize).min(self.cap);
-        let from = from_storage(&self.names[i], h.msg_hdr.msg_namelen)?;
-        let o = i * self.slot;
-        Some((from, len, &mut self.bufs[o..o + self.slot]))
+        Some((from_storage(&self.names[i], h.msg_hdr.msg_namelen)?, len))
     }
 }
 
@@ -213,14 +258,17 @@ impl SendBatch {
         let count = self.hdrs.len();
         let (mut at, mut sent) = (0, 0);
         while at < count {
-            // SAFETY: headers `at..count` point at `self.iovs`/`self.names`
-            // (not resized since) and at the callers' slices, borrowed for
-            // `'a`, which outlives this call.
+            // At most MAX_BATCH per call: fits a c_uint, and the kernel
+            // takes no more.
+            let vlen = (count - at).min(MAX_BATCH);
+            // SAFETY: headers `at..at + vlen` (within `count`) point at
+            // `self.iovs`/`self.names` (not resized since) and at the
+            // callers' slices, borrowed for `'a`, which outlives this call.
             let r = unsafe {
                 libc::sendmmsg(
                     fd.as_raw_fd(),
                     self.hdrs.as_mut_ptr().add(at),
-                    (count - at) as libc::c_uint,
+                    vlen as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -234,6 +282,192 @@ impl SendBatch {
         self.hdrs.clear();
         self.iovs.clear();
         sent
+    }
+}
+
+/// An epoll instance (level-triggered) with its event buffer. Used by
+/// turnd-bench, whose load generator and forwarder are plain event loops.
+pub struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+    /// `epoll_pwait2` (nanosecond timeout, Linux 5.11) works here.
+    pwait2: bool,
+}
+
+impl std::fmt::Debug for Epoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epoll")
+            .field("fd", &self.fd)
+            .field("max_events", &self.events.len())
+            .finish()
+    }
+}
+
+/// Most events one [`Epoll::wait`] returns; larger `max_events` are clamped.
+pub const MAX_EPOLL_EVENTS: usize = 65_536;
+/// Epoll readiness flag: readable.
+pub const EPOLL_IN: u32 = libc::EPOLLIN as u32;
+/// Epoll readiness flag: writable.
+pub const EPOLL_OUT: u32 = libc::EPOLLOUT as u32;
+
+impl Epoll {
+    /// A new epoll instance returning at most `max_events` per wait
+    /// (clamped to `1..=`[`MAX_EPOLL_EVENTS`]).
+    ///
+    /// # Errors
+    /// When the kernel refuses a new instance (descriptor limit).
+    pub fn new(max_events: usize) -> io::Result<Self> {
+        // SAFETY: no pointer arguments; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll {
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![
+                libc::epoll_event { events: 0, u64: 0 };
+                max_events.clamp(1, MAX_EPOLL_EVENTS)
+            ],
+            pwait2: true,
+        })
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` lives for the call; the kernel copies it. `fd` is only
+        // a number to the kernel: a bad one is an error (EBADF), not UB.
+        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Watches `fd` for `events` ([`EPOLL_IN`], [`EPOLL_OUT`]), reported
+    /// with `token`.
+    ///
+    /// # Errors
+    /// The kernel's: EBADF, EEXIST (already watched), EPERM (a regular file).
+    pub fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Changes the events watched on `fd`.
+    ///
+    /// # Errors
+    /// The kernel's: EBADF, ENOENT (not watched).
+    pub fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    /// Stops watching `fd`.
+    ///
+    /// # Errors
+    /// The kernel's: EBADF, ENOENT (not watched).
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Waits up to `timeout` (`None`: forever; a timeout beyond `i64::MAX`
+    /// seconds is forever too) and returns how many events are ready; read
+    /// them with [`Epoll::event`]. EINTR counts as zero events.
+    ///
+    /// # Errors
+    /// The kernel's (EBADF, EINVAL).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        // At most MAX_EPOLL_EVENTS: fits an i32.
+        let max = self.events.len() as i32;
+        let epfd = self.fd.as_raw_fd();
+        let timeout = timeout.filter(|t| t.as_secs() <= i64::MAX as u64);
+        let r = if self.pwait2 {
+            let ts = timeout.map(|t| libc::timespec {
+                tv_sec: t.as_secs() as libc::time_t,
+                tv_nsec: t.subsec_nanos() as libc::c_long,
+            });
+            let tsp = ts
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `events` holds `max` entries; `tsp` is null or points to
+            // `ts`, alive for the call; a null sigmask makes the size unused.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    epfd,
+                    self.events.as_mut_ptr(),
+                    max,
+                    tsp,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                self.pwait2 = false;
+                return self.wait(timeout);
+            }
+            r as i32
+        } else {
+            // Millisecond timeout, rounded up so a short wait does not spin.
+            let ms = timeout.map_or(-1, |t| {
+                t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+            });
+            // SAFETY: `events` holds `max` entries.
+            unsafe { libc::epoll_wait(epfd, self.events.as_mut_ptr(), max, ms) }
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(r as usize)
+    }
+
+    /// The token and event flags of ready event `i` (after [`Epoll::wait`]).
+    ///
+    /// # Panics
+    /// When `i` is not below the clamped `max_events`.
+    pub fn event(&self, i: usize) -> (u64, u32) {
+        let e = self.events[i];
+        (e.u64, e.events)
+    }
+}
+
+/// This process's user + system CPU time so far (zero when unknown).
+pub fn self_cpu() -> Duration {
+    // SAFETY: rusage is plain old data; getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { zeroed() };
+    // SAFETY: `ru` lives for the call.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64)
+            + Duration::from_micros(t.tv_usec.clamp(0, 999_999) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Clock ticks per second, the unit of utime and stime in /proc/PID/stat
+/// (100 when unknown).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: no pointer arguments.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Asks for 1 ns of timer slack (default 50 µs) so paced sends wake on time.
+pub fn tight_timer_slack() {
+    let slack_ns: libc::c_ulong = 1;
+    // SAFETY: PR_SET_TIMERSLACK takes an integer; no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, slack_ns);
     }
 }
 
@@ -409,5 +643,70 @@ mod tests {
             rb.slot_mut(0).is_none(),
             "truncated datagram must not be used"
         );
+    }
+
+    /// Issue 10: absurd sizes overflowed `HEADROOM + cap + TAILROOM` and
+    /// `count * slot`, and the kernel was told about more memory than the
+    /// batch had.
+    #[test]
+    fn absurd_batch_sizes_are_clamped() {
+        for (count, cap) in [
+            (usize::MAX, usize::MAX),
+            (1, usize::MAX),
+            (1, usize::MAX - HEADROOM - TAILROOM + 1),
+            (usize::MAX / 2, 2),
+        ] {
+            let rb = RecvBatch::new(count, cap);
+            assert!(
+                rb.capacity() >= 1 && rb.capacity() <= MAX_BATCH,
+                "{count} {cap}"
+            );
+            assert!(rb.cap <= MAX_DATAGRAM);
+            assert_eq!(
+                rb.bufs.len(),
+                rb.capacity() * (HEADROOM + rb.cap + TAILROOM)
+            );
+            for iov in &rb.iovs {
+                assert_eq!(iov.iov_len, rb.cap);
+            }
+        }
+        assert_eq!(RecvBatch::new(0, 0).capacity(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "slot 18446744073709551615 of a batch of 2")]
+    fn an_absurd_slot_index_panics_cleanly() {
+        let _ = RecvBatch::new(2, 100).slot(usize::MAX);
+    }
+
+    #[test]
+    fn absurd_epoll_and_send_arguments_are_clamped() {
+        let mut ep = Epoll::new(usize::MAX).unwrap();
+        assert_eq!(ep.events.len(), MAX_EPOLL_EVENTS);
+        assert_eq!(ep.wait(Some(Duration::ZERO)).unwrap(), 0);
+        assert!(
+            ep.add(-1, 0, EPOLL_IN).is_err(),
+            "a bad descriptor is an error"
+        );
+        assert!(ep.add(i32::MAX, 0, EPOLL_IN).is_err());
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        ep.add(b.as_raw_fd(), 7, EPOLL_IN).unwrap();
+        // More datagrams than one sendmmsg takes.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.local_addr().unwrap();
+        let sent =
+            SendBatch::default().send(a.as_fd(), (0..3 * MAX_BATCH).map(|_| (&[1u8][..], to)));
+        assert!((1..=3 * MAX_BATCH).contains(&sent), "{sent}");
+        assert_eq!(ep.wait(Some(Duration::from_secs(5))).unwrap(), 1);
+        assert_eq!(ep.event(0), (7, EPOLL_IN));
+        let mut rb = RecvBatch::new(usize::MAX, 16);
+        let n = rb.recv(b.as_fd()).unwrap();
+        assert!((1..=MAX_BATCH.min(sent)).contains(&n), "{n}");
+        assert_eq!(rb.datagram(0), Some((a.local_addr().unwrap(), &[1u8][..])));
+        assert_eq!(rb.datagram(n), None);
+        assert_eq!(rb.datagram(usize::MAX), None);
+        assert!(self_cpu() > Duration::ZERO);
+        assert!(clock_ticks() > 0);
     }
 }

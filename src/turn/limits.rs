@@ -3,8 +3,8 @@
 //!
 //! Time comes in as an argument; nothing here reads a clock.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 #[cfg(test)]
 use std::time::Duration;
 use std::time::Instant;
@@ -55,12 +55,6 @@ impl TokenBucket {
         self.tokens < 1.0
     }
 
-    /// True when the bucket would be full at `now` (idle long enough to forget).
-    fn is_full_at(&self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens + dt * self.rate >= self.burst
-    }
-
     /// Changes rate and burst (live reload), keeping the tokens it has.
     pub fn set_rate(&mut self, rate: f64, burst: u64) {
         self.rate = rate;
@@ -69,28 +63,84 @@ impl TokenBucket {
     }
 }
 
-/// Token buckets per source IP address, in a bounded table.
+/// Default length in bits of the IPv6 prefix that counts as one source
+/// (`ipv6-source-prefix`): a /64 is what one subscriber or one host usually
+/// gets, so every address in it shares one budget.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
+
+/// Token buckets per source, in a bounded table.
 ///
-/// When the table is full, buckets that have refilled completely (idle
-/// sources) are forgotten; if it is still full, new sources are refused
-/// (fail closed: under a spoofed flood turnd answers less, never more).
+/// A source is an IPv4 address (an IPv4-mapped IPv6 address counts as the
+/// IPv4 address it maps) or an IPv6 prefix of [`SourceLimiter::ipv6_prefix`]
+/// bits (default [`DEFAULT_IPV6_SOURCE_PREFIX`], 64): one host cannot dodge
+/// its limit by changing the low bits of its IPv6 address.
+///
+/// The table holds at most `max_sources` sources. A new source in a full
+/// table evicts the oldest one (the first tracked), in constant time, and is
+/// tracked and limited itself: the table never fails open (a new source that
+/// is never blocked) nor closed (a new source never answered). An attacker
+/// can reset its own budget only by bringing `max_sources` other sources in
+/// between (that many IPv4 addresses or IPv6 prefixes).
 #[derive(Clone, Debug)]
 pub struct SourceLimiter {
     buckets: HashMap<IpAddr, TokenBucket>,
+    /// The keys of `buckets`, oldest first (each exactly once).
+    order: VecDeque<IpAddr>,
     rate: f64,
     burst: u64,
     max_sources: usize,
+    ipv6_prefix: u8,
+    /// Sources evicted from a full table (tests check the cost).
+    #[cfg(test)]
+    evictions: u64,
+    /// Entries looked at to evict them.
+    #[cfg(test)]
+    examined: u64,
 }
 
 impl SourceLimiter {
-    /// `rate` per second and `burst` per source; `rate` 0 disables the limit.
+    /// `rate` tokens per second and `burst` tokens per source (at least 1),
+    /// for at most `max_sources` sources (at least 1); `rate` 0 disables the
+    /// limit. IPv6 sources are keyed by their /64
+    /// ([`DEFAULT_IPV6_SOURCE_PREFIX`]); see [`SourceLimiter::with_ipv6_prefix`].
     pub fn new(rate: f64, burst: u64, max_sources: usize) -> Self {
         SourceLimiter {
             buckets: HashMap::new(),
+            order: VecDeque::new(),
             rate,
             burst: burst.max(1),
-            max_sources,
+            max_sources: max_sources.max(1),
+            ipv6_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
+            #[cfg(test)]
+            evictions: 0,
+            #[cfg(test)]
+            examined: 0,
         }
+    }
+
+    /// Keys IPv6 sources by their first `bits` bits (`ipv6-source-prefix`;
+    /// 0 to 128, more counts as 128; 128 keys each address on its own).
+    /// IPv4 sources are always keyed by their full address.
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+        self.set_ipv6_prefix(bits);
+        self
+    }
+
+    /// Changes the IPv6 prefix length in bits (live reload; see
+    /// [`SourceLimiter::with_ipv6_prefix`]). A change forgets every tracked
+    /// source, whose keys no longer apply.
+    pub fn set_ipv6_prefix(&mut self, bits: u8) {
+        let bits = bits.min(128);
+        if bits != self.ipv6_prefix {
+            self.ipv6_prefix = bits;
+            self.buckets.clear();
+            self.order.clear();
+        }
+    }
+
+    /// The length in bits of the IPv6 prefix that is one source.
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
     }
 
     /// True when limiting is on.
@@ -98,45 +148,71 @@ impl SourceLimiter {
         self.rate > 0.0
     }
 
-    fn bucket(&mut self, ip: IpAddr, now: Instant) -> Option<&mut TokenBucket> {
-        if !self.buckets.contains_key(&ip) {
-            if self.buckets.len() >= self.max_sources {
-                self.buckets.retain(|_, b| !b.is_full_at(now));
-                if self.buckets.len() >= self.max_sources {
-                    return None;
-                }
+    /// The key `ip` is counted under: the IPv4 address, or the IPv6 prefix
+    /// (host bits zero).
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => {
+                let mask = match self.ipv6_prefix {
+                    0 => 0,
+                    n => u128::MAX << (128 - u32::from(n)),
+                };
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
             }
-            self.buckets
-                .insert(ip, TokenBucket::new(self.rate, self.burst, now));
         }
-        self.buckets.get_mut(&ip)
     }
 
-    /// Takes one token for `ip`; false when the source is over its limit.
+    /// The bucket of `key`, made (evicting the oldest source when the table
+    /// is full) if it has none.
+    fn bucket(&mut self, key: IpAddr, now: Instant) -> &mut TokenBucket {
+        if !self.buckets.contains_key(&key) {
+            if self.buckets.len() >= self.max_sources {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.buckets.remove(&oldest);
+                    #[cfg(test)]
+                    {
+                        self.evictions += 1;
+                        self.examined += 1;
+                    }
+                }
+            }
+            self.order.push_back(key);
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+    }
+
+    /// Takes one token for the source of `ip`; false when it is over its
+    /// limit. Call once per answer to an unauthenticated request.
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if !self.is_enabled() {
             return true;
         }
-        self.bucket(ip, now).is_some_and(|b| b.take(1, now))
+        let key = self.key(ip);
+        self.bucket(key, now).take(1, now)
     }
 
-    /// True when `ip` has no token left (nothing is taken).
+    /// True when the source of `ip` has no token left (nothing is taken).
     pub fn is_blocked(&mut self, ip: IpAddr, now: Instant) -> bool {
         if !self.is_enabled() {
             return false;
         }
-        match self.buckets.get_mut(&ip) {
+        let key = self.key(ip);
+        match self.buckets.get_mut(&key) {
             Some(b) => b.is_empty(now),
             None => false,
         }
     }
 
-    /// Takes one token for `ip` whether or not one is left (a failure happened).
+    /// Takes one token for the source of `ip` whether or not one is left (a
+    /// failure happened, such as a failed authentication).
     pub fn record(&mut self, ip: IpAddr, now: Instant) {
         if self.is_enabled() {
-            if let Some(b) = self.bucket(ip, now) {
-                let _ = b.take(1, now);
-            }
+            let key = self.key(ip);
+            let _ = self.bucket(key, now).take(1, now);
         }
     }
 
@@ -150,7 +226,7 @@ impl SourceLimiter {
         self.buckets.is_empty()
     }
 
-    /// Changes the limits (live reload).
+    /// Changes the limits (live reload): `rate` per second, `burst` tokens.
     pub fn set_rate(&mut self, rate: f64, burst: u64) {
         self.rate = rate;
         self.burst = burst.max(1);
@@ -201,6 +277,11 @@ impl SharedLimiter {
         self.lock().set_rate(rate, burst);
     }
 
+    /// [`SourceLimiter::set_ipv6_prefix`].
+    pub fn set_ipv6_prefix(&self, bits: u8) {
+        self.lock().set_ipv6_prefix(bits);
+    }
+
     /// Sources tracked now.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -222,6 +303,7 @@ pub fn bandwidth_burst(bytes_per_sec: u64) -> u64 {
 #[allow(clippy::disallowed_methods)] // tests pick an arbitrary epoch
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn bucket_refills_at_rate() {
@@ -249,14 +331,103 @@ mod tests {
         assert!(l.allow(a, t0) && l.allow(a, t0) && l.allow(a, t0));
         assert!(!l.allow(a, t0));
         assert!(l.allow(b, t0), "another source is not affected");
-        // Table full (2 sources, neither idle): a third is refused.
-        assert!(!l.allow("192.0.2.3".parse().unwrap(), t0));
-        // Once the others are idle (full again), there is room.
-        assert!(l.allow("192.0.2.3".parse().unwrap(), t0 + Duration::from_secs(10)));
-        assert!(l.len() <= 2);
+        // Table full (2 sources): a third evicts the oldest, `a`, and is limited.
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(l.allow(c, t0) && l.allow(c, t0) && l.allow(c, t0));
+        assert!(!l.allow(c, t0));
+        assert_eq!(l.len(), 2);
+        assert!(l.allow(a, t0), "`a` was forgotten");
         assert!(
             SourceLimiter::new(0.0, 0, 1).allow(a, t0),
             "rate 0 disables"
         );
+    }
+
+    /// Issue 10: limits were keyed on the full IPv6 address.
+    #[test]
+    fn one_ipv6_64_shares_one_budget() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(1.0, 3, 65_536);
+        let allowed = (0..1000u16)
+            .filter(|&i| {
+                l.allow(
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, i, 0, 0, 1)),
+                    t0,
+                )
+            })
+            .count();
+        assert_eq!(allowed, 3, "one /64, one budget");
+        assert_eq!(l.len(), 1);
+        assert!(
+            l.allow("2001:db8:1:3::1".parse().unwrap(), t0),
+            "the next /64 is another source"
+        );
+    }
+
+    /// Issue 10: a full table let new sources fail authentication forever.
+    #[test]
+    fn fresh_sources_beyond_the_cap_are_still_limited() {
+        let t0 = Instant::now();
+        let mut failures = SourceLimiter::new(1.0 / 60.0, 2, 16);
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0xC000_0200 + i));
+            assert!(!failures.is_blocked(ip, t0));
+            failures.record(ip, t0);
+            failures.record(ip, t0);
+            assert!(failures.is_blocked(ip, t0), "source {i} must be blocked");
+            assert!(failures.len() <= 16);
+        }
+        let mut unauth = SourceLimiter::new(1.0, 2, 16);
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0xC000_0200 + i));
+            assert!(unauth.allow(ip, t0), "a new source gets its budget");
+            assert!(unauth.allow(ip, t0));
+            assert!(!unauth.allow(ip, t0), "and no more");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_ipv4() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(1.0, 2, 16);
+        assert!(l.allow("192.0.2.1".parse().unwrap(), t0));
+        assert!(l.allow("::ffff:192.0.2.1".parse().unwrap(), t0));
+        assert!(!l.allow("192.0.2.1".parse().unwrap(), t0));
+        assert!(
+            l.allow("192.0.2.2".parse().unwrap(), t0),
+            "IPv4 keyed by full address"
+        );
+    }
+
+    #[test]
+    fn ipv6_prefix_is_configurable() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(1.0, 1, 16).with_ipv6_prefix(128);
+        assert!(l.allow("2001:db8::1".parse().unwrap(), t0));
+        assert!(l.allow("2001:db8::2".parse().unwrap(), t0));
+        let mut l = SourceLimiter::new(1.0, 1, 16).with_ipv6_prefix(48);
+        assert!(l.allow("2001:db8:1:1::1".parse().unwrap(), t0));
+        assert!(!l.allow("2001:db8:1:ffff::2".parse().unwrap(), t0));
+        assert!(l.allow("2001:db8:2::1".parse().unwrap(), t0));
+        l.set_ipv6_prefix(128);
+        assert!(l.is_empty(), "a new prefix forgets the old keys");
+        assert!(l.allow("2001:db8:1:1::1".parse().unwrap(), t0));
+        assert!(l.allow("2001:db8:1:1::2".parse().unwrap(), t0));
+    }
+
+    #[test]
+    fn a_full_table_evicts_in_constant_time() {
+        let t0 = Instant::now();
+        let mut l = SourceLimiter::new(1.0, 1, 1000);
+        for i in 0..100_000u32 {
+            l.record(IpAddr::V4(Ipv4Addr::from(i)), t0);
+        }
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l.evictions, 99_000);
+        assert_eq!(l.examined, 99_000, "one entry looked at per eviction");
+        // The oldest went first: the last 1000 are the ones tracked.
+        assert!(l.is_blocked(IpAddr::V4(Ipv4Addr::from(99_999)), t0));
+        assert!(l.is_blocked(IpAddr::V4(Ipv4Addr::from(99_000)), t0));
+        assert!(!l.is_blocked(IpAddr::V4(Ipv4Addr::from(98_999)), t0));
     }
 }

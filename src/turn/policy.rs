@@ -7,43 +7,116 @@
 //! broadcast, and the NAT64 local-use prefix 64:ff9b:1::/48. IPv6 forms that
 //! embed an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96,
 //! NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by the embedded address too.
+//!
+//! Ranges (`allowed-peer-ip`, `denied-peer-ip`) have a family: an IPv6 range,
+//! even `::/0`, never matches an IPv4 address, and an IPv4 range matches an
+//! IPv6 peer only through the embedded forms above.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// An inclusive range of addresses, IPv4 stored as IPv4-mapped IPv6.
+/// An inclusive range of addresses of one family: IPv4 or IPv6.
 ///
 /// Parsed from a single address (`192.0.2.7`), an inclusive range
-/// (`192.0.2.1-192.0.2.9`, coturn's syntax) or CIDR (`192.0.2.0/24`, `2001:db8::/32`).
+/// (`192.0.2.1-192.0.2.9`, coturn's syntax) or CIDR (`192.0.2.0/24`,
+/// `2001:db8::/32`). An IPv6 range written inside the IPv4-mapped block
+/// `::ffff:0:0/96` (`::ffff:10.0.0.0/104`) is the IPv4 range it maps; any
+/// other IPv6 range, `::/0` included, holds IPv6 addresses only and never
+/// matches an IPv4 peer.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
+    family: Family,
+    /// First address: an IPv4 address as its `u32` value, IPv6 as `u128`.
     start: u128,
+    /// Last address, same encoding as `start`.
     end: u128,
 }
 
-fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Family {
+    V4,
+    V6,
 }
 
+/// The IPv4-mapped block ::ffff:0:0/96, as the top 96 bits of a `u128`.
+const MAPPED_PREFIX: u128 = 0xffff;
+
 impl IpRange {
-    /// True when `ip` lies in the range (IPv4 matches its mapped form too).
+    /// True when `ip` lies in the range.
+    ///
+    /// An IPv4 range matches IPv4 addresses and IPv6 addresses that embed
+    /// one in it (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4
+    /// 2002::/16; see [`embedded_ipv4`]). An IPv6 range matches IPv6
+    /// addresses only, and never an IPv4-mapped one (that is an IPv4 peer).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let v = to_u128(ip);
+        let ip = ip.to_canonical();
+        self.contains_exact(ip)
+            || match ip {
+                IpAddr::V6(v6) => embedded_ipv4(v6).is_some_and(|e| self.contains_exact(e.into())),
+                IpAddr::V4(_) => false,
+            }
+    }
+
+    /// True when `ip` (canonical: IPv4-mapped already made IPv4) is of the
+    /// range's family and inside it; embedded IPv4 addresses are not looked at.
+    fn contains_exact(&self, ip: IpAddr) -> bool {
+        let v = match (self.family, ip) {
+            (Family::V4, IpAddr::V4(v4)) => u128::from(u32::from(v4)),
+            (Family::V6, IpAddr::V6(v6)) => u128::from(v6),
+            _ => return false,
+        };
         self.start <= v && v <= self.end
+    }
+
+    /// The range of `start..=end` (IPv6 as `u128`), made IPv4 when it lies
+    /// inside ::ffff:0:0/96.
+    fn v6(start: u128, end: u128) -> Self {
+        if start >> 32 == MAPPED_PREFIX && end >> 32 == MAPPED_PREFIX {
+            IpRange {
+                family: Family::V4,
+                start: start & 0xffff_ffff,
+                end: end & 0xffff_ffff,
+            }
+        } else {
+            IpRange {
+                family: Family::V6,
+                start,
+                end,
+            }
+        }
+    }
+
+    /// The range from `a` to `b`, both of one family.
+    fn between(a: IpAddr, b: IpAddr) -> Option<Self> {
+        match (a, b) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => Some(IpRange {
+                family: Family::V4,
+                start: u32::from(a).into(),
+                end: u32::from(b).into(),
+            }),
+            (IpAddr::V6(a), IpAddr::V6(b)) => Some(IpRange::v6(a.into(), b.into())),
+            _ => None,
+        }
     }
 }
 
 impl fmt::Debug for IpRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = Ipv6Addr::from(self.start);
-        let e = Ipv6Addr::from(self.end);
-        match (s.to_ipv4_mapped(), e.to_ipv4_mapped()) {
-            (Some(a), Some(b)) => write!(f, "{a}-{b}"),
-            _ => write!(f, "{s}-{e}"),
+        match self.family {
+            // The values came from `u32`s.
+            Family::V4 => write!(
+                f,
+                "{}-{}",
+                Ipv4Addr::from(self.start as u32),
+                Ipv4Addr::from(self.end as u32)
+            ),
+            Family::V6 => write!(
+                f,
+                "{}-{}",
+                Ipv6Addr::from(self.start),
+                Ipv6Addr::from(self.end)
+            ),
         }
     }
 }
@@ -68,37 +141,40 @@ impl FromStr for IpRange {
         if let Some((a, b)) = s.split_once('-') {
             let a: IpAddr = a.trim().parse().map_err(|_| err("bad start address"))?;
             let b: IpAddr = b.trim().parse().map_err(|_| err("bad end address"))?;
-            if a.is_ipv4() != b.is_ipv4() {
-                return Err(err("start and end are of different families"));
-            }
-            let (start, end) = (to_u128(a), to_u128(b));
-            if start > end {
+            let r = IpRange::between(a, b)
+                .ok_or_else(|| err("start and end are of different families"))?;
+            if r.start > r.end {
                 return Err(err("start is after end"));
             }
-            return Ok(IpRange { start, end });
+            return Ok(r);
         }
         if let Some((a, n)) = s.split_once('/') {
             let ip: IpAddr = a.trim().parse().map_err(|_| err("bad address"))?;
             let n: u32 = n.trim().parse().map_err(|_| err("bad prefix length"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            if n > max {
+            let (v, width) = match ip {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            };
+            if n > width {
                 return Err(err("prefix length too long"));
             }
-            let bits = if ip.is_ipv4() { 96 + n } else { n };
-            let mask: u128 = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
+            // Host bits: the low `width - n` bits of the address.
+            let host: u128 = match width - n {
+                128 => u128::MAX,
+                h => (1u128 << h) - 1,
             };
-            let v = to_u128(ip);
-            return Ok(IpRange {
-                start: v & mask,
-                end: (v & mask) | !mask,
+            let (start, end) = (v & !host, v | host);
+            return Ok(match ip {
+                IpAddr::V4(_) => IpRange {
+                    family: Family::V4,
+                    start,
+                    end,
+                },
+                IpAddr::V6(_) => IpRange::v6(start, end),
             });
         }
         let ip: IpAddr = s.parse().map_err(|_| err("bad address"))?;
-        let v = to_u128(ip);
-        Ok(IpRange { start: v, end: v })
+        Ok(IpRange::between(ip, ip).expect("one family"))
     }
 }
 
@@ -168,34 +244,35 @@ fn v6_denied_by_default(ip: Ipv6Addr, allow_loopback: bool) -> bool {
 impl PeerPolicy {
     /// True when relaying to `ip` is allowed.
     ///
-    /// Precedence: `allowed` (matching the address or its embedded IPv4) opens
-    /// it; otherwise `denied` or the defaults listed in the module doc close it.
+    /// An IPv4-mapped address (::ffff:a.b.c.d) is the IPv4 address it maps.
+    /// An IPv6 address that embeds an IPv4 address (IPv4-compatible, NAT64,
+    /// 6to4; see [`embedded_ipv4`]) reaches both, so both must be allowed.
+    /// Each address is judged against ranges of its own family only: an
+    /// IPv6 range such as `::/0` neither opens nor closes an IPv4 address.
+    /// Precedence for each: `allowed` opens it; otherwise `denied` or the
+    /// defaults listed in the module doc close it.
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
-        let embedded = match ip {
-            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
-            IpAddr::V4(_) => None,
-        };
-        let matches = |list: &[IpRange]| {
-            list.iter()
-                .any(|r| r.contains(ip) || embedded.is_some_and(|e| r.contains(e)))
-        };
-        if matches(&self.allowed) {
+        let ip = ip.to_canonical();
+        match ip {
+            IpAddr::V4(_) => self.allows_one(ip),
+            IpAddr::V6(v6) => {
+                self.allows_one(ip) && embedded_ipv4(v6).is_none_or(|e| self.allows_one(e.into()))
+            }
+        }
+    }
+
+    /// The verdict on `ip` alone (canonical), without its embedded address.
+    fn allows_one(&self, ip: IpAddr) -> bool {
+        if self.allowed.iter().any(|r| r.contains_exact(ip)) {
             return true;
         }
-        if matches(&self.denied) {
+        if self.denied.iter().any(|r| r.contains_exact(ip)) {
             return false;
         }
-        let denied = match ip {
+        !match ip {
             IpAddr::V4(v4) => v4_denied_by_default(v4, self.allow_loopback),
-            IpAddr::V6(v6) => {
-                v6_denied_by_default(v6, self.allow_loopback)
-                    || embedded.is_some_and(|e| match e {
-                        IpAddr::V4(e) => v4_denied_by_default(e, self.allow_loopback),
-                        IpAddr::V6(_) => false,
-                    })
-            }
-        };
-        !denied
+            IpAddr::V6(v6) => v6_denied_by_default(v6, self.allow_loopback),
+        }
     }
 }
 
@@ -324,6 +401,73 @@ mod tests {
         assert!(!p.is_allowed(ip("64:ff9b::808:808")));
         assert!(!p.is_allowed(ip("2001:db8::5")));
         assert!(p.is_allowed(ip("8.8.9.1")));
+    }
+
+    /// Issue 10: IPv4 used to be stored as IPv4-mapped IPv6, so an IPv6
+    /// range covering ::ffff:0:0/96 matched every IPv4 peer.
+    #[test]
+    fn ipv6_ranges_never_open_or_close_ipv4_peers() {
+        for range in ["::/0", "::/1", "::-ffff::"] {
+            let allow = PeerPolicy {
+                allowed: vec![range.parse().unwrap()],
+                ..Default::default()
+            };
+            for v4 in ["127.0.0.1", "169.254.169.254", "10.0.0.1"] {
+                assert!(!allow.is_allowed(ip(v4)), "allowed {range} opened {v4}");
+                let mapped = format!("::ffff:{v4}");
+                assert!(
+                    !allow.is_allowed(ip(&mapped)),
+                    "allowed {range} opened {mapped}"
+                );
+            }
+            assert!(allow.is_allowed(ip("8.8.8.8")));
+            let deny = PeerPolicy {
+                denied: vec![range.parse().unwrap()],
+                ..Default::default()
+            };
+            for v4 in ["8.8.8.8", "192.0.2.1", "::ffff:8.8.8.8"] {
+                assert!(deny.is_allowed(ip(v4)), "denied {range} closed {v4}");
+            }
+            assert!(!deny.is_allowed(ip("2001:db8::1")), "denied {range}");
+            for v4 in ["127.0.0.1", "169.254.169.254", "10.0.0.1"] {
+                assert!(!deny.is_allowed(ip(v4)), "defaults still apply");
+            }
+        }
+    }
+
+    #[test]
+    fn mapped_ranges_are_ipv4_and_embedded_addresses_must_pass_both_ways() {
+        let mapped: IpRange = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+        assert_eq!(
+            "::ffff:1.1.1.1-::ffff:1.1.1.9".parse::<IpRange>().unwrap(),
+            "1.1.1.1-1.1.1.9".parse().unwrap()
+        );
+        assert!(mapped.contains(ip("10.9.9.9")));
+        assert!(mapped.contains(ip("64:ff9b::a00:1")));
+        assert!(!"::/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("::ffff:1.1.1.1")));
+        // Opening the 6to4 or NAT64 block does not open the IPv4 addresses
+        // they lead to.
+        let p = PeerPolicy {
+            allowed: vec![
+                "2002::/16".parse().unwrap(),
+                "64:ff9b::/96".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert!(!p.is_allowed(ip("2002:7f00:1::1")));
+        assert!(!p.is_allowed(ip("64:ff9b::a9fe:a9fe")));
+        assert!(p.is_allowed(ip("64:ff9b::808:808")));
+        // Opening the IPv4 address opens its NAT64 form.
+        let p = PeerPolicy {
+            allowed: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(p.is_allowed(ip("64:ff9b::a00:1")));
+        assert!(p.is_allowed(ip("::ffff:10.0.0.1")));
     }
 
     #[test]

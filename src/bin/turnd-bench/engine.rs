@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,7 +21,7 @@ use crate::procstat::{self, Sample};
 use crate::proto::{self, Auth, Reply, CHANNEL};
 use crate::report::Histogram;
 use crate::stream::{self, StreamConn};
-use crate::sys::{self, Batch, Epoll};
+use turnd::sys::{self, Epoll, RecvBatch, SendBatch, EPOLL_IN, EPOLL_OUT};
 
 /// How the client reaches the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -232,7 +232,7 @@ fn ns_since(t0: Instant) -> u64 {
 impl Engine {
     /// Opens the echo sockets and one socket or connection per allocation.
     pub fn new(cfg: Config) -> io::Result<Self> {
-        let limit = sys::raise_nofile();
+        let limit = sys::raise_nofile_limit().map_or(1024, |(_, new)| new);
         let need = cfg.allocations as u64 + cfg.echo_sockets as u64 + 32;
         if need > limit {
             return Err(io::Error::other(format!(
@@ -249,7 +249,7 @@ impl Engine {
         let mut echoes = Vec::new();
         for j in 0..cfg.echo_sockets.max(1) {
             let s = bind_udp(local_ip, 4 << 20)?;
-            ep.add(s.as_raw_fd(), ECHO_BASE + j as u64, sys::IN)?;
+            ep.add(s.as_raw_fd(), ECHO_BASE + j as u64, EPOLL_IN)?;
             echoes.push(s);
         }
         let echo_addrs: Vec<SocketAddr> = echoes
@@ -286,7 +286,7 @@ impl Engine {
                     Link::Stream(Box::new(StreamConn::connect(cfg.server, tls.as_ref())?))
                 }
             };
-            ep.add(link.fd(), i as u64, sys::IN)?;
+            ep.add(link.fd(), i as u64, EPOLL_IN)?;
             let mut frame = vec![0xA5u8; hdr_len + cfg.size + pad];
             if !cfg.bare {
                 write_channel_data_header(&mut frame, CHANNEL, cfg.size);
@@ -345,7 +345,7 @@ impl Engine {
                 let ok = s.send(&c.req).is_ok();
                 if ok && s.pending() && !s.watching_out {
                     s.watching_out = true;
-                    let _ = self.ep.modify(s.fd(), i as u64, sys::IN | sys::OUT);
+                    let _ = self.ep.modify(s.fd(), i as u64, EPOLL_IN | EPOLL_OUT);
                 }
                 ok
             }
@@ -506,7 +506,7 @@ impl Engine {
         let t0 = Instant::now();
         let n = self.clients.len();
         let concurrency = self.cfg.setup_concurrency.max(1);
-        let mut batch = Batch::new(16, MAX_DGRAM);
+        let mut batch = RecvBatch::new(16, MAX_DGRAM);
         let mut next = 0;
         let mut waiting = 0usize;
         let mut last_scan = t0;
@@ -536,7 +536,7 @@ impl Engine {
                 let (tok, flags) = self.ep.event(e);
                 if tok >= ECHO_BASE {
                     let s = &self.echoes[(tok - ECHO_BASE) as usize];
-                    while batch.recv(s.as_raw_fd()).unwrap_or(0) == batch.capacity() {}
+                    while batch.recv(s.as_fd()).unwrap_or(0) == batch.capacity() {}
                     continue;
                 }
                 let i = tok as usize;
@@ -597,19 +597,21 @@ impl Engine {
         &mut self,
         i: usize,
         flags: u32,
-        batch: &mut Batch,
+        batch: &mut RecvBatch,
         target: Option<Target>,
         now: Instant,
         now_ns: u64,
     ) {
         let c = &mut self.clients[i];
         match &mut c.link {
-            Link::Udp(s) => {
-                let fd = s.as_raw_fd();
-                loop {
-                    let k = batch.recv(fd).unwrap_or(0);
+            Link::Udp(_) => {
+                // Re-borrowed each round: `on_message` needs `self`.
+                while let Link::Udp(s) = &self.clients[i].link {
+                    let k = batch.recv(s.as_fd()).unwrap_or(0);
                     for m in 0..k {
-                        self.on_message(i, batch.data(m), target, now, now_ns);
+                        if let Some((_, bytes)) = batch.datagram(m) {
+                            self.on_message(i, bytes, target, now, now_ns);
+                        }
                     }
                     if k < batch.capacity() {
                         break;
@@ -617,7 +619,7 @@ impl Engine {
                 }
             }
             Link::Stream(s) => {
-                if flags & sys::OUT != 0 {
+                if flags & EPOLL_OUT != 0 {
                     let _ = s.flush();
                 }
                 let open = s.read_available().unwrap_or(false);
@@ -643,7 +645,7 @@ impl Engine {
                 if let Link::Stream(s) = &mut c.link {
                     if s.watching_out && !s.pending() {
                         s.watching_out = false;
-                        let _ = self.ep.modify(s.fd(), i as u64, sys::IN);
+                        let _ = self.ep.modify(s.fd(), i as u64, EPOLL_IN);
                     }
                 }
             }
@@ -727,7 +729,7 @@ impl Engine {
                 let ok = s.send(&c.frame).is_ok();
                 if ok && s.pending() && !s.watching_out {
                     s.watching_out = true;
-                    let _ = self.ep.modify(s.fd(), i as u64, sys::IN | sys::OUT);
+                    let _ = self.ep.modify(s.fd(), i as u64, EPOLL_IN | EPOLL_OUT);
                 }
                 ok
             }
@@ -765,7 +767,8 @@ impl Engine {
             ..Counters::default()
         };
         self.hist = Some(Histogram::new());
-        let mut batch = Batch::new(BATCH, MAX_DGRAM);
+        let mut batch = RecvBatch::new(BATCH, MAX_DGRAM);
+        let mut echo_out = SendBatch::default();
         let pid = self.cfg.server_pid;
         let mut server_start = Sample::default();
         let mut server_end = Sample::default();
@@ -855,11 +858,12 @@ impl Engine {
             for e in 0..k {
                 let (tok, flags) = self.ep.event(e);
                 if tok >= ECHO_BASE {
-                    let fd = self.echoes[(tok - ECHO_BASE) as usize].as_raw_fd();
+                    let fd = self.echoes[(tok - ECHO_BASE) as usize].as_fd();
                     loop {
                         let n = batch.recv(fd).unwrap_or(0);
                         if n > 0 {
-                            batch.send(fd, n);
+                            let back = (0..n).filter_map(|m| batch.datagram(m));
+                            echo_out.send(fd, back.map(|(from, bytes)| (bytes, from)));
                         }
                         if n < batch.capacity() {
                             break;

@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::sys::{self, Batch, Epoll};
+use turnd::sys::{self, Epoll, RecvBatch, SendBatch, EPOLL_IN};
 
 struct Relay {
     socket: UdpSocket,
@@ -49,11 +49,11 @@ fn bind(addr: SocketAddr, buffer: Option<usize>) -> io::Result<UdpSocket> {
 
 /// Runs the forwarder on `listen` until the process is killed.
 pub fn run(listen: SocketAddr) -> io::Result<()> {
-    sys::raise_nofile();
+    let _ = sys::raise_nofile_limit();
     let control = bind(listen, Some(4 << 20))?;
     let local = control.local_addr()?;
     let mut ep = Epoll::new(1024)?;
-    ep.add(control.as_raw_fd(), CONTROL, sys::IN)?;
+    ep.add(control.as_raw_fd(), CONTROL, EPOLL_IN)?;
     println!("turnd-bench forwarder: listening on udp {local}");
     let _ = io::stdout().flush();
 
@@ -61,7 +61,8 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
     let mut free: Vec<usize> = Vec::new();
     let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
     let mut by_port: HashMap<u16, usize> = HashMap::new();
-    let mut batch = Batch::new(BATCH, 65_536);
+    let mut batch = RecvBatch::new(BATCH, 65_536);
+    let mut out = SendBatch::default();
     let mut ctl = [0u8; 256];
     loop {
         let n = ep.wait(None)?;
@@ -87,7 +88,7 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
                                     relays.push(None);
                                     relays.len() - 1
                                 });
-                                ep.add(socket.as_raw_fd(), i as u64, sys::IN)?;
+                                ep.add(socket.as_raw_fd(), i as u64, EPOLL_IN)?;
                                 by_port.insert(socket.local_addr()?.port(), i);
                                 relays[i] = Some(Relay {
                                     socket,
@@ -120,20 +121,18 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
             let Some(r) = relays.get(tok as usize).and_then(Option::as_ref) else {
                 continue;
             };
-            let fd = r.socket.as_raw_fd();
+            let fd = r.socket.as_fd();
             loop {
                 // An error (an ICMP report for a client that went away) reads as nothing.
                 let k = batch.recv(fd).unwrap_or(0);
-                for m in 0..k {
-                    let dest = if batch.addr(m) == Some(r.client) {
-                        r.peer
-                    } else {
-                        r.client
-                    };
-                    batch.set_addr(m, dest);
-                }
                 if k > 0 {
-                    batch.send(fd, k);
+                    let msgs = (0..k)
+                        .filter_map(|m| batch.datagram(m))
+                        .map(|(from, bytes)| {
+                            let dest = if from == r.client { r.peer } else { r.client };
+                            (bytes, dest)
+                        });
+                    out.send(fd, msgs);
                 }
                 if k < batch.capacity() {
                     break;

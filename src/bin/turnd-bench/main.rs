@@ -23,6 +23,7 @@
 //! the window): each round trip is two relayed packets, client->peer and
 //! peer->client.
 
+#![forbid(unsafe_code)] // the few system calls it needs are in `turnd::sys`
 #![allow(clippy::disallowed_methods)] // a load generator reads the clock
 
 mod engine;
@@ -31,7 +32,6 @@ mod procstat;
 mod proto;
 mod report;
 mod stream;
-mod sys;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -11,7 +11,7 @@ pub fn cpu(pid: u32) -> Option<Duration> {
     // Field 3 (state) is f[0]; utime is field 14, stime field 15.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    let ticks = super::sys::clock_ticks();
+    let ticks = turnd::sys::clock_ticks();
     Some(Duration::from_nanos(
         (utime + stime).saturating_mul(1_000_000_000) / ticks,
     ))
