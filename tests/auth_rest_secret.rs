@@ -17,11 +17,6 @@ use turnd::stun::{
     long_term_key, AttributeType, Class, MessageType, MessageWriter, Method, PROTOCOL_UDP,
 };
 
-// Relay ports of this file: 42000-42999, 100 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (42000 + 100 * i, 42000 + 100 * i + 99)
-}
-
 /// Runs `turnd ARGS` (a subcommand) to completion; panics unless it exits 0.
 fn turnd_cmd(args: &[&str]) -> String {
     let out = run_with_timeout(
@@ -105,7 +100,7 @@ fn unix_now() -> u64 {
 
 #[test]
 fn rest_credentials_minted_by_turnd_allocate() {
-    let (min, max) = range(0);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 0);
     let server = TestServer::start(
         min,
         max,
@@ -126,7 +121,7 @@ fn rest_credentials_minted_by_turnd_allocate() {
 
 #[test]
 fn rest_secret_rotation_accepts_every_configured_secret() {
-    let (min, max) = range(1);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 1);
     let server = TestServer::start(
         min,
         max,
@@ -142,7 +137,7 @@ fn rest_secret_rotation_accepts_every_configured_secret() {
 
 #[test]
 fn rest_expired_username_is_rejected_with_401() {
-    let (min, max) = range(2);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 2);
     let server = TestServer::start(
         min,
         max,
@@ -166,7 +161,7 @@ fn rest_expired_username_is_rejected_with_401() {
 
 #[test]
 fn rest_username_signed_with_unknown_secret_is_rejected_with_401() {
-    let (min, max) = range(3);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 3);
     let server = TestServer::start(
         min,
         max,
@@ -182,7 +177,7 @@ fn rest_username_signed_with_unknown_secret_is_rejected_with_401() {
 
 #[test]
 fn user_given_as_md5_key_from_hash_key_allocates() {
-    let (min, max) = range(4);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 4);
     let key = turnd_cmd(&[
         "hash-key",
         "--user",
@@ -266,7 +261,7 @@ fn build_sha256(
 
 #[test]
 fn rfc8489_sha256_userhash_and_message_integrity_sha256_over_the_wire() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 5);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
 

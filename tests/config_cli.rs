@@ -7,19 +7,15 @@
 mod support;
 
 use std::net::UdpSocket;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use support::*;
 
-// Relay ports of this file: 21800-21899 (no allocation is made here).
-const MIN: &str = "21800";
-const MAX: &str = "21899";
-
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn turnd(args: &[&str]) -> RunOutput {
+fn turnd<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> RunOutput {
     let mut cmd = Command::new(turnd_bin());
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -37,35 +33,46 @@ fn code(out: &RunOutput) -> Option<i32> {
     out.status.and_then(|s| s.code())
 }
 
-/// A temporary TOML file, removed on drop.
-struct TempFile(std::path::PathBuf);
+/// A temporary TOML file in a directory of its own, removed on drop.
+struct TempFile {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl TempFile {
     fn new(name: &str, text: &str) -> TempFile {
-        let p = temp_path(name);
-        std::fs::write(&p, text).unwrap();
-        TempFile(p)
+        let dir = TempDir::new("config");
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile { path, _dir: dir }
     }
     fn path(&self) -> &str {
-        self.0.to_str().unwrap()
+        self.path.to_str().unwrap()
     }
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-const VALID: &str = "\
+/// A valid configuration, with this file's relay ports (no allocation is
+/// made here).
+fn valid() -> String {
+    let (min, max) = relay_ports(Suite::ConfigCli, 0);
+    format!(
+        "\
 listening-ip = \"127.0.0.1\"
 listening-port = 0
 relay-ip = \"127.0.0.1\"
-min-port = 21800
-max-port = 21899
+min-port = {min}
+max-port = {max}
 realm = \"test.example\"
 user = [\"alice:secret\"]
-";
+"
+    )
+}
+
+/// `valid()` with its `min-port` line replaced by `min-port = {value}`.
+fn valid_with_min_port(value: &str) -> String {
+    let (min, _) = relay_ports(Suite::ConfigCli, 0);
+    valid().replace(&format!("min-port = {min}"), &format!("min-port = {value}"))
+}
 
 #[test]
 fn help_lists_every_documented_flag() {
@@ -116,14 +123,14 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn valid_file_passes_check_config() {
-    let f = TempFile::new("valid.toml", VALID);
+    let f = TempFile::new("valid.toml", &valid());
     let out = turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(0), "{out:?}");
 }
 
 #[test]
 fn unknown_key_is_rejected_naming_key_and_file() {
-    let f = TempFile::new("unknown.toml", &format!("{VALID}bogus-option = 1\n"));
+    let f = TempFile::new("unknown.toml", &format!("{}bogus-option = 1\n", valid()));
     let out = turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(
@@ -148,7 +155,7 @@ fn unknown_key_is_rejected_naming_key_and_file() {
 
 #[test]
 fn min_port_above_max_port_names_the_option() {
-    let text = VALID.replace("min-port = 21800", "min-port = 30000");
+    let text = valid_with_min_port("30000");
     let f = TempFile::new("ports.toml", &text);
     let out = turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
@@ -164,20 +171,8 @@ fn min_port_above_max_port_names_the_option() {
     );
 
     // The same on the command line.
-    let out = turnd(&[
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        "0",
-        "--relay-ip",
-        "127.0.0.1",
-        "--min-port",
-        "30000",
-        "--max-port",
-        "20000",
-        "--user",
-        "alice:secret",
-    ]);
+    let args = Turnd::standard(30000, 20000);
+    let out = turnd(args.arguments());
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains("min-port"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
@@ -188,27 +183,23 @@ fn malformed_values_name_the_option() {
     for (name, text, option) in [
         (
             "badport.toml",
-            VALID.replace("listening-port = 0", "listening-port = 70000"),
+            valid().replace("listening-port = 0", "listening-port = 70000"),
             "listening-port",
         ),
-        (
-            "badtype.toml",
-            VALID.replace("min-port = 21800", "min-port = \"low\""),
-            "min-port",
-        ),
+        ("badtype.toml", valid_with_min_port("\"low\""), "min-port"),
         (
             "badip.toml",
-            VALID.replace("relay-ip = \"127.0.0.1\"", "relay-ip = \"not-an-ip\""),
+            valid().replace("relay-ip = \"127.0.0.1\"", "relay-ip = \"not-an-ip\""),
             "relay-ip",
         ),
         (
             "baduser.toml",
-            VALID.replace("alice:secret", "alice"),
+            valid().replace("alice:secret", "alice"),
             "user",
         ),
         (
             "badnonce.toml",
-            format!("{VALID}stale-nonce = 0\n"),
+            format!("{}stale-nonce = 0\n", valid()),
             "stale-nonce",
         ),
     ] {
@@ -223,7 +214,8 @@ fn malformed_values_name_the_option() {
         assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
     }
     // A missing file is an error naming it, not a panic.
-    let missing = temp_path("does-not-exist.toml");
+    let dir = TempDir::new("missing");
+    let missing = dir.join("does-not-exist.toml");
     let missing = missing.to_str().unwrap();
     let out = turnd(&["check-config", missing]);
     assert_eq!(code(&out), Some(2), "{out:?}");
@@ -235,22 +227,9 @@ fn listening_port_in_use_fails_cleanly() {
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let port = addr.port().to_string();
-    let out = turnd(&[
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        &port,
-        "--relay-ip",
-        "127.0.0.1",
-        "--min-port",
-        MIN,
-        "--max-port",
-        MAX,
-        "--realm",
-        REALM,
-        "--user",
-        "alice:secret",
-    ]);
+    let (min, max) = relay_ports(Suite::ConfigCli, 0);
+    let args = Turnd::standard(min, max).set("--listening-port", &port);
+    let out = turnd(args.arguments());
     let status = out.status.expect("exited");
     assert!(!status.success(), "turnd started on a taken port: {out:?}");
     assert!(status.code().is_some(), "killed by a signal: {out:?}");

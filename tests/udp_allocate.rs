@@ -10,15 +10,9 @@ use std::time::Duration;
 use support::*;
 use turnd::stun::{long_term_key, AttributeType, Class, Method};
 
-// Relay ports of this file: 21100-21499, 20 per test so that servers running
-// in parallel do not compete for ports.
-const fn range(i: u16) -> (u16, u16) {
-    (21100 + 20 * i, 21100 + 20 * i + 19)
-}
-
 #[test]
 fn unauthenticated_allocate_is_challenged_with_realm_and_nonce() {
-    let (min, max) = range(0);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 0);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.request_unsigned(Method::ALLOCATE, &[Attr::transport_udp()]);
@@ -40,7 +34,7 @@ fn unauthenticated_allocate_is_challenged_with_realm_and_nonce() {
 
 #[test]
 fn allocate_succeeds_with_relay_in_range_lifetime_and_integrity() {
-    let (min, max) = range(1);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 1);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let a = c.allocate();
@@ -73,7 +67,7 @@ fn allocate_succeeds_with_relay_in_range_lifetime_and_integrity() {
 
 #[test]
 fn requested_lifetime_is_capped_at_3600() {
-    let (min, max) = range(2);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 2);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.allocate_with(&[Attr::transport_udp(), Attr::lifetime(5000)]);
@@ -90,7 +84,7 @@ fn requested_lifetime_is_capped_at_3600() {
 
 #[test]
 fn wrong_password_and_unknown_user_get_401() {
-    let (min, max) = range(3);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 3);
     let server = TestServer::start(min, max, &[]);
     for (user, pass) in [(USER, "wrong"), ("mallory", PASSWORD), ("mallory", "x")] {
         let mut c = Client::new(server.addr, user, pass);
@@ -114,7 +108,7 @@ fn wrong_password_and_unknown_user_get_401() {
 
 #[test]
 fn retransmitted_allocate_gets_identical_answer_and_no_second_allocation() {
-    let (min, max) = range(4);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 4);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
@@ -146,7 +140,7 @@ fn retransmitted_allocate_gets_identical_answer_and_no_second_allocation() {
 
 #[test]
 fn missing_requested_transport_is_400() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 5);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate_with(&[]).expect_error(400);
@@ -157,7 +151,7 @@ fn missing_requested_transport_is_400() {
 
 #[test]
 fn requested_transport_other_than_udp_over_udp() {
-    let (min, max) = range(6);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 6);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     // RFC 6062 section 5.1: a TCP relay over a UDP client connection is a bad request.
@@ -173,7 +167,7 @@ fn requested_transport_other_than_udp_over_udp() {
 
 #[test]
 fn requested_address_family_ipv6_without_ipv6_relay_is_440() {
-    let (min, max) = range(7);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 7);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let family = |f: u8| Attr::Raw(AttributeType::REQUESTED_ADDRESS_FAMILY, vec![f, 0, 0, 0]);
@@ -187,7 +181,7 @@ fn requested_address_family_ipv6_without_ipv6_relay_is_440() {
 
 #[test]
 fn refresh_with_lifetime_zero_deletes_the_allocation() {
-    let (min, max) = range(8);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 8);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let a = c.allocate();
@@ -215,7 +209,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
 
 #[test]
 fn other_user_refreshing_from_the_same_five_tuple_gets_441() {
-    let (min, max) = range(9);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 9);
     let server = TestServer::start(min, max, &["--user", "bob:hunter2"]);
     let mut c = server.client();
     c.allocate();
@@ -234,7 +228,7 @@ fn other_user_refreshing_from_the_same_five_tuple_gets_441() {
 
 #[test]
 fn even_port_with_r_bit_reserves_the_next_port_for_the_token() {
-    let (min, max) = range(10);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 10);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.allocate_with(&[
@@ -277,7 +271,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_the_token() {
 
 #[test]
 fn user_quota_one_refuses_a_second_allocation_with_486() {
-    let (min, max) = range(11);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 11);
     let server = TestServer::start(min, max, &["--user-quota", "1"]);
     let mut c1 = server.client();
     c1.allocate();
@@ -292,7 +286,7 @@ fn user_quota_one_refuses_a_second_allocation_with_486() {
 
 #[test]
 fn exhausted_port_range_gives_508() {
-    let (min, _) = range(12);
+    let (min, _) = relay_ports(Suite::UdpAllocate, 12);
     let server = TestServer::start(min, min + 1, &[]);
     let mut c1 = server.client();
     let mut c2 = server.client();
@@ -323,7 +317,7 @@ fn port_freed_by_refresh_is_reusable_at_once() {
     // only within one worker: with several, the two clients' 5-tuples may be
     // hashed to different workers, which run concurrently, so the server
     // runs one worker here (workers.rs covers sharing the port pool).
-    let (min, _) = range(16);
+    let (min, _) = relay_ports(Suite::UdpAllocate, 16);
     let server = TestServer::start(min, min + 1, &["--relay-threads", "1"]);
     let (mut holder, mut waiting) = (server.client(), server.client());
     holder.allocate();
@@ -357,7 +351,7 @@ fn freed_relay_port_stays_in_the_pool() {
     // before either answer is read; the racer's result is not judged here,
     // see port_freed_by_refresh_is_reusable_at_once). After a pause the port
     // must be allocatable again: whatever happened, it must not be lost.
-    let (min, _) = range(15);
+    let (min, _) = relay_ports(Suite::UdpAllocate, 15);
     let server = TestServer::start(min, min, &[]);
     let mut c = server.client();
     let mut racer = server.client();
@@ -383,7 +377,7 @@ fn freed_relay_port_stays_in_the_pool() {
 
 #[test]
 fn stale_nonce_gets_438_with_a_new_nonce_that_works() {
-    let (min, max) = range(13);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 13);
     let server = TestServer::start(min, max, &["--stale-nonce", "1"]);
     let mut c = server.client();
     c.allocate();
@@ -416,7 +410,7 @@ fn stale_nonce_gets_438_with_a_new_nonce_that_works() {
 #[test]
 fn allocate_is_a_request_only_method() {
     // An Allocate indication is ignored (no response, no allocation).
-    let (min, max) = range(14);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 14);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
@@ -437,7 +431,7 @@ fn allocate_is_a_request_only_method() {
 fn signed_request_without_username_is_400() {
     // RFC 8489 section 9.2.4: MESSAGE-INTEGRITY present but USERNAME, REALM
     // or NONCE missing: 400 Bad Request.
-    let (min, max) = range(17);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 17);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
@@ -466,7 +460,7 @@ fn signed_request_without_username_is_400() {
 
 #[test]
 fn unknown_nonce_gets_438_with_a_fresh_one() {
-    let (min, max) = range(18);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 18);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();

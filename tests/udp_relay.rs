@@ -15,11 +15,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use turnd::stun::Method;
 
-// Relay ports of this file: 21500-21699, 20 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (21500 + 20 * i, 21500 + 20 * i + 19)
-}
-
 const WAIT: Duration = Duration::from_secs(2);
 
 /// Lets turnd go idle for a moment, so that its event loop has seen a new
@@ -30,7 +25,7 @@ fn settle() {
 }
 
 fn server(i: u16) -> TestServer {
-    let (min, max) = range(i);
+    let (min, max) = relay_ports(Suite::UdpRelay, i);
     TestServer::start(min, max, &["--allow-loopback-peers"])
 }
 
