@@ -10,6 +10,8 @@ import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, rmSync 
 import { networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import assert from 'node:assert/strict';
+import { after, afterEach, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
@@ -21,8 +23,17 @@ export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 export const REALM = 'test.example';
 export const USER = 'alice';
 export const PASSWORD = 'secret';
-export const MIN_PORT = 40000;
-export const MAX_PORT = 40999;
+
+// Relay ports of each browser test file, handed out here (files run in
+// parallel). tests/support/ports.rs reserves the same blocks, so the Rust
+// table's overlap check covers these too.
+export const RELAY_PORTS = {
+  webrtc: [40000, 40999],
+  rest: [41000, 41999],
+  tcp_tls: [23920, 23999],
+  admin: [25900, 25999],
+};
+export const [MIN_PORT, MAX_PORT] = RELAY_PORTS.webrtc;
 
 // playwright-core's own --disable-features list (lib/coreBundle.js,
 // packages/playwright-core/src/server/chromium/chromiumSwitches.ts, 1.65.1).
@@ -267,11 +278,12 @@ export async function startTurnd({
 
 /**
  * Launch Chromium with CHROMIUM_ARGS. Options (all optional): `extraArgs`,
- * more switches appended; `hostResolverRules`, a replacement for the value of
- * the single --host-resolver-rules switch (e.g.
+ * more switches appended; `withoutArgs`, switches of CHROMIUM_ARGS left out;
+ * `hostResolverRules`, a replacement for the value of the single
+ * --host-resolver-rules switch (e.g.
  * 'MAP localhost 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1').
  */
-export async function launchChromium({ extraArgs = [], hostResolverRules = null } = {}) {
+export async function launchChromium({ extraArgs = [], withoutArgs = [], hostResolverRules = null } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
   const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-'));
   let context;
@@ -280,7 +292,7 @@ export async function launchChromium({ extraArgs = [], hostResolverRules = null 
       executablePath: CHROMIUM,
       headless: true,
       args: [
-        ...CHROMIUM_ARGS.map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
+        ...CHROMIUM_ARGS.filter((a) => !withoutArgs.includes(a)).map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
           ? `--host-resolver-rules=${hostResolverRules}` : a)),
         ...extraArgs,
       ],
@@ -470,4 +482,105 @@ export async function retryDataChannelStall(t, attempt) {
     t.diagnostic(`data channel stalled once (${String(err.message).split('\n')[0]}); retrying with fresh peer connections`);
     return attempt();
   }
+}
+
+/**
+ * The setup every browser test file shares, registered with node:test's
+ * before/after/afterEach: checks the network is loopback only, runs `setUp`
+ * (e.g. makes a certificate), starts turnd with `turndOptions(s)` (see
+ * startTurnd; relay ports from `ports`, a RELAY_PORTS key), runs
+ * `turndStarted(s)`, starts a page server when `pageServer`, then the browser
+ * `launchBrowser(s)`; closes every page after each
+ * test; closes the browser and page server, stops turnd (a turnd that does not
+ * exit within 5 s of SIGTERM fails the file), then runs `tearDown` after all.
+ *
+ * Returns `s`: `s.turnd`, `s.browser`, `s.pageServer`, `s.page` (the last page
+ * opened), `s.newPage(...)` and `s.withTurndLog(fn)`.
+ */
+export function browserSuite({
+  ports,
+  turndOptions = () => ({}),
+  pageServer = false,
+  launchBrowser = () => launchChromium(),
+  setUp = async () => {},
+  turndStarted = async () => {},
+  tearDown = async () => {},
+} = {}) {
+  const [minPort, maxPort] = RELAY_PORTS[ports] ?? [];
+  assert.ok(minPort, `no relay ports for ${ports} in RELAY_PORTS`);
+  const pages = [];
+  const s = {
+    turnd: null,
+    browser: null,
+    pageServer: null,
+    page: null,
+    minPort,
+    maxPort,
+    /**
+     * A fresh page on `url` (default about:blank; with `secure`, the page
+     * server's http://127.0.0.1 origin, where getUserMedia works), with the
+     * in-page WebRTC helpers installed unless `helpers` is false.
+     */
+    async newPage({ secure = false, url = null, helpers = true } = {}) {
+      const page = await s.browser.context.newPage();
+      pages.push(page);
+      s.page = page;
+      const target = url ?? (secure ? s.pageServer.url : null);
+      if (target !== null) await page.goto(target);
+      else if (helpers) await page.goto('about:blank');
+      if (secure) assert.ok(await page.evaluate(() => window.isSecureContext), `${target} is not a secure context`);
+      if (helpers) await page.evaluate(installPageHelpers);
+      return page;
+    },
+    /** Runs a test body; on failure appends turnd's recent output, and checks turnd is still alive. */
+    withTurndLog(fn) {
+      return async (t) => {
+        try {
+          await fn(t);
+        } catch (err) {
+          err.message += `\n--- turnd (pid ${s.turnd?.pid}) recent output ---\n${s.turnd?.logTail() ?? '(not started)'}`;
+          throw err;
+        }
+        const dead = s.turnd.exited();
+        assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${s.turnd.logTail()}`);
+      };
+    },
+  };
+
+  before(async () => {
+    assertLoopbackOnlyNetwork();
+    await setUp(s);
+    s.turnd = await startTurnd({ minPort, maxPort, ...turndOptions(s) });
+    await turndStarted(s);
+    if (pageServer) s.pageServer = await startPageServer();
+    s.browser = await launchBrowser(s);
+  });
+
+  after(async () => {
+    try {
+      if (s.browser) await s.browser.close();
+      if (s.pageServer) await s.pageServer.close();
+    } finally {
+      try {
+        if (s.turnd) {
+          const res = await s.turnd.stop();
+          // turnd's contract: SIGTERM stops it. A hang or a crash is a failure.
+          assert.ok(
+            res.graceful,
+            `turnd (pid ${s.turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
+              `--- turnd output ---\n${s.turnd.logTail()}`,
+          );
+        }
+      } finally {
+        await tearDown(s);
+      }
+    }
+  });
+
+  afterEach(async () => {
+    for (const p of pages.splice(0)) await p.close().catch(() => {});
+    s.page = null;
+  });
+
+  return s;
 }

@@ -7,73 +7,19 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  assertLoopbackOnlyNetwork,
-  installPageHelpers,
-  launchChromium,
+  RELAY_PORTS,
+  browserSuite,
   resolveTurndBin,
-  startTurnd,
   turnUrl,
 } from './harness.mjs';
 
-// This file's relay ports (webrtc.test.mjs uses 40000-40999; files run in parallel).
-const MIN_PORT = 41000;
-const MAX_PORT = 41999;
+const [MIN_PORT, MAX_PORT] = RELAY_PORTS.rest;
 const SECRET = 'rest-browser-secret';
 
-let turnd = null;
-let browser = null;
-let page = null;
-
-before(async () => {
-  assertLoopbackOnlyNetwork();
-  turnd = await startTurnd({ extraArgs: ['--static-auth-secret', SECRET], minPort: MIN_PORT, maxPort: MAX_PORT });
-  browser = await launchChromium();
-});
-
-after(async () => {
-  try {
-    if (browser) await browser.close();
-  } finally {
-    if (turnd) {
-      const res = await turnd.stop();
-      assert.ok(
-        res.graceful,
-        `turnd (pid ${turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
-          `--- turnd output ---\n${turnd.logTail()}`,
-      );
-    }
-  }
-});
-
-afterEach(async () => {
-  if (page) {
-    await page.close().catch(() => {});
-    page = null;
-  }
-});
-
-async function newPage() {
-  page = await browser.context.newPage();
-  await page.goto('about:blank');
-  await page.evaluate(installPageHelpers);
-  return page;
-}
-
-function withTurndLog(fn) {
-  return async (t) => {
-    try {
-      await fn(t);
-    } catch (err) {
-      err.message += `\n--- turnd (pid ${turnd?.pid}) recent output ---\n${turnd?.logTail() ?? '(not started)'}`;
-      throw err;
-    }
-    const dead = turnd.exited();
-    assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${turnd.logTail()}`);
-  };
-}
+const s = browserSuite({ ports: 'rest', turndOptions: () => ({ extraArgs: ['--static-auth-secret', SECRET] }) });
 
 /** The TURN REST password, computed independently of turnd: base64(HMAC-SHA1(secret, username)). */
 const restPassword = (secret, username) => createHmac('sha1', secret).update(username).digest('base64');
@@ -98,8 +44,8 @@ function mintCredentials({ secret, user, ttl, url }) {
   return { username, password, snippet, out };
 }
 
-test('a data channel relays relay/relay with REST credentials minted by turnd credentials', { timeout: 40_000 }, withTurndLog(async (t) => {
-  const url = turnUrl(turnd.port);
+test('a data channel relays relay/relay with REST credentials minted by turnd credentials', { timeout: 40_000 }, s.withTurndLog(async (t) => {
+  const url = turnUrl(s.turnd.port);
   const creds = mintCredentials({ secret: SECRET, user: 'alice', ttl: 3600, url });
   const [expiry, uid] = creds.username.split(':');
   assert.equal(uid, 'alice', `REST username ${creds.username}`);
@@ -112,9 +58,9 @@ test('a data channel relays relay/relay with REST credentials minted by turnd cr
   assert.equal(server.credential, creds.password);
   assert.deepEqual([server.urls].flat(), [url], `snippet urls: ${JSON.stringify(server.urls)}`);
 
-  await newPage();
+  await s.newPage();
   // The snippet goes into RTCPeerConnection as printed.
-  const result = await page.evaluate(async ({ iceServers }) => {
+  const result = await s.page.evaluate(async ({ iceServers }) => {
     const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
     const config = { iceServers, iceTransportPolicy: 'relay' };
     const a = watch(new RTCPeerConnection(config), 'a');
@@ -172,17 +118,17 @@ test('a data channel relays relay/relay with REST credentials minted by turnd cr
   // The allocations belong to the REST username, not to the static user alice.
   // (turnd colours its log: strip ANSI escapes first.)
   // eslint-disable-next-line no-control-regex
-  const log = turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
+  const log = s.turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
   const mine = log.split('\n').filter((l) => l.includes('allocation created') && l.includes(`user=${creds.username}`));
   assert.ok(mine.length >= 2, `no "allocation created user=${creds.username}" lines for both peers in turnd's log`);
 }));
 
-test('expired REST credentials give icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, withTurndLog(async (t) => {
-  const url = turnUrl(turnd.port);
+test('expired REST credentials give icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  const url = turnUrl(s.turnd.port);
   const username = `${Math.floor(Date.now() / 1000) - 60}:alice`;
   const credential = restPassword(SECRET, username);
-  await newPage();
-  const result = await page.evaluate(async ({ url, username, credential }) => {
+  await s.newPage();
+  const result = await s.page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, watch, describe } = window.rtc;
     const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' }), 'expired');
     try {
@@ -199,6 +145,6 @@ test('expired REST credentials give icecandidateerror 401 and no relay candidate
   assert.ok(!result.candidates.some((c) => c.type === 'relay'), `relay candidate with expired credentials: ${ctx}`);
   assert.ok(result.errors.some((e) => e.errorCode === 401), `no icecandidateerror 401: ${ctx}`);
   // eslint-disable-next-line no-control-regex
-  const log = turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
+  const log = s.turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
   assert.ok(log.includes('rest credentials expired'), 'turnd did not log the expiry as the reason');
 }));

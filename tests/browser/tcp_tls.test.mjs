@@ -11,28 +11,20 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
   PASSWORD,
   USER,
-  assertLoopbackOnlyNetwork,
-  installPageHelpers,
+  RELAY_PORTS,
+  browserSuite,
   launchChromium,
   retryDataChannelStall,
-  startTurnd,
 } from './harness.mjs';
 
-// This file's relay ports (webrtc.test.mjs uses 40000-40999, rest.test.mjs
-// 41000-41999; files run in parallel).
-const MIN_PORT = 23920;
-const MAX_PORT = 23999;
+const [MIN_PORT, MAX_PORT] = RELAY_PORTS.tcp_tls;
 
-let turnd = null;
-let browser = null;
-let page = null;
-let certDir = null;
-let spki = null;
+let cert = null;
 
 /** A self-signed certificate for 127.0.0.1/localhost (openssl), and its SPKI sha256 (base64). */
 function makeCert() {
@@ -52,70 +44,20 @@ function makeCert() {
   return { dir, cert, key, spki: hash };
 }
 
-before(async () => {
-  assertLoopbackOnlyNetwork();
-  const c = makeCert();
-  certDir = c.dir;
-  spki = c.spki;
-  turnd = await startTurnd({
-    extraArgs: ['--cert', c.cert, '--pkey', c.key, '--tls-listening-port', '0'],
-    minPort: MIN_PORT,
-    maxPort: MAX_PORT,
+const s = browserSuite({
+  ports: 'tcp_tls',
+  setUp: () => { cert = makeCert(); },
+  turndOptions: () => ({
+    extraArgs: ['--cert', cert.cert, '--pkey', cert.key, '--tls-listening-port', '0'],
     listeners: ['udp', 'tcp', 'tls'],
-  });
-  browser = await launchChromium({ extraArgs: [`--ignore-certificate-errors-spki-list=${spki}`] });
+  }),
+  launchBrowser: () => launchChromium({ extraArgs: [`--ignore-certificate-errors-spki-list=${cert.spki}`] }),
+  tearDown: () => { if (cert) rmSync(cert.dir, { recursive: true, force: true }); },
 });
-
-after(async () => {
-  try {
-    if (browser) await browser.close();
-  } finally {
-    try {
-      if (turnd) {
-        const res = await turnd.stop();
-        assert.ok(
-          res.graceful,
-          `turnd (pid ${turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
-            `--- turnd output ---\n${turnd.logTail()}`,
-        );
-      }
-    } finally {
-      if (certDir) rmSync(certDir, { recursive: true, force: true });
-    }
-  }
-});
-
-afterEach(async () => {
-  if (page) {
-    await page.close().catch(() => {});
-    page = null;
-  }
-});
-
-async function newPage() {
-  page = await browser.context.newPage();
-  await page.goto('about:blank');
-  await page.evaluate(installPageHelpers);
-  return page;
-}
-
-/** Run a test body; on failure append turnd's recent output and check it is still alive. */
-function withTurndLog(fn) {
-  return async (t) => {
-    try {
-      await fn(t);
-    } catch (err) {
-      err.message += `\n--- turnd (pid ${turnd?.pid}) recent output ---\n${turnd?.logTail() ?? '(not started)'}`;
-      throw err;
-    }
-    const dead = turnd.exited();
-    assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${turnd.logTail()}`);
-  };
-}
 
 /** Two relay-only peer connections through `url`; a data channel both ways; selected pairs. */
 async function relayDataChannel(url) {
-  return page.evaluate(async ({ url, username, credential }) => {
+  return s.page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
     const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
     const a = watch(new RTCPeerConnection(config), 'a');
@@ -187,27 +129,27 @@ function checkRelayed(result, relayProtocol) {
 }
 
 test('turnd printed tcp and tls listeners', () => {
-  assert.ok(turnd.tcpPort > 0, `no tcp listener: ${turnd.logTail()}`);
-  assert.ok(turnd.tlsPort > 0, `no tls listener: ${turnd.logTail()}`);
-  assert.equal(turnd.tcpPort, turnd.port, 'TCP shares the UDP port');
-  assert.notEqual(turnd.tlsPort, turnd.tcpPort);
-  assert.match(spki, /^[A-Za-z0-9+/]{43}=$/);
+  assert.ok(s.turnd.tcpPort > 0, `no tcp listener: ${s.turnd.logTail()}`);
+  assert.ok(s.turnd.tlsPort > 0, `no tls listener: ${s.turnd.logTail()}`);
+  assert.equal(s.turnd.tcpPort, s.turnd.port, 'TCP shares the UDP port');
+  assert.notEqual(s.turnd.tlsPort, s.turnd.tcpPort);
+  assert.match(cert.spki, /^[A-Za-z0-9+/]{43}=$/);
 });
 
-test('data channel relay/relay through turn:...?transport=tcp (relayProtocol tcp)', { timeout: 60_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const url = `turn:127.0.0.1:${turnd.tcpPort}?transport=tcp`;
+test('data channel relay/relay through turn:...?transport=tcp (relayProtocol tcp)', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const url = `turn:127.0.0.1:${s.turnd.tcpPort}?transport=tcp`;
   const result = await retryDataChannelStall(t, () => relayDataChannel(url));
   t.diagnostic(`${url}: connected in ${Math.round(result.connectMs)} ms`);
   checkRelayed(result, 'tcp');
-  assert.match(turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tcp/, 'turnd saw no TCP connection');
+  assert.match(s.turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tcp/, 'turnd saw no TCP connection');
 }));
 
-test('data channel relay/relay through turns:...?transport=tcp (relayProtocol tls)', { timeout: 60_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const url = `turns:127.0.0.1:${turnd.tlsPort}?transport=tcp`;
+test('data channel relay/relay through turns:...?transport=tcp (relayProtocol tls)', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const url = `turns:127.0.0.1:${s.turnd.tlsPort}?transport=tcp`;
   const result = await retryDataChannelStall(t, () => relayDataChannel(url));
   t.diagnostic(`${url}: connected in ${Math.round(result.connectMs)} ms`);
   checkRelayed(result, 'tls');
-  assert.match(turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tls/, 'turnd saw no TLS connection');
+  assert.match(s.turnd.logTail(), /connection opened client=127\.0\.0\.1:\d+ transport=Tls/, 'turnd saw no TLS connection');
 }));

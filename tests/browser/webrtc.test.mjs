@@ -4,7 +4,7 @@
 // Run: scripts/browser-tests.sh   (private network namespace, TURND_BIN=target/debug/turnd)
 
 import assert from 'node:assert/strict';
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
   DISABLED_FEATURES,
@@ -13,80 +13,18 @@ import {
   PASSWORD,
   PLAYWRIGHT_DISABLED_FEATURES,
   USER,
-  assertLoopbackOnlyNetwork,
-  installPageHelpers,
-  launchChromium,
-  startPageServer,
+  browserSuite,
   retryDataChannelStall,
-  startTurnd,
   turnUrl,
 } from './harness.mjs';
 
-let turnd = null;
-let browser = null;
-let page = null;
-let pageServer = null;
-
-before(async () => {
-  assertLoopbackOnlyNetwork();
-  turnd = await startTurnd();
-  pageServer = await startPageServer();
-  browser = await launchChromium();
-});
-
-after(async () => {
-  try {
-    if (browser) await browser.close();
-    if (pageServer) await pageServer.close();
-  } finally {
-    if (turnd) {
-      const res = await turnd.stop();
-      // turnd's contract: SIGTERM stops it. A hang or a crash is a failure.
-      assert.ok(
-        res.graceful,
-        `turnd (pid ${turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
-          `--- turnd output ---\n${turnd.logTail()}`,
-      );
-    }
-  }
-});
-
-afterEach(async () => {
-  if (page) {
-    await page.close().catch(() => {});
-    page = null;
-  }
-});
-
-/** A fresh page on about:blank, or on a secure origin (http://127.0.0.1) where getUserMedia needs one. */
-async function newPage({ secure = false } = {}) {
-  page = await browser.context.newPage();
-  await page.goto(secure ? pageServer.url : 'about:blank');
-  if (secure) assert.ok(await page.evaluate(() => window.isSecureContext), `${pageServer.url} is not a secure context`);
-  await page.evaluate(installPageHelpers);
-  return page;
-}
-
-/** Run a test body; on failure append turnd's recent output and check it is still alive. */
-function withTurndLog(fn) {
-  return async (t) => {
-    try {
-      await fn(t);
-    } catch (err) {
-      err.message += `\n--- turnd (pid ${turnd?.pid}) recent output ---\n${turnd?.logTail() ?? '(not started)'}`;
-      throw err;
-    }
-    const dead = turnd.exited();
-    assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${turnd.logTail()}`);
-  };
-}
+const s = browserSuite({ ports: 'webrtc', pageServer: true });
 
 const inRelayRange = (port) => port >= MIN_PORT && port <= MAX_PORT;
 
-test('chromium runs with the expected effective command line', { timeout: 30_000 }, withTurndLog(async (t) => {
-  page = await browser.context.newPage();
-  await page.goto('chrome://version');
-  const cmd = (await page.locator('#command_line').innerText({ timeout: 10_000 })).trim();
+test('chromium runs with the expected effective command line', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage({ url: 'chrome://version', helpers: false });
+  const cmd = (await s.page.locator('#command_line').innerText({ timeout: 10_000 })).trim();
   t.diagnostic(`effective chromium command line: ${cmd}`);
 
   const lists = [...cmd.matchAll(/--disable-features=(\S+)/g)].map((m) => m[1].split(','));
@@ -110,9 +48,9 @@ test('chromium runs with the expected effective command line', { timeout: 30_000
   assert.ok(cmd.includes('--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'), `host resolver rules missing from ${cmd}`);
 }));
 
-test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const result = await retryDataChannelStall(t, () => page.evaluate(async ({ url, username, credential }) => {
+test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const result = await retryDataChannelStall(t, () => s.page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
     const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
     const a = watch(new RTCPeerConnection(config), 'a');
@@ -157,7 +95,7 @@ test('data channel flows both ways through a relay/relay UDP candidate pair', { 
       a.close();
       b.close();
     }
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD }));
+  }, { url: turnUrl(s.turnd.port), username: USER, credential: PASSWORD }));
 
   t.diagnostic(`connected in ${Math.round(result.connectMs)} ms`);
   assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
@@ -187,11 +125,11 @@ test('data channel flows both ways through a relay/relay UDP candidate pair', { 
   assert.deepEqual(result.errorsB, [], `b reported candidate errors: ${JSON.stringify(result.errorsB)}`);
 }));
 
-test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const port = turnd.port;
+test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const port = s.turnd.port;
   const url = turnUrl(port);
-  const result = await page.evaluate(async ({ stunUrl, url, username, credential }) => {
+  const result = await s.page.evaluate(async ({ stunUrl, url, username, credential }) => {
     const { withTimeout, watch, describe } = window.rtc;
     const pc = watch(new RTCPeerConnection({
       iceServers: [{ urls: stunUrl }, { urls: url, username, credential }],
@@ -229,9 +167,9 @@ test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { time
   assert.deepEqual(result.errors, [], `candidate errors reported: ${ctx}`);
 }));
 
-test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const result = await page.evaluate(async ({ stunUrl }) => {
+test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const result = await s.page.evaluate(async ({ stunUrl }) => {
     const { withTimeout, watch, describe } = window.rtc;
     const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: stunUrl }] }), 'stun-only');
     try {
@@ -242,7 +180,7 @@ test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate',
     } finally {
       pc.close();
     }
-  }, { stunUrl: `stun:127.0.0.1:${turnd.port}` });
+  }, { stunUrl: `stun:127.0.0.1:${s.turnd.port}` });
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidates: ${result.candidates.map((c) => c.candidate).join(' | ')}`);
   assert.ok(result.candidates.some((c) => c.type === 'srflx' && c.address === '127.0.0.1'), `no srflx 127.0.0.1 candidate: ${ctx}`);
@@ -250,10 +188,10 @@ test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate',
   assert.deepEqual(result.errors, [], `candidate errors reported: ${ctx}`);
 }));
 
-test('a wrong TURN password gives icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const url = turnUrl(turnd.port);
-  const result = await page.evaluate(async ({ url, username }) => {
+test('a wrong TURN password gives icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const url = turnUrl(s.turnd.port);
+  const result = await s.page.evaluate(async ({ url, username }) => {
     const { withTimeout, watch, describe } = window.rtc;
     const pc = watch(new RTCPeerConnection({
       iceServers: [{ urls: url, username, credential: 'wrong' }],
@@ -273,13 +211,13 @@ test('a wrong TURN password gives icecandidateerror 401 and no relay candidate',
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidate errors: ${JSON.stringify(result.errors)}`);
   assert.ok(result.errors.some((e) => e.errorCode === 401), `no icecandidateerror with errorCode 401: ${ctx}`);
-  assert.ok(result.errors.every((e) => e.url.startsWith(`turn:127.0.0.1:${turnd.port}`)), `error from an unexpected url: ${ctx}`);
+  assert.ok(result.errors.every((e) => e.url.startsWith(`turn:127.0.0.1:${s.turnd.port}`)), `error from an unexpected url: ${ctx}`);
   assert.ok(!result.candidates.some((c) => c.type === 'relay'), `a relay candidate was allocated with a wrong password: ${ctx}`);
 }));
 
-test('two-way video call (fake camera and microphone) relayed through turnd', { timeout: 60_000 }, withTurndLog(async (t) => {
-  await newPage({ secure: true });
-  const result = await page.evaluate(async ({ url, username, credential }) => {
+test('two-way video call (fake camera and microphone) relayed through turnd', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  await s.newPage({ secure: true });
+  const result = await s.page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, sleep, watch, link, negotiate, waitConnected, selectedPair } = window.rtc;
     const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
     const media = () => withTimeout(
@@ -338,7 +276,7 @@ test('two-way video call (fake camera and microphone) relayed through turnd', { 
       b.close();
       for (const tr of [...streamA.getTracks(), ...streamB.getTracks()]) tr.stop();
     }
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD });
+  }, { url: turnUrl(s.turnd.port), username: USER, credential: PASSWORD });
 
   const ctx = JSON.stringify(result);
   const last = result.samples[result.samples.length - 1];
