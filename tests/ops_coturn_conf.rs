@@ -207,7 +207,7 @@ fn relay_through_tutorial(name: &str, slot: u16) {
     let alloc = c.allocate();
     if let Some(realm) = &realm {
         assert_eq!(
-            c.realm.as_deref(),
+            c.credentials.realm.as_deref(),
             Some(realm.as_str()),
             "realm from the file"
         );
@@ -327,7 +327,7 @@ fn coturn_short_flags_from_a_tutorial() {
     // -u lqf:123456 -r nohup.out
     let peer = EchoPeer::start();
     let alloc = c.allocate();
-    assert_eq!(c.realm.as_deref(), Some("nohup.out"));
+    assert_eq!(c.credentials.realm.as_deref(), Some("nohup.out"));
     assert!((min..=max).contains(&alloc.relay.port()), "{}", alloc.relay);
     c.channel_bind(0x4000, peer.addr).expect_success();
     channel_round_trip(&mut c, 0x4000, b"short flags");

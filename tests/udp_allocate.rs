@@ -101,7 +101,7 @@ fn wrong_password_and_unknown_user_get_401() {
     // A wrong realm is refused too.
     let mut c = server.client();
     c.fetch_nonce();
-    c.realm = Some("other.example".into());
+    c.credentials.realm = Some("other.example".into());
     c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()])
         .expect_error(401);
 }
@@ -398,7 +398,7 @@ fn signed_request_without_username_is_400() {
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
-    let nonce = c.nonce.clone().unwrap();
+    let nonce = c.credentials.nonce.clone().unwrap();
     let key = c.key();
     for missing in ["USERNAME", "REALM", "NONCE"] {
         let mut attrs = vec![Attr::transport_udp()];
@@ -427,14 +427,14 @@ fn unknown_nonce_gets_438_with_a_fresh_one() {
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
-    let good = c.nonce.clone().unwrap();
+    let good = c.credentials.nonce.clone().unwrap();
     for forged in [b"not-a-nonce-of-ours".to_vec(), {
         let mut f = good.clone();
         let last = f.len() - 1;
         f[last] = if f[last] == b'0' { b'1' } else { b'0' };
         f
     }] {
-        c.nonce = Some(forged);
+        c.credentials.nonce = Some(forged);
         let r = c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()]);
         r.expect_error(438);
         assert!(c.learn_nonce(&r), "438 carries REALM and NONCE: {r:?}");
@@ -444,7 +444,7 @@ fn unknown_nonce_gets_438_with_a_fresh_one() {
     // reuse the control connection's nonce from a new port).
     let mut other = Client::new_on("127.0.0.2", server.addr, USER, PASSWORD);
     other.fetch_nonce();
-    c.nonce = other.nonce.clone();
+    c.credentials.nonce = other.credentials.nonce.clone();
     c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()])
         .expect_error(438);
     // The fresh nonce works.

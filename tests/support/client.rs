@@ -283,22 +283,286 @@ pub struct Allocated {
     pub response: Response,
 }
 
+/// Long-term credentials, and the REALM and NONCE learnt from the server.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// USERNAME.
+    pub username: String,
+    /// Password for the long-term key.
+    pub password: String,
+    /// REALM learnt from a 401 ([`REALM`] until then).
+    pub realm: Option<String>,
+    /// NONCE learnt from a 401 or 438.
+    pub nonce: Option<Vec<u8>>,
+    /// Add FINGERPRINT to requests.
+    pub fingerprint: bool,
+}
+
+impl Credentials {
+    /// `username` and `password`, nothing learnt yet, no FINGERPRINT.
+    pub fn new(username: &str, password: &str) -> Credentials {
+        Credentials {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: None,
+            nonce: None,
+            fingerprint: false,
+        }
+    }
+
+    /// The long-term key for the credentials and the learnt (or test) realm.
+    pub fn key(&self) -> [u8; 16] {
+        long_term_key(
+            &self.username,
+            self.realm.as_deref().unwrap_or(REALM),
+            &self.password,
+        )
+    }
+
+    /// A request with a fresh transaction ID, signed with the credentials
+    /// and nonce when `signed` (and a nonce is known).
+    pub fn build_request(
+        &self,
+        method: Method,
+        attrs: &[Attr],
+        signed: bool,
+    ) -> (TransactionId, Vec<u8>) {
+        let tid = new_tid();
+        let realm = self.realm.clone().unwrap_or_else(|| REALM.to_owned());
+        let auth = match (&self.nonce, signed) {
+            (Some(nonce), true) => Some(Auth {
+                username: &self.username,
+                realm: &realm,
+                nonce,
+                key: self.key(),
+            }),
+            _ => None,
+        };
+        let bytes = build(
+            method,
+            Class::Request,
+            tid,
+            attrs,
+            auth.as_ref(),
+            self.fingerprint,
+        );
+        (tid, bytes)
+    }
+
+    /// Learns REALM and NONCE from a 401 or 438 response; true when it had them.
+    pub fn learn_nonce(&mut self, r: &Response) -> bool {
+        let realm = r.msg().get_str(AttributeType::REALM).map(str::to_owned);
+        let nonce = r.get(AttributeType::NONCE);
+        match (realm, nonce) {
+            (Some(realm), Some(nonce)) => {
+                self.realm = Some(realm);
+                self.nonce = Some(nonce);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A synchronous STUN/TURN client, over UDP ([`Client`]) or a stream
+/// ([`StreamClient`](super::StreamClient)): an implementation gives its
+/// credentials, one request/response exchange and what it receives; the
+/// requests, the 401/438 dance and the expectations follow.
+pub trait TurnClient {
+    /// The credentials, REALM and NONCE.
+    fn credentials(&self) -> &Credentials;
+
+    /// The same, to change.
+    fn credentials_mut(&mut self) -> &mut Credentials;
+
+    /// The server's address.
+    fn server(&self) -> SocketAddr;
+
+    /// Sends `bytes` (a request with transaction ID `tid`) and waits for its
+    /// response; other messages are kept for [`TurnClient::recv`]. `None`
+    /// when none came within [`RESPONSE_TIMEOUT`].
+    fn transact_raw(&mut self, bytes: &[u8], tid: TransactionId) -> Option<Response>;
+
+    /// The next Data indication, ChannelData or other message within
+    /// `timeout` (kept ones first).
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming>;
+
+    /// Why the connection ended, for a stream that has (shown in panics).
+    fn closed(&self) -> Option<&str> {
+        None
+    }
+
+    /// Like [`TurnClient::transact_raw`] but panics when no response comes.
+    #[track_caller]
+    fn transact(&mut self, bytes: &[u8], tid: TransactionId) -> Response {
+        match self.transact_raw(bytes, tid) {
+            Some(r) => r,
+            None => panic!(
+                "no response from {} within {RESPONSE_TIMEOUT:?} (closed: {:?})",
+                self.server(),
+                self.closed()
+            ),
+        }
+    }
+
+    /// The long-term key for the current credentials.
+    fn key(&self) -> [u8; 16] {
+        self.credentials().key()
+    }
+
+    /// See [`Credentials::build_request`].
+    fn build_request(
+        &self,
+        method: Method,
+        attrs: &[Attr],
+        signed: bool,
+    ) -> (TransactionId, Vec<u8>) {
+        self.credentials().build_request(method, attrs, signed)
+    }
+
+    /// See [`Credentials::learn_nonce`].
+    fn learn_nonce(&mut self, r: &Response) -> bool {
+        self.credentials_mut().learn_nonce(r)
+    }
+
+    /// Sends an unsigned request and returns the response.
+    #[track_caller]
+    fn request_unsigned(&mut self, method: Method, attrs: &[Attr]) -> Response {
+        let (tid, b) = self.build_request(method, attrs, false);
+        self.transact(&b, tid)
+    }
+
+    /// A Binding request; panics unless it succeeds.
+    #[track_caller]
+    fn binding(&mut self) -> Response {
+        let r = self.request_unsigned(Method::BINDING, &[]);
+        r.expect_success();
+        r
+    }
+
+    /// Sends an unsigned Refresh to obtain REALM and NONCE (the first half of
+    /// the 401 dance) without allocating. Panics unless the server answers
+    /// 401 with both.
+    #[track_caller]
+    fn fetch_nonce(&mut self) {
+        let r = self.request_unsigned(Method::REFRESH, &[]);
+        r.expect_error(401);
+        assert!(self.learn_nonce(&r), "401 without REALM and NONCE: {r:?}");
+    }
+
+    /// Sends a signed request, doing the 401 dance first when no nonce is
+    /// known and retrying (at most twice) with the fresh nonce of a 438.
+    /// A success response must carry a MESSAGE-INTEGRITY valid with the
+    /// user's key.
+    #[track_caller]
+    fn request(&mut self, method: Method, attrs: &[Attr]) -> Response {
+        if self.credentials().nonce.is_none() {
+            let r = self.request_unsigned(method, attrs);
+            if r.error_code() != Some(401) || !self.learn_nonce(&r) {
+                return r;
+            }
+        }
+        let mut r = self.signed_once(method, attrs);
+        for _ in 0..2 {
+            if r.error_code() == Some(438) && self.learn_nonce(&r) {
+                r = self.signed_once(method, attrs);
+            } else {
+                break;
+            }
+        }
+        if r.is_success() {
+            assert!(
+                r.integrity_ok(&self.key()),
+                "success response without a MESSAGE-INTEGRITY valid with {}'s key: {r:?}",
+                self.credentials().username
+            );
+        }
+        r
+    }
+
+    /// One signed request with the current nonce; no retry.
+    #[track_caller]
+    fn signed_once(&mut self, method: Method, attrs: &[Attr]) -> Response {
+        let (tid, b) = self.build_request(method, attrs, true);
+        self.transact(&b, tid)
+    }
+
+    /// Allocate with the given attributes (include REQUESTED-TRANSPORT yourself).
+    #[track_caller]
+    fn allocate_with(&mut self, attrs: &[Attr]) -> Response {
+        self.request(Method::ALLOCATE, attrs)
+    }
+
+    /// A UDP allocation; panics unless it succeeds with the mandatory attributes.
+    #[track_caller]
+    fn allocate(&mut self) -> Allocated {
+        let r = self.allocate_with(&[Attr::transport_udp()]);
+        Client::allocated(r)
+    }
+
+    /// Refresh with LIFETIME `lifetime` (none when `None`).
+    #[track_caller]
+    fn refresh(&mut self, lifetime: Option<u32>) -> Response {
+        let attrs: Vec<Attr> = lifetime.map(Attr::lifetime).into_iter().collect();
+        self.request(Method::REFRESH, &attrs)
+    }
+
+    /// CreatePermission for every peer (one XOR-PEER-ADDRESS each).
+    #[track_caller]
+    fn create_permission(&mut self, peers: &[SocketAddr]) -> Response {
+        let attrs: Vec<Attr> = peers.iter().map(|p| Attr::peer(*p)).collect();
+        self.request(Method::CREATE_PERMISSION, &attrs)
+    }
+
+    /// ChannelBind of channel `n` to `peer`.
+    #[track_caller]
+    fn channel_bind(&mut self, n: u16, peer: SocketAddr) -> Response {
+        self.request(Method::CHANNEL_BIND, &[Attr::channel(n), Attr::peer(peer)])
+    }
+
+    /// The next Data indication within `timeout`; panics when something else
+    /// (or nothing) arrives.
+    #[track_caller]
+    fn expect_data(&mut self, timeout: Duration) -> (SocketAddr, Vec<u8>) {
+        match self.recv(timeout) {
+            Some(Incoming::Data { peer, data }) => (peer, data),
+            other => panic!(
+                "expected a Data indication, got {other:?} (closed: {:?})",
+                self.closed()
+            ),
+        }
+    }
+
+    /// The next ChannelData within `timeout` (padding stripped); panics when
+    /// something else (or nothing) arrives.
+    #[track_caller]
+    fn expect_channel_data(&mut self, timeout: Duration) -> (u16, Vec<u8>) {
+        match self.recv(timeout) {
+            Some(Incoming::Channel { channel, data }) => (channel, data),
+            other => panic!(
+                "expected ChannelData, got {other:?} (closed: {:?})",
+                self.closed()
+            ),
+        }
+    }
+
+    /// Panics when anything arrives within `wait`.
+    #[track_caller]
+    fn expect_silence(&mut self, wait: Duration) {
+        if let Some(x) = self.recv(wait) {
+            panic!("expected nothing from the server, got {x:?}");
+        }
+    }
+}
+
 /// A synchronous STUN/TURN client on its own UDP socket (its own 5-tuple).
 pub struct Client {
     /// The socket (127.0.0.1, ephemeral port).
     pub sock: UdpSocket,
     /// The server it talks to.
     pub server: SocketAddr,
-    /// USERNAME.
-    pub username: String,
-    /// Password for the long-term key.
-    pub password: String,
-    /// REALM learnt from a 401.
-    pub realm: Option<String>,
-    /// NONCE learnt from a 401 or 438.
-    pub nonce: Option<Vec<u8>>,
-    /// Add FINGERPRINT to requests.
-    pub fingerprint: bool,
+    /// Credentials, REALM and NONCE.
+    pub credentials: Credentials,
     pending: VecDeque<Vec<u8>>,
 }
 
@@ -318,11 +582,7 @@ impl Client {
         Client {
             sock,
             server,
-            username: username.to_owned(),
-            password: password.to_owned(),
-            realm: None,
-            nonce: None,
-            fingerprint: false,
+            credentials: Credentials::new(username, password),
             pending: VecDeque::new(),
         }
     }
@@ -334,17 +594,8 @@ impl Client {
 
     /// Uses other credentials from now on (same socket, same nonce).
     pub fn set_credentials(&mut self, username: &str, password: &str) {
-        self.username = username.to_owned();
-        self.password = password.to_owned();
-    }
-
-    /// The long-term key for the current credentials and the learnt (or test) realm.
-    pub fn key(&self) -> [u8; 16] {
-        long_term_key(
-            &self.username,
-            self.realm.as_deref().unwrap_or(REALM),
-            &self.password,
-        )
+        self.credentials.username = username.to_owned();
+        self.credentials.password = password.to_owned();
     }
 
     /// Sends raw bytes to the server.
@@ -391,20 +642,7 @@ impl Client {
         }
     }
 
-    /// Receives the next Data indication, ChannelData or other message within `timeout`.
-    pub fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
-        self.recv_raw(timeout).map(classify)
-    }
-
-    /// Sends `bytes` (a request with transaction ID `tid`) and waits for the
-    /// response with that ID, retransmitting the same bytes at 0.5 s, 1 s...
-    /// Other datagrams that arrive meanwhile are kept for [`Client::recv`].
-    /// `None` when no response came within [`RESPONSE_TIMEOUT`].
-    pub fn transact_raw(&mut self, bytes: &[u8], tid: TransactionId) -> Option<Response> {
-        self.await_response(bytes, tid, false)
-    }
-
-    /// Sends a request built with [`Client::build_request`] without waiting;
+    /// Sends a request built with [`TurnClient::build_request`] without waiting;
     /// collect the answer later with [`Client::finish_request`].
     pub fn start_request(&mut self, bytes: &[u8]) {
         self.send_raw(bytes);
@@ -460,131 +698,6 @@ impl Client {
         }
     }
 
-    /// Like [`Client::transact_raw`] but panics when no response comes.
-    #[track_caller]
-    pub fn transact(&mut self, bytes: &[u8], tid: TransactionId) -> Response {
-        match self.transact_raw(bytes, tid) {
-            Some(r) => r,
-            None => panic!(
-                "no response from {} within {RESPONSE_TIMEOUT:?}",
-                self.server
-            ),
-        }
-    }
-
-    /// Builds a request with a fresh transaction ID, signed with the current
-    /// credentials and nonce when `signed` (and a nonce is known).
-    pub fn build_request(
-        &self,
-        method: Method,
-        attrs: &[Attr],
-        signed: bool,
-    ) -> (TransactionId, Vec<u8>) {
-        let tid = new_tid();
-        let realm = self.realm.clone().unwrap_or_else(|| REALM.to_owned());
-        let bytes = match (&self.nonce, signed) {
-            (Some(nonce), true) => {
-                let auth = Auth {
-                    username: &self.username,
-                    realm: &realm,
-                    nonce,
-                    key: self.key(),
-                };
-                build(
-                    method,
-                    Class::Request,
-                    tid,
-                    attrs,
-                    Some(&auth),
-                    self.fingerprint,
-                )
-            }
-            _ => build(method, Class::Request, tid, attrs, None, self.fingerprint),
-        };
-        (tid, bytes)
-    }
-
-    /// Sends an unsigned request and returns the response.
-    #[track_caller]
-    pub fn request_unsigned(&mut self, method: Method, attrs: &[Attr]) -> Response {
-        let (tid, b) = self.build_request(method, attrs, false);
-        self.transact(&b, tid)
-    }
-
-    /// Learns REALM and NONCE from a 401 or 438 response; true when it had them.
-    pub fn learn_nonce(&mut self, r: &Response) -> bool {
-        let realm = r.msg().get_str(AttributeType::REALM).map(str::to_owned);
-        let nonce = r.get(AttributeType::NONCE);
-        match (realm, nonce) {
-            (Some(realm), Some(nonce)) => {
-                self.realm = Some(realm);
-                self.nonce = Some(nonce);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Sends an unsigned Refresh to obtain REALM and NONCE (the first half of
-    /// the 401 dance) without allocating. Panics unless the server answers
-    /// 401 with both.
-    #[track_caller]
-    pub fn fetch_nonce(&mut self) {
-        let r = self.request_unsigned(Method::REFRESH, &[]);
-        r.expect_error(401);
-        assert!(self.learn_nonce(&r), "401 without REALM and NONCE: {r:?}");
-    }
-
-    /// Sends a signed request, doing the 401 dance first when no nonce is
-    /// known and retrying (at most twice) with the fresh nonce of a 438.
-    /// A success response must carry a MESSAGE-INTEGRITY valid with the
-    /// user's key.
-    #[track_caller]
-    pub fn request(&mut self, method: Method, attrs: &[Attr]) -> Response {
-        if self.nonce.is_none() {
-            let r = self.request_unsigned(method, attrs);
-            if r.error_code() != Some(401) || !self.learn_nonce(&r) {
-                return r;
-            }
-        }
-        let mut r = self.signed_once(method, attrs);
-        for _ in 0..2 {
-            if r.error_code() == Some(438) && self.learn_nonce(&r) {
-                r = self.signed_once(method, attrs);
-            } else {
-                break;
-            }
-        }
-        if r.is_success() {
-            assert!(
-                r.integrity_ok(&self.key()),
-                "success response without a MESSAGE-INTEGRITY valid with {}'s key: {r:?}",
-                self.username
-            );
-        }
-        r
-    }
-
-    /// One signed request with the current nonce; no retry.
-    #[track_caller]
-    pub fn signed_once(&mut self, method: Method, attrs: &[Attr]) -> Response {
-        let (tid, b) = self.build_request(method, attrs, true);
-        self.transact(&b, tid)
-    }
-
-    /// Allocate with the given attributes (include REQUESTED-TRANSPORT yourself).
-    #[track_caller]
-    pub fn allocate_with(&mut self, attrs: &[Attr]) -> Response {
-        self.request(Method::ALLOCATE, attrs)
-    }
-
-    /// A UDP allocation; panics unless it succeeds with the mandatory attributes.
-    #[track_caller]
-    pub fn allocate(&mut self) -> Allocated {
-        let r = self.allocate_with(&[Attr::transport_udp()]);
-        Self::allocated(r)
-    }
-
     /// Reads a successful Allocate response; panics otherwise.
     #[track_caller]
     pub fn allocated(r: Response) -> Allocated {
@@ -606,26 +719,6 @@ impl Client {
         }
     }
 
-    /// Refresh with LIFETIME `lifetime` (none when `None`).
-    #[track_caller]
-    pub fn refresh(&mut self, lifetime: Option<u32>) -> Response {
-        let attrs: Vec<Attr> = lifetime.map(Attr::lifetime).into_iter().collect();
-        self.request(Method::REFRESH, &attrs)
-    }
-
-    /// CreatePermission for every peer (one XOR-PEER-ADDRESS each).
-    #[track_caller]
-    pub fn create_permission(&mut self, peers: &[SocketAddr]) -> Response {
-        let attrs: Vec<Attr> = peers.iter().map(|p| Attr::peer(*p)).collect();
-        self.request(Method::CREATE_PERMISSION, &attrs)
-    }
-
-    /// ChannelBind of channel `n` to `peer`.
-    #[track_caller]
-    pub fn channel_bind(&mut self, n: u16, peer: SocketAddr) -> Response {
-        self.request(Method::CHANNEL_BIND, &[Attr::channel(n), Attr::peer(peer)])
-    }
-
     /// A Send indication carrying `data` to `peer`.
     pub fn send_indication(&self, peer: SocketAddr, data: &[u8]) {
         let b = build(
@@ -643,32 +736,28 @@ impl Client {
     pub fn channel_data(&self, n: u16, data: &[u8]) {
         self.send_raw(&channel_data_bytes(n, data));
     }
+}
 
-    /// The next Data indication within `timeout`, skipping nothing: panics
-    /// when something else arrives.
-    #[track_caller]
-    pub fn expect_data(&mut self, timeout: Duration) -> (SocketAddr, Vec<u8>) {
-        match self.recv(timeout) {
-            Some(Incoming::Data { peer, data }) => (peer, data),
-            other => panic!("expected a Data indication, got {other:?}"),
-        }
+impl TurnClient for Client {
+    fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
-    /// The next ChannelData within `timeout`; panics when something else arrives.
-    #[track_caller]
-    pub fn expect_channel_data(&mut self, timeout: Duration) -> (u16, Vec<u8>) {
-        match self.recv(timeout) {
-            Some(Incoming::Channel { channel, data }) => (channel, data),
-            other => panic!("expected ChannelData, got {other:?}"),
-        }
+    fn credentials_mut(&mut self) -> &mut Credentials {
+        &mut self.credentials
     }
 
-    /// Panics when anything arrives within `wait`.
-    #[track_caller]
-    pub fn expect_silence(&mut self, wait: Duration) {
-        if let Some(x) = self.recv(wait) {
-            panic!("expected nothing from the server, got {:?}", x);
-        }
+    fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Retransmits the same bytes at 0.5 s, 1 s... until the response comes.
+    fn transact_raw(&mut self, bytes: &[u8], tid: TransactionId) -> Option<Response> {
+        self.await_response(bytes, tid, false)
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        self.recv_raw(timeout).map(classify)
     }
 }
 

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
-use turnd::stun::{long_term_key, AttributeType, Class, Method, TransactionId};
+use turnd::stun::{Class, Method, TransactionId};
 
 use super::client::MAX_PENDING;
 use super::{
-    build, channel_data_bytes, classify, new_tid, Allocated, Attr, Auth, Client, Incoming,
-    Response, PASSWORD, REALM, RESPONSE_TIMEOUT, USER,
+    build, channel_data_bytes, classify, new_tid, Attr, Credentials, Incoming, Response,
+    TurnClient, PASSWORD, RESPONSE_TIMEOUT, USER,
 };
 
 /// ALPN id of STUN/TURN over TLS (RFC 7443).
@@ -35,14 +35,8 @@ pub struct StreamClient {
     sock: TcpStream,
     /// The server address connected to.
     pub server: SocketAddr,
-    /// USERNAME.
-    pub username: String,
-    /// Password for the long-term key.
-    pub password: String,
-    /// REALM learnt from a 401.
-    pub realm: Option<String>,
-    /// NONCE learnt from a 401 or 438.
-    pub nonce: Option<Vec<u8>>,
+    /// Credentials, REALM and NONCE.
+    pub credentials: Credentials,
     /// Bytes read but not yet framed.
     inbuf: Vec<u8>,
     /// Frames kept aside while waiting for a response.
@@ -114,10 +108,7 @@ impl StreamClient {
             link,
             sock,
             server,
-            username: USER.to_owned(),
-            password: PASSWORD.to_owned(),
-            realm: None,
-            nonce: None,
+            credentials: Credentials::new(USER, PASSWORD),
             inbuf: Vec::new(),
             pending: VecDeque::new(),
             closed: None,
@@ -154,11 +145,6 @@ impl StreamClient {
             .and_then(|c| c.peer_certificates())
             .and_then(|certs| certs.first())
             .map(|c| c.as_ref().to_vec())
-    }
-
-    /// Why the connection ended, when it has (EOF or an error on read).
-    pub fn closed(&self) -> Option<&str> {
-        self.closed.as_deref()
     }
 
     /// Writes `bytes` (all of them); false when the connection is gone.
@@ -255,12 +241,6 @@ impl StreamClient {
         }
     }
 
-    /// The next Data indication, ChannelData (padding stripped) or other
-    /// message within `timeout`.
-    pub fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
-        self.recv_frame(timeout).map(classify)
-    }
-
     /// True when the server closes the connection within `timeout`
     /// (frames that arrive meanwhile are discarded).
     pub fn wait_closed(&mut self, timeout: Duration) -> bool {
@@ -273,16 +253,6 @@ impl StreamClient {
                 Read1::Timeout => return false,
             }
         }
-    }
-
-    /// Sends `bytes` (a request with `tid`) and waits for its response;
-    /// other frames are kept for [`StreamClient::recv`]. No
-    /// retransmission: the stream is reliable.
-    pub fn transact_raw(&mut self, bytes: &[u8], tid: TransactionId) -> Option<Response> {
-        if !self.try_send_raw(bytes) {
-            return None;
-        }
-        self.await_response(tid, RESPONSE_TIMEOUT)
     }
 
     /// Waits up to `timeout` for the response with `tid`.
@@ -302,147 +272,6 @@ impl StreamClient {
                 self.pending.push_back(b);
             }
         }
-    }
-
-    /// Like [`StreamClient::transact_raw`] but panics when no response comes.
-    #[track_caller]
-    pub fn transact(&mut self, bytes: &[u8], tid: TransactionId) -> Response {
-        match self.transact_raw(bytes, tid) {
-            Some(r) => r,
-            None => panic!(
-                "no response from {} within {RESPONSE_TIMEOUT:?} (closed: {:?})",
-                self.server, self.closed
-            ),
-        }
-    }
-
-    /// The long-term key for the current credentials.
-    pub fn key(&self) -> [u8; 16] {
-        long_term_key(
-            &self.username,
-            self.realm.as_deref().unwrap_or(REALM),
-            &self.password,
-        )
-    }
-
-    /// A request with a fresh transaction ID, signed when `signed` and a
-    /// nonce is known.
-    pub fn build_request(
-        &self,
-        method: Method,
-        attrs: &[Attr],
-        signed: bool,
-    ) -> (TransactionId, Vec<u8>) {
-        let tid = new_tid();
-        let realm = self.realm.clone().unwrap_or_else(|| REALM.to_owned());
-        let bytes = match (&self.nonce, signed) {
-            (Some(nonce), true) => {
-                let auth = Auth {
-                    username: &self.username,
-                    realm: &realm,
-                    nonce,
-                    key: self.key(),
-                };
-                build(method, Class::Request, tid, attrs, Some(&auth), false)
-            }
-            _ => build(method, Class::Request, tid, attrs, None, false),
-        };
-        (tid, bytes)
-    }
-
-    /// A Binding request; panics unless it succeeds.
-    #[track_caller]
-    pub fn binding(&mut self) -> Response {
-        let (tid, b) = self.build_request(Method::BINDING, &[], false);
-        let r = self.transact(&b, tid);
-        r.expect_success();
-        r
-    }
-
-    /// Learns REALM and NONCE from a 401 or 438; true when it had them.
-    pub fn learn_nonce(&mut self, r: &Response) -> bool {
-        let realm = r.msg().get_str(AttributeType::REALM).map(str::to_owned);
-        let nonce = r.get(AttributeType::NONCE);
-        match (realm, nonce) {
-            (Some(realm), Some(nonce)) => {
-                self.realm = Some(realm);
-                self.nonce = Some(nonce);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// A signed request, with the 401 dance first when no nonce is known
-    /// and at most two retries on 438.
-    #[track_caller]
-    pub fn request(&mut self, method: Method, attrs: &[Attr]) -> Response {
-        if self.nonce.is_none() {
-            let (tid, b) = self.build_request(method, attrs, false);
-            let r = self.transact(&b, tid);
-            if r.error_code() != Some(401) || !self.learn_nonce(&r) {
-                return r;
-            }
-        }
-        let (tid, b) = self.build_request(method, attrs, true);
-        let mut r = self.transact(&b, tid);
-        for _ in 0..2 {
-            if r.error_code() == Some(438) && self.learn_nonce(&r) {
-                let (tid, b) = self.build_request(method, attrs, true);
-                r = self.transact(&b, tid);
-            } else {
-                break;
-            }
-        }
-        if r.is_success() {
-            assert!(
-                r.integrity_ok(&self.key()),
-                "success response without a valid MESSAGE-INTEGRITY: {r:?}"
-            );
-        }
-        r
-    }
-
-    /// Sends an unsigned Refresh to learn REALM and NONCE (401 expected).
-    #[track_caller]
-    pub fn fetch_nonce(&mut self) {
-        let (tid, b) = self.build_request(Method::REFRESH, &[], false);
-        let r = self.transact(&b, tid);
-        r.expect_error(401);
-        assert!(self.learn_nonce(&r), "401 without REALM and NONCE: {r:?}");
-    }
-
-    /// An Allocate with `attrs`, signed (after the 401 dance).
-    #[track_caller]
-    pub fn allocate_with(&mut self, attrs: &[Attr]) -> Response {
-        self.request(Method::ALLOCATE, attrs)
-    }
-
-    /// A UDP relay allocation; panics unless it succeeds.
-    #[track_caller]
-    pub fn allocate(&mut self) -> Allocated {
-        let r = self.allocate_with(&[Attr::transport_udp()]);
-        Client::allocated(r)
-    }
-
-    /// CreatePermission for every peer.
-    #[track_caller]
-    pub fn create_permission(&mut self, peers: &[SocketAddr]) -> Response {
-        let attrs: Vec<Attr> = peers.iter().map(|p| Attr::peer(*p)).collect();
-        self.request(Method::CREATE_PERMISSION, &attrs)
-    }
-
-    /// ChannelBind of channel `n` to `peer`.
-    #[track_caller]
-    pub fn channel_bind(&mut self, n: u16, peer: SocketAddr) -> Response {
-        self.request(Method::CHANNEL_BIND, &[Attr::channel(n), Attr::peer(peer)])
-    }
-
-    /// Refresh with LIFETIME `lifetime` (none when `None`).
-    #[track_caller]
-    pub fn refresh(&mut self, lifetime: Option<u32>) -> Response {
-        let attrs: Vec<Attr> = lifetime.map(Attr::lifetime).into_iter().collect();
-        self.request(Method::REFRESH, &attrs)
     }
 
     /// A Send indication carrying `data` to `peer`.
@@ -465,37 +294,38 @@ impl StreamClient {
     pub fn channel_data(&mut self, n: u16, data: &[u8]) {
         self.send_raw(&padded_channel_data(n, data));
     }
+}
 
-    /// The next Data indication within `timeout`; panics on anything else.
-    #[track_caller]
-    pub fn expect_data(&mut self, timeout: Duration) -> (SocketAddr, Vec<u8>) {
-        match self.recv(timeout) {
-            Some(Incoming::Data { peer, data }) => (peer, data),
-            other => panic!(
-                "expected a Data indication, got {other:?} (closed: {:?})",
-                self.closed
-            ),
-        }
+impl TurnClient for StreamClient {
+    fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
-    /// The next ChannelData within `timeout`; panics on anything else.
-    #[track_caller]
-    pub fn expect_channel_data(&mut self, timeout: Duration) -> (u16, Vec<u8>) {
-        match self.recv(timeout) {
-            Some(Incoming::Channel { channel, data }) => (channel, data),
-            other => panic!(
-                "expected ChannelData, got {other:?} (closed: {:?})",
-                self.closed
-            ),
-        }
+    fn credentials_mut(&mut self) -> &mut Credentials {
+        &mut self.credentials
     }
 
-    /// Panics when anything arrives within `wait`.
-    #[track_caller]
-    pub fn expect_silence(&mut self, wait: Duration) {
-        if let Some(x) = self.recv(wait) {
-            panic!("expected nothing from the server, got {x:?}");
+    fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// No retransmission: the stream is reliable. `None` also when the
+    /// connection is gone.
+    fn transact_raw(&mut self, bytes: &[u8], tid: TransactionId) -> Option<Response> {
+        if !self.try_send_raw(bytes) {
+            return None;
         }
+        self.await_response(tid, RESPONSE_TIMEOUT)
+    }
+
+    /// ChannelData comes with its padding stripped.
+    fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        self.recv_frame(timeout).map(classify)
+    }
+
+    /// Why the connection ended, when it has (EOF or an error on read).
+    fn closed(&self) -> Option<&str> {
+        self.closed.as_deref()
     }
 }
 
