@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
@@ -29,34 +28,28 @@ fn db_path(name: &str) -> (TempDir, PathBuf) {
     (dir, db)
 }
 
-/// Runs `turnd ARGS`; panics unless it exits 0 within 10 s.
-fn turnd_cmd(args: &[&str]) -> String {
-    let out = run_with_timeout(
-        Command::new(turnd_bin()).args(args),
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.is_some_and(|s| s.success()),
-        "turnd {args:?} failed ({:?}): stdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
+/// turnd on relay ports `min..=max` with the user database `db`, the
+/// per-source auth failure limit off (the tests poll with failing attempts
+/// on purpose) and `extra`.
+fn with_userdb(min: u16, max: u16, db: &str, extra: &[&str]) -> TestServer {
+    Turnd::standard(min, max)
+        .args(["--userdb", db, "--auth-failures-per-minute", "0"])
+        .args(extra)
+        .start()
 }
 
 fn user_cmd(db: &Path, args: &[&str]) -> String {
     let db = db.to_str().unwrap();
     let mut all = vec!["user", "--userdb", db, "--realm", REALM];
     all.extend_from_slice(args);
-    turnd_cmd(&all)
+    run_turnd_ok(&all)
 }
 
 fn secret_cmd(db: &Path, args: &[&str]) -> String {
     let db = db.to_str().unwrap();
     let mut all = vec!["secret", "--userdb", db, "--realm", REALM];
     all.extend_from_slice(args);
-    turnd_cmd(&all)
+    run_turnd_ok(&all)
 }
 
 /// One Allocate attempt from a fresh socket: `Some(true)` allocated,
@@ -111,11 +104,7 @@ fn users_added_and_deleted_while_running_are_seen_within_bounded_time() {
     // Polling makes failed attempts on purpose: switch off the per-source
     // failure limit so that the polls themselves are not blocked.
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &["--userdb", dbs, "--auth-failures-per-minute", "0"],
-    );
+    let server = with_userdb(min, max, dbs, &[]);
 
     assert!(try_allocate(&server, "dave", "pw1"), "dave from the db");
     assert!(
@@ -157,17 +146,7 @@ fn rest_secrets_from_the_user_database() {
     let (_dir, db) = db_path("secrets");
     secret_cmd(&db, &["add", "dbsecret"]);
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &[
-            "--use-auth-secret",
-            "--userdb",
-            dbs,
-            "--auth-failures-per-minute",
-            "0",
-        ],
-    );
+    let server = with_userdb(min, max, dbs, &["--use-auth-secret"]);
     let username = format!("{}:bob", unix_now() + 3600);
     let ok = rest_password("dbsecret", &username);
     assert!(
@@ -234,17 +213,7 @@ fn database_written_with_coturns_schema_is_accepted_unchanged() {
         .unwrap();
     }
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &[
-            "--use-auth-secret",
-            "--userdb",
-            dbs,
-            "--auth-failures-per-minute",
-            "0",
-        ],
-    );
+    let server = with_userdb(min, max, dbs, &["--use-auth-secret"]);
     assert!(try_allocate(&server, "gina", "pw3"), "gina (realm row)");
     assert!(try_allocate(&server, "hank", "pw4"), "hank (realm '' row)");
     assert!(

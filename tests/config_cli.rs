@@ -8,26 +8,8 @@ mod support;
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use support::*;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn turnd<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> RunOutput {
-    let mut cmd = Command::new(turnd_bin());
-    cmd.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    let out = run_with_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        !out.timed_out(),
-        "turnd {args:?} still running after {TIMEOUT:?}: {out:?}"
-    );
-    out
-}
 
 fn code(out: &RunOutput) -> Option<i32> {
     out.status.and_then(|s| s.code())
@@ -76,7 +58,7 @@ fn valid_with_min_port(value: &str) -> String {
 
 #[test]
 fn help_lists_every_documented_flag() {
-    let out = turnd(&["--help"]);
+    let out = run_turnd(&["--help"]);
     assert_eq!(code(&out), Some(0), "{out:?}");
     for flag in [
         "--config",
@@ -113,7 +95,7 @@ fn shipped_example_config_is_valid() {
         "{} is missing: the repository must ship an example configuration",
         example.display()
     );
-    let out = turnd(&["check-config", "turnserver.toml.example"]);
+    let out = run_turnd(&["check-config", "turnserver.toml.example"]);
     assert_eq!(
         code(&out),
         Some(0),
@@ -124,14 +106,14 @@ fn shipped_example_config_is_valid() {
 #[test]
 fn valid_file_passes_check_config() {
     let f = TempFile::new("valid.toml", &valid());
-    let out = turnd(&["check-config", f.path()]);
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(0), "{out:?}");
 }
 
 #[test]
 fn unknown_key_is_rejected_naming_key_and_file() {
     let f = TempFile::new("unknown.toml", &format!("{}bogus-option = 1\n", valid()));
-    let out = turnd(&["check-config", f.path()]);
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("bogus-option"),
@@ -146,7 +128,7 @@ fn unknown_key_is_rejected_naming_key_and_file() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 
     // Starting the server with that file fails the same way, before binding.
-    let out = turnd(&["--config", f.path()]);
+    let out = run_turnd(&["--config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains("bogus-option"), "{}", out.stderr);
     assert!(out.stderr.contains(f.path()), "{}", out.stderr);
@@ -157,7 +139,7 @@ fn unknown_key_is_rejected_naming_key_and_file() {
 fn min_port_above_max_port_names_the_option() {
     let text = valid_with_min_port("30000");
     let f = TempFile::new("ports.toml", &text);
-    let out = turnd(&["check-config", f.path()]);
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("min-port"),
@@ -172,7 +154,7 @@ fn min_port_above_max_port_names_the_option() {
 
     // The same on the command line.
     let args = Turnd::standard(30000, 20000);
-    let out = turnd(args.arguments());
+    let out = run_turnd(args.arguments());
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains("min-port"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
@@ -204,7 +186,7 @@ fn malformed_values_name_the_option() {
         ),
     ] {
         let f = TempFile::new(name, &text);
-        let out = turnd(&["check-config", f.path()]);
+        let out = run_turnd(&["check-config", f.path()]);
         assert_eq!(code(&out), Some(2), "{name}: {out:?}");
         assert!(
             out.stderr.contains(option),
@@ -217,7 +199,7 @@ fn malformed_values_name_the_option() {
     let dir = TempDir::new("missing");
     let missing = dir.join("does-not-exist.toml");
     let missing = missing.to_str().unwrap();
-    let out = turnd(&["check-config", missing]);
+    let out = run_turnd(&["check-config", missing]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains(missing), "{}", out.stderr);
 }
@@ -229,7 +211,7 @@ fn listening_port_in_use_fails_cleanly() {
     let port = addr.port().to_string();
     let (min, max) = relay_ports(Suite::ConfigCli, 0);
     let args = Turnd::standard(min, max).set("--listening-port", &port);
-    let out = turnd(args.arguments());
+    let out = run_turnd(args.arguments());
     let status = out.status.expect("exited");
     assert!(!status.success(), "turnd started on a taken port: {out:?}");
     assert!(status.code().is_some(), "killed by a signal: {out:?}");
@@ -251,7 +233,7 @@ fn listening_port_in_use_fails_cleanly() {
 
 #[test]
 fn no_users_is_an_error_not_a_silent_start() {
-    let out = turnd(&[
+    let out = run_turnd(&[
         "--listening-ip",
         "127.0.0.1",
         "--listening-port",

@@ -623,6 +623,41 @@ fn drain_to_end(mut r: impl Read, into: Arc<Mutex<String>>) {
     into.lock().unwrap().push_str(&String::from_utf8_lossy(&v));
 }
 
+/// How long a turnd subcommand, or a turnd expected to exit, may run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `turnd args` (a subcommand, or a server expected to exit) in the
+/// repository root (RUST_LOG removed, NO_COLOR set); panics when it is still
+/// running after [`COMMAND_TIMEOUT`].
+#[track_caller]
+pub fn run_turnd<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> RunOutput {
+    let mut cmd = Command::new(turnd_bin());
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT);
+    assert!(
+        !out.timed_out(),
+        "turnd {args:?} still running after {COMMAND_TIMEOUT:?}: {out:?}"
+    );
+    out
+}
+
+/// [`run_turnd`], panicking unless it exits 0; its stdout.
+#[track_caller]
+pub fn run_turnd_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = run_turnd(args);
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "turnd {args:?} failed ({:?}): stdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
 /// Polls `cond` every 10 ms until it is true or `timeout` passed; true when
 /// it became true.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
