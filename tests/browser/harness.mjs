@@ -436,7 +436,108 @@ export function installPageHelpers() {
     };
   };
 
-  window.rtc = { withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair };
+  /**
+   * Two relay-only peer connections with `iceServers`, linked in-page, and a
+   * data channel `label` both ways: `count` messages `${prefix}a->b #i` (and
+   * b->a), then a 16 KiB one of `bigChar` when given. Connecting may take
+   * `connectMs`, the messages `messagesMs`. Resolves with what was sent and
+   * received, the connect time, both selected pairs, candidates and errors.
+   */
+  const relayDataChannel = async (iceServers, {
+    label = 'chat', count = 20, prefix = '', bigChar = null, connectMs = 15_000, messagesMs = 10_000,
+  } = {}) => {
+    const config = { iceServers, iceTransportPolicy: 'relay' };
+    const a = watch(new RTCPeerConnection(config), 'a');
+    const b = watch(new RTCPeerConnection(config), 'b');
+    try {
+      link(a, b);
+      const dcA = a.createDataChannel(label);
+      const dcBPromise = new Promise((resolve) => { b.ondatachannel = (e) => resolve(e.channel); });
+      const t0 = performance.now();
+      await negotiate(a, b);
+      await Promise.all([waitConnected(a, connectMs), waitConnected(b, connectMs)]);
+      const connected = performance.now() - t0;
+      const dcB = await withTimeout(dcBPromise, 10_000, () => `datachannel event on b (${describe(b)})`);
+      const opened = (dc) => (dc.readyState === 'open' ? Promise.resolve()
+        : new Promise((resolve) => dc.addEventListener('open', resolve, { once: true })));
+      await withTimeout(Promise.all([opened(dcA), opened(dcB)]), 10_000, 'both data channels open');
+
+      const messages = (dir, end) => {
+        const m = Array.from({ length: count }, (_, i) => `${prefix}${dir} #${i}`);
+        if (bigChar) m.push(bigChar.repeat(16 * 1024) + end);
+        return m;
+      };
+      const fromA = messages('a->b', 'A');
+      const fromB = messages('b->a', 'B');
+      const collect = (dc, n) => new Promise((resolve) => {
+        const got = [];
+        dc.addEventListener('message', (e) => { got.push(e.data); if (got.length === n) resolve(got); });
+      });
+      const gotAtB = collect(dcB, fromA.length);
+      const gotAtA = collect(dcA, fromB.length);
+      for (const m of fromA) dcA.send(m);
+      for (const m of fromB) dcB.send(m);
+      const [atB, atA] = await withTimeout(Promise.all([gotAtB, gotAtA]), messagesMs, 'data channel messages both ways');
+      return {
+        connectMs: connected,
+        sentA: fromA, sentB: fromB, atA, atB,
+        pairA: await selectedPair(a), pairB: await selectedPair(b),
+        candidatesA: a.__candidates, candidatesB: b.__candidates,
+        errorsA: a.__errors, errorsB: b.__errors,
+      };
+    } finally {
+      a.close();
+      b.close();
+    }
+  };
+
+  window.rtc = { withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair, relayDataChannel };
+}
+
+/**
+ * window.rtc.relayDataChannel(iceServers, options) in `page` (helpers
+ * installed).
+ */
+export function relayDataChannel(page, iceServers, options = {}) {
+  return page.evaluate(({ iceServers, options }) => window.rtc.relayDataChannel(iceServers, options), { iceServers, options });
+}
+
+/**
+ * Checks a relayDataChannel result: every message arrived intact and in
+ * order both ways; both selected pairs are relay/relay over `relayProtocol`
+ * to the client, with UDP relayed addresses on 127.0.0.1 within
+ * `minPort`-`maxPort`, succeeded (or in-progress with responses, while a
+ * consent check is out), nominated and carrying bytes; each side's remote
+ * candidate is the other's relayed address, the two differ, and no candidate
+ * errors were reported.
+ */
+export function assertRelayedBothWays(result, { relayProtocol, minPort, maxPort }) {
+  assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
+  assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
+  for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
+    assert.ok(sel, `${name}: no selected candidate pair in getStats`);
+    const ctx = JSON.stringify(sel);
+    assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
+    assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
+    assert.equal(sel.local.relayProtocol, relayProtocol, `${name}: local relayProtocol is not ${relayProtocol}: ${ctx}`);
+    // The relayed address itself is UDP (REQUESTED-TRANSPORT UDP); only the client-server leg may be TCP/TLS.
+    assert.equal(sel.local.protocol, 'udp', `${name}: relayed candidate protocol is not udp: ${ctx}`);
+    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address is not 127.0.0.1: ${ctx}`);
+    assert.ok(sel.local.port >= minPort && sel.local.port <= maxPort,
+      `${name}: relayed port ${sel.local.port} outside ${minPort}-${maxPort}: ${ctx}`);
+    // Chromium reports the selected pair as 'in-progress' while a consent
+    // check on it is outstanding; it has succeeded before (responses came back).
+    assert.ok(sel.pair.state === 'succeeded' || (sel.pair.state === 'in-progress' && sel.pair.responsesReceived > 0),
+      `${name}: selected pair not succeeded: ${ctx}`);
+    assert.ok(sel.pair.nominated, `${name}: selected pair not nominated: ${ctx}`);
+    assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the selected pair: ${ctx}`);
+  }
+  // Each side's remote relay candidate is the other side's own relayed address.
+  assert.equal(result.pairA.remote.port, result.pairB.local.port, 'a and b disagree on b\'s relayed address');
+  assert.equal(result.pairB.remote.port, result.pairA.local.port, 'b and a disagree on a\'s relayed address');
+  assert.notEqual(result.pairA.local.port, result.pairB.local.port, 'both allocations got the same relay port');
+  assert.deepEqual(result.errorsA, [], `a reported candidate errors: ${JSON.stringify(result.errorsA)}`);
+  assert.deepEqual(result.errorsB, [], `b reported candidate errors: ${JSON.stringify(result.errorsB)}`);
 }
 
 /**

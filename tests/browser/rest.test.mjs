@@ -11,7 +11,9 @@ import { test } from 'node:test';
 
 import {
   RELAY_PORTS,
+  assertRelayedBothWays,
   browserSuite,
+  relayDataChannel,
   resolveTurndBin,
   turnUrl,
 } from './harness.mjs';
@@ -60,61 +62,10 @@ test('a data channel relays relay/relay with REST credentials minted by turnd cr
 
   await s.newPage();
   // The snippet goes into RTCPeerConnection as printed.
-  const result = await s.page.evaluate(async ({ iceServers }) => {
-    const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
-    const config = { iceServers, iceTransportPolicy: 'relay' };
-    const a = watch(new RTCPeerConnection(config), 'a');
-    const b = watch(new RTCPeerConnection(config), 'b');
-    try {
-      link(a, b);
-      const dcA = a.createDataChannel('rest');
-      const dcBPromise = new Promise((resolve) => { b.ondatachannel = (e) => resolve(e.channel); });
-      const t0 = performance.now();
-      await negotiate(a, b);
-      await Promise.all([waitConnected(a, 15_000), waitConnected(b, 15_000)]);
-      const connectMs = performance.now() - t0;
-      const dcB = await withTimeout(dcBPromise, 10_000, () => `datachannel event on b (${describe(b)})`);
-      const opened = (dc) => (dc.readyState === 'open' ? Promise.resolve()
-        : new Promise((resolve) => dc.addEventListener('open', resolve, { once: true })));
-      await withTimeout(Promise.all([opened(dcA), opened(dcB)]), 10_000, 'both data channels open');
-
-      const fromA = Array.from({ length: 10 }, (_, i) => `rest a->b #${i}`);
-      const fromB = Array.from({ length: 10 }, (_, i) => `rest b->a #${i}`);
-      const collect = (dc, n) => new Promise((resolve) => {
-        const got = [];
-        dc.addEventListener('message', (e) => { got.push(e.data); if (got.length === n) resolve(got); });
-      });
-      const gotAtB = collect(dcB, fromA.length);
-      const gotAtA = collect(dcA, fromB.length);
-      for (const m of fromA) dcA.send(m);
-      for (const m of fromB) dcB.send(m);
-      const [atB, atA] = await withTimeout(Promise.all([gotAtB, gotAtA]), 10_000, 'data channel messages both ways');
-      return {
-        connectMs, sentA: fromA, sentB: fromB, atA, atB,
-        pairA: await selectedPair(a), pairB: await selectedPair(b),
-        errorsA: a.__errors, errorsB: b.__errors,
-      };
-    } finally {
-      a.close();
-      b.close();
-    }
-  }, { iceServers: creds.snippet.iceServers });
+  const result = await relayDataChannel(s.page, creds.snippet.iceServers, { label: 'rest', count: 10, prefix: 'rest ' });
 
   t.diagnostic(`connected in ${Math.round(result.connectMs)} ms with REST username ${creds.username}`);
-  assert.deepEqual(result.atB, result.sentA, 'messages a->b');
-  assert.deepEqual(result.atA, result.sentB, 'messages b->a');
-  for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
-    assert.ok(sel, `${name}: no selected candidate pair`);
-    const ctx = JSON.stringify(sel);
-    assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
-    assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
-    assert.equal(sel.local.relayProtocol, 'udp', `${name}: relayProtocol: ${ctx}`);
-    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address: ${ctx}`);
-    assert.ok(sel.local.port >= MIN_PORT && sel.local.port <= MAX_PORT, `${name}: relay port outside ${MIN_PORT}-${MAX_PORT}: ${ctx}`);
-    assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the pair: ${ctx}`);
-  }
-  assert.deepEqual(result.errorsA, [], `a candidate errors: ${JSON.stringify(result.errorsA)}`);
-  assert.deepEqual(result.errorsB, [], `b candidate errors: ${JSON.stringify(result.errorsB)}`);
+  assertRelayedBothWays(result, { relayProtocol: 'udp', minPort: MIN_PORT, maxPort: MAX_PORT });
   // The allocations belong to the REST username, not to the static user alice.
   // (turnd colours its log: strip ANSI escapes first.)
   // eslint-disable-next-line no-control-regex

@@ -13,7 +13,9 @@ import {
   PASSWORD,
   PLAYWRIGHT_DISABLED_FEATURES,
   USER,
+  assertRelayedBothWays,
   browserSuite,
+  relayDataChannel,
   retryDataChannelStall,
   turnUrl,
 } from './harness.mjs';
@@ -50,79 +52,10 @@ test('chromium runs with the expected effective command line', { timeout: 30_000
 
 test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, s.withTurndLog(async (t) => {
   await s.newPage();
-  const result = await retryDataChannelStall(t, () => s.page.evaluate(async ({ url, username, credential }) => {
-    const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
-    const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
-    const a = watch(new RTCPeerConnection(config), 'a');
-    const b = watch(new RTCPeerConnection(config), 'b');
-    try {
-      link(a, b);
-      const dcA = a.createDataChannel('chat');
-      const dcBPromise = new Promise((resolve) => { b.ondatachannel = (e) => resolve(e.channel); });
-      const t0 = performance.now();
-      await negotiate(a, b);
-      await Promise.all([waitConnected(a, 15_000), waitConnected(b, 15_000)]);
-      const connectMs = performance.now() - t0;
-
-      const dcB = await withTimeout(dcBPromise, 10_000, () => `datachannel event on b (${describe(b)})`);
-      const opened = (dc) => (dc.readyState === 'open' ? Promise.resolve()
-        : new Promise((resolve) => dc.addEventListener('open', resolve, { once: true })));
-      await withTimeout(Promise.all([opened(dcA), opened(dcB)]), 10_000, 'both data channels open');
-
-      const big = 'x'.repeat(16 * 1024);
-      const fromA = [...Array.from({ length: 20 }, (_, i) => `a->b #${i}`), big + 'A'];
-      const fromB = [...Array.from({ length: 20 }, (_, i) => `b->a #${i}`), big + 'B'];
-      const collect = (dc, n) => new Promise((resolve) => {
-        const got = [];
-        dc.addEventListener('message', (e) => { got.push(e.data); if (got.length === n) resolve(got); });
-      });
-      const gotAtB = collect(dcB, fromA.length);
-      const gotAtA = collect(dcA, fromB.length);
-      for (const m of fromA) dcA.send(m);
-      for (const m of fromB) dcB.send(m);
-      const [atB, atA] = await withTimeout(Promise.all([gotAtB, gotAtA]), 10_000, 'data channel messages both ways');
-
-      const pairA = await selectedPair(a);
-      const pairB = await selectedPair(b);
-      return {
-        connectMs,
-        sentA: fromA, sentB: fromB, atA, atB,
-        pairA, pairB,
-        candidatesA: a.__candidates, candidatesB: b.__candidates,
-        errorsA: a.__errors, errorsB: b.__errors,
-      };
-    } finally {
-      a.close();
-      b.close();
-    }
-  }, { url: turnUrl(s.turnd.port), username: USER, credential: PASSWORD }));
-
+  const iceServers = [{ urls: turnUrl(s.turnd.port), username: USER, credential: PASSWORD }];
+  const result = await retryDataChannelStall(t, () => relayDataChannel(s.page, iceServers, { bigChar: 'x' }));
   t.diagnostic(`connected in ${Math.round(result.connectMs)} ms`);
-  assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
-  assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
-
-  for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
-    assert.ok(sel, `${name}: no selected candidate pair in getStats`);
-    const ctx = JSON.stringify(sel);
-    assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
-    assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
-    assert.equal(sel.local.relayProtocol, 'udp', `${name}: local relayProtocol is not udp: ${ctx}`);
-    assert.equal(sel.local.protocol, 'udp', `${name}: local protocol is not udp: ${ctx}`);
-    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address is not 127.0.0.1: ${ctx}`);
-    assert.ok(inRelayRange(sel.local.port), `${name}: relayed port ${sel.local.port} outside ${MIN_PORT}-${MAX_PORT}: ${ctx}`);
-    // Chromium reports the selected pair as 'in-progress' while a consent
-    // check on it is outstanding; it has succeeded before (responses came back).
-    assert.ok(sel.pair.state === 'succeeded' || (sel.pair.state === 'in-progress' && sel.pair.responsesReceived > 0),
-      `${name}: selected pair not succeeded: ${ctx}`);
-    assert.ok(sel.pair.nominated, `${name}: selected pair not nominated: ${ctx}`);
-    assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the selected pair: ${ctx}`);
-  }
-  // Each side's remote relay candidate is the other side's own relayed address.
-  assert.equal(result.pairA.remote.port, result.pairB.local.port, 'a and b disagree on b\'s relayed address');
-  assert.equal(result.pairB.remote.port, result.pairA.local.port, 'b and a disagree on a\'s relayed address');
-  assert.notEqual(result.pairA.local.port, result.pairB.local.port, 'both allocations got the same relay port');
-  assert.deepEqual(result.errorsA, [], `a reported candidate errors: ${JSON.stringify(result.errorsA)}`);
-  assert.deepEqual(result.errorsB, [], `b reported candidate errors: ${JSON.stringify(result.errorsB)}`);
+  assertRelayedBothWays(result, { relayProtocol: 'udp', minPort: MIN_PORT, maxPort: MAX_PORT });
 }));
 
 test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { timeout: 30_000 }, s.withTurndLog(async (t) => {
