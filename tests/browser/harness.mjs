@@ -491,7 +491,36 @@ export function installPageHelpers() {
     }
   };
 
-  window.rtc = { withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair, relayDataChannel };
+  /**
+   * One connection with `config` (named `name`) gathers ICE candidates for a
+   * data channel offer, within 15 s; with `lateError` (an error code) it
+   * waits up to 500 ms more for that icecandidateerror when gathering ended
+   * without it. Resolves with the candidates, the candidate errors and the
+   * gathering state; the connection is closed.
+   */
+  const gather = async (config, name, { lateError = null } = {}) => {
+    const pc = watch(new RTCPeerConnection(config), name);
+    try {
+      pc.createDataChannel('probe');
+      await pc.setLocalDescription(await pc.createOffer());
+      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
+      if (lateError !== null && !pc.__errors.some((e) => e.errorCode === lateError)) {
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, 500);
+          pc.addEventListener('icecandidateerror', (e) => {
+            if (e.errorCode === lateError) { clearTimeout(timer); resolve(); }
+          });
+        });
+      }
+      return { candidates: pc.__candidates, errors: pc.__errors, state: pc.iceGatheringState };
+    } finally {
+      pc.close();
+    }
+  };
+
+  window.rtc = {
+    withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair, relayDataChannel, gather,
+  };
 }
 
 /**
@@ -500,6 +529,11 @@ export function installPageHelpers() {
  */
 export function relayDataChannel(page, iceServers, options = {}) {
   return page.evaluate(({ iceServers, options }) => window.rtc.relayDataChannel(iceServers, options), { iceServers, options });
+}
+
+/** window.rtc.gather(config, name, options) in `page` (helpers installed). */
+export function gatherCandidates(page, config, name, options = {}) {
+  return page.evaluate(({ config, name, options }) => window.rtc.gather(config, name, options), { config, name, options });
 }
 
 /**

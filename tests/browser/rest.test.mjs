@@ -13,6 +13,7 @@ import {
   RELAY_PORTS,
   assertRelayedBothWays,
   browserSuite,
+  gatherCandidates,
   relayDataChannel,
   resolveTurndBin,
   turnUrl,
@@ -79,18 +80,7 @@ test('expired REST credentials give icecandidateerror 401 and no relay candidate
   const username = `${Math.floor(Date.now() / 1000) - 60}:alice`;
   const credential = restPassword(SECRET, username);
   await s.newPage();
-  const result = await s.page.evaluate(async ({ url, username, credential }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' }), 'expired');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      return { candidates: pc.__candidates, errors: pc.__errors };
-    } finally {
-      pc.close();
-    }
-  }, { url, username, credential });
+  const result = await gatherCandidates(s.page, { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' }, 'expired');
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidate errors: ${JSON.stringify(result.errors)}`);
   assert.ok(!result.candidates.some((c) => c.type === 'relay'), `relay candidate with expired credentials: ${ctx}`);

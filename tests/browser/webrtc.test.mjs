@@ -15,6 +15,7 @@ import {
   USER,
   assertRelayedBothWays,
   browserSuite,
+  gatherCandidates,
   relayDataChannel,
   retryDataChannelStall,
   turnUrl,
@@ -62,21 +63,10 @@ test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { time
   await s.newPage();
   const port = s.turnd.port;
   const url = turnUrl(port);
-  const result = await s.page.evaluate(async ({ stunUrl, url, username, credential }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({
-      iceServers: [{ urls: stunUrl }, { urls: url, username, credential }],
-      iceTransportPolicy: 'all',
-    }), 'gatherer');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      return { candidates: pc.__candidates, errors: pc.__errors, state: pc.iceGatheringState };
-    } finally {
-      pc.close();
-    }
-  }, { stunUrl: `stun:127.0.0.1:${port}`, url, username: USER, credential: PASSWORD });
+  const result = await gatherCandidates(s.page, {
+    iceServers: [{ urls: `stun:127.0.0.1:${port}` }, { urls: url, username: USER, credential: PASSWORD }],
+    iceTransportPolicy: 'all',
+  }, 'gatherer');
 
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidates: ${result.candidates.map((c) => c.candidate).join(' | ')}`);
@@ -102,18 +92,7 @@ test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { time
 
 test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
   await s.newPage();
-  const result = await s.page.evaluate(async ({ stunUrl }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: stunUrl }] }), 'stun-only');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      return { candidates: pc.__candidates, errors: pc.__errors };
-    } finally {
-      pc.close();
-    }
-  }, { stunUrl: `stun:127.0.0.1:${s.turnd.port}` });
+  const result = await gatherCandidates(s.page, { iceServers: [{ urls: `stun:127.0.0.1:${s.turnd.port}` }] }, 'stun-only');
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidates: ${result.candidates.map((c) => c.candidate).join(' | ')}`);
   assert.ok(result.candidates.some((c) => c.type === 'srflx' && c.address === '127.0.0.1'), `no srflx 127.0.0.1 candidate: ${ctx}`);
@@ -124,23 +103,11 @@ test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate',
 test('a wrong TURN password gives icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
   await s.newPage();
   const url = turnUrl(s.turnd.port);
-  const result = await s.page.evaluate(async ({ url, username }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({
-      iceServers: [{ urls: url, username, credential: 'wrong' }],
-      iceTransportPolicy: 'relay',
-    }), 'wrong-password');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      // Gathering completes with the failure; give a late error event a moment to land.
-      if (!pc.__errors.some((e) => e.errorCode === 401)) await new Promise((r) => setTimeout(r, 500));
-      return { candidates: pc.__candidates, errors: pc.__errors };
-    } finally {
-      pc.close();
-    }
-  }, { url, username: USER });
+  // Gathering completes with the failure; a late error event may still land.
+  const result = await gatherCandidates(s.page, {
+    iceServers: [{ urls: url, username: USER, credential: 'wrong' }],
+    iceTransportPolicy: 'relay',
+  }, 'wrong-password', { lateError: 401 });
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidate errors: ${JSON.stringify(result.errors)}`);
   assert.ok(result.errors.some((e) => e.errorCode === 401), `no icecandidateerror with errorCode 401: ${ctx}`);
