@@ -17,11 +17,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use turnd::stun::{AttributeType, Class, Method};
 
-// Relay ports of this file: 44000-44999, 100 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (44000 + 100 * i, 44000 + 100 * i + 99)
-}
-
 /// Replaces a client's socket by one bound to `ip` (another source address
 /// on the loopback network, 127.0.0.0/8).
 fn client_from(server: &TestServer, ip: &str, user: &str, password: &str) -> Client {
@@ -37,7 +32,7 @@ fn family_v6() -> Attr {
 
 #[test]
 fn ipv4_loopback_unspecified_and_metadata_peers_are_refused() {
-    let (min, max) = range(0);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 0);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate();
@@ -80,7 +75,7 @@ fn ipv4_loopback_unspecified_and_metadata_peers_are_refused() {
 
     // Control: with allow-loopback-peers the same victim is reachable, so
     // the silence above is the policy at work, not a broken test.
-    let (min, max) = range(1);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 1);
     let open = TestServer::start(min, max, &["--allow-loopback-peers"]);
     let mut c = open.client();
     c.allocate();
@@ -113,7 +108,7 @@ fn ipv6_loopback_and_ipv4_embedding_forms_are_refused() {
     };
     let p4 = victim4.addr().port();
 
-    let (min, max) = range(2);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 2);
     let server = TestServer::start(min, max, &["--relay-ip", "::1"]);
     let mut c = server.client();
     let a = Client::allocated(c.allocate_with(&[Attr::transport_udp(), family_v6()]));
@@ -153,7 +148,7 @@ fn ipv6_loopback_and_ipv4_embedding_forms_are_refused() {
 
     // Control: with allow-loopback-peers, ::1 is reachable through the same
     // kind of allocation, so the silence above is the policy at work.
-    let (min, max) = range(3);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 3);
     let open = TestServer::start(min, max, &["--relay-ip", "::1", "--allow-loopback-peers"]);
     let mut c = open.client();
     Client::allocated(c.allocate_with(&[Attr::transport_udp(), family_v6()]));
@@ -174,7 +169,7 @@ fn unauthenticated_flood_from_one_source_is_rate_limited() {
     const RATE: f64 = 20.0;
     const BURST: usize = 40;
     const FLOOD: usize = 500;
-    let (min, max) = range(4);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 4);
     let server = TestServer::start(min, max, &["--unauth-rate", "20", "--unauth-burst", "40"]);
 
     let flood = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
@@ -298,7 +293,7 @@ fn thread_sleep_until(t: Instant) {
 
 #[test]
 fn repeated_wrong_passwords_get_no_answer() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 5);
     let server = TestServer::start(min, max, &["--auth-failures-per-minute", "5"]);
     // A legitimate allocation from the same IP, made before the failures.
     let mut earlier = server.client();
@@ -350,7 +345,7 @@ fn repeated_wrong_passwords_get_no_answer() {
 
 #[test]
 fn answers_to_unauthenticated_requests_are_small() {
-    let (min, max) = range(6);
+    let (min, max) = relay_ports(Suite::AbuseLimits, 6);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
 

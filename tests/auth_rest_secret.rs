@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use support::*;
 use turnd::auth::{rest_password, userhash, Key, PasswordAlgorithm, PASSWORD_ALGORITHMS_VALUE};
@@ -17,32 +16,11 @@ use turnd::stun::{
     long_term_key, AttributeType, Class, MessageType, MessageWriter, Method, PROTOCOL_UDP,
 };
 
-// Relay ports of this file: 42000-42999, 100 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (42000 + 100 * i, 42000 + 100 * i + 99)
-}
-
-/// Runs `turnd ARGS` (a subcommand) to completion; panics unless it exits 0.
-fn turnd_cmd(args: &[&str]) -> String {
-    let out = run_with_timeout(
-        Command::new(turnd_bin()).args(args),
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.is_some_and(|s| s.success()),
-        "turnd {args:?} failed ({:?}): stdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
 /// `turnd credentials --secret S --user U --ttl T`: (username, password),
 /// after checking the iceServers snippet carries both.
 fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
     let ttl_s = ttl.to_string();
-    let out = turnd_cmd(&[
+    let out = run_turnd_ok(&[
         "credentials",
         "--secret",
         secret,
@@ -103,14 +81,19 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-#[test]
-fn rest_credentials_minted_by_turnd_allocate() {
-    let (min, max) = range(0);
-    let server = TestServer::start(
+/// turnd with the REST secrets s1 and s2, on the relay ports of `slot`.
+fn two_secrets(slot: u16) -> TestServer {
+    let (min, max) = relay_ports(Suite::AuthRestSecret, slot);
+    TestServer::start(
         min,
         max,
         &["--static-auth-secret", "s1", "--static-auth-secret", "s2"],
-    );
+    )
+}
+
+#[test]
+fn rest_credentials_minted_by_turnd_allocate() {
+    let server = two_secrets(0);
     let (username, password) = mint("s2", "bob", 3600);
     let mut c = Client::new(server.addr, &username, &password);
     let a = c.allocate();
@@ -126,12 +109,7 @@ fn rest_credentials_minted_by_turnd_allocate() {
 
 #[test]
 fn rest_secret_rotation_accepts_every_configured_secret() {
-    let (min, max) = range(1);
-    let server = TestServer::start(
-        min,
-        max,
-        &["--static-auth-secret", "s1", "--static-auth-secret", "s2"],
-    );
+    let server = two_secrets(1);
     for secret in ["s1", "s2"] {
         let (username, password) = mint(secret, "bob", 3600);
         let mut c = Client::new(server.addr, &username, &password);
@@ -142,12 +120,7 @@ fn rest_secret_rotation_accepts_every_configured_secret() {
 
 #[test]
 fn rest_expired_username_is_rejected_with_401() {
-    let (min, max) = range(2);
-    let server = TestServer::start(
-        min,
-        max,
-        &["--static-auth-secret", "s1", "--static-auth-secret", "s2"],
-    );
+    let server = two_secrets(2);
     // Correct HMAC, but the expiry is in the past.
     let username = format!("{}:bob", unix_now() - 60);
     let password = rest_password("s2", &username);
@@ -166,12 +139,7 @@ fn rest_expired_username_is_rejected_with_401() {
 
 #[test]
 fn rest_username_signed_with_unknown_secret_is_rejected_with_401() {
-    let (min, max) = range(3);
-    let server = TestServer::start(
-        min,
-        max,
-        &["--static-auth-secret", "s1", "--static-auth-secret", "s2"],
-    );
+    let server = two_secrets(3);
     let (username, password) = mint("not-a-configured-secret", "bob", 3600);
     let mut c = Client::new(server.addr, &username, &password);
     c.allocate_with(&[Attr::transport_udp()]).expect_error(401);
@@ -182,8 +150,8 @@ fn rest_username_signed_with_unknown_secret_is_rejected_with_401() {
 
 #[test]
 fn user_given_as_md5_key_from_hash_key_allocates() {
-    let (min, max) = range(4);
-    let key = turnd_cmd(&[
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 4);
+    let key = run_turnd_ok(&[
         "hash-key",
         "--user",
         "carol",
@@ -266,7 +234,7 @@ fn build_sha256(
 
 #[test]
 fn rfc8489_sha256_userhash_and_message_integrity_sha256_over_the_wire() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 5);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
 

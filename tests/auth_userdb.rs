@@ -9,59 +9,47 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
 use turnd::auth::{rest_password, to_hex};
 use turnd::stun::long_term_key;
 
-// Relay ports of this file: 43000-43999, 100 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (43000 + 100 * i, 43000 + 100 * i + 99)
-}
-
 /// Longest wait for a database change to reach the running server.
 const PROPAGATION: Duration = Duration::from_secs(5);
 /// Pause between two polls.
 const POLL: Duration = Duration::from_millis(100);
 
-/// A fresh database path in a fresh directory for this test.
-fn db_path(name: &str) -> PathBuf {
-    let dir = temp_path(&format!("userdb-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir.join("turndb")
+/// A fresh database path in a fresh directory for this test (removed when
+/// the returned directory drops).
+fn db_path(name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(&format!("userdb-{name}"));
+    let db = dir.join("turndb");
+    (dir, db)
 }
 
-/// Runs `turnd ARGS`; panics unless it exits 0 within 10 s.
-fn turnd_cmd(args: &[&str]) -> String {
-    let out = run_with_timeout(
-        Command::new(turnd_bin()).args(args),
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.is_some_and(|s| s.success()),
-        "turnd {args:?} failed ({:?}): stdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
+/// turnd on relay ports `min..=max` with the user database `db`, the
+/// per-source auth failure limit off (the tests poll with failing attempts
+/// on purpose) and `extra`.
+fn with_userdb(min: u16, max: u16, db: &str, extra: &[&str]) -> TestServer {
+    Turnd::standard(min, max)
+        .args(["--userdb", db, "--auth-failures-per-minute", "0"])
+        .args(extra)
+        .start()
 }
 
 fn user_cmd(db: &Path, args: &[&str]) -> String {
     let db = db.to_str().unwrap();
     let mut all = vec!["user", "--userdb", db, "--realm", REALM];
     all.extend_from_slice(args);
-    turnd_cmd(&all)
+    run_turnd_ok(&all)
 }
 
 fn secret_cmd(db: &Path, args: &[&str]) -> String {
     let db = db.to_str().unwrap();
     let mut all = vec!["secret", "--userdb", db, "--realm", REALM];
     all.extend_from_slice(args);
-    turnd_cmd(&all)
+    run_turnd_ok(&all)
 }
 
 /// One Allocate attempt from a fresh socket: `Some(true)` allocated,
@@ -110,17 +98,13 @@ fn unix_now() -> u64 {
 
 #[test]
 fn users_added_and_deleted_while_running_are_seen_within_bounded_time() {
-    let (min, max) = range(0);
-    let db = db_path("users");
+    let (min, max) = relay_ports(Suite::AuthUserdb, 0);
+    let (_dir, db) = db_path("users");
     user_cmd(&db, &["add", "dave", "pw1"]);
     // Polling makes failed attempts on purpose: switch off the per-source
     // failure limit so that the polls themselves are not blocked.
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &["--userdb", dbs, "--auth-failures-per-minute", "0"],
-    );
+    let server = with_userdb(min, max, dbs, &[]);
 
     assert!(try_allocate(&server, "dave", "pw1"), "dave from the db");
     assert!(
@@ -154,26 +138,15 @@ fn users_added_and_deleted_while_running_are_seen_within_bounded_time() {
     user_cmd(&db, &["add", "erin", "pw3"]);
     wait_until_allocate(&server, "erin", "pw3", true, "erin's new password");
     assert!(!try_allocate(&server, "erin", "pw2"), "erin's old password");
-    let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
 
 #[test]
 fn rest_secrets_from_the_user_database() {
-    let (min, max) = range(1);
-    let db = db_path("secrets");
+    let (min, max) = relay_ports(Suite::AuthUserdb, 1);
+    let (_dir, db) = db_path("secrets");
     secret_cmd(&db, &["add", "dbsecret"]);
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &[
-            "--use-auth-secret",
-            "--userdb",
-            dbs,
-            "--auth-failures-per-minute",
-            "0",
-        ],
-    );
+    let server = with_userdb(min, max, dbs, &["--use-auth-secret"]);
     let username = format!("{}:bob", unix_now() + 3600);
     let ok = rest_password("dbsecret", &username);
     assert!(
@@ -191,7 +164,6 @@ fn rest_secrets_from_the_user_database() {
     secret_cmd(&db, &["delete", "dbsecret"]);
     wait_until_allocate(&server, &username, &ok, false, "`turnd secret delete`");
     assert!(try_allocate(&server, &username, &other));
-    let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
 
 /// coturn's SQLite schema (turnserver's `schema.sql`), as coturn creates it.
@@ -208,8 +180,8 @@ CREATE TABLE admin_user ( name varchar(32), realm varchar(127), password varchar
 
 #[test]
 fn database_written_with_coturns_schema_is_accepted_unchanged() {
-    let (min, max) = range(2);
-    let db = db_path("coturn");
+    let (min, max) = relay_ports(Suite::AuthUserdb, 2);
+    let (_dir, db) = db_path("coturn");
     {
         let conn = rusqlite::Connection::open(&db).expect("create db");
         conn.execute_batch(COTURN_SCHEMA).expect("coturn schema");
@@ -241,17 +213,7 @@ fn database_written_with_coturns_schema_is_accepted_unchanged() {
         .unwrap();
     }
     let dbs = db.to_str().unwrap();
-    let server = TestServer::start(
-        min,
-        max,
-        &[
-            "--use-auth-secret",
-            "--userdb",
-            dbs,
-            "--auth-failures-per-minute",
-            "0",
-        ],
-    );
+    let server = with_userdb(min, max, dbs, &["--use-auth-secret"]);
     assert!(try_allocate(&server, "gina", "pw3"), "gina (realm row)");
     assert!(try_allocate(&server, "hank", "pw4"), "hank (realm '' row)");
     assert!(
@@ -287,5 +249,4 @@ fn database_written_with_coturns_schema_is_accepted_unchanged() {
     assert_eq!(tables, 8, "coturn's eight tables, no more, no less");
     drop(conn);
     wait_until_allocate(&server, "kim", "pw6", true, "kim added to a coturn db");
-    let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }

@@ -7,69 +7,58 @@
 mod support;
 
 use std::net::UdpSocket;
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use support::*;
-
-// Relay ports of this file: 21800-21899 (no allocation is made here).
-const MIN: &str = "21800";
-const MAX: &str = "21899";
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn turnd(args: &[&str]) -> RunOutput {
-    let mut cmd = Command::new(turnd_bin());
-    cmd.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    let out = run_with_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        !out.timed_out(),
-        "turnd {args:?} still running after {TIMEOUT:?}: {out:?}"
-    );
-    out
-}
 
 fn code(out: &RunOutput) -> Option<i32> {
     out.status.and_then(|s| s.code())
 }
 
-/// A temporary TOML file, removed on drop.
-struct TempFile(std::path::PathBuf);
+/// A temporary TOML file in a directory of its own, removed on drop.
+struct TempFile {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl TempFile {
     fn new(name: &str, text: &str) -> TempFile {
-        let p = temp_path(name);
-        std::fs::write(&p, text).unwrap();
-        TempFile(p)
+        let dir = TempDir::new("config");
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile { path, _dir: dir }
     }
     fn path(&self) -> &str {
-        self.0.to_str().unwrap()
+        self.path.to_str().unwrap()
     }
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-const VALID: &str = "\
+/// A valid configuration, with this file's relay ports (no allocation is
+/// made here).
+fn valid() -> String {
+    let (min, max) = relay_ports(Suite::ConfigCli, 0);
+    format!(
+        "\
 listening-ip = \"127.0.0.1\"
 listening-port = 0
 relay-ip = \"127.0.0.1\"
-min-port = 21800
-max-port = 21899
+min-port = {min}
+max-port = {max}
 realm = \"test.example\"
 user = [\"alice:secret\"]
-";
+"
+    )
+}
+
+/// `valid()` with its `min-port` line replaced by `min-port = {value}`.
+fn valid_with_min_port(value: &str) -> String {
+    let (min, _) = relay_ports(Suite::ConfigCli, 0);
+    valid().replace(&format!("min-port = {min}"), &format!("min-port = {value}"))
+}
 
 #[test]
 fn help_lists_every_documented_flag() {
-    let out = turnd(&["--help"]);
+    let out = run_turnd(&["--help"]);
     assert_eq!(code(&out), Some(0), "{out:?}");
     for flag in [
         "--config",
@@ -106,7 +95,7 @@ fn shipped_example_config_is_valid() {
         "{} is missing: the repository must ship an example configuration",
         example.display()
     );
-    let out = turnd(&["check-config", "turnserver.toml.example"]);
+    let out = run_turnd(&["check-config", "turnserver.toml.example"]);
     assert_eq!(
         code(&out),
         Some(0),
@@ -116,15 +105,15 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn valid_file_passes_check_config() {
-    let f = TempFile::new("valid.toml", VALID);
-    let out = turnd(&["check-config", f.path()]);
+    let f = TempFile::new("valid.toml", &valid());
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(0), "{out:?}");
 }
 
 #[test]
 fn unknown_key_is_rejected_naming_key_and_file() {
-    let f = TempFile::new("unknown.toml", &format!("{VALID}bogus-option = 1\n"));
-    let out = turnd(&["check-config", f.path()]);
+    let f = TempFile::new("unknown.toml", &format!("{}bogus-option = 1\n", valid()));
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("bogus-option"),
@@ -139,7 +128,7 @@ fn unknown_key_is_rejected_naming_key_and_file() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 
     // Starting the server with that file fails the same way, before binding.
-    let out = turnd(&["--config", f.path()]);
+    let out = run_turnd(&["--config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains("bogus-option"), "{}", out.stderr);
     assert!(out.stderr.contains(f.path()), "{}", out.stderr);
@@ -148,9 +137,9 @@ fn unknown_key_is_rejected_naming_key_and_file() {
 
 #[test]
 fn min_port_above_max_port_names_the_option() {
-    let text = VALID.replace("min-port = 21800", "min-port = 30000");
+    let text = valid_with_min_port("30000");
     let f = TempFile::new("ports.toml", &text);
-    let out = turnd(&["check-config", f.path()]);
+    let out = run_turnd(&["check-config", f.path()]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("min-port"),
@@ -164,20 +153,8 @@ fn min_port_above_max_port_names_the_option() {
     );
 
     // The same on the command line.
-    let out = turnd(&[
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        "0",
-        "--relay-ip",
-        "127.0.0.1",
-        "--min-port",
-        "30000",
-        "--max-port",
-        "20000",
-        "--user",
-        "alice:secret",
-    ]);
+    let args = Turnd::standard(30000, 20000);
+    let out = run_turnd(args.arguments());
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains("min-port"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
@@ -188,32 +165,28 @@ fn malformed_values_name_the_option() {
     for (name, text, option) in [
         (
             "badport.toml",
-            VALID.replace("listening-port = 0", "listening-port = 70000"),
+            valid().replace("listening-port = 0", "listening-port = 70000"),
             "listening-port",
         ),
-        (
-            "badtype.toml",
-            VALID.replace("min-port = 21800", "min-port = \"low\""),
-            "min-port",
-        ),
+        ("badtype.toml", valid_with_min_port("\"low\""), "min-port"),
         (
             "badip.toml",
-            VALID.replace("relay-ip = \"127.0.0.1\"", "relay-ip = \"not-an-ip\""),
+            valid().replace("relay-ip = \"127.0.0.1\"", "relay-ip = \"not-an-ip\""),
             "relay-ip",
         ),
         (
             "baduser.toml",
-            VALID.replace("alice:secret", "alice"),
+            valid().replace("alice:secret", "alice"),
             "user",
         ),
         (
             "badnonce.toml",
-            format!("{VALID}stale-nonce = 0\n"),
+            format!("{}stale-nonce = 0\n", valid()),
             "stale-nonce",
         ),
     ] {
         let f = TempFile::new(name, &text);
-        let out = turnd(&["check-config", f.path()]);
+        let out = run_turnd(&["check-config", f.path()]);
         assert_eq!(code(&out), Some(2), "{name}: {out:?}");
         assert!(
             out.stderr.contains(option),
@@ -223,9 +196,10 @@ fn malformed_values_name_the_option() {
         assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
     }
     // A missing file is an error naming it, not a panic.
-    let missing = temp_path("does-not-exist.toml");
+    let dir = TempDir::new("missing");
+    let missing = dir.join("does-not-exist.toml");
     let missing = missing.to_str().unwrap();
-    let out = turnd(&["check-config", missing]);
+    let out = run_turnd(&["check-config", missing]);
     assert_eq!(code(&out), Some(2), "{out:?}");
     assert!(out.stderr.contains(missing), "{}", out.stderr);
 }
@@ -235,22 +209,9 @@ fn listening_port_in_use_fails_cleanly() {
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let port = addr.port().to_string();
-    let out = turnd(&[
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        &port,
-        "--relay-ip",
-        "127.0.0.1",
-        "--min-port",
-        MIN,
-        "--max-port",
-        MAX,
-        "--realm",
-        REALM,
-        "--user",
-        "alice:secret",
-    ]);
+    let (min, max) = relay_ports(Suite::ConfigCli, 0);
+    let args = Turnd::standard(min, max).set("--listening-port", &port);
+    let out = run_turnd(args.arguments());
     let status = out.status.expect("exited");
     assert!(!status.success(), "turnd started on a taken port: {out:?}");
     assert!(status.code().is_some(), "killed by a signal: {out:?}");
@@ -272,7 +233,7 @@ fn listening_port_in_use_fails_cleanly() {
 
 #[test]
 fn no_users_is_an_error_not_a_silent_start() {
-    let out = turnd(&[
+    let out = run_turnd(&[
         "--listening-ip",
         "127.0.0.1",
         "--listening-port",

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-// Relay ports of this file: 23500-23919 (stream tests, 60 each) and
-// 22000-22799 (UDP tests, 200 each).
-const fn range(i: u16) -> (u16, u16) {
+/// The relay ports of test `i`: slot `i - 100` of the UDP tests' block from
+/// 100 on, slot `i` of the stream tests' block below.
+fn range(i: u16) -> (u16, u16) {
     if i >= 100 {
-        (22000 + 200 * (i - 100), 22000 + 200 * (i - 100) + 199)
+        relay_ports(Suite::InteropUdp, i - 100)
     } else {
-        (23500 + 60 * i, 23500 + 60 * i + 59)
+        relay_ports(Suite::InteropStream, i)
     }
 }
 
@@ -59,7 +59,7 @@ impl EchoPeer {
     fn start() -> EchoPeer {
         let bin = tool("turnutils_peer");
         for _ in 0..5 {
-            let port = free_udp_port();
+            let port = free_port();
             let mut child = Command::new(&bin)
                 .args(["-L", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
@@ -150,13 +150,12 @@ fn uclient_run(i: u16, over: Over, flags: &[&str]) {
     let (min, max) = range(i);
     let cert =
         (over == Over::Tls).then(|| TestCert::generate(&format!("uclient-{i}"), "turnd-uclient"));
-    let mut args: Vec<String> = vec!["--allow-loopback-peers".into()];
+    let mut turnd = Turnd::standard(min, max).arg("--allow-loopback-peers");
     if let Some(c) = &cert {
-        args.extend(c.args());
-        args.extend(["--tls-listening-port".into(), "0".into()]);
+        turnd = turnd.args(c.args()).args(["--tls-listening-port", "0"]);
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (server, l) = TestServer::start_with_streams(min, max, &args);
+    let server = turnd.listen_implied().start();
+    let l = &server.listeners;
     let port = match over {
         Over::Udp => l.udp.expect("turnd listens on udp").port(),
         Over::Tcp => l.tcp().port(),

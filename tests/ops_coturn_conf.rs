@@ -4,7 +4,7 @@
 //! coturn's short flags from a tutorial's command line, and
 //! `turnd convert-config` output accepted by `turnd check-config`.
 //!
-//! Relay ports: 25300-25399.
+//! Relay ports: `Suite::OpsCoturnConf` in `support::ports`.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -113,16 +113,17 @@ fn loopbackify(text: &str, lb: &Loopback) -> String {
 /// Starts `turnd --config <loopback copy of fixture>` and relays through it
 /// with the fixture's user: Binding, Allocate, ChannelBind to an echo peer,
 /// ChannelData round trips, a Send/Data round trip, Refresh 0.
-fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
+fn relay_through_tutorial(name: &str, slot: u16) {
+    let (min_port, max_port) = relay_ports(Suite::OpsCoturnConf, slot);
     let original = std::fs::read_to_string(fixture(name)).expect("read fixture");
     let user_line = value_of(&original, "user").expect("fixture has a user");
     let (user, password) = user_line.split_once(':').expect("user=NAME:PASSWORD");
     let realm = value_of(&original, "realm");
     let fingerprint = original.lines().any(|l| key_of(l) == Some("fingerprint"));
 
-    let dir = OpsTempDir::new(name);
+    let dir = TempDir::new(name);
     let lb = Loopback {
-        port: ops_free_port(),
+        port: free_port(),
         min_port,
         max_port,
         log_file: dir.join("turnserver.log"),
@@ -165,12 +166,12 @@ fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
     );
 
     let log_file = lb.log_file.clone();
-    let mut server = OpsServer::start(&["--config".to_owned(), conf_s.clone()], |_| {});
+    let mut server = Turnd::bare().arg("--config").arg(&conf_s).start();
     let addr = server.udp();
-    let show = |server: &OpsServer| {
+    let show = |server: &TestServer| {
         format!(
             "config:\n{conf_text}\nlog file:\n{}\nstderr:\n{}",
-            ops_read(&log_file),
+            read_or_empty(&log_file),
             server.log()
         )
     };
@@ -202,11 +203,11 @@ fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
     }
 
     // TURN with the file's user.
-    let peer = OpsEchoPeer::start();
+    let peer = EchoPeer::start();
     let alloc = c.allocate();
     if let Some(realm) = &realm {
         assert_eq!(
-            c.realm.as_deref(),
+            c.credentials.realm.as_deref(),
             Some(realm.as_str()),
             "realm from the file"
         );
@@ -220,7 +221,7 @@ fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
     assert_eq!(alloc.mapped, c.local_addr());
     c.channel_bind(0x4000, peer.addr).expect_success();
     for i in 0..5u8 {
-        ops_channel_round_trip(&mut c, 0x4000, &[i; 64]);
+        channel_round_trip(&mut c, 0x4000, &[i; 64]);
     }
     // Send indication to the channel's peer: the echo comes back as
     // ChannelData, since a channel is bound to that peer (RFC 8656 12.7).
@@ -254,7 +255,7 @@ fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
     if original.lines().any(|l| key_of(l) == Some("log-file")) {
         // The file's log-file is honoured (with the path moved to the temp dir).
         assert!(
-            ops_wait_until(Duration::from_secs(5), || ops_read(&log_file)
+            wait_until(Duration::from_secs(5), || read_or_empty(&log_file)
                 .contains("allocation created")),
             "no allocation in the log-file: {}",
             show(&server)
@@ -267,12 +268,12 @@ fn relay_through_tutorial(name: &str, min_port: u16, max_port: u16) {
 
 #[test]
 fn tutorial_a_conf_relays_on_loopback() {
-    relay_through_tutorial("tutorial-a.conf", 25300, 25309);
+    relay_through_tutorial("tutorial-a.conf", 0);
 }
 
 #[test]
 fn tutorial_c_conf_relays_on_loopback() {
-    relay_through_tutorial("tutorial-c.conf", 25310, 25319);
+    relay_through_tutorial("tutorial-c.conf", 1);
 }
 
 /// `turnserver -L 0.0.0.0 -a -u lqf:123456 -v -f -r nohup.out` (the first
@@ -298,7 +299,8 @@ fn coturn_short_flags_from_a_tutorial() {
             *w = "127.0.0.1".into();
         }
     }
-    let port = ops_free_port();
+    let port = free_port();
+    let (min, max) = relay_ports(Suite::OpsCoturnConf, 2);
     words.extend(
         [
             "-p",
@@ -306,14 +308,14 @@ fn coturn_short_flags_from_a_tutorial() {
             "-E",
             "127.0.0.1",
             "--min-port",
-            "25320",
+            &min.to_string(),
             "--max-port",
-            "25329",
+            &max.to_string(),
             "--allow-loopback-peers",
         ]
         .map(str::to_owned),
     );
-    let mut server = OpsServer::start(&words, |_| {});
+    let mut server = Turnd::bare().args(&words).start();
     let addr = server.udp();
     assert_eq!(addr, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
 
@@ -323,16 +325,12 @@ fn coturn_short_flags_from_a_tutorial() {
     b.expect_success();
     assert!(b.msg().has_fingerprint(), "-f: {b:?}");
     // -u lqf:123456 -r nohup.out
-    let peer = OpsEchoPeer::start();
+    let peer = EchoPeer::start();
     let alloc = c.allocate();
-    assert_eq!(c.realm.as_deref(), Some("nohup.out"));
-    assert!(
-        (25320..=25329).contains(&alloc.relay.port()),
-        "{}",
-        alloc.relay
-    );
+    assert_eq!(c.credentials.realm.as_deref(), Some("nohup.out"));
+    assert!((min..=max).contains(&alloc.relay.port()), "{}", alloc.relay);
     c.channel_bind(0x4000, peer.addr).expect_success();
-    ops_channel_round_trip(&mut c, 0x4000, b"short flags");
+    channel_round_trip(&mut c, 0x4000, b"short flags");
     // -v: debug logging.
     assert!(
         server.wait_for_log(" DEBUG ", 1, Duration::from_secs(5)),
@@ -385,7 +383,7 @@ fn convert_config_output_passes_check_config() {
         "{toml_text}"
     );
 
-    let dir = OpsTempDir::new("convert");
+    let dir = TempDir::new("convert");
     let toml_path = dir.join("turnd.toml");
     std::fs::write(&toml_path, &toml_text).unwrap();
     let check = |p: &Path| {

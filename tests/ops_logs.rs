@@ -3,7 +3,7 @@
 //! SIGHUP after logrotate renamed it, auth failures with the client address
 //! and never a password.
 //!
-//! Relay ports: 25200-25299.
+//! Relay ports: `Suite::OpsLogs` in `support::ports`.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use support::*;
 
-fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
-    let mut a = ops_standard_args(min, max);
-    a.extend(extra.iter().map(|s| (*s).to_owned()));
-    a
+/// turnd with the standard arguments, the relay ports of `slot` and `extra`.
+fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
+    let (min, max) = relay_ports(Suite::OpsLogs, slot);
+    Turnd::standard(min, max).args(extra)
 }
 
 /// Every non-empty line of `text` parsed as a JSON object; panics otherwise.
@@ -46,7 +46,7 @@ fn events<'a>(lines: &'a [serde_json::Value], msg: &str) -> Vec<&'a serde_json::
 
 #[test]
 fn json_log_lines() {
-    let mut server = OpsServer::start(&args(25200, 25209, &["--log-format", "json"]), |_| {});
+    let mut server = relay_server(0, &["--log-format", "json"]).start();
     let addr = server.udp();
     let mut c = Client::new(addr, USER, PASSWORD);
     let alloc = c.allocate();
@@ -103,8 +103,8 @@ fn json_log_lines() {
 
 /// `--log-file F`, logrotate's rename and SIGHUP: the old lines stay in
 /// F.1, lines after the HUP go to a new F.
-fn log_file_reopened(json: bool, min: u16, max: u16) {
-    let dir = OpsTempDir::new("logfile");
+fn log_file_reopened(json: bool, slot: u16) {
+    let dir = TempDir::new("logfile");
     let file = dir.join("turnd.log");
     let rotated = dir.join("turnd.log.1");
     let f = file.to_str().unwrap().to_owned();
@@ -112,23 +112,23 @@ fn log_file_reopened(json: bool, min: u16, max: u16) {
     if json {
         extra.extend(["--log-format", "json"]);
     }
-    let mut server = OpsServer::start(&args(min, max, &extra), |_| {});
+    let mut server = relay_server(slot, &extra).start();
     let addr = server.udp();
     let mut c1 = Client::new(addr, USER, PASSWORD);
     c1.allocate();
     let c1_addr = c1.local_addr().to_string();
-    let has = |p: &Path, needle: &str| ops_read(p).lines().any(|l| l.contains(needle));
+    let has = |p: &Path, needle: &str| read_or_empty(p).lines().any(|l| l.contains(needle));
     let created = |p: &Path, client: &str| {
-        ops_read(p)
+        read_or_empty(p)
             .lines()
             .any(|l| l.contains("allocation created") && l.contains(client))
     };
     assert!(
-        ops_wait_until(Duration::from_secs(5), || created(&file, &c1_addr)),
+        wait_until(Duration::from_secs(5), || created(&file, &c1_addr)),
         "allocation of {c1_addr} not in {f}:\n{}",
-        ops_read(&file)
+        read_or_empty(&file)
     );
-    assert!(has(&file, "turnd started"), "{}", ops_read(&file));
+    assert!(has(&file, "turnd started"), "{}", read_or_empty(&file));
     assert!(
         !server.log().contains("allocation created"),
         "logs went to stderr too: {}",
@@ -140,18 +140,18 @@ fn log_file_reopened(json: bool, min: u16, max: u16) {
     assert!(!file.exists());
     server.signal("HUP");
     assert!(
-        ops_wait_until(Duration::from_secs(5), || file.exists()),
+        wait_until(Duration::from_secs(5), || file.exists()),
         "{f} not reopened (created) after SIGHUP; rotated file:\n{}",
-        ops_read(&rotated)
+        read_or_empty(&rotated)
     );
     let mut c2 = Client::new(addr, USER, PASSWORD);
     c2.allocate();
     let c2_addr = c2.local_addr().to_string();
     assert!(
-        ops_wait_until(Duration::from_secs(5), || created(&file, &c2_addr)),
+        wait_until(Duration::from_secs(5), || created(&file, &c2_addr)),
         "allocation after SIGHUP ({c2_addr}) not in the new {f}:\n{}\nrotated:\n{}",
-        ops_read(&file),
-        ops_read(&rotated)
+        read_or_empty(&file),
+        read_or_empty(&rotated)
     );
     assert!(
         created(&rotated, &c1_addr),
@@ -160,33 +160,33 @@ fn log_file_reopened(json: bool, min: u16, max: u16) {
     assert!(
         !created(&rotated, &c2_addr),
         "a line after SIGHUP went to the rotated file:\n{}",
-        ops_read(&rotated)
+        read_or_empty(&rotated)
     );
     assert!(
         !created(&file, &c1_addr),
         "the new file has the old lines:\n{}",
-        ops_read(&file)
+        read_or_empty(&file)
     );
     // The HUP itself did not stop the server, and it still serves c1.
     c1.refresh(None).expect_success();
     if json {
-        json_lines(&ops_read(&file));
-        json_lines(&ops_read(&rotated));
+        json_lines(&read_or_empty(&file));
+        json_lines(&read_or_empty(&rotated));
     }
     server.signal("TERM");
     let st = server.wait_exit(Duration::from_secs(5)).expect("exit");
     assert!(st.success(), "{st}");
-    assert!(has(&file, "turnd stopped"), "{}", ops_read(&file));
+    assert!(has(&file, "turnd stopped"), "{}", read_or_empty(&file));
 }
 
 #[test]
 fn log_file_reopened_on_sighup_text() {
-    log_file_reopened(false, 25210, 25219);
+    log_file_reopened(false, 1);
 }
 
 #[test]
 fn log_file_reopened_on_sighup_json() {
-    log_file_reopened(true, 25220, 25229);
+    log_file_reopened(true, 2);
 }
 
 /// Auth failures name the client address; no password, key or secret is
@@ -197,14 +197,11 @@ fn auth_failures_show_the_client_and_no_password() {
     let wrong_pw = "Wr0ng-Staple-Zebra-99";
     let secret = "Sh4red-REST-Secret-42";
     let user = format!("carol:{user_pw}");
-    let mut server = OpsServer::start(
-        &args(
-            25230,
-            25239,
-            &["--verbose", "--user", &user, "--static-auth-secret", secret],
-        ),
-        |_| {},
-    );
+    let mut server = relay_server(
+        3,
+        &["--verbose", "--user", &user, "--static-auth-secret", secret],
+    )
+    .start();
     let addr = server.udp();
     let mut bad = Client::new(addr, "carol", wrong_pw);
     bad.allocate_with(&[Attr::transport_udp()])

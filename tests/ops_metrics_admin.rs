@@ -3,7 +3,7 @@
 //! while draining, the allocation list, deleting an allocation, minting REST
 //! credentials.
 //!
-//! Relay ports: 25100-25199.
+//! Relay ports: `Suite::OpsMetricsAdmin` in `support::ports`.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -19,10 +19,10 @@ use support::*;
 
 const TOKEN: &str = "admin-token-0123456789";
 
-fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
-    let mut a = ops_standard_args(min, max);
-    a.extend(extra.iter().map(|s| (*s).to_owned()));
-    a
+/// turnd with the standard arguments, the relay ports of `slot` and `extra`.
+fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
+    let (min, max) = relay_ports(Suite::OpsMetricsAdmin, slot);
+    Turnd::standard(min, max).args(extra)
 }
 
 const PROMETHEUS: &[&str] = &[
@@ -37,7 +37,7 @@ const ADMIN: &[&str] = &["--admin-token", TOKEN, "--admin-listen", "127.0.0.1:0"
 
 /// Prometheus naming and format conventions on a whole page.
 #[track_caller]
-fn assert_conventions(m: &OpsMetrics) {
+fn assert_conventions(m: &Metrics) {
     assert!(
         m.problems.is_empty(),
         "malformed exposition: {:#?}\n{}",
@@ -90,25 +90,25 @@ fn assert_conventions(m: &OpsMetrics) {
     }
 }
 
-fn udp_ipv4_allocations(m: &OpsMetrics) -> f64 {
+fn udp_ipv4_allocations(m: &Metrics) -> f64 {
     m.get(
         "turnd_allocations",
         &[("transport", "udp"), ("family", "ipv4")],
     )
 }
 
-fn ports_free(m: &OpsMetrics) -> f64 {
+fn ports_free(m: &Metrics) -> f64 {
     m.get("turnd_relay_ports_free", &[("relay_ip", "127.0.0.1")])
 }
 
-fn c2p(m: &OpsMetrics) -> f64 {
+fn c2p(m: &Metrics) -> f64 {
     m.get(
         "turnd_relayed_packets_total",
         &[("direction", "client_to_peer")],
     )
 }
 
-fn p2c(m: &OpsMetrics) -> f64 {
+fn p2c(m: &Metrics) -> f64 {
     m.get(
         "turnd_relayed_packets_total",
         &[("direction", "peer_to_client")],
@@ -138,23 +138,21 @@ fn pump(mut c: Client, stop: Arc<AtomicBool>, trips: Arc<AtomicU64>) -> thread::
 
 #[test]
 fn metrics_move_live_while_relaying() {
-    let peer = OpsEchoPeer::start();
-    let mut server = OpsServer::start(
-        &args(
-            25100,
-            25119,
-            &[PROMETHEUS, &["--allow-loopback-peers"]].concat(),
-        ),
-        |_| {},
-    );
+    let peer = EchoPeer::start();
+    // Two slots: 20 relay ports.
+    let (min, max) = relay_span(Suite::OpsMetricsAdmin, 0, 2);
+    let mut server = Turnd::standard(min, max)
+        .args(PROMETHEUS)
+        .arg("--allow-loopback-peers")
+        .start();
     let addr = server.udp();
     let prom = server.prometheus();
     assert!(prom.ip().is_loopback(), "{prom}");
 
-    let m0 = ops_scrape(prom);
+    let m0 = scrape_metrics(prom);
     assert_conventions(&m0);
     let free0 = ports_free(&m0);
-    assert_eq!(free0, 20.0, "20 relay ports configured (25100-25119)");
+    assert_eq!(free0, 20.0, "20 relay ports configured ({min}-{max})");
     assert_eq!(udp_ipv4_allocations(&m0), 0.0);
     assert!(
         m0.find("turnd_user_relayed_bytes_total", &[]).is_empty(),
@@ -176,7 +174,7 @@ fn metrics_move_live_while_relaying() {
     let mut bad = Client::new(addr, USER, "not-the-password");
     bad.allocate_with(&[Attr::transport_udp()])
         .expect_error(401);
-    let m1 = ops_scrape(prom);
+    let m1 = scrape_metrics(prom);
     assert_conventions(&m1);
     let failures: f64 = m1
         .find("turnd_auth_failures_total", &[])
@@ -203,7 +201,7 @@ fn metrics_move_live_while_relaying() {
     b.allocate();
     let mut c = Client::new(addr, USER, PASSWORD);
     c.allocate();
-    let m2 = ops_scrape(prom);
+    let m2 = scrape_metrics(prom);
     assert_conventions(&m2);
     assert_eq!(udp_ipv4_allocations(&m2), 3.0, "{}", m2.text);
     assert_eq!(
@@ -236,18 +234,18 @@ fn metrics_move_live_while_relaying() {
     let trips = Arc::new(AtomicU64::new(0));
     let h = pump(a, stop.clone(), trips.clone());
     assert!(
-        ops_wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
+        wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
             >= 10),
         "relay does not flow"
     );
-    let s1 = ops_scrape(prom);
+    let s1 = scrape_metrics(prom);
     let t1 = trips.load(Ordering::Relaxed);
     assert!(
-        ops_wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
+        wait_until(Duration::from_secs(5), || trips.load(Ordering::Relaxed)
             >= t1 + 20),
         "relay stalled"
     );
-    let s2 = ops_scrape(prom);
+    let s2 = scrape_metrics(prom);
     let running = !h.is_finished();
     stop.store(true, Ordering::Relaxed);
     let mut a = h.join().expect("pump thread");
@@ -274,7 +272,7 @@ fn metrics_move_live_while_relaying() {
         )
     );
     let done = trips.load(Ordering::Relaxed) as f64;
-    let s3 = ops_scrape(prom);
+    let s3 = scrape_metrics(prom);
     assert!(
         c2p(&s3) >= done && p2c(&s3) >= done,
         "{done} round trips but counters {} / {}",
@@ -286,7 +284,7 @@ fn metrics_move_live_while_relaying() {
 
     // Deleting one gives its port back.
     a.refresh(Some(0)).expect_success();
-    let s4 = ops_scrape(prom);
+    let s4 = scrape_metrics(prom);
     assert_conventions(&s4);
     assert_eq!(udp_ipv4_allocations(&s4), 2.0);
     assert_eq!(ports_free(&s4), free0 - 2.0);
@@ -294,33 +292,30 @@ fn metrics_move_live_while_relaying() {
     assert_eq!(s4.get("turnd_channels", &[]), 0.0);
     drop((b, c));
     // Anything but /metrics is 404 on the metrics listener.
-    assert_eq!(ops_http(prom, "GET", "/", &[]).status, 404);
+    assert_eq!(http(prom, "GET", "/", &[]).status, 404);
 }
 
 #[test]
 fn per_user_byte_counters_with_username_labels() {
-    let peer = OpsEchoPeer::start();
-    let mut server = OpsServer::start(
-        &args(
-            25120,
-            25129,
-            &[
-                PROMETHEUS,
-                &["--allow-loopback-peers", "--prometheus-username-labels"],
-            ]
-            .concat(),
-        ),
-        |_| {},
-    );
+    let peer = EchoPeer::start();
+    let mut server = relay_server(
+        2,
+        &[
+            PROMETHEUS,
+            &["--allow-loopback-peers", "--prometheus-username-labels"],
+        ]
+        .concat(),
+    )
+    .start();
     let addr = server.udp();
     let prom = server.prometheus();
     let mut a = Client::new(addr, USER, PASSWORD);
     a.allocate();
     a.channel_bind(0x4002, peer.addr).expect_success();
     for i in 0..10u8 {
-        ops_channel_round_trip(&mut a, 0x4002, &[i; 100]);
+        channel_round_trip(&mut a, 0x4002, &[i; 100]);
     }
-    let m = ops_scrape(prom);
+    let m = scrape_metrics(prom);
     assert_conventions(&m);
     assert_eq!(m.type_of("turnd_user_relayed_bytes_total"), Some("counter"));
     let up = m.get(
@@ -342,11 +337,11 @@ fn per_user_byte_counters_with_username_labels() {
 /// Every admin endpoint but /healthz refuses a missing or wrong token.
 #[test]
 fn admin_token_is_required() {
-    let mut server = OpsServer::start(&args(25130, 25139, ADMIN), |_| {});
+    let mut server = relay_server(3, ADMIN).start();
     let admin = server.admin();
     assert!(admin.ip().is_loopback() && admin.port() != 0, "{admin}");
 
-    let h = ops_http(admin, "GET", "/healthz", &[]);
+    let h = http(admin, "GET", "/healthz", &[]);
     assert_eq!(h.status, 200, "/healthz without token: {h:?}");
 
     // (method, path, status with the right token)
@@ -370,7 +365,7 @@ fn admin_token_is_required() {
         format!("{path}{sep}token={tok}")
     };
     for &(method, path, ok) in endpoints {
-        let none = ops_http(admin, method, path, &[]);
+        let none = http(admin, method, path, &[]);
         assert_eq!(
             none.status, 401,
             "{method} {path} without a token: {none:?}"
@@ -386,23 +381,23 @@ fn admin_token_is_required() {
             &TOKEN[..TOKEN.len() - 1],
             &format!("{TOKEN}x"),
         ] {
-            let r = ops_http(
+            let r = http(
                 admin,
                 method,
                 path,
                 &[("Authorization", &format!("Bearer {wrong}"))],
             );
             assert_eq!(r.status, 401, "{method} {path} Bearer {wrong}: {r:?}");
-            let r = ops_http(admin, method, &join(path, wrong), &[]);
+            let r = http(admin, method, &join(path, wrong), &[]);
             assert_eq!(r.status, 401, "{method} {path} ?token={wrong}: {r:?}");
         }
         // Not a bearer token at all.
-        let r = ops_http(admin, method, path, &[("Authorization", TOKEN)]);
+        let r = http(admin, method, path, &[("Authorization", TOKEN)]);
         assert_eq!(
             r.status, 401,
             "{method} {path} Authorization without Bearer: {r:?}"
         );
-        let r = ops_http(
+        let r = http(
             admin,
             method,
             path,
@@ -410,25 +405,25 @@ fn admin_token_is_required() {
         );
         assert_eq!(r.status, 401, "{method} {path} Basic: {r:?}");
 
-        let r = ops_http(
+        let r = http(
             admin,
             method,
             path,
             &[("Authorization", &format!("Bearer {TOKEN}"))],
         );
         assert_eq!(r.status, ok, "{method} {path} with Bearer token: {r:?}");
-        let r = ops_http(admin, method, &join(path, TOKEN), &[]);
+        let r = http(admin, method, &join(path, TOKEN), &[]);
         assert_eq!(r.status, ok, "{method} {path} with ?token=: {r:?}");
     }
     // The pages a browser opens are HTML.
-    let page = ops_get_bearer(admin, "/", TOKEN);
+    let page = http_get_bearer(admin, "/", TOKEN);
     assert!(
         page.header("content-type")
             .is_some_and(|c| c.starts_with("text/html")),
         "{page:?}"
     );
     assert!(page.body.contains("id=\"status\""), "{}", page.body);
-    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["allocations"], 0);
     assert_eq!(s["draining"], false);
     assert_eq!(s["realm"], REALM);
@@ -436,7 +431,7 @@ fn admin_token_is_required() {
 }
 
 fn list(admin: SocketAddr) -> Vec<serde_json::Value> {
-    let r = ops_get_bearer(admin, "/api/allocations", TOKEN);
+    let r = http_get_bearer(admin, "/api/allocations", TOKEN);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.header("content-type")
@@ -448,11 +443,8 @@ fn list(admin: SocketAddr) -> Vec<serde_json::Value> {
 
 #[test]
 fn admin_lists_and_deletes_allocations() {
-    let peer = OpsEchoPeer::start();
-    let mut server = OpsServer::start(
-        &args(25140, 25149, &[ADMIN, &["--allow-loopback-peers"]].concat()),
-        |_| {},
-    );
+    let peer = EchoPeer::start();
+    let mut server = relay_server(4, &[ADMIN, &["--allow-loopback-peers"]].concat()).start();
     let addr = server.udp();
     let admin = server.admin();
     assert!(list(admin).is_empty());
@@ -461,7 +453,7 @@ fn admin_lists_and_deletes_allocations() {
     let alloc = a.allocate();
     a.channel_bind(0x4003, peer.addr).expect_success();
     for i in 0..5u8 {
-        ops_channel_round_trip(&mut a, 0x4003, &[i; 50]);
+        channel_round_trip(&mut a, 0x4003, &[i; 50]);
     }
     let l1 = list(admin);
     assert_eq!(l1.len(), 1, "{l1:?}");
@@ -484,7 +476,7 @@ fn admin_lists_and_deletes_allocations() {
     assert_eq!(to_client1, 250, "{e}");
 
     for i in 0..4u8 {
-        ops_channel_round_trip(&mut a, 0x4003, &[i; 25]);
+        channel_round_trip(&mut a, 0x4003, &[i; 25]);
     }
     let l2 = list(admin);
     let e2 = &l2[0];
@@ -510,7 +502,7 @@ fn admin_lists_and_deletes_allocations() {
 
     // DELETE ends it: 204, gone from the list, the client's Refresh gets 437.
     let auth = format!("Bearer {TOKEN}");
-    let d = ops_http(
+    let d = http(
         admin,
         "DELETE",
         &format!("/api/allocations/{id}"),
@@ -524,14 +516,14 @@ fn admin_lists_and_deletes_allocations() {
     // The relay no longer forwards for it.
     a.channel_data(0x4003, b"after delete");
     a.expect_silence(SILENCE);
-    let d2 = ops_http(
+    let d2 = http(
         admin,
         "DELETE",
         &format!("/api/allocations/{id}"),
         &[("Authorization", &auth)],
     );
     assert_eq!(d2.status, 404, "second DELETE: {d2:?}");
-    let bad = ops_http(
+    let bad = http(
         admin,
         "DELETE",
         "/api/allocations/not-a-number",
@@ -544,13 +536,10 @@ fn admin_lists_and_deletes_allocations() {
 
 #[test]
 fn readyz_is_503_while_draining() {
-    let mut server = OpsServer::start(
-        &args(25150, 25159, &[ADMIN, &["--drain-timeout", "5"]].concat()),
-        |_| {},
-    );
+    let mut server = relay_server(5, &[ADMIN, &["--drain-timeout", "5"]].concat()).start();
     let addr = server.udp();
     let admin = server.admin();
-    let r = ops_get_bearer(admin, "/readyz", TOKEN);
+    let r = http_get_bearer(admin, "/readyz", TOKEN);
     assert_eq!(r.status, 200, "{r:?}");
     let mut a = Client::new(addr, USER, PASSWORD);
     a.allocate();
@@ -558,18 +547,18 @@ fn readyz_is_503_while_draining() {
     server.signal("TERM");
     let mut last = None;
     assert!(
-        ops_wait_until(Duration::from_secs(5), || {
-            let r = ops_get_bearer(admin, "/readyz", TOKEN);
+        wait_until(Duration::from_secs(5), || {
+            let r = http_get_bearer(admin, "/readyz", TOKEN);
             let is503 = r.status == 503;
             last = Some(r);
             is503
         }),
         "/readyz not 503 after SIGTERM with --drain-timeout: {last:?}"
     );
-    assert_eq!(ops_http(admin, "GET", "/healthz", &[]).status, 200);
+    assert_eq!(http(admin, "GET", "/healthz", &[]).status, 200);
     // Still behind the token while draining.
-    assert_eq!(ops_http(admin, "GET", "/readyz", &[]).status, 401);
-    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    assert_eq!(http(admin, "GET", "/readyz", &[]).status, 401);
+    let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["draining"], true, "{s}");
     assert_eq!(s["allocations"], 1, "{s}");
     // A new client is refused meanwhile.
@@ -578,7 +567,7 @@ fn readyz_is_503_while_draining() {
 
     // Ending the last allocation through the admin API ends the drain.
     let id = list(admin)[0]["id"].as_u64().expect("id");
-    let d = ops_http(
+    let d = http(
         admin,
         "DELETE",
         &format!("/api/allocations/{id}"),
@@ -593,33 +582,26 @@ fn readyz_is_503_while_draining() {
 
 #[test]
 fn credentials_409_without_a_secret() {
-    let mut server = OpsServer::start(&args(25160, 25169, ADMIN), |_| {});
+    let mut server = relay_server(6, ADMIN).start();
     let admin = server.admin();
-    let r = ops_http(
+    let r = http(
         admin,
         "POST",
         "/api/credentials?user=bob",
         &[("Authorization", &format!("Bearer {TOKEN}"))],
     );
     assert_eq!(r.status, 409, "{r:?}");
-    let s = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["rest_credentials"], false);
 }
 
 #[test]
 fn credentials_minted_with_a_secret_allocate() {
     let secret = "ops-rest-secret";
-    let mut server = OpsServer::start(
-        &args(
-            25170,
-            25179,
-            &[ADMIN, &["--static-auth-secret", secret]].concat(),
-        ),
-        |_| {},
-    );
+    let mut server = relay_server(7, &[ADMIN, &["--static-auth-secret", secret]].concat()).start();
     let addr = server.udp();
     let admin = server.admin();
-    let r = ops_http(
+    let r = http(
         admin,
         "POST",
         "/api/credentials?user=bob&ttl=600",
@@ -652,7 +634,7 @@ fn credentials_minted_with_a_secret_allocate() {
     assert_eq!(l[0]["user"], username.as_str());
 
     // A bad user name is refused.
-    let r = ops_http(
+    let r = http(
         admin,
         "POST",
         "/api/credentials?user=a%20b",

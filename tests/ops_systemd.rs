@@ -4,7 +4,7 @@
 //! SIGTERM, exit 0; the abstract-namespace `@name` form), drain on SIGTERM
 //! with `--drain-timeout`, and `--pidfile`.
 //!
-//! Relay ports: 25000-25099.
+//! Relay ports: `Suite::OpsSystemd` in `support::ports`.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -22,13 +22,13 @@ struct NotifySocket {
     sock: UnixDatagram,
     /// The value for `NOTIFY_SOCKET`.
     env: String,
-    _dir: Option<OpsTempDir>,
+    _dir: Option<TempDir>,
 }
 
 impl NotifySocket {
     /// A socket at a path in a fresh temporary directory.
     fn at_path() -> NotifySocket {
-        let dir = OpsTempDir::new("notify");
+        let dir = TempDir::new("notify");
         let path = dir.join("notify.sock");
         let sock =
             UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
@@ -88,7 +88,7 @@ impl NotifySocket {
     /// Waits (bounded) for a datagram whose lines include `state`, skipping
     /// WATCHDOG=1 pings; returns what was skipped. Panics on anything else.
     #[track_caller]
-    fn expect_state(&self, state: &str, timeout: Duration, server: &OpsServer) -> Vec<String> {
+    fn expect_state(&self, state: &str, timeout: Duration, server: &TestServer) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut skipped = Vec::new();
         loop {
@@ -112,22 +112,21 @@ impl NotifySocket {
     }
 }
 
-fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
-    let mut a = ops_standard_args(min, max);
-    a.extend(extra.iter().map(|s| (*s).to_owned()));
-    a
+/// turnd with the standard arguments, the relay ports of `slot` and `extra`.
+fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
+    let (min, max) = relay_ports(Suite::OpsSystemd, slot);
+    Turnd::standard(min, max).args(extra)
 }
 
 /// Spawns turnd with NOTIFY_SOCKET set (and WATCHDOG_* as given), checks
 /// READY=1 comes once the listener answers Binding, then watchdogs, then
 /// STOPPING=1 and exit 0 on SIGTERM.
-fn notify_lifecycle(sock: &NotifySocket, min: u16, max: u16) {
-    let env = sock.env.clone();
-    let mut server = OpsServer::spawn(&args(min, max, &[]), |cmd: &mut Command| {
-        cmd.env("NOTIFY_SOCKET", &env)
-            .env("WATCHDOG_USEC", "200000")
-            .env_remove("WATCHDOG_PID");
-    });
+fn notify_lifecycle(sock: &NotifySocket, slot: u16) {
+    let mut server = relay_server(slot, &[])
+        .env("NOTIFY_SOCKET", &sock.env)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .spawn();
     // READY=1 before anything else but watchdog pings (which start after READY).
     let skipped = sock.expect_state("READY=1", START_TIMEOUT, &server);
     assert!(skipped.is_empty(), "datagrams before READY=1: {skipped:?}");
@@ -187,13 +186,13 @@ fn notify_lifecycle(sock: &NotifySocket, min: u16, max: u16) {
 #[test]
 fn notify_socket_path_ready_watchdog_stopping() {
     let sock = NotifySocket::at_path();
-    notify_lifecycle(&sock, 25000, 25009);
+    notify_lifecycle(&sock, 0);
 }
 
 #[test]
 fn notify_socket_abstract_namespace() {
     let sock = NotifySocket::abstract_name();
-    notify_lifecycle(&sock, 25010, 25019);
+    notify_lifecycle(&sock, 1);
 }
 
 /// WATCHDOG_PID naming another process: the watchdog is not ours, no pings
@@ -201,12 +200,11 @@ fn notify_socket_abstract_namespace() {
 #[test]
 fn watchdog_pid_of_another_process_means_no_pings() {
     let sock = NotifySocket::at_path();
-    let env = sock.env.clone();
-    let mut server = OpsServer::spawn(&args(25020, 25029, &[]), |cmd: &mut Command| {
-        cmd.env("NOTIFY_SOCKET", &env)
-            .env("WATCHDOG_USEC", "200000")
-            .env("WATCHDOG_PID", "1");
-    });
+    let mut server = relay_server(2, &[])
+        .env("NOTIFY_SOCKET", &sock.env)
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", "1")
+        .spawn();
     sock.expect_state("READY=1", START_TIMEOUT, &server);
     let got = sock.collect(Duration::from_millis(600));
     assert!(
@@ -222,11 +220,11 @@ fn watchdog_pid_of_another_process_means_no_pings() {
 /// Without NOTIFY_SOCKET nothing breaks: turnd serves and exits 0 on SIGTERM.
 #[test]
 fn no_notify_socket_is_fine() {
-    let mut server = OpsServer::start(&args(25030, 25039, &[]), |cmd: &mut Command| {
-        cmd.env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
-    });
+    let mut server = relay_server(3, &[])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .start();
     let mut c = Client::new(server.udp(), USER, PASSWORD);
     c.request_unsigned(turnd::stun::Method::BINDING, &[])
         .expect_success();
@@ -240,20 +238,13 @@ fn no_notify_socket_is_fine() {
 /// it is deleted, turnd exits 0 right away (well before the 5 s).
 #[test]
 fn drain_on_sigterm() {
-    let peer = OpsEchoPeer::start();
-    let mut server = OpsServer::start(
-        &args(
-            25040,
-            25049,
-            &["--allow-loopback-peers", "--drain-timeout", "5"],
-        ),
-        |_| {},
-    );
+    let peer = EchoPeer::start();
+    let mut server = relay_server(4, &["--allow-loopback-peers", "--drain-timeout", "5"]).start();
     let addr = server.udp();
     let mut a = Client::new(addr, USER, PASSWORD);
     a.allocate();
     a.channel_bind(0x4001, peer.addr).expect_success();
-    ops_channel_round_trip(&mut a, 0x4001, b"before sigterm");
+    channel_round_trip(&mut a, 0x4001, b"before sigterm");
 
     server.signal("TERM");
     assert!(
@@ -269,12 +260,12 @@ fn drain_on_sigterm() {
 
     // The existing allocation relays both ways and refreshes.
     for i in 0..5u8 {
-        ops_channel_round_trip(&mut a, 0x4001, &[b'd', b'r', b'a', b'i', b'n', i]);
+        channel_round_trip(&mut a, 0x4001, &[b'd', b'r', b'a', b'i', b'n', i]);
     }
     let r = a.refresh(Some(600));
     r.expect_success();
     a.channel_bind(0x4001, peer.addr).expect_success();
-    ops_channel_round_trip(&mut a, 0x4001, b"after refresh");
+    channel_round_trip(&mut a, 0x4001, b"after refresh");
     assert!(
         server.is_running(),
         "turnd exited while an allocation lived"
@@ -301,7 +292,7 @@ fn drain_on_sigterm() {
 /// SIGTERM with --drain-timeout 5 and no allocation: exits at once.
 #[test]
 fn drain_without_allocations_exits_at_once() {
-    let mut server = OpsServer::start(&args(25050, 25059, &["--drain-timeout", "5"]), |_| {});
+    let mut server = relay_server(5, &["--drain-timeout", "5"]).start();
     let t = Instant::now();
     server.signal("TERM");
     let st = server
@@ -319,7 +310,7 @@ fn drain_without_allocations_exits_at_once() {
 /// keep turnd running past --drain-timeout.
 #[test]
 fn drain_timeout_bounds_the_wait() {
-    let mut server = OpsServer::start(&args(25060, 25069, &["--drain-timeout", "1"]), |_| {});
+    let mut server = relay_server(6, &["--drain-timeout", "1"]).start();
     let mut a = Client::new(server.udp(), USER, PASSWORD);
     a.allocate();
     let t = Instant::now();
@@ -338,19 +329,19 @@ fn drain_timeout_bounds_the_wait() {
 /// --pidfile: holds the PID while running, removed on exit.
 #[test]
 fn pidfile_written_and_removed() {
-    let dir = OpsTempDir::new("pidfile");
+    let dir = TempDir::new("pidfile");
     let pidfile = dir.join("turnd.pid");
     let p = pidfile.to_str().unwrap().to_owned();
-    let mut server = OpsServer::start(&args(25070, 25079, &["--pidfile", &p]), |_| {});
+    let mut server = relay_server(7, &["--pidfile", &p]).start();
     assert!(
-        ops_wait_until(Duration::from_secs(5), || ops_read(&pidfile)
+        wait_until(Duration::from_secs(5), || read_or_empty(&pidfile)
             .trim()
             .parse::<u32>()
             .is_ok()),
         "no PID in {p}"
     );
     assert_eq!(
-        ops_read(&pidfile).trim(),
+        read_or_empty(&pidfile).trim(),
         server.pid().to_string(),
         "pidfile content"
     );
@@ -418,7 +409,7 @@ fn unit_file_passes_systemd_analyze_verify() {
         example.display()
     );
 
-    let dir = OpsTempDir::new("unit");
+    let dir = TempDir::new("unit");
     let path = dir.join("turnd.service");
     std::fs::write(&path, &rewritten).unwrap();
     let verify = || {

@@ -12,11 +12,6 @@ use std::time::Duration;
 
 use support::*;
 
-// Relay ports of this file: 21700-21799, 20 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (21700 + 20 * i, 21700 + 20 * i + 19)
-}
-
 const DENIED: &[&str] = &[
     "127.0.0.1",
     "127.0.0.2",
@@ -39,7 +34,7 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 
 #[test]
 fn create_permission_to_denied_addresses_is_403() {
-    let (min, max) = range(0);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 0);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate();
@@ -58,7 +53,7 @@ fn create_permission_to_denied_addresses_is_403() {
 
 #[test]
 fn channel_bind_to_denied_addresses_is_403() {
-    let (min, max) = range(1);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 1);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate();
@@ -72,7 +67,7 @@ fn channel_bind_to_denied_addresses_is_403() {
 fn ipv6_peers_on_an_ipv4_relay_are_refused() {
     // Mapped and native IPv6 peers on an IPv4 allocation: 443 (family
     // mismatch) or 403 (denied); never accepted.
-    let (min, max) = range(2);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 2);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate();
@@ -91,7 +86,7 @@ fn ipv6_peers_on_an_ipv4_relay_are_refused() {
 
 #[test]
 fn send_to_a_denied_loopback_peer_is_not_delivered() {
-    let (min, max) = range(3);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 3);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let a = c.allocate();
@@ -109,7 +104,7 @@ fn send_to_a_denied_loopback_peer_is_not_delivered() {
 
 #[test]
 fn public_address_is_accepted() {
-    let (min, max) = range(4);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 4);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate();
@@ -128,7 +123,7 @@ fn public_address_is_accepted() {
 
 #[test]
 fn allowed_peer_ip_opens_loopback() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 5);
     let server = TestServer::start(min, max, &["--allowed-peer-ip", "127.0.0.1"]);
     let mut c = server.client();
     let a = c.allocate();
@@ -153,7 +148,7 @@ fn allowed_peer_ip_opens_loopback() {
 
 #[test]
 fn denied_peer_ip_closes_a_public_address() {
-    let (min, max) = range(6);
+    let (min, max) = relay_ports(Suite::PeerPolicy, 6);
     let server = TestServer::start(min, max, &["--denied-peer-ip", "192.0.2.0/24"]);
     let mut c = server.client();
     c.allocate();

@@ -5,33 +5,24 @@
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::*;
 use turnd::probe::{run_to, ProbeArgs};
 use turnd::stun::{Class, Message, MessageType, MessageWriter, Method};
 
-const REALM: &str = "test.example";
-const USER: &str = "alice";
-const PASSWORD: &str = "secret";
 const SECRET: &str = "probe-shared-secret";
-/// How long a server may take to start answering.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long coturn may take to start answering.
+const COTURN_START_TIMEOUT: Duration = Duration::from_secs(15);
 const COTURN: &str = "/usr/bin/turnserver";
-
-// Relay ports: turnd tests share 43000-43099 (turnd skips busy ports), each
-// coturn test has its own quarter of 43100-43199.
-const TURND_MIN: u16 = 43000;
-const TURND_MAX: u16 = 43099;
-const fn coturn_range(i: u16) -> (u16, u16) {
-    (43100 + 25 * i, 43100 + 25 * i + 24)
-}
 
 /// A server process, killed (by its PID) and reaped on drop; its output is
 /// printed when the test fails.
@@ -56,101 +47,28 @@ impl Drop for Proc {
     }
 }
 
-/// Copies `r` into `log` line by line on a thread, and sends each line to `tx`.
-fn drain(r: impl Read + Send + 'static, log: Arc<Mutex<String>>, tx: Option<mpsc::Sender<String>>) {
+/// Copies `r` into `log` line by line on a thread.
+fn drain(r: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
     thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            {
-                let mut l = log.lock().unwrap();
-                if l.len() < 512 * 1024 {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-            if let Some(tx) = &tx {
-                let _ = tx.send(line);
+            let mut l = log.lock().unwrap();
+            if l.len() < 512 * 1024 {
+                l.push_str(&line);
+                l.push('\n');
             }
         }
     });
 }
 
-/// Starts turnd on an ephemeral loopback port with relay ports 43000-43099,
-/// realm test.example, user alice:secret, plus `extra`; returns its UDP
-/// listening address.
-fn start_turnd(extra: &[&str]) -> (Proc, SocketAddr) {
-    let (proc, addrs) = start_turnd_listening(extra, &["udp"]);
-    (proc, addrs[0])
-}
-
-/// Starts turnd as [`start_turnd`] does and waits (bounded) until it printed
-/// `turnd: listening on KIND ADDR` for each of `kinds` ("udp", "tcp",
-/// "tls"); returns those addresses in the order of `kinds`.
-fn start_turnd_listening(extra: &[&str], kinds: &[&str]) -> (Proc, Vec<SocketAddr>) {
-    let (min, max) = (TURND_MIN.to_string(), TURND_MAX.to_string());
-    let mut args = vec![
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        "0",
-        "--relay-ip",
-        "127.0.0.1",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "--realm",
-        REALM,
-        "--user",
-        "alice:secret",
-    ];
-    args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start turnd");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    drain(child.stdout.take().unwrap(), log.clone(), Some(tx));
-    drain(child.stderr.take().unwrap(), log.clone(), None);
-    let proc = Proc {
-        name: "turnd",
-        child,
-        log,
-    };
-    let mut found: Vec<Option<SocketAddr>> = vec![None; kinds.len()];
-    let deadline = Instant::now() + START_TIMEOUT;
-    while found.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|e| {
-            panic!("turnd {args:?} did not report its {kinds:?} listeners: {e:?}")
-        });
-        for (kind, slot) in kinds.iter().zip(found.iter_mut()) {
-            let prefix = format!("turnd: listening on {kind} ");
-            if let Some(a) = line
-                .strip_prefix(&prefix)
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-            {
-                slot.get_or_insert(a);
-            }
-        }
-    }
-    (proc, found.into_iter().flatten().collect())
-}
-
-/// A loopback port that is free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no loopback port free for both UDP and TCP after 50 tries");
+/// Starts turnd (the standard test arguments, this file's turnd relay
+/// ports) with `extra`, waiting for the listeners `extra` implies.
+fn start_turnd(extra: &[&str]) -> TestServer {
+    let (min, max) = relay_ports(Suite::ProbeTurnd, 0);
+    Turnd::standard(min, max)
+        .args(extra)
+        .listen_implied()
+        .start()
 }
 
 /// True when a STUN Binding to `addr` over UDP gets a success answer within 200 ms.
@@ -188,7 +106,7 @@ struct Coturn {
     _dir: TempDir,
 }
 
-/// Starts coturn with relay ports `coturn_range(i)`; with `tls` (a cert and
+/// Starts coturn with the relay ports of slot `i` of `Suite::ProbeCoturn`; with `tls` (a cert and
 /// key) it also listens for TLS. Waits (bounded) until it answers a Binding
 /// over UDP and accepts TCP connections.
 fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
@@ -197,7 +115,7 @@ fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
         "coturn's turnserver is not installed ({COTURN} is missing): run scripts/install-deps.sh"
     );
     let dir = TempDir::new("coturn");
-    let (min, max) = coturn_range(i);
+    let (min, max) = relay_ports(Suite::ProbeCoturn, i);
     let port = free_port();
     let tls_port = tls.map(|_| free_port());
     let mut args: Vec<String> = [
@@ -226,7 +144,7 @@ fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
     .collect();
     args.push(format!(
         "--pidfile={}",
-        dir.path().join("turnserver.pid").display()
+        dir.join("turnserver.pid").display()
     ));
     match (tls, tls_port) {
         (Some((cert, key)), Some(tls_port)) => {
@@ -243,22 +161,22 @@ fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
     }
     let mut child = Command::new(COTURN)
         .args(&args)
-        .current_dir(dir.path())
+        .current_dir(&dir.path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {COTURN}: {e} (run scripts/install-deps.sh)"));
     let log = Arc::new(Mutex::new(String::new()));
-    drain(child.stdout.take().unwrap(), log.clone(), None);
-    drain(child.stderr.take().unwrap(), log.clone(), None);
+    drain(child.stdout.take().unwrap(), log.clone());
+    drain(child.stderr.take().unwrap(), log.clone());
     let mut proc = Proc {
         name: "turnserver",
         child,
         log,
     };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + COTURN_START_TIMEOUT;
     let mut ready = false;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = proc.child.try_wait() {
@@ -276,7 +194,7 @@ fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
     }
     assert!(
         ready,
-        "turnserver on {addr} did not answer within {START_TIMEOUT:?}; args {args:?}"
+        "turnserver on {addr} did not answer within {COTURN_START_TIMEOUT:?}; args {args:?}"
     );
     Coturn {
         _proc: proc,
@@ -286,56 +204,9 @@ fn start_coturn(i: u16, tls: Option<(&Path, &Path)>) -> Coturn {
     }
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let n: u64 = rand::random();
-        let p = std::env::temp_dir().join(format!("turnd-probe-{what}-{n:016x}"));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed certificate for CN=localhost with subjectAltName IP:127.0.0.1.
+/// A self-signed certificate for CN=localhost naming 127.0.0.1 only.
 fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run openssl to make a test certificate: {e} (apt-get install openssl)")
-        });
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    make_cert_files_for(dir, "cert.pem", "key.pem", "localhost", "IP:127.0.0.1")
 }
 
 fn args(url: String) -> ProbeArgs {
@@ -391,15 +262,24 @@ fn assert_fails_with(a: &ProbeArgs, words: &str) -> String {
 
 #[test]
 fn probe_passes_against_turnd_over_udp() {
-    let (_turnd, addr) = start_turnd(&["--allow-loopback-peers"]);
+    let turnd = start_turnd(&["--allow-loopback-peers"]);
+    let addr = turnd.addr;
     let text = assert_passes(&args(format!("turn:{addr}?transport=udp")));
     assert!(text.contains("realm \"test.example\""), "{text}");
-    assert!(text.contains("relayed address 127.0.0.1:43"), "{text}");
+    let relay_port = text
+        .split_once("relayed address 127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse::<u16>().ok());
+    assert!(
+        relay_port.is_some_and(|p| (turnd.min_port..=turnd.max_port).contains(&p)),
+        "relayed address not in turnd's relay ports: {text}"
+    );
 }
 
 #[test]
 fn probe_reports_a_wrong_password() {
-    let (_turnd, addr) = start_turnd(&["--allow-loopback-peers"]);
+    let turnd = start_turnd(&["--allow-loopback-peers"]);
+    let addr = turnd.addr;
     let mut a = args(format!("turn:{addr}?transport=udp"));
     a.password = Some("not-the-password".into());
     let text = assert_fails_with(&a, "wrong user name or password");
@@ -427,7 +307,8 @@ fn probe_reports_no_answer_from_a_closed_udp_port() {
 
 #[test]
 fn probe_reports_the_peer_policy_of_turnd_without_loopback_peers() {
-    let (_turnd, addr) = start_turnd(&[]);
+    let turnd = start_turnd(&[]);
+    let addr = turnd.addr;
     let text = assert_fails_with(&args(format!("turn:{addr}?transport=udp")), "peer policy");
     assert!(text.contains("403"), "{text}");
     assert!(
@@ -438,12 +319,13 @@ fn probe_reports_the_peer_policy_of_turnd_without_loopback_peers() {
 
 #[test]
 fn probe_mints_rest_credentials_from_a_secret() {
-    let (_turnd, addr) = start_turnd(&[
+    let turnd = start_turnd(&[
         "--allow-loopback-peers",
         "--use-auth-secret",
         "--static-auth-secret",
         SECRET,
     ]);
+    let addr = turnd.addr;
     let mut a = args(format!("turn:{addr}?transport=udp"));
     a.user = None;
     a.password = None;
@@ -464,7 +346,8 @@ fn probe_mints_rest_credentials_from_a_secret() {
 
 #[test]
 fn probe_asks_for_credentials_when_none_are_given() {
-    let (_turnd, addr) = start_turnd(&["--allow-loopback-peers"]);
+    let turnd = start_turnd(&["--allow-loopback-peers"]);
+    let addr = turnd.addr;
     let mut a = args(format!("turn:{addr}?transport=udp"));
     a.user = None;
     a.password = None;
@@ -473,7 +356,8 @@ fn probe_asks_for_credentials_when_none_are_given() {
 
 #[test]
 fn probe_of_a_stun_url_only_binds() {
-    let (_turnd, addr) = start_turnd(&[]);
+    let turnd = start_turnd(&[]);
+    let addr = turnd.addr;
     let (ok, text) = probe(&args(format!("stun:{addr}")));
     assert!(ok, "{text}");
     assert!(text.contains("1. STUN Binding: ok"), "{text}");
@@ -484,24 +368,22 @@ fn probe_of_a_stun_url_only_binds() {
 #[test]
 fn probe_passes_against_turnd_over_tcp_and_tls() {
     let certs = TempDir::new("turnd-certs");
-    let (cert, key) = self_signed_cert(certs.path());
+    let (cert, key) = self_signed_cert(&certs.path);
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    let (_turnd, addrs) = start_turnd_listening(
-        &[
-            "--allow-loopback-peers",
-            "--cert",
-            &cert_s,
-            "--pkey",
-            &key_s,
-            "--tls-listening-port",
-            "0",
-        ],
-        &["tcp", "tls"],
-    );
-    let text = assert_passes(&args(format!("turn:{}?transport=tcp", addrs[0])));
+    let turnd = start_turnd(&[
+        "--allow-loopback-peers",
+        "--cert",
+        &cert_s,
+        "--pkey",
+        &key_s,
+        "--tls-listening-port",
+        "0",
+    ]);
+    let l = &turnd.listeners;
+    let text = assert_passes(&args(format!("turn:{}?transport=tcp", l.tcp())));
     assert!(text.contains("TCP connected"), "{text}");
 
-    let mut a = args(format!("turns:{}", addrs[1]));
+    let mut a = args(format!("turns:{}", l.tls()));
     a.ca = Some(cert);
     let text = assert_passes(&a);
     assert!(text.contains("ALPN stun.turn"), "{text}");
@@ -544,7 +426,7 @@ fn probe_reports_a_refused_tcp_connection() {
 #[test]
 fn probe_over_tls_against_coturn_checks_the_certificate() {
     let certs = TempDir::new("certs");
-    let (cert, key) = self_signed_cert(certs.path());
+    let (cert, key) = self_signed_cert(&certs.path);
     let coturn = start_coturn(2, Some((&cert, &key)));
     let tls_port = coturn.tls_port.unwrap();
 

@@ -8,20 +8,10 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-// Relay ports of this file: 45000-45999.
-const MIN_PORT: u16 = 45000;
-const MAX_PORT: u16 = 45099;
 
 /// Packets streamed through the relay across the reload.
 const PACKETS: u32 = 3000;
@@ -32,167 +22,6 @@ const RELOAD_AT: u32 = 1000;
 /// Longest wait for the server to log a reload (or its refusal).
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
-/// turnd started with `--config FILE` only, killed (by PID) on drop.
-struct ConfigServer {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl ConfigServer {
-    fn start(config: &Path) -> ConfigServer {
-        let mut child = Command::new(turnd_bin())
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn turnd");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let l = log.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            // Ends at EOF, when turnd exits.
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut l = l.lock().unwrap();
-                if l.len() < 1 << 20 {
-                    l.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line
-                        .strip_prefix("turnd: listening on udp ")
-                        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-                    {
-                        break a;
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let status = child.wait();
-                    thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "turnd --config {} did not start ({e:?}, exit {status:?}); stderr:\n{}",
-                        config.display(),
-                        log.lock().unwrap()
-                    );
-                }
-            }
-        };
-        ConfigServer { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// `kill -HUP <pid>`: this child only.
-    fn sighup(&self) {
-        let pid = self.child.id().to_string();
-        let out = run_with_timeout(
-            Command::new("kill").args(["-HUP", &pid]),
-            Duration::from_secs(5),
-        );
-        assert!(
-            out.status.is_some_and(|s| s.success()),
-            "kill -HUP {pid}: {out:?}"
-        );
-    }
-
-    /// Waits (bounded) until the log contains `needle` `count` times.
-    fn wait_log(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + LOG_WAIT;
-        while self.log().matches(needle).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "no {count}x {needle:?} in turnd's log within {LOG_WAIT:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ConfigServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("---- turnd log ----\n{}\n---- end ----", self.log());
-        }
-    }
-}
-
-/// A UDP echo peer on 127.0.0.1 in a thread, stopped on drop.
-struct Echo {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<u64>>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            let mut echoed = 0u64;
-            // Bounded: stops on the flag, or after 120 s whatever happens.
-            let hard = Instant::now() + Duration::from_secs(120);
-            while !s.load(Ordering::Relaxed) && Instant::now() < hard {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
-                    echoed += 1;
-                }
-            }
-            echoed
-        });
-        Echo {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Writes `text` to `path` atomically (write aside, then rename), so turnd
 /// never reads a half-written file.
 fn write_atomic(path: &Path, text: &str) {
@@ -202,12 +31,13 @@ fn write_atomic(path: &Path, text: &str) {
 }
 
 fn base_config(users: &str, extra: &str) -> String {
+    let (min, max) = relay_ports(Suite::ReloadSighup, 0);
     format!(
         "listening-ip = \"127.0.0.1\"\n\
          listening-port = 0\n\
          relay-ip = \"127.0.0.1\"\n\
-         min-port = {MIN_PORT}\n\
-         max-port = {MAX_PORT}\n\
+         min-port = {min}\n\
+         max-port = {max}\n\
          realm = \"{REALM}\"\n\
          user = [{users}]\n\
          allow-loopback-peers = true\n\
@@ -223,14 +53,15 @@ fn payload(seq: u32) -> Vec<u8> {
 
 #[test]
 fn sighup_reloads_users_and_quota_without_losing_relayed_packets() {
-    let dir: PathBuf = temp_path("reload");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("reload");
     let file = dir.join("turnd.toml");
     write_atomic(&file, &base_config("\"alice:secret\"", ""));
 
-    let mut server = ConfigServer::start(&file);
-    let echo = Echo::start();
+    let mut server = Turnd::bare()
+        .arg("--config")
+        .arg(file.to_str().unwrap())
+        .start();
+    let echo = EchoPeer::start();
     let mut c = Client::new(server.addr, USER, PASSWORD);
     c.allocate();
     const CH: u16 = 0x4001;
@@ -253,12 +84,17 @@ fn sighup_reloads_users_and_quota_without_losing_relayed_packets() {
                     &file,
                     &base_config("\"alice:secret\", \"frank:pw\"", "user-quota = 5\n"),
                 );
-                server.sighup();
+                server.signal("HUP");
                 hup_sent = true;
             }
             // Make sure the reload completes while the stream is running.
             if next == PACKETS - 500 && reloaded_at.is_none() {
-                server.wait_log("configuration reloaded", 1);
+                assert!(
+                    server.wait_for_log("configuration reloaded", 1, LOG_WAIT),
+                    "no {} in turnd's log within {LOG_WAIT:?}:\n{}",
+                    "configuration reloaded",
+                    server.log()
+                );
                 reloaded_at = Some(next);
             }
             c.channel_data(CH, &payload(next));
@@ -319,8 +155,13 @@ fn sighup_reloads_users_and_quota_without_losing_relayed_packets() {
         &file,
         &base_config("\"alice:secret\"", "no-such-option = 1\n"),
     );
-    server.sighup();
-    server.wait_log("not reloaded", 1);
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log("not reloaded", 1, LOG_WAIT),
+        "no {} in turnd's log within {LOG_WAIT:?}:\n{}",
+        "not reloaded",
+        server.log()
+    );
     assert!(server.is_running(), "turnd exited on a bad reload");
     let log = server.log();
     assert!(
@@ -350,5 +191,4 @@ fn sighup_reloads_users_and_quota_without_losing_relayed_packets() {
     drop(c);
     drop(echo);
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

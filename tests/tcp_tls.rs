@@ -9,24 +9,25 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::{Shutdown, SocketAddr};
-use std::process::{Command, Stdio};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use support::*;
 use turnd::stun::{AttributeType, Method, TransactionId};
 
-// Relay ports of this file: 23000-23399, 20 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (23000 + 20 * i, 23000 + 20 * i + 19)
+/// turnd with the standard arguments, the relay ports of `slot` and
+/// `extra`, started once every listener `extra` implies is up.
+fn start(slot: u16, extra: &[&str]) -> (TestServer, Listeners) {
+    let (min, max) = relay_ports(Suite::TcpTls, slot);
+    let server = Turnd::standard(min, max)
+        .args(extra)
+        .listen_implied()
+        .start();
+    let l = server.listeners.clone();
+    (server, l)
 }
 
 const WAIT: Duration = Duration::from_secs(3);
-
-fn start(i: u16, extra: &[&str]) -> (TestServer, Listeners) {
-    let (min, max) = range(i);
-    TestServer::start_with_streams(min, max, extra)
-}
 
 /// A ChannelData frame as received: checks the length field, the padding to
 /// a multiple of 4 and that the padding is zero; returns (channel, data).
@@ -294,9 +295,13 @@ fn garbage_closes_only_that_connection() {
 #[test]
 fn closing_the_connection_frees_the_allocation() {
     // One relay port: only one allocation at a time.
-    let port = range(8).0;
+    let port = relay_ports(Suite::TcpTls, 8).0;
     let p = port.to_string();
-    let (server, l) = TestServer::start_with_streams(port, port, &["--allow-loopback-peers"]);
+    let server = Turnd::standard(port, port)
+        .arg("--allow-loopback-peers")
+        .listen_implied()
+        .start();
+    let l = &server.listeners;
     let mut first = StreamClient::connect_tcp(l.tcp());
     let a = first.allocate();
     assert_eq!(a.relay.port(), port);
@@ -501,53 +506,18 @@ fn tls_client_rejects_an_unpinned_certificate() {
 /// REQUESTED-ADDRESS-FAMILY IPv6, a channel to an IPv6 peer, data both ways.
 #[test]
 fn turn_over_tcp_on_ipv6_loopback() {
-    use std::io::{BufRead, BufReader};
-    let (min, max) = range(40);
-    let mut child = Command::new(turnd_bin())
-        .args([
-            "--listening-ip",
-            "::1",
-            "--listening-port",
-            "0",
-            "--relay-ip",
-            "::1",
-        ])
-        .args([
-            "--min-port",
-            &min.to_string(),
-            "--max-port",
-            &max.to_string(),
-        ])
-        .args([
-            "--realm",
-            REALM,
-            "--user",
-            &format!("{USER}:{PASSWORD}"),
-            "--allow-loopback-peers",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnd starts");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stdout = child.stdout.take().expect("piped stdout");
-    let guard = Kill(child);
-    let mut tcp: Option<SocketAddr> = None;
-    for line in BufReader::new(stdout).lines().take(8) {
-        let line = line.expect("turnd's stdout");
-        if let Some(a) = line.strip_prefix("turnd: listening on tcp ") {
-            tcp = Some(a.parse().expect("an address"));
-            break;
-        }
-    }
-    let tcp = tcp.expect("turnd listens on tcp [::1]");
+    let (min, max) = relay_ports(Suite::TcpTls, 14);
+    let server = Turnd::standard(min, max)
+        .set("--listening-ip", "::1")
+        .set("--relay-ip", "::1")
+        .arg("--allow-loopback-peers")
+        .listen(Listen {
+            udp: false,
+            tcp: true,
+            tls: 0,
+        })
+        .start();
+    let tcp = server.listeners.tcp();
     assert!(tcp.is_ipv6());
     let mut c = StreamClient::connect_tcp(tcp);
     let r = c.allocate_with(&[
@@ -572,5 +542,5 @@ fn turn_over_tcp_on_ipv6_loopback() {
     let frame = c.recv_frame(WAIT).expect("ChannelData from the IPv6 peer");
     let (ch, data) = padded_frame(&frame);
     assert_eq!((ch, data.as_slice()), (0x4002, &b"back"[..]));
-    drop(guard);
+    drop(server);
 }

@@ -9,18 +9,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-// Relay ports of this file: 23400-23499.
-const MIN_PORT: u16 = 23400;
-const MAX_PORT: u16 = 23499;
 
 const PACKETS: u32 = 2000;
 const WINDOW: u32 = 16;
@@ -32,46 +24,6 @@ const CHANNEL: u16 = 0x4321;
 const WAIT: Duration = Duration::from_secs(3);
 const RELOADED: &str = "TLS certificate reloaded";
 const NOT_RELOADED: &str = "TLS certificate not reloaded";
-
-/// A UDP echo peer on 127.0.0.1 (a thread; stopped and joined on drop).
-struct Echo {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
-                }
-            }
-        });
-        Echo {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Replaces `dest` with `src`'s contents atomically (write aside, rename).
 fn replace_file(src: &Path, dest: &Path) {
@@ -97,21 +49,20 @@ fn payload(seq: u32) -> Vec<u8> {
 fn sighup_swaps_the_certificate_without_dropping_a_relaying_connection() {
     // Cert A is served from dir/cert.pem + dir/key.pem; cert B is made aside.
     let a = TestCert::generate("reload-a", "turnd-reload-a");
-    let (b_cert, b_key) = make_cert_files(&a.dir, "b-cert.pem", "b-key.pem", "turnd-reload-b");
+    let (b_cert, b_key) = make_cert_files(&a.dir.path, "b-cert.pem", "b-key.pem", "turnd-reload-b");
     let b_der = cert_der(&b_cert);
     assert_ne!(a.der, b_der);
 
-    let mut args = a.args();
-    args.extend(
-        ["--tls-listening-port", "0", "--allow-loopback-peers"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut server, l) = TestServer::start_with_streams(MIN_PORT, MAX_PORT, &args);
+    let (min, max) = relay_ports(Suite::TlsReload, 0);
+    let mut server = Turnd::standard(min, max)
+        .args(a.args())
+        .args(["--tls-listening-port", "0", "--allow-loopback-peers"])
+        .listen_implied()
+        .start();
+    let l = server.listeners.clone();
     let trust_both = tls_client_config(&[&a.der, &b_der], &[], &[ALPN_STUN_TURN]);
 
-    let echo = Echo::start();
+    let echo = EchoPeer::start();
     let mut c = StreamClient::connect_tls(l.tls(), trust_both.clone()).expect("TLS to cert A");
     assert_eq!(c.peer_cert_der(), Some(a.der.clone()), "starts with cert A");
     let alloc = c.allocate();
@@ -140,7 +91,7 @@ fn sighup_swaps_the_certificate_without_dropping_a_relaying_connection() {
         if !swapped && next >= SWAP_AT {
             replace_file(&b_cert, &a.cert);
             replace_file(&b_key, &a.key);
-            server.send_sighup();
+            server.signal("HUP");
             swapped = true;
         }
         if swapped && !checked && next >= CHECK_AT {
@@ -190,7 +141,7 @@ fn sighup_swaps_the_certificate_without_dropping_a_relaying_connection() {
     // Broken files: SIGHUP is refused and logged; cert B stays in force.
     write_file(&a.cert, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n");
     write_file(&a.key, b"garbage");
-    server.send_sighup();
+    server.signal("HUP");
     assert!(
         server.wait_for_log(NOT_RELOADED, 1, Duration::from_secs(5)),
         "no '{NOT_RELOADED}' in the log after SIGHUP with broken files:\n{}",
@@ -206,7 +157,7 @@ fn sighup_swaps_the_certificate_without_dropping_a_relaying_connection() {
     after.binding();
     // Missing files too.
     std::fs::remove_file(&a.cert).unwrap();
-    server.send_sighup();
+    server.signal("HUP");
     assert!(
         server.wait_for_log(NOT_RELOADED, 2, Duration::from_secs(5)),
         "missing certificate file not reported:\n{}",

@@ -10,15 +10,9 @@ use std::time::Duration;
 use support::*;
 use turnd::stun::{long_term_key, AttributeType, Class, Method};
 
-// Relay ports of this file: 21100-21499, 20 per test so that servers running
-// in parallel do not compete for ports.
-const fn range(i: u16) -> (u16, u16) {
-    (21100 + 20 * i, 21100 + 20 * i + 19)
-}
-
 #[test]
 fn unauthenticated_allocate_is_challenged_with_realm_and_nonce() {
-    let (min, max) = range(0);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 0);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.request_unsigned(Method::ALLOCATE, &[Attr::transport_udp()]);
@@ -40,7 +34,7 @@ fn unauthenticated_allocate_is_challenged_with_realm_and_nonce() {
 
 #[test]
 fn allocate_succeeds_with_relay_in_range_lifetime_and_integrity() {
-    let (min, max) = range(1);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 1);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let a = c.allocate();
@@ -73,7 +67,7 @@ fn allocate_succeeds_with_relay_in_range_lifetime_and_integrity() {
 
 #[test]
 fn requested_lifetime_is_capped_at_3600() {
-    let (min, max) = range(2);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 2);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.allocate_with(&[Attr::transport_udp(), Attr::lifetime(5000)]);
@@ -90,7 +84,7 @@ fn requested_lifetime_is_capped_at_3600() {
 
 #[test]
 fn wrong_password_and_unknown_user_get_401() {
-    let (min, max) = range(3);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 3);
     let server = TestServer::start(min, max, &[]);
     for (user, pass) in [(USER, "wrong"), ("mallory", PASSWORD), ("mallory", "x")] {
         let mut c = Client::new(server.addr, user, pass);
@@ -107,14 +101,14 @@ fn wrong_password_and_unknown_user_get_401() {
     // A wrong realm is refused too.
     let mut c = server.client();
     c.fetch_nonce();
-    c.realm = Some("other.example".into());
+    c.credentials.realm = Some("other.example".into());
     c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()])
         .expect_error(401);
 }
 
 #[test]
 fn retransmitted_allocate_gets_identical_answer_and_no_second_allocation() {
-    let (min, max) = range(4);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 4);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
@@ -128,8 +122,9 @@ fn retransmitted_allocate_gets_identical_answer_and_no_second_allocation() {
         first.bytes, second.bytes,
         "retransmission must get the same bytes"
     );
-    // And once more after a pause.
-    std::thread::sleep(Duration::from_millis(200));
+    // And once more. How long the answer stays cached is checked with a fake
+    // clock in src/turn/scenario_tests.rs
+    // (retransmitted_allocate_gets_same_answer_and_one_allocation).
     let third = c.transact(&req, tid);
     assert_eq!(first.bytes, third.bytes);
     // A new transaction on the same 5-tuple: the allocation exists, 437.
@@ -146,7 +141,7 @@ fn retransmitted_allocate_gets_identical_answer_and_no_second_allocation() {
 
 #[test]
 fn missing_requested_transport_is_400() {
-    let (min, max) = range(5);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 5);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.allocate_with(&[]).expect_error(400);
@@ -157,7 +152,7 @@ fn missing_requested_transport_is_400() {
 
 #[test]
 fn requested_transport_other_than_udp_over_udp() {
-    let (min, max) = range(6);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 6);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     // RFC 6062 section 5.1: a TCP relay over a UDP client connection is a bad request.
@@ -173,7 +168,7 @@ fn requested_transport_other_than_udp_over_udp() {
 
 #[test]
 fn requested_address_family_ipv6_without_ipv6_relay_is_440() {
-    let (min, max) = range(7);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 7);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let family = |f: u8| Attr::Raw(AttributeType::REQUESTED_ADDRESS_FAMILY, vec![f, 0, 0, 0]);
@@ -187,7 +182,7 @@ fn requested_address_family_ipv6_without_ipv6_relay_is_440() {
 
 #[test]
 fn refresh_with_lifetime_zero_deletes_the_allocation() {
-    let (min, max) = range(8);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 8);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let a = c.allocate();
@@ -196,14 +191,9 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
     assert_eq!(r.u32(AttributeType::LIFETIME), Some(0));
     c.refresh(Some(600)).expect_error(437);
     // The relay socket was closed: the port can be bound again.
-    let mut freed = false;
-    for _ in 0..50 {
-        if std::net::UdpSocket::bind(a.relay).is_ok() {
-            freed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let freed = wait_until(Duration::from_secs(1), || {
+        std::net::UdpSocket::bind(a.relay).is_ok()
+    });
     assert!(
         freed,
         "relay address {} still bound after deletion",
@@ -215,7 +205,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
 
 #[test]
 fn other_user_refreshing_from_the_same_five_tuple_gets_441() {
-    let (min, max) = range(9);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 9);
     let server = TestServer::start(min, max, &["--user", "bob:hunter2"]);
     let mut c = server.client();
     c.allocate();
@@ -234,7 +224,7 @@ fn other_user_refreshing_from_the_same_five_tuple_gets_441() {
 
 #[test]
 fn even_port_with_r_bit_reserves_the_next_port_for_the_token() {
-    let (min, max) = range(10);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 10);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     let r = c.allocate_with(&[
@@ -277,7 +267,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_the_token() {
 
 #[test]
 fn user_quota_one_refuses_a_second_allocation_with_486() {
-    let (min, max) = range(11);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 11);
     let server = TestServer::start(min, max, &["--user-quota", "1"]);
     let mut c1 = server.client();
     c1.allocate();
@@ -292,7 +282,7 @@ fn user_quota_one_refuses_a_second_allocation_with_486() {
 
 #[test]
 fn exhausted_port_range_gives_508() {
-    let (min, _) = range(12);
+    let (min, _) = relay_ports(Suite::UdpAllocate, 12);
     let server = TestServer::start(min, min + 1, &[]);
     let mut c1 = server.client();
     let mut c2 = server.client();
@@ -304,10 +294,9 @@ fn exhausted_port_range_gives_508() {
     assert_eq!(ports, [min, min + 1]);
     let r = c3.allocate_with(&[Attr::transport_udp()]);
     r.expect_error(508);
-    // The port comes back when an allocation is deleted (after a pause here;
-    // see port_freed_by_refresh_is_reusable_at_once for no pause).
+    // The port comes back as soon as an allocation is deleted (see also
+    // port_freed_by_refresh_is_reusable_at_once).
     c1.refresh(Some(0)).expect_success();
-    std::thread::sleep(Duration::from_millis(100));
     let a3 = c3.allocate();
     assert_eq!(a3.relay, a1.relay);
     c1.allocate_with(&[Attr::transport_udp()]).expect_error(508);
@@ -323,7 +312,7 @@ fn port_freed_by_refresh_is_reusable_at_once() {
     // only within one worker: with several, the two clients' 5-tuples may be
     // hashed to different workers, which run concurrently, so the server
     // runs one worker here (workers.rs covers sharing the port pool).
-    let (min, _) = range(16);
+    let (min, _) = relay_ports(Suite::UdpAllocate, 16);
     let server = TestServer::start(min, min + 1, &["--relay-threads", "1"]);
     let (mut holder, mut waiting) = (server.client(), server.client());
     holder.allocate();
@@ -355,9 +344,10 @@ fn freed_relay_port_stays_in_the_pool() {
     // One-port range. Each round the owner deletes its allocation while
     // another client's Allocate arrives right behind the Refresh (both sent
     // before either answer is read; the racer's result is not judged here,
-    // see port_freed_by_refresh_is_reusable_at_once). After a pause the port
-    // must be allocatable again: whatever happened, it must not be lost.
-    let (min, _) = range(15);
+    // see port_freed_by_refresh_is_reusable_at_once). Once both answers are
+    // in, the port must be allocatable again: whatever happened, it must not
+    // be lost.
+    let (min, _) = relay_ports(Suite::UdpAllocate, 15);
     let server = TestServer::start(min, min, &[]);
     let mut c = server.client();
     let mut racer = server.client();
@@ -377,46 +367,13 @@ fn freed_relay_port_stays_in_the_pool() {
         if racer.finish_request(&alloc, at).is_success() {
             racer.refresh(Some(0)).expect_success();
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-#[test]
-fn stale_nonce_gets_438_with_a_new_nonce_that_works() {
-    let (min, max) = range(13);
-    let server = TestServer::start(min, max, &["--stale-nonce", "1"]);
-    let mut c = server.client();
-    c.allocate();
-    let old = c.nonce.clone().expect("nonce learnt");
-    std::thread::sleep(Duration::from_millis(2100));
-    // The old nonce is now stale.
-    let r = c.signed_once(Method::REFRESH, &[Attr::lifetime(600)]);
-    r.expect_error(438);
-    assert_eq!(r.msg().get_str(AttributeType::REALM), Some(REALM));
-    let new = r
-        .get(AttributeType::NONCE)
-        .expect("438 carries a new NONCE");
-    assert_ne!(new, old, "438 must bring a different nonce");
-    assert!(c.learn_nonce(&r));
-    // Retrying with it succeeds. With a 1 s nonce lifetime the fresh nonce
-    // may cross a second boundary in flight: allow two more 438 rounds.
-    let mut r = c.signed_once(Method::REFRESH, &[Attr::lifetime(600)]);
-    for _ in 0..2 {
-        if r.error_code() != Some(438) {
-            break;
-        }
-        assert!(c.learn_nonce(&r));
-        r = c.signed_once(Method::REFRESH, &[Attr::lifetime(600)]);
-    }
-    r.expect_success();
-    assert_eq!(r.u32(AttributeType::LIFETIME), Some(600));
-    assert!(r.integrity_ok(&c.key()));
 }
 
 #[test]
 fn allocate_is_a_request_only_method() {
     // An Allocate indication is ignored (no response, no allocation).
-    let (min, max) = range(14);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 14);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
@@ -437,11 +394,11 @@ fn allocate_is_a_request_only_method() {
 fn signed_request_without_username_is_400() {
     // RFC 8489 section 9.2.4: MESSAGE-INTEGRITY present but USERNAME, REALM
     // or NONCE missing: 400 Bad Request.
-    let (min, max) = range(17);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 17);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
-    let nonce = c.nonce.clone().unwrap();
+    let nonce = c.credentials.nonce.clone().unwrap();
     let key = c.key();
     for missing in ["USERNAME", "REALM", "NONCE"] {
         let mut attrs = vec![Attr::transport_udp()];
@@ -466,18 +423,18 @@ fn signed_request_without_username_is_400() {
 
 #[test]
 fn unknown_nonce_gets_438_with_a_fresh_one() {
-    let (min, max) = range(18);
+    let (min, max) = relay_ports(Suite::UdpAllocate, 18);
     let server = TestServer::start(min, max, &[]);
     let mut c = server.client();
     c.fetch_nonce();
-    let good = c.nonce.clone().unwrap();
+    let good = c.credentials.nonce.clone().unwrap();
     for forged in [b"not-a-nonce-of-ours".to_vec(), {
         let mut f = good.clone();
         let last = f.len() - 1;
         f[last] = if f[last] == b'0' { b'1' } else { b'0' };
         f
     }] {
-        c.nonce = Some(forged);
+        c.credentials.nonce = Some(forged);
         let r = c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()]);
         r.expect_error(438);
         assert!(c.learn_nonce(&r), "438 carries REALM and NONCE: {r:?}");
@@ -487,7 +444,7 @@ fn unknown_nonce_gets_438_with_a_fresh_one() {
     // reuse the control connection's nonce from a new port).
     let mut other = Client::new_on("127.0.0.2", server.addr, USER, PASSWORD);
     other.fetch_nonce();
-    c.nonce = other.nonce.clone();
+    c.credentials.nonce = other.credentials.nonce.clone();
     c.signed_once(Method::ALLOCATE, &[Attr::transport_udp()])
         .expect_error(438);
     // The fresh nonce works.

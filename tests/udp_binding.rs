@@ -9,9 +9,12 @@ use std::time::Duration;
 use support::*;
 use turnd::stun::{AttributeType, Class, Message, Method};
 
-// Relay ports of this file: 21000-21099 (no allocation is made here).
-const MIN: u16 = 21000;
-const MAX: u16 = 21099;
+/// turnd with the standard arguments, this file's relay ports (no
+/// allocation is made here) and `extra`.
+fn start(extra: &[&str]) -> TestServer {
+    let (min, max) = relay_ports(Suite::UdpBinding, 0);
+    TestServer::start(min, max, extra)
+}
 
 fn binding(fingerprint: bool, attrs: &[Attr]) -> (turnd::stun::TransactionId, Vec<u8>) {
     let tid = new_tid();
@@ -30,7 +33,7 @@ fn binding(fingerprint: bool, attrs: &[Attr]) -> (turnd::stun::TransactionId, Ve
 
 #[test]
 fn binding_returns_the_clients_address_as_xor_mapped_address() {
-    let server = TestServer::start(MIN, MAX, &[]);
+    let server = start(&[]);
     let mut c = server.client();
     let (tid, req) = binding(false, &[]);
     let r = c.transact(&req, tid);
@@ -60,7 +63,7 @@ fn binding_returns_the_clients_address_as_xor_mapped_address() {
 
 #[test]
 fn fingerprint_in_request_gets_a_valid_fingerprint_in_response() {
-    let server = TestServer::start(MIN, MAX, &[]);
+    let server = start(&[]);
     let mut c = server.client();
     let (tid, req) = binding(true, &[]);
     let r = c.transact(&req, tid);
@@ -88,7 +91,7 @@ fn fingerprint_in_request_gets_a_valid_fingerprint_in_response() {
 
 #[test]
 fn fingerprint_flag_adds_fingerprint_to_every_response() {
-    let server = TestServer::start(MIN, MAX, &["--fingerprint"]);
+    let server = start(&["--fingerprint"]);
     let mut c = server.client();
     let (tid, req) = binding(false, &[]);
     let r = c.transact(&req, tid);
@@ -102,7 +105,7 @@ fn fingerprint_flag_adds_fingerprint_to_every_response() {
 
 #[test]
 fn unknown_comprehension_required_attribute_gets_420_listing_it() {
-    let server = TestServer::start(MIN, MAX, &[]);
+    let server = start(&[]);
     let mut c = server.client();
     let (tid, req) = binding(
         false,
@@ -141,7 +144,7 @@ fn unknown_comprehension_required_attribute_gets_420_listing_it() {
 
 #[test]
 fn garbage_gets_no_reply_and_the_server_keeps_answering() {
-    let mut server = TestServer::start(MIN, MAX, &[]);
+    let mut server = start(&[]);
     let mut c = server.client();
 
     let (_, valid) = binding(false, &[]);

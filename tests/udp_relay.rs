@@ -8,29 +8,16 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
 use turnd::stun::Method;
 
-// Relay ports of this file: 21500-21699, 20 per test.
-const fn range(i: u16) -> (u16, u16) {
-    (21500 + 20 * i, 21500 + 20 * i + 19)
-}
-
 const WAIT: Duration = Duration::from_secs(2);
 
-/// Lets turnd go idle for a moment, so that its event loop has seen a new
-/// relay socket before the test relies on it. Tests that are about other
-/// behaviour use it; `first_packets_after_allocation_are_relayed` does not.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(50));
-}
-
 fn server(i: u16) -> TestServer {
-    let (min, max) = range(i);
+    let (min, max) = relay_ports(Suite::UdpRelay, i);
     TestServer::start(min, max, &["--allow-loopback-peers"])
 }
 
@@ -41,7 +28,6 @@ fn send_indication_reaches_peer_and_data_indication_comes_back() {
     let a = c.allocate();
     let peer = Peer::bind("127.0.0.1");
     c.create_permission(&[peer.addr()]).expect_success();
-    settle();
 
     let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     c.send_indication(peer.addr(), &payload);
@@ -142,8 +128,9 @@ fn permission_is_per_ip_and_needed_in_both_directions() {
 
     // Peer to client: the stranger (127.0.0.2) is dropped, then a permitted
     // datagram is delivered and is the first thing the client sees.
+    // Had the stranger's datagram been relayed, whichever order the two
+    // arrive in, it would be the first or the second thing the client sees.
     stranger.send_to(b"from stranger", a.relay);
-    std::thread::sleep(Duration::from_millis(50));
     permitted.send_to(b"from permitted", a.relay);
     let (p, d) = c.expect_data(WAIT);
     assert_eq!(
@@ -179,7 +166,6 @@ fn channel_data_flows_both_ways_after_channel_bind() {
     let peer = Peer::bind("127.0.0.1");
     // ChannelBind alone installs the permission (RFC 8656 section 11.2).
     c.channel_bind(0x4000, peer.addr()).expect_success();
-    settle();
 
     c.channel_data(0x4000, b"hello over a channel");
     let (from, got) = peer.recv(WAIT).expect("peer received nothing");
@@ -229,7 +215,6 @@ fn channel_rebinding_rules() {
     // And the bindings are the ones that were accepted.
     let a = c.allocate_with(&[Attr::transport_udp()]);
     a.expect_error(437);
-    settle();
     c.channel_data(0x4000, b"to p1");
     c.channel_data(0x4001, b"to p2");
     assert_eq!(p1.recv(WAIT).expect("p1").1, b"to p1");
@@ -268,19 +253,13 @@ fn requests_without_allocation_get_437() {
     c.refresh(Some(600)).expect_error(437);
 }
 
-/// A thread that echoes every datagram back to its sender until stopped.
-fn echo_peer(peer: Peer, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut n = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Some((from, d)) = peer.recv(Duration::from_millis(50)) {
-                peer.send_to(&d, from);
-                n += 1;
-            }
-        }
-        n
-    })
+/// Panics unless `peer` echoed exactly `count` datagrams (its counter may
+/// trail the last echo the client already has by a moment).
+#[track_caller]
+fn assert_echoed(peer: &EchoPeer, count: u64) {
+    let echoed = || peer.echoed.load(Ordering::Relaxed);
+    wait_until(WAIT, || echoed() == count);
+    assert_eq!(echoed(), count, "the peer saw every packet once");
 }
 
 fn packet(seq: u32, len: usize) -> Vec<u8> {
@@ -331,15 +310,10 @@ fn two_thousand_channel_packets_without_loss() {
     let server = server(6);
     let mut c = server.client();
     c.allocate();
-    let peer = Peer::bind("127.0.0.1");
-    let addr = peer.addr();
-    c.channel_bind(0x4000, addr).expect_success();
-    settle();
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = echo_peer(peer, stop.clone());
+    let peer = EchoPeer::start();
+    c.channel_bind(0x4000, peer.addr).expect_success();
     windowed_echo(&mut c, 2000, 32, |c, d| c.channel_data(0x4000, d));
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(echo.join().unwrap(), 2000, "peer saw every packet once");
+    assert_echoed(&peer, 2000);
 }
 
 #[test]
@@ -347,13 +321,9 @@ fn one_thousand_send_indications_without_loss() {
     let server = server(7);
     let mut c = server.client();
     c.allocate();
-    let peer = Peer::bind("127.0.0.1");
-    let addr = peer.addr();
+    let peer = EchoPeer::start();
+    let addr = peer.addr;
     c.create_permission(&[addr]).expect_success();
-    settle();
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = echo_peer(peer, stop.clone());
     windowed_echo(&mut c, 1000, 32, |c, d| c.send_indication(addr, d));
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(echo.join().unwrap(), 1000);
+    assert_echoed(&peer, 1000);
 }

@@ -6,7 +6,7 @@
 //! worker, metrics and the admin API see every worker, SIGHUP reaches every
 //! worker, and a second server cannot silently join the port group.
 //!
-//! Relay ports: 26000-26499.
+//! Relay ports: `Suite::Workers` in `support::ports`.
 
 #![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
 
@@ -22,10 +22,12 @@ use turnd::stun::{AttributeType, Method};
 const WORKERS: &str = "4";
 const TOKEN: &str = "admin-token-workers-0123";
 
-fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
-    let mut a = ops_standard_args(min, max);
-    a.extend(
-        [
+/// turnd with the standard arguments, the relay ports of `slot`, four
+/// workers, loopback peers, Prometheus and admin listeners, then `extra`.
+fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
+    let (min, max) = relay_ports(Suite::Workers, slot);
+    Turnd::standard(min, max)
+        .args([
             "--relay-threads",
             WORKERS,
             "--allow-loopback-peers",
@@ -38,12 +40,8 @@ fn args(min: u16, max: u16, extra: &[&str]) -> Vec<String> {
             TOKEN,
             "--admin-listen",
             "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    a.extend(extra.iter().map(|s| (*s).to_owned()));
-    a
+        ])
+        .args(extra)
 }
 
 /// Workers that logged an allocation ("worker{n=K}" spans; worker 0 logs
@@ -59,14 +57,15 @@ fn workers_that_allocated(log: &str) -> HashSet<String> {
 }
 
 fn allocations_listed(admin: SocketAddr) -> Vec<serde_json::Value> {
-    let r = ops_get_bearer(admin, "/api/allocations", TOKEN);
+    let r = http_get_bearer(admin, "/api/allocations", TOKEN);
     assert_eq!(r.status, 200, "{r:?}");
     r.json().as_array().expect("a JSON array").clone()
 }
 
 #[test]
 fn every_client_relays_and_the_whole_process_is_observed() {
-    let mut server = OpsServer::start(&args(26000, 26099, &[]), |_| {});
+    let mut server = relay_server(0, &[]).start();
+    let (min, max) = (server.min_port, server.max_port);
     let addr = server.udp();
     let prom = server.prometheus();
     let admin = server.admin();
@@ -79,7 +78,7 @@ fn every_client_relays_and_the_whole_process_is_observed() {
         let mut c = Client::new(addr, USER, PASSWORD);
         let a = c.allocate();
         assert!(relays.insert(a.relay), "relay {} given twice", a.relay);
-        assert!((26000..=26099).contains(&a.relay.port()), "{}", a.relay);
+        assert!((min..=max).contains(&a.relay.port()), "{}", a.relay);
         c.channel_bind(0x4000, peer.addr()).expect_success();
         // Client -> peer through the channel, and back.
         let payload = i.to_be_bytes();
@@ -100,7 +99,7 @@ fn every_client_relays_and_the_whole_process_is_observed() {
     );
 
     // Metrics add up every worker.
-    let m = ops_scrape(prom);
+    let m = scrape_metrics(prom);
     assert_eq!(m.get("turnd_workers", &[]), 4.0, "{}", m.text);
     assert_eq!(
         m.get(
@@ -147,7 +146,7 @@ fn every_client_relays_and_the_whole_process_is_observed() {
             .find(|a| a["client"] == me.as_str())
             .and_then(|a| a["id"].as_u64())
             .expect("client listed");
-        let d = ops_http(
+        let d = http(
             admin,
             "DELETE",
             &format!("/api/allocations/{id}"),
@@ -157,7 +156,7 @@ fn every_client_relays_and_the_whole_process_is_observed() {
         c.refresh(Some(600)).expect_error(437);
     }
     assert_eq!(allocations_listed(admin).len(), 16);
-    let status = ops_get_bearer(admin, "/api/status", TOKEN).json();
+    let status = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(status["allocations"], 16, "{status}");
     assert_eq!(status["workers"], 4, "{status}");
 
@@ -174,15 +173,8 @@ fn every_client_relays_and_the_whole_process_is_observed() {
 
 #[test]
 fn quotas_and_failure_limits_count_across_workers() {
-    let server = OpsServer::start(
-        &args(
-            26100,
-            26199,
-            &["--user-quota", "3", "--auth-failures-per-minute", "4"],
-        ),
-        |_| {},
-    );
-    let mut server = server;
+    let mut server =
+        relay_server(1, &["--user-quota", "3", "--auth-failures-per-minute", "4"]).start();
     let addr = server.udp();
     // Ten sockets of one user: exactly three allocations, whichever workers
     // the sockets are hashed to.
@@ -232,11 +224,11 @@ fn quotas_and_failure_limits_count_across_workers() {
 
 #[test]
 fn a_reservation_token_is_claimed_from_any_worker_and_sighup_reaches_all() {
-    let dir = OpsTempDir::new("workers-reload");
+    let dir = TempDir::new("workers-reload");
     let file = dir.join("turnd.toml");
     std::fs::write(&file, "user = [\"carol:one\"]\n").unwrap();
     let file_s = file.to_string_lossy().into_owned();
-    let mut server = OpsServer::start(&args(26200, 26299, &["--config", &file_s]), |_| {});
+    let mut server = relay_server(2, &["--config", &file_s]).start();
     let addr = server.udp();
 
     // EVEN-PORT with the R bit on one socket, then Allocates with its
@@ -286,12 +278,9 @@ fn a_reservation_token_is_claimed_from_any_worker_and_sighup_reaches_all() {
 
 #[test]
 fn a_second_server_cannot_join_the_port_group() {
-    let mut a = OpsServer::start(&args(26300, 26349, &[]), |_| {});
+    let mut a = relay_server(3, &[]).start();
     let port = a.udp().port().to_string();
-    let mut b_args = args(26350, 26399, &[]);
-    let i = b_args.iter().position(|x| x == "--listening-port").unwrap();
-    b_args[i + 1] = port.clone();
-    let mut b = OpsServer::spawn(&b_args, |_| {});
+    let mut b = relay_server(4, &[]).set("--listening-port", &port).spawn();
     let st = b.wait_exit(Duration::from_secs(10));
     assert!(
         st.is_some_and(|s| !s.success()),

@@ -6,70 +6,31 @@
 // Run: scripts/browser-tests.sh   (private network namespace, TURND_BIN=target/debug/turnd)
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { after, afterEach, before, test } from 'node:test';
-
-import { chromium } from 'playwright-core';
+import { test } from 'node:test';
 
 import {
-  assertLoopbackOnlyNetwork,
-  CHROMIUM,
-  CHROMIUM_ARGS,
-  installPageHelpers,
+  browserSuite,
+  launchChromium,
   PASSWORD,
-  startTurnd,
+  RELAY_PORTS,
   turnUrl,
   USER,
 } from './harness.mjs';
 
-// This file's relay ports (files run in parallel, each with its own range).
-const MIN_PORT = 25900;
-const MAX_PORT = 25999;
+const [MIN_PORT, MAX_PORT] = RELAY_PORTS.admin;
 const TOKEN = 'browser-admin-token-7f3a';
 const SECRET = 'browser-admin-rest-secret';
 
-let turnd = null;
 let adminUrl = null;
-let browser = null;
-const pages = [];
 
-before(async () => {
-  assertLoopbackOnlyNetwork();
-  turnd = await startTurnd({
+const s = browserSuite({
+  ports: 'admin',
+  turndOptions: () => ({
     extraArgs: ['--admin-token', TOKEN, '--admin-listen', '127.0.0.1:0', '--static-auth-secret', SECRET],
-    minPort: MIN_PORT,
-    maxPort: MAX_PORT,
-  });
-  adminUrl = await turnd.waitForAdmin();
-  browser = await launchVisitorChromium();
+  }),
+  turndStarted: async () => { adminUrl = await s.turnd.waitForAdmin(); },
+  launchBrowser: () => launchVisitorChromium(),
 });
-
-after(async () => {
-  try {
-    if (browser) await browser.close();
-  } finally {
-    if (turnd) {
-      const res = await turnd.stop();
-      assert.ok(
-        res.graceful,
-        `turnd (pid ${turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
-          `--- turnd output ---\n${turnd.logTail()}`,
-      );
-    }
-  }
-});
-
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close().catch(() => {});
-});
-
-async function newPage() {
-  const p = await browser.context.newPage();
-  pages.push(p);
-  return p;
-}
 
 /**
  * Chromium as a visitor of the self-test page is: CHROMIUM_ARGS without the
@@ -80,38 +41,8 @@ async function newPage() {
  * would say "srflx: NO" although STUN answered. A visitor who granted no media
  * permission gets no host candidates and sees the srflx one.
  */
-async function launchVisitorChromium() {
-  const dropped = ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'];
-  const args = CHROMIUM_ARGS.filter((a) => !dropped.includes(a));
-  const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-admin-'));
-  let context;
-  try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM, headless: true, args, timeout: 30_000,
-    });
-  } catch (err) {
-    rmSync(profile, { recursive: true, force: true });
-    throw err;
-  }
-  return {
-    context,
-    async close() {
-      try { await context.close(); } finally { rmSync(profile, { recursive: true, force: true }); }
-    },
-  };
-}
-
-function withTurndLog(fn) {
-  return async (t) => {
-    try {
-      await fn(t);
-    } catch (err) {
-      err.message += `\n--- turnd (pid ${turnd?.pid}) recent output ---\n${turnd?.logTail() ?? '(not started)'}`;
-      throw err;
-    }
-    const dead = turnd.exited();
-    assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${turnd.logTail()}`);
-  };
+function launchVisitorChromium() {
+  return launchChromium({ withoutArgs: ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'] });
 }
 
 /** Bounded fetch from node (inside the namespace too). */
@@ -133,7 +64,7 @@ async function waitRefreshed(page, since, timeout = 10_000) {
   return page.evaluate(() => Number(document.body.dataset.refreshed));
 }
 
-test('the admin API wants the token, /healthz does not', { timeout: 20_000 }, withTurndLog(async () => {
+test('the admin API wants the token, /healthz does not', { timeout: 20_000 }, s.withTurndLog(async () => {
   assert.match(adminUrl, /^http:\/\/127\.0\.0\.1:\d+\/$/);
   assert.equal((await get(`${adminUrl}healthz`)).status, 200);
   assert.equal((await get(adminUrl)).status, 401);
@@ -142,20 +73,18 @@ test('the admin API wants the token, /healthz does not', { timeout: 20_000 }, wi
   assert.equal((await get(`${adminUrl}api/status`, { headers: { Authorization: `Bearer ${TOKEN}` } })).status, 200);
 }));
 
-test('the status page shows live counts and a WebRTC allocation', { timeout: 60_000 }, withTurndLog(async (t) => {
-  const status = await newPage();
+test('the status page shows live counts and a WebRTC allocation', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  const status = await s.newPage({ helpers: false });
   await status.goto(`${adminUrl}?token=${encodeURIComponent(TOKEN)}`);
   let stamp = await waitRefreshed(status, 0);
   assert.ok(await status.$('#status-allocations'), 'no #status-allocations row');
   assert.equal(await statusValue(status, 'draining'), 'false');
-  assert.equal(await statusValue(status, 'listening_port'), String(turnd.port));
+  assert.equal(await statusValue(status, 'listening_port'), String(s.turnd.port));
   const createdBefore = Number(await statusValue(status, 'allocations_created'));
   const liveBefore = Number(await statusValue(status, 'allocations'));
 
   // Another tab holds a relay allocation through a TURN-only RTCPeerConnection.
-  const rtc = await newPage();
-  await rtc.goto('about:blank');
-  await rtc.evaluate(installPageHelpers);
+  const rtc = await s.newPage();
   const relay = await rtc.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, watch, describe } = window.rtc;
     const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' }), 'held');
@@ -164,7 +93,7 @@ test('the status page shows live counts and a WebRTC allocation', { timeout: 60_
     await pc.setLocalDescription(await pc.createOffer());
     await withTimeout(pc.__gathered, 15_000, () => `ICE gathering (${describe(pc)})`);
     return { candidates: pc.__candidates, errors: pc.__errors };
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD });
+  }, { url: turnUrl(s.turnd.port), username: USER, credential: PASSWORD });
   const relayCands = relay.candidates.filter((c) => c.type === 'relay');
   assert.ok(relayCands.length > 0, `no relay candidate: ${JSON.stringify(relay)}`);
   const relayAddr = `${relayCands[0].address}:${relayCands[0].port}`;
@@ -197,8 +126,8 @@ test('the status page shows live counts and a WebRTC allocation', { timeout: 60_
   await rtc.evaluate(() => window.held.close());
 }));
 
-test('the self-test page gathers srflx and relay with credentials it mints', { timeout: 60_000 }, withTurndLog(async (t) => {
-  const page = await newPage();
+test('the self-test page gathers srflx and relay with credentials it mints', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  const page = await s.newPage({ helpers: false });
   const credentialCalls = [];
   page.on('request', (r) => { if (r.url().includes('/api/credentials')) credentialCalls.push(r.method()); });
   await page.goto(`${adminUrl}selftest?token=${encodeURIComponent(TOKEN)}`);
@@ -211,7 +140,7 @@ test('the self-test page gathers srflx and relay with credentials it mints', { t
     password: document.getElementById('password').value,
   }));
   assert.equal(filled.host, '127.0.0.1');
-  assert.equal(filled.port, String(turnd.port));
+  assert.equal(filled.port, String(s.turnd.port));
   assert.match(filled.user, /^\d+:selftest$/, `REST username expected: ${JSON.stringify(filled)}`);
   assert.ok(filled.password.length > 0);
 
@@ -242,7 +171,7 @@ test('the self-test page gathers srflx and relay with credentials it mints', { t
   assert.equal(result.errors.trim(), '', `candidate errors: ${ctx}`);
   // The relay was allocated with the minted REST username.
   // eslint-disable-next-line no-control-regex
-  const log = turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
+  const log = s.turnd.logTail().replace(/\x1b\[[0-9;]*m/g, '');
   assert.ok(
     log.split('\n').some((l) => l.includes('allocation created') && l.includes(`user=${filled.user}`)),
     `no "allocation created user=${filled.user}" in turnd's log`,

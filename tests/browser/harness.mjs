@@ -10,6 +10,8 @@ import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, rmSync 
 import { networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import assert from 'node:assert/strict';
+import { after, afterEach, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
@@ -21,8 +23,17 @@ export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 export const REALM = 'test.example';
 export const USER = 'alice';
 export const PASSWORD = 'secret';
-export const MIN_PORT = 40000;
-export const MAX_PORT = 40999;
+
+// Relay ports of each browser test file, handed out here (files run in
+// parallel). tests/support/ports.rs reserves the same blocks, so the Rust
+// table's overlap check covers these too.
+export const RELAY_PORTS = {
+  webrtc: [40000, 40999],
+  rest: [41000, 41999],
+  tcp_tls: [23920, 23999],
+  admin: [25900, 25999],
+};
+export const [MIN_PORT, MAX_PORT] = RELAY_PORTS.webrtc;
 
 // playwright-core's own --disable-features list (lib/coreBundle.js,
 // packages/playwright-core/src/server/chromium/chromiumSwitches.ts, 1.65.1).
@@ -267,11 +278,12 @@ export async function startTurnd({
 
 /**
  * Launch Chromium with CHROMIUM_ARGS. Options (all optional): `extraArgs`,
- * more switches appended; `hostResolverRules`, a replacement for the value of
- * the single --host-resolver-rules switch (e.g.
+ * more switches appended; `withoutArgs`, switches of CHROMIUM_ARGS left out;
+ * `hostResolverRules`, a replacement for the value of the single
+ * --host-resolver-rules switch (e.g.
  * 'MAP localhost 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1').
  */
-export async function launchChromium({ extraArgs = [], hostResolverRules = null } = {}) {
+export async function launchChromium({ extraArgs = [], withoutArgs = [], hostResolverRules = null } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
   const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-'));
   let context;
@@ -280,7 +292,7 @@ export async function launchChromium({ extraArgs = [], hostResolverRules = null 
       executablePath: CHROMIUM,
       headless: true,
       args: [
-        ...CHROMIUM_ARGS.map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
+        ...CHROMIUM_ARGS.filter((a) => !withoutArgs.includes(a)).map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
           ? `--host-resolver-rules=${hostResolverRules}` : a)),
         ...extraArgs,
       ],
@@ -424,7 +436,142 @@ export function installPageHelpers() {
     };
   };
 
-  window.rtc = { withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair };
+  /**
+   * Two relay-only peer connections with `iceServers`, linked in-page, and a
+   * data channel `label` both ways: `count` messages `${prefix}a->b #i` (and
+   * b->a), then a 16 KiB one of `bigChar` when given. Connecting may take
+   * `connectMs`, the messages `messagesMs`. Resolves with what was sent and
+   * received, the connect time, both selected pairs, candidates and errors.
+   */
+  const relayDataChannel = async (iceServers, {
+    label = 'chat', count = 20, prefix = '', bigChar = null, connectMs = 15_000, messagesMs = 10_000,
+  } = {}) => {
+    const config = { iceServers, iceTransportPolicy: 'relay' };
+    const a = watch(new RTCPeerConnection(config), 'a');
+    const b = watch(new RTCPeerConnection(config), 'b');
+    try {
+      link(a, b);
+      const dcA = a.createDataChannel(label);
+      const dcBPromise = new Promise((resolve) => { b.ondatachannel = (e) => resolve(e.channel); });
+      const t0 = performance.now();
+      await negotiate(a, b);
+      await Promise.all([waitConnected(a, connectMs), waitConnected(b, connectMs)]);
+      const connected = performance.now() - t0;
+      const dcB = await withTimeout(dcBPromise, 10_000, () => `datachannel event on b (${describe(b)})`);
+      const opened = (dc) => (dc.readyState === 'open' ? Promise.resolve()
+        : new Promise((resolve) => dc.addEventListener('open', resolve, { once: true })));
+      await withTimeout(Promise.all([opened(dcA), opened(dcB)]), 10_000, 'both data channels open');
+
+      const messages = (dir, end) => {
+        const m = Array.from({ length: count }, (_, i) => `${prefix}${dir} #${i}`);
+        if (bigChar) m.push(bigChar.repeat(16 * 1024) + end);
+        return m;
+      };
+      const fromA = messages('a->b', 'A');
+      const fromB = messages('b->a', 'B');
+      const collect = (dc, n) => new Promise((resolve) => {
+        const got = [];
+        dc.addEventListener('message', (e) => { got.push(e.data); if (got.length === n) resolve(got); });
+      });
+      const gotAtB = collect(dcB, fromA.length);
+      const gotAtA = collect(dcA, fromB.length);
+      for (const m of fromA) dcA.send(m);
+      for (const m of fromB) dcB.send(m);
+      const [atB, atA] = await withTimeout(Promise.all([gotAtB, gotAtA]), messagesMs, 'data channel messages both ways');
+      return {
+        connectMs: connected,
+        sentA: fromA, sentB: fromB, atA, atB,
+        pairA: await selectedPair(a), pairB: await selectedPair(b),
+        candidatesA: a.__candidates, candidatesB: b.__candidates,
+        errorsA: a.__errors, errorsB: b.__errors,
+      };
+    } finally {
+      a.close();
+      b.close();
+    }
+  };
+
+  /**
+   * One connection with `config` (named `name`) gathers ICE candidates for a
+   * data channel offer, within 15 s; with `lateError` (an error code) it
+   * waits up to 500 ms more for that icecandidateerror when gathering ended
+   * without it. Resolves with the candidates, the candidate errors and the
+   * gathering state; the connection is closed.
+   */
+  const gather = async (config, name, { lateError = null } = {}) => {
+    const pc = watch(new RTCPeerConnection(config), name);
+    try {
+      pc.createDataChannel('probe');
+      await pc.setLocalDescription(await pc.createOffer());
+      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
+      if (lateError !== null && !pc.__errors.some((e) => e.errorCode === lateError)) {
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, 500);
+          pc.addEventListener('icecandidateerror', (e) => {
+            if (e.errorCode === lateError) { clearTimeout(timer); resolve(); }
+          });
+        });
+      }
+      return { candidates: pc.__candidates, errors: pc.__errors, state: pc.iceGatheringState };
+    } finally {
+      pc.close();
+    }
+  };
+
+  window.rtc = {
+    withTimeout, sleep, watch, describe, link, flush, negotiate, waitConnected, selectedPair, relayDataChannel, gather,
+  };
+}
+
+/**
+ * window.rtc.relayDataChannel(iceServers, options) in `page` (helpers
+ * installed).
+ */
+export function relayDataChannel(page, iceServers, options = {}) {
+  return page.evaluate(({ iceServers, options }) => window.rtc.relayDataChannel(iceServers, options), { iceServers, options });
+}
+
+/** window.rtc.gather(config, name, options) in `page` (helpers installed). */
+export function gatherCandidates(page, config, name, options = {}) {
+  return page.evaluate(({ config, name, options }) => window.rtc.gather(config, name, options), { config, name, options });
+}
+
+/**
+ * Checks a relayDataChannel result: every message arrived intact and in
+ * order both ways; both selected pairs are relay/relay over `relayProtocol`
+ * to the client, with UDP relayed addresses on 127.0.0.1 within
+ * `minPort`-`maxPort`, succeeded (or in-progress with responses, while a
+ * consent check is out), nominated and carrying bytes; each side's remote
+ * candidate is the other's relayed address, the two differ, and no candidate
+ * errors were reported.
+ */
+export function assertRelayedBothWays(result, { relayProtocol, minPort, maxPort }) {
+  assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
+  assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
+  for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
+    assert.ok(sel, `${name}: no selected candidate pair in getStats`);
+    const ctx = JSON.stringify(sel);
+    assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
+    assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
+    assert.equal(sel.local.relayProtocol, relayProtocol, `${name}: local relayProtocol is not ${relayProtocol}: ${ctx}`);
+    // The relayed address itself is UDP (REQUESTED-TRANSPORT UDP); only the client-server leg may be TCP/TLS.
+    assert.equal(sel.local.protocol, 'udp', `${name}: relayed candidate protocol is not udp: ${ctx}`);
+    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address is not 127.0.0.1: ${ctx}`);
+    assert.ok(sel.local.port >= minPort && sel.local.port <= maxPort,
+      `${name}: relayed port ${sel.local.port} outside ${minPort}-${maxPort}: ${ctx}`);
+    // Chromium reports the selected pair as 'in-progress' while a consent
+    // check on it is outstanding; it has succeeded before (responses came back).
+    assert.ok(sel.pair.state === 'succeeded' || (sel.pair.state === 'in-progress' && sel.pair.responsesReceived > 0),
+      `${name}: selected pair not succeeded: ${ctx}`);
+    assert.ok(sel.pair.nominated, `${name}: selected pair not nominated: ${ctx}`);
+    assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the selected pair: ${ctx}`);
+  }
+  // Each side's remote relay candidate is the other side's own relayed address.
+  assert.equal(result.pairA.remote.port, result.pairB.local.port, 'a and b disagree on b\'s relayed address');
+  assert.equal(result.pairB.remote.port, result.pairA.local.port, 'b and a disagree on a\'s relayed address');
+  assert.notEqual(result.pairA.local.port, result.pairB.local.port, 'both allocations got the same relay port');
+  assert.deepEqual(result.errorsA, [], `a reported candidate errors: ${JSON.stringify(result.errorsA)}`);
+  assert.deepEqual(result.errorsB, [], `b reported candidate errors: ${JSON.stringify(result.errorsB)}`);
 }
 
 /**
@@ -470,4 +617,105 @@ export async function retryDataChannelStall(t, attempt) {
     t.diagnostic(`data channel stalled once (${String(err.message).split('\n')[0]}); retrying with fresh peer connections`);
     return attempt();
   }
+}
+
+/**
+ * The setup every browser test file shares, registered with node:test's
+ * before/after/afterEach: checks the network is loopback only, runs `setUp`
+ * (e.g. makes a certificate), starts turnd with `turndOptions(s)` (see
+ * startTurnd; relay ports from `ports`, a RELAY_PORTS key), runs
+ * `turndStarted(s)`, starts a page server when `pageServer`, then the browser
+ * `launchBrowser(s)`; closes every page after each
+ * test; closes the browser and page server, stops turnd (a turnd that does not
+ * exit within 5 s of SIGTERM fails the file), then runs `tearDown` after all.
+ *
+ * Returns `s`: `s.turnd`, `s.browser`, `s.pageServer`, `s.page` (the last page
+ * opened), `s.newPage(...)` and `s.withTurndLog(fn)`.
+ */
+export function browserSuite({
+  ports,
+  turndOptions = () => ({}),
+  pageServer = false,
+  launchBrowser = () => launchChromium(),
+  setUp = async () => {},
+  turndStarted = async () => {},
+  tearDown = async () => {},
+} = {}) {
+  const [minPort, maxPort] = RELAY_PORTS[ports] ?? [];
+  assert.ok(minPort, `no relay ports for ${ports} in RELAY_PORTS`);
+  const pages = [];
+  const s = {
+    turnd: null,
+    browser: null,
+    pageServer: null,
+    page: null,
+    minPort,
+    maxPort,
+    /**
+     * A fresh page on `url` (default about:blank; with `secure`, the page
+     * server's http://127.0.0.1 origin, where getUserMedia works), with the
+     * in-page WebRTC helpers installed unless `helpers` is false.
+     */
+    async newPage({ secure = false, url = null, helpers = true } = {}) {
+      const page = await s.browser.context.newPage();
+      pages.push(page);
+      s.page = page;
+      const target = url ?? (secure ? s.pageServer.url : null);
+      if (target !== null) await page.goto(target);
+      else if (helpers) await page.goto('about:blank');
+      if (secure) assert.ok(await page.evaluate(() => window.isSecureContext), `${target} is not a secure context`);
+      if (helpers) await page.evaluate(installPageHelpers);
+      return page;
+    },
+    /** Runs a test body; on failure appends turnd's recent output, and checks turnd is still alive. */
+    withTurndLog(fn) {
+      return async (t) => {
+        try {
+          await fn(t);
+        } catch (err) {
+          err.message += `\n--- turnd (pid ${s.turnd?.pid}) recent output ---\n${s.turnd?.logTail() ?? '(not started)'}`;
+          throw err;
+        }
+        const dead = s.turnd.exited();
+        assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${s.turnd.logTail()}`);
+      };
+    },
+  };
+
+  before(async () => {
+    assertLoopbackOnlyNetwork();
+    await setUp(s);
+    s.turnd = await startTurnd({ minPort, maxPort, ...turndOptions(s) });
+    await turndStarted(s);
+    if (pageServer) s.pageServer = await startPageServer();
+    s.browser = await launchBrowser(s);
+  });
+
+  after(async () => {
+    try {
+      if (s.browser) await s.browser.close();
+      if (s.pageServer) await s.pageServer.close();
+    } finally {
+      try {
+        if (s.turnd) {
+          const res = await s.turnd.stop();
+          // turnd's contract: SIGTERM stops it. A hang or a crash is a failure.
+          assert.ok(
+            res.graceful,
+            `turnd (pid ${s.turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
+              `--- turnd output ---\n${s.turnd.logTail()}`,
+          );
+        }
+      } finally {
+        await tearDown(s);
+      }
+    }
+  });
+
+  afterEach(async () => {
+    for (const p of pages.splice(0)) await p.close().catch(() => {});
+    s.page = null;
+  });
+
+  return s;
 }

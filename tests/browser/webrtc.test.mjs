@@ -4,7 +4,7 @@
 // Run: scripts/browser-tests.sh   (private network namespace, TURND_BIN=target/debug/turnd)
 
 import assert from 'node:assert/strict';
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
   DISABLED_FEATURES,
@@ -13,80 +13,21 @@ import {
   PASSWORD,
   PLAYWRIGHT_DISABLED_FEATURES,
   USER,
-  assertLoopbackOnlyNetwork,
-  installPageHelpers,
-  launchChromium,
-  startPageServer,
+  assertRelayedBothWays,
+  browserSuite,
+  gatherCandidates,
+  relayDataChannel,
   retryDataChannelStall,
-  startTurnd,
   turnUrl,
 } from './harness.mjs';
 
-let turnd = null;
-let browser = null;
-let page = null;
-let pageServer = null;
-
-before(async () => {
-  assertLoopbackOnlyNetwork();
-  turnd = await startTurnd();
-  pageServer = await startPageServer();
-  browser = await launchChromium();
-});
-
-after(async () => {
-  try {
-    if (browser) await browser.close();
-    if (pageServer) await pageServer.close();
-  } finally {
-    if (turnd) {
-      const res = await turnd.stop();
-      // turnd's contract: SIGTERM stops it. A hang or a crash is a failure.
-      assert.ok(
-        res.graceful,
-        `turnd (pid ${turnd.pid}) did not exit within 5 s of SIGTERM (or had already died): ${JSON.stringify(res)}\n` +
-          `--- turnd output ---\n${turnd.logTail()}`,
-      );
-    }
-  }
-});
-
-afterEach(async () => {
-  if (page) {
-    await page.close().catch(() => {});
-    page = null;
-  }
-});
-
-/** A fresh page on about:blank, or on a secure origin (http://127.0.0.1) where getUserMedia needs one. */
-async function newPage({ secure = false } = {}) {
-  page = await browser.context.newPage();
-  await page.goto(secure ? pageServer.url : 'about:blank');
-  if (secure) assert.ok(await page.evaluate(() => window.isSecureContext), `${pageServer.url} is not a secure context`);
-  await page.evaluate(installPageHelpers);
-  return page;
-}
-
-/** Run a test body; on failure append turnd's recent output and check it is still alive. */
-function withTurndLog(fn) {
-  return async (t) => {
-    try {
-      await fn(t);
-    } catch (err) {
-      err.message += `\n--- turnd (pid ${turnd?.pid}) recent output ---\n${turnd?.logTail() ?? '(not started)'}`;
-      throw err;
-    }
-    const dead = turnd.exited();
-    assert.equal(dead, null, `turnd died during the test: ${JSON.stringify(dead)}\n${turnd.logTail()}`);
-  };
-}
+const s = browserSuite({ ports: 'webrtc', pageServer: true });
 
 const inRelayRange = (port) => port >= MIN_PORT && port <= MAX_PORT;
 
-test('chromium runs with the expected effective command line', { timeout: 30_000 }, withTurndLog(async (t) => {
-  page = await browser.context.newPage();
-  await page.goto('chrome://version');
-  const cmd = (await page.locator('#command_line').innerText({ timeout: 10_000 })).trim();
+test('chromium runs with the expected effective command line', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage({ url: 'chrome://version', helpers: false });
+  const cmd = (await s.page.locator('#command_line').innerText({ timeout: 10_000 })).trim();
   t.diagnostic(`effective chromium command line: ${cmd}`);
 
   const lists = [...cmd.matchAll(/--disable-features=(\S+)/g)].map((m) => m[1].split(','));
@@ -110,102 +51,22 @@ test('chromium runs with the expected effective command line', { timeout: 30_000
   assert.ok(cmd.includes('--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'), `host resolver rules missing from ${cmd}`);
 }));
 
-test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const result = await retryDataChannelStall(t, () => page.evaluate(async ({ url, username, credential }) => {
-    const { withTimeout, watch, link, negotiate, waitConnected, selectedPair, describe } = window.rtc;
-    const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
-    const a = watch(new RTCPeerConnection(config), 'a');
-    const b = watch(new RTCPeerConnection(config), 'b');
-    try {
-      link(a, b);
-      const dcA = a.createDataChannel('chat');
-      const dcBPromise = new Promise((resolve) => { b.ondatachannel = (e) => resolve(e.channel); });
-      const t0 = performance.now();
-      await negotiate(a, b);
-      await Promise.all([waitConnected(a, 15_000), waitConnected(b, 15_000)]);
-      const connectMs = performance.now() - t0;
-
-      const dcB = await withTimeout(dcBPromise, 10_000, () => `datachannel event on b (${describe(b)})`);
-      const opened = (dc) => (dc.readyState === 'open' ? Promise.resolve()
-        : new Promise((resolve) => dc.addEventListener('open', resolve, { once: true })));
-      await withTimeout(Promise.all([opened(dcA), opened(dcB)]), 10_000, 'both data channels open');
-
-      const big = 'x'.repeat(16 * 1024);
-      const fromA = [...Array.from({ length: 20 }, (_, i) => `a->b #${i}`), big + 'A'];
-      const fromB = [...Array.from({ length: 20 }, (_, i) => `b->a #${i}`), big + 'B'];
-      const collect = (dc, n) => new Promise((resolve) => {
-        const got = [];
-        dc.addEventListener('message', (e) => { got.push(e.data); if (got.length === n) resolve(got); });
-      });
-      const gotAtB = collect(dcB, fromA.length);
-      const gotAtA = collect(dcA, fromB.length);
-      for (const m of fromA) dcA.send(m);
-      for (const m of fromB) dcB.send(m);
-      const [atB, atA] = await withTimeout(Promise.all([gotAtB, gotAtA]), 10_000, 'data channel messages both ways');
-
-      const pairA = await selectedPair(a);
-      const pairB = await selectedPair(b);
-      return {
-        connectMs,
-        sentA: fromA, sentB: fromB, atA, atB,
-        pairA, pairB,
-        candidatesA: a.__candidates, candidatesB: b.__candidates,
-        errorsA: a.__errors, errorsB: b.__errors,
-      };
-    } finally {
-      a.close();
-      b.close();
-    }
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD }));
-
+test('data channel flows both ways through a relay/relay UDP candidate pair', { timeout: 40_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const iceServers = [{ urls: turnUrl(s.turnd.port), username: USER, credential: PASSWORD }];
+  const result = await retryDataChannelStall(t, () => relayDataChannel(s.page, iceServers, { bigChar: 'x' }));
   t.diagnostic(`connected in ${Math.round(result.connectMs)} ms`);
-  assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
-  assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
-
-  for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
-    assert.ok(sel, `${name}: no selected candidate pair in getStats`);
-    const ctx = JSON.stringify(sel);
-    assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
-    assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
-    assert.equal(sel.local.relayProtocol, 'udp', `${name}: local relayProtocol is not udp: ${ctx}`);
-    assert.equal(sel.local.protocol, 'udp', `${name}: local protocol is not udp: ${ctx}`);
-    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address is not 127.0.0.1: ${ctx}`);
-    assert.ok(inRelayRange(sel.local.port), `${name}: relayed port ${sel.local.port} outside ${MIN_PORT}-${MAX_PORT}: ${ctx}`);
-    // Chromium reports the selected pair as 'in-progress' while a consent
-    // check on it is outstanding; it has succeeded before (responses came back).
-    assert.ok(sel.pair.state === 'succeeded' || (sel.pair.state === 'in-progress' && sel.pair.responsesReceived > 0),
-      `${name}: selected pair not succeeded: ${ctx}`);
-    assert.ok(sel.pair.nominated, `${name}: selected pair not nominated: ${ctx}`);
-    assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the selected pair: ${ctx}`);
-  }
-  // Each side's remote relay candidate is the other side's own relayed address.
-  assert.equal(result.pairA.remote.port, result.pairB.local.port, 'a and b disagree on b\'s relayed address');
-  assert.equal(result.pairB.remote.port, result.pairA.local.port, 'b and a disagree on a\'s relayed address');
-  assert.notEqual(result.pairA.local.port, result.pairB.local.port, 'both allocations got the same relay port');
-  assert.deepEqual(result.errorsA, [], `a reported candidate errors: ${JSON.stringify(result.errorsA)}`);
-  assert.deepEqual(result.errorsB, [], `b reported candidate errors: ${JSON.stringify(result.errorsB)}`);
+  assertRelayedBothWays(result, { relayProtocol: 'udp', minPort: MIN_PORT, maxPort: MAX_PORT });
 }));
 
-test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const port = turnd.port;
+test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const port = s.turnd.port;
   const url = turnUrl(port);
-  const result = await page.evaluate(async ({ stunUrl, url, username, credential }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({
-      iceServers: [{ urls: stunUrl }, { urls: url, username, credential }],
-      iceTransportPolicy: 'all',
-    }), 'gatherer');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      return { candidates: pc.__candidates, errors: pc.__errors, state: pc.iceGatheringState };
-    } finally {
-      pc.close();
-    }
-  }, { stunUrl: `stun:127.0.0.1:${port}`, url, username: USER, credential: PASSWORD });
+  const result = await gatherCandidates(s.page, {
+    iceServers: [{ urls: `stun:127.0.0.1:${port}` }, { urls: url, username: USER, credential: PASSWORD }],
+    iceTransportPolicy: 'all',
+  }, 'gatherer');
 
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidates: ${result.candidates.map((c) => c.candidate).join(' | ')}`);
@@ -229,20 +90,9 @@ test('trickle ICE gathering yields srflx 127.0.0.1 and relay candidates', { time
   assert.deepEqual(result.errors, [], `candidate errors reported: ${ctx}`);
 }));
 
-test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const result = await page.evaluate(async ({ stunUrl }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({ iceServers: [{ urls: stunUrl }] }), 'stun-only');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      return { candidates: pc.__candidates, errors: pc.__errors };
-    } finally {
-      pc.close();
-    }
-  }, { stunUrl: `stun:127.0.0.1:${turnd.port}` });
+test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const result = await gatherCandidates(s.page, { iceServers: [{ urls: `stun:127.0.0.1:${s.turnd.port}` }] }, 'stun-only');
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidates: ${result.candidates.map((c) => c.candidate).join(' | ')}`);
   assert.ok(result.candidates.some((c) => c.type === 'srflx' && c.address === '127.0.0.1'), `no srflx 127.0.0.1 candidate: ${ctx}`);
@@ -250,36 +100,24 @@ test('STUN Binding alone (no TURN server) yields the srflx 127.0.0.1 candidate',
   assert.deepEqual(result.errors, [], `candidate errors reported: ${ctx}`);
 }));
 
-test('a wrong TURN password gives icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, withTurndLog(async (t) => {
-  await newPage();
-  const url = turnUrl(turnd.port);
-  const result = await page.evaluate(async ({ url, username }) => {
-    const { withTimeout, watch, describe } = window.rtc;
-    const pc = watch(new RTCPeerConnection({
-      iceServers: [{ urls: url, username, credential: 'wrong' }],
-      iceTransportPolicy: 'relay',
-    }), 'wrong-password');
-    try {
-      pc.createDataChannel('probe');
-      await pc.setLocalDescription(await pc.createOffer());
-      await withTimeout(pc.__gathered, 15_000, () => `ICE gathering to complete (${describe(pc)})`);
-      // Gathering completes with the failure; give a late error event a moment to land.
-      if (!pc.__errors.some((e) => e.errorCode === 401)) await new Promise((r) => setTimeout(r, 500));
-      return { candidates: pc.__candidates, errors: pc.__errors };
-    } finally {
-      pc.close();
-    }
-  }, { url, username: USER });
+test('a wrong TURN password gives icecandidateerror 401 and no relay candidate', { timeout: 30_000 }, s.withTurndLog(async (t) => {
+  await s.newPage();
+  const url = turnUrl(s.turnd.port);
+  // Gathering completes with the failure; a late error event may still land.
+  const result = await gatherCandidates(s.page, {
+    iceServers: [{ urls: url, username: USER, credential: 'wrong' }],
+    iceTransportPolicy: 'relay',
+  }, 'wrong-password', { lateError: 401 });
   const ctx = JSON.stringify(result);
   t.diagnostic(`candidate errors: ${JSON.stringify(result.errors)}`);
   assert.ok(result.errors.some((e) => e.errorCode === 401), `no icecandidateerror with errorCode 401: ${ctx}`);
-  assert.ok(result.errors.every((e) => e.url.startsWith(`turn:127.0.0.1:${turnd.port}`)), `error from an unexpected url: ${ctx}`);
+  assert.ok(result.errors.every((e) => e.url.startsWith(`turn:127.0.0.1:${s.turnd.port}`)), `error from an unexpected url: ${ctx}`);
   assert.ok(!result.candidates.some((c) => c.type === 'relay'), `a relay candidate was allocated with a wrong password: ${ctx}`);
 }));
 
-test('two-way video call (fake camera and microphone) relayed through turnd', { timeout: 60_000 }, withTurndLog(async (t) => {
-  await newPage({ secure: true });
-  const result = await page.evaluate(async ({ url, username, credential }) => {
+test('two-way video call (fake camera and microphone) relayed through turnd', { timeout: 60_000 }, s.withTurndLog(async (t) => {
+  await s.newPage({ secure: true });
+  const result = await s.page.evaluate(async ({ url, username, credential }) => {
     const { withTimeout, sleep, watch, link, negotiate, waitConnected, selectedPair } = window.rtc;
     const config = { iceServers: [{ urls: url, username, credential }], iceTransportPolicy: 'relay' };
     const media = () => withTimeout(
@@ -338,7 +176,7 @@ test('two-way video call (fake camera and microphone) relayed through turnd', { 
       b.close();
       for (const tr of [...streamA.getTracks(), ...streamB.getTracks()]) tr.stop();
     }
-  }, { url: turnUrl(turnd.port), username: USER, credential: PASSWORD });
+  }, { url: turnUrl(s.turnd.port), username: USER, credential: PASSWORD });
 
   const ctx = JSON.stringify(result);
   const last = result.samples[result.samples.length - 1];
