@@ -143,6 +143,14 @@ impl<'a> Message<'a> {
         })
     }
 
+    /// PASSWORD-ALGORITHM: the algorithm number (2 bytes) of its 4 bytes
+    /// (then a parameters length, 0: neither defined algorithm has
+    /// parameters, so a longer value is an error). See RFC 8489, section 14.11.
+    pub fn password_algorithm(&self) -> Option<Result<u16, AttributeError>> {
+        self.get(AttributeType::PASSWORD_ALGORITHM)
+            .map(|v| four(v).map(|b| u16::from_be_bytes([b[0], b[1]])))
+    }
+
     /// CONNECTION-ID: a 32-bit connection id; `None` when absent or not 4
     /// bytes. See RFC 6062, section 6.2.1.
     pub fn connection_id(&self) -> Option<u32> {

@@ -76,8 +76,8 @@ impl<'a> ChannelData<'a> {
         self.channel.get()
     }
 
-    /// The channel number as a [`ChannelNumber`] (its range was checked by
-    /// [`ChannelData::parse`]).
+    /// The channel number as a [`ChannelNumber`](super::ChannelNumber) (its
+    /// range was checked by [`ChannelData::parse`]).
     #[inline]
     pub fn channel_number(&self) -> super::ChannelNumber {
         self.channel

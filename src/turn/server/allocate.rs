@@ -8,10 +8,40 @@ use rand::RngCore;
 use tracing::{debug, info};
 
 use super::*;
-use crate::stun::{AttributeType, Class, ErrorCode, PROTOCOL_TCP, PROTOCOL_UDP};
-use crate::turn::allocation::{Allocation, FastMap, FiveTuple, Transport};
+use crate::stun::{AddressFamily, AttributeType, ErrorCode};
+use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
 use crate::turn::limits::{bandwidth_burst, TokenBucket};
-use crate::turn::ports::Reservation;
+use crate::turn::request::{AllocateRequest, RefreshRequest};
+
+/// Why an allocation ended, for logs: [`AllocationEnd::as_str`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocationEnd {
+    /// Its lifetime ran out without a Refresh (RFC 8656 section 7).
+    Expired,
+    /// The client sent a Refresh with LIFETIME 0 (RFC 8656 section 7.3).
+    Refreshed,
+    /// The client's TCP or TLS connection closed (RFC 8656 section 3.1).
+    ConnectionClosed,
+    /// Deleted through the admin API.
+    AdminDeleted,
+    /// The server shut down.
+    Shutdown,
+}
+
+impl AllocationEnd {
+    /// Short snake_case name for logs and metric labels: `expired`,
+    /// `refresh_lifetime_zero`, `connection_closed`, `admin_deleted`,
+    /// `shutdown`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AllocationEnd::Expired => "expired",
+            AllocationEnd::Refreshed => "refresh_lifetime_zero",
+            AllocationEnd::ConnectionClosed => "connection_closed",
+            AllocationEnd::AdminDeleted => "admin_deleted",
+            AllocationEnd::Shutdown => "shutdown",
+        }
+    }
+}
 
 impl Server {
     pub(super) fn lifetime(&self, requested: Option<u32>) -> Duration {
@@ -28,12 +58,11 @@ impl Server {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
-        let msg = &r.msg;
+    ) -> ClientOutput {
         let key = Some(&auth.key);
         if self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
@@ -42,60 +71,17 @@ impl Server {
             // Shutting down: clients move on to another server of the fleet.
             return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
         }
-        let tcp_relay = match msg.get(AttributeType::REQUESTED_TRANSPORT) {
-            Some(v) if v.len() == 4 && v[0] == PROTOCOL_UDP => false,
-            // RFC 6062 section 5.1: TCP relays only for clients over TCP or TLS.
-            Some(v) if v.len() == 4 && v[0] == PROTOCOL_TCP && ft.transport != Transport::Udp => {
-                true
-            }
-            Some(v) if v.len() == 4 && v[0] == PROTOCOL_TCP => {
-                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key)
-            }
-            Some(v) if v.len() == 4 => {
-                return self.error(ft, out, r, ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL, key)
-            }
-            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        let AllocateRequest {
+            tcp_relay,
+            even_port,
+            reservation_token,
+            family,
+            dual,
+            lifetime: requested_lifetime,
+        } = match AllocateRequest::parse(&r.msg, ft.transport) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
         };
-        if msg
-            .get(AttributeType::DONT_FRAGMENT)
-            .is_some_and(|v| !v.is_empty())
-        {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-        }
-        let even_port = match msg.get(AttributeType::EVEN_PORT) {
-            None => None,
-            Some([b]) => Some(b & 0x80 != 0),
-            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-        };
-        let token = match msg.get(AttributeType::RESERVATION_TOKEN) {
-            None => None,
-            Some(v) => match <[u8; 8]>::try_from(v) {
-                Ok(t) => Some(t),
-                Err(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-            },
-        };
-        let family = match msg.get(AttributeType::REQUESTED_ADDRESS_FAMILY) {
-            None => None,
-            Some(&[1, _, _, _]) => Some(false),
-            Some(&[2, _, _, _]) => Some(true),
-            Some(v) if v.len() == 4 => {
-                return self.error(ft, out, r, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, key)
-            }
-            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-        };
-        // RFC 8656 section 7.2: ADDITIONAL-ADDRESS-FAMILY asks for an IPv6
-        // relay next to the IPv4 one; it excludes REQUESTED-ADDRESS-FAMILY.
-        let dual = match msg.get(AttributeType::ADDITIONAL_ADDRESS_FAMILY) {
-            None => false,
-            Some(&[2, _, _, _]) if family.is_none() => true,
-            Some(_) => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-        };
-        if token.is_some() && (even_port.is_some() || family.is_some() || dual) {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-        }
-        if tcp_relay && (token.is_some() || even_port.is_some() || dual) {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-        }
         if !self.quota.try_acquire(
             &auth.username,
             self.config.user_quota,
@@ -109,43 +95,27 @@ impl Server {
         let give_back = |user: &str| quota.release(user);
 
         let mut new_token = None;
-        let relay = if let Some(t) = token {
-            let claimed = self.ports.lock().reservations.remove(&t);
-            match claimed {
-                Some(res) if res.expires > now => match io.open(res.relay) {
-                    Ok(()) => res.relay,
-                    Err(e) => {
-                        debug!(relay = %res.relay, error = %e, "reserved relay port could not be bound");
-                        self.release_port(res.relay);
-                        give_back(&auth.username);
-                        return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
-                    }
-                },
-                Some(res) => {
-                    self.release_port(res.relay);
-                    give_back(&auth.username);
-                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
-                }
-                None => {
-                    give_back(&auth.username);
-                    return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
-                }
+        let relay = if let Some(t) = reservation_token {
+            let Some(reserved) = self.ports.claim_reservation(&t, now) else {
+                give_back(&auth.username);
+                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            };
+            if let Err(e) = io.open(reserved) {
+                debug!(relay = %reserved, error = %e, "reserved relay port could not be bound");
+                self.ports.release(reserved);
+                give_back(&auth.username);
+                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
             }
+            reserved
         } else {
-            let want_v6 = family.unwrap_or(false);
+            let want_v6 = family == Some(AddressFamily::V6);
             match self.bind_relay_family(want_v6, even_port, tcp_relay, io) {
                 Ok((addr, reserved)) => {
                     if let Some(next) = reserved {
                         let mut t = [0u8; 8];
                         self.rng.fill_bytes(&mut t);
                         let expires = now + RESERVATION_LIFETIME;
-                        self.ports.lock().reservations.insert(
-                            t,
-                            Reservation {
-                                relay: next,
-                                expires,
-                            },
-                        );
+                        self.ports.reserve(t, next, expires);
                         self.push_timer(expires, TimerKind::Reservation { token: t });
                         new_token = Some(t);
                     }
@@ -171,7 +141,7 @@ impl Server {
                 Err(code) => additional_error = Some(code),
             }
         }
-        let lifetime = self.lifetime(msg.get_u32(AttributeType::LIFETIME));
+        let lifetime = self.lifetime(requested_lifetime);
         let id = self.next_id;
         self.next_id += self.id_step;
         let expires = now + lifetime;
@@ -208,21 +178,17 @@ impl Server {
         info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
         let advertised = self.advertised(relay);
         let advertised_additional = additional_relay.map(|a| self.advertised(a));
-        self.finish(ft, out, r, Class::Success, key, |w| {
+        self.success(ft, out, r, key, |w, _| {
             w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, advertised)?;
             if let Some(a) = advertised_additional {
                 w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, a)?;
             }
             if let Some(code) = additional_error {
-                // Family (1 byte), reserved (1), class (1), number (1). RFC 8656 section 18.12.
-                w.attribute(
-                    AttributeType::ADDRESS_ERROR_CODE,
-                    &[0x02, 0, (code.0 / 100) as u8, (code.0 % 100) as u8],
-                )?;
+                w.address_error_code(AddressFamily::V6, code)?;
             }
-            w.u32(AttributeType::LIFETIME, lifetime.as_secs() as u32)?;
+            w.lifetime(lifetime.as_secs() as u32)?;
             if let Some(t) = new_token {
-                w.attribute(AttributeType::RESERVATION_TOKEN, &t)?;
+                w.reservation_token(&t)?;
             }
             w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
         })
@@ -274,16 +240,7 @@ impl Server {
         let mut busy: Vec<SocketAddr> = Vec::new();
         let mut placed = None;
         for _ in 0..16 {
-            let port = {
-                let mut ports = self.ports.lock();
-                let Some(pool) = ports.pools.get_mut(&ip) else {
-                    break;
-                };
-                match even_port {
-                    Some(reserve) => pool.take_random_even(&mut self.rng, reserve),
-                    None => pool.take_random(&mut self.rng),
-                }
-            };
+            let port = self.ports.take(ip, even_port, &mut self.rng);
             let Some(port) = port else { break };
             let addr = SocketAddr::new(ip, port);
             let reserved = (even_port == Some(true)).then(|| SocketAddr::new(ip, port + 1));
@@ -301,13 +258,13 @@ impl Server {
                     debug!(relay = %addr, error = %e, "relay port busy, trying another");
                     busy.push(addr);
                     if let Some(next) = reserved {
-                        self.release_port(next);
+                        self.ports.release(next);
                     }
                 }
             }
         }
         for addr in busy {
-            self.release_port(addr);
+            self.ports.release(addr);
         }
         placed
     }
@@ -335,15 +292,11 @@ impl Server {
         (bps > 0).then(|| TokenBucket::new(bps as f64, bandwidth_burst(bps), now))
     }
 
-    pub(super) fn release_port(&mut self, addr: SocketAddr) {
-        self.ports.put(addr);
-    }
-
     pub(super) fn delete_allocation(
         &mut self,
         ft: FiveTuple,
         io: &mut impl RelayIo,
-        why: &'static str,
+        why: AllocationEnd,
     ) {
         let Some(a) = self.allocations.remove(&ft) else {
             return;
@@ -366,12 +319,12 @@ impl Server {
         }
         for relay in std::iter::once(a.relay).chain(a.additional_relay) {
             self.by_relay.remove(&relay);
-            self.release_port(relay);
+            self.ports.release(relay);
             io.close(relay);
         }
         self.quota.release(&a.username);
         info!(
-            user = %a.username, client = %ft.client, relay = %a.relay, reason = why,
+            user = %a.username, client = %ft.client, relay = %a.relay, reason = why.as_str(),
             packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
             "allocation deleted"
         );
@@ -382,25 +335,28 @@ impl Server {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
+    ) -> ClientOutput {
         let key = Some(&auth.key);
         if !self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        let requested = r.msg.get_u32(AttributeType::LIFETIME);
-        let granted = if requested == Some(0) {
-            self.delete_allocation(ft, io, "refresh with lifetime 0");
+        let request = match RefreshRequest::parse(&r.msg) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        let granted = if request.deletes() {
+            self.delete_allocation(ft, io, AllocationEnd::Refreshed);
             self.stats.allocations_deleted += 1;
             0
         } else {
-            let lifetime = self.lifetime(requested);
+            let lifetime = self.lifetime(request.lifetime);
             let expires = now + lifetime;
             let Some(a) = self.allocations.get_mut(&ft) else {
-                return Transmit::None;
+                return ClientOutput::None;
             };
             a.expires = expires;
             let id = a.id;
@@ -412,8 +368,6 @@ impl Server {
             }
             lifetime.as_secs() as u32
         };
-        self.finish(ft, out, r, Class::Success, key, |w| {
-            w.u32(AttributeType::LIFETIME, granted)
-        })
+        self.success(ft, out, r, key, |w, _| w.lifetime(granted))
     }
 }

@@ -9,8 +9,57 @@ use tracing::{debug, info};
 
 use super::*;
 use crate::auth::{Key, LookupFailure, NonceCheck, PasswordAlgorithm, PASSWORD_ALGORITHMS_VALUE};
-use crate::stun::{AttributeType, Class, ErrorCode};
+use crate::stun::{AttributeType, ErrorCode};
 use crate::turn::allocation::FiveTuple;
+
+/// Why a request failed authentication (each answered 401 and counted).
+/// [`AuthFailure::as_str`] names it in logs and in the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AuthFailure {
+    /// REALM is not the server's.
+    WrongRealm,
+    /// MESSAGE-INTEGRITY(-SHA256) matches no key of the user: a wrong password.
+    IntegrityMismatch,
+    /// The TURN REST API username's expiry time has passed.
+    RestExpired,
+    /// The user has no key for the PASSWORD-ALGORITHM asked for (RFC 8489
+    /// section 14.11).
+    NoKeyForAlgorithm,
+    /// No such user (and no REST secret to derive one).
+    UnknownUser,
+}
+
+impl AuthFailure {
+    /// Short snake_case name for logs and metric labels: `wrong_realm`,
+    /// `integrity_mismatch`, `rest_expired`, `no_key_for_algorithm`,
+    /// `unknown_user`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::WrongRealm => "wrong_realm",
+            AuthFailure::IntegrityMismatch => "integrity_mismatch",
+            AuthFailure::RestExpired => "rest_expired",
+            AuthFailure::NoKeyForAlgorithm => "no_key_for_algorithm",
+            AuthFailure::UnknownUser => "unknown_user",
+        }
+    }
+
+    /// The reason in words, for the log line's message.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            AuthFailure::WrongRealm => "wrong realm",
+            AuthFailure::IntegrityMismatch => "message-integrity mismatch (wrong password)",
+            AuthFailure::RestExpired => "rest credentials expired",
+            AuthFailure::NoKeyForAlgorithm => "no key for the requested password algorithm",
+            AuthFailure::UnknownUser => "unknown user",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 pub(super) struct Authenticated {
     pub(super) username: Arc<str>,
@@ -18,44 +67,18 @@ pub(super) struct Authenticated {
 }
 
 impl Server {
-    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS, rate
-    /// limited per source (turnd must not be a reflector).
-    pub(super) fn challenge(
-        &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        out: &mut [u8],
-        r: &Reply<'_>,
-        code: ErrorCode,
-    ) -> Transmit {
-        if !self.allow_unauthenticated(ft.client.ip(), now) {
-            return Transmit::None;
-        }
-        let nonce = self.nonces.issue(self.now_secs(now), ft.client);
-        let phrases = self.config.reason_phrases;
-        self.finish(ft, out, r, Class::Error, None, |w| {
-            w.error_code_with_reason(code, phrases)?;
-            w.attribute(AttributeType::REALM, self.config.realm.as_bytes())?;
-            w.attribute(AttributeType::NONCE, &nonce)?;
-            w.attribute(
-                AttributeType::PASSWORD_ALGORITHMS,
-                &PASSWORD_ALGORITHMS_VALUE,
-            )
-        })
-    }
-
     /// Long-term credential check. See RFC 8489, section 9.2.4.
     pub(super) fn authenticate(
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         out: &mut [u8],
-    ) -> Result<Authenticated, Transmit> {
+    ) -> Result<Authenticated, ClientOutput> {
         let msg = &r.msg;
         let ip = ft.client.ip();
         if !msg.has_integrity() && !msg.has_integrity_sha256() {
-            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
         }
         // Repeated failures from one source: no answers until its budget
         // refills. A 5-tuple that holds an allocation is exempt: its user is
@@ -63,7 +86,7 @@ impl Server {
         if !self.allocations.contains_key(&ft) && self.failures.is_blocked(ip, now) {
             self.stats.rate_limited += 1;
             debug!(client = %ft.client, "too many authentication failures from this address: dropped");
-            return Err(Transmit::None);
+            return Err(ClientOutput::None);
         }
         let (Some(realm), Some(nonce)) = (
             msg.get_str(AttributeType::REALM),
@@ -75,31 +98,23 @@ impl Server {
             NonceCheck::Valid => {}
             check => {
                 debug!(client = %ft.client, ?check, "nonce not valid: 438");
-                return Err(self.challenge(now, ft, out, r, ErrorCode::STALE_NONCE));
+                return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::STALE_NONCE));
             }
         }
         // RFC 8489 section 9.2.4: PASSWORD-ALGORITHMS must echo ours, and
         // PASSWORD-ALGORITHM pick one of them; neither means MD5.
         let algorithm = match (
             msg.get(AttributeType::PASSWORD_ALGORITHMS),
-            msg.get(AttributeType::PASSWORD_ALGORITHM),
+            msg.password_algorithm(),
         ) {
-            (None, None) => PasswordAlgorithm::Md5,
-            (Some(offered), Some(&[a, b, _, _])) if offered == PASSWORD_ALGORITHMS_VALUE => {
-                match PasswordAlgorithm::from_number(u16::from_be_bytes([a, b])) {
-                    Some(alg) => alg,
-                    None => {
-                        return Err(self.unauthenticated_error(
-                            now,
-                            ft,
-                            out,
-                            r,
-                            ErrorCode::BAD_REQUEST,
-                        ))
-                    }
-                }
+            (None, None) => Some(PasswordAlgorithm::Md5),
+            (Some(offered), Some(Ok(number))) if offered == PASSWORD_ALGORITHMS_VALUE => {
+                PasswordAlgorithm::from_number(number)
             }
-            _ => return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST)),
+            _ => None,
+        };
+        let Some(algorithm) = algorithm else {
+            return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST));
         };
         let username: String = match (
             msg.get_str(AttributeType::USERNAME),
@@ -114,15 +129,16 @@ impl Server {
                 return Err(self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST))
             }
         };
-        let failure = |this: &mut Self, why: &'static str| {
+        // Counted, logged and answered with a fresh challenge (401).
+        let mut failure = |this: &mut Self, why: AuthFailure| {
             this.stats.auth_failures += 1;
             *this.auth_failure_reasons.entry(why).or_insert(0) += 1;
             this.failures.record(ip, now);
-            info!(client = %ft.client, user = %username, reason = why, "auth failure");
+            info!(client = %ft.client, user = %username, reason = why.as_str(), "auth failure: {}", why.describe());
+            this.unauthenticated_error(now, ft, out, r, ErrorCode::UNAUTHENTICATED)
         };
         if realm != self.config.realm {
-            failure(self, "wrong realm");
-            return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+            return Err(failure(self, AuthFailure::WrongRealm));
         }
         let mut keys = std::mem::take(&mut self.key_scratch);
         keys.clear();
@@ -141,21 +157,15 @@ impl Server {
         self.key_scratch = keys;
         let key = match (looked_up, matched) {
             (Ok(()), Some(k)) => k,
-            (Ok(()), None) => {
-                failure(self, "message-integrity mismatch (wrong password)");
-                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
-            }
+            (Ok(()), None) => return Err(failure(self, AuthFailure::IntegrityMismatch)),
             (Err(LookupFailure::Expired), _) => {
-                failure(self, "rest credentials expired");
-                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+                return Err(failure(self, AuthFailure::RestExpired))
             }
             (Err(LookupFailure::NoKeyForAlgorithm), _) => {
-                failure(self, "no key for the requested password algorithm");
-                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+                return Err(failure(self, AuthFailure::NoKeyForAlgorithm))
             }
             (Err(LookupFailure::UnknownUser), _) => {
-                failure(self, "unknown user");
-                return Err(self.challenge(now, ft, out, r, ErrorCode::UNAUTHENTICATED));
+                return Err(failure(self, AuthFailure::UnknownUser))
             }
         };
         // The allocation's owner must keep using the same username (441).
@@ -185,20 +195,33 @@ impl Server {
         allowed
     }
 
-    /// An error answer to a request that did not authenticate: rate limited
-    /// per source like every unauthenticated answer.
+    /// An error answer to a request that did not authenticate, rate limited
+    /// per source like every unauthenticated answer (turnd must not be a
+    /// reflector). 401 and 438 are challenges: they carry REALM, a fresh
+    /// NONCE and PASSWORD-ALGORITHMS (RFC 8489 section 9.2.4).
     pub(super) fn unauthenticated_error(
         &mut self,
         now: Instant,
         ft: FiveTuple,
         out: &mut [u8],
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         code: ErrorCode,
-    ) -> Transmit {
+    ) -> ClientOutput {
         if !self.allow_unauthenticated(ft.client.ip(), now) {
-            return Transmit::None;
+            return ClientOutput::None;
         }
-        self.error(ft, out, r, code, None)
+        if code != ErrorCode::UNAUTHENTICATED && code != ErrorCode::STALE_NONCE {
+            return self.error(ft, out, r, code, None);
+        }
+        let nonce = self.nonces.issue(self.now_secs(now), ft.client);
+        self.error_with(ft, out, r, code, None, |w, config| {
+            w.attribute(AttributeType::REALM, config.realm.as_bytes())?;
+            w.attribute(AttributeType::NONCE, &nonce)?;
+            w.attribute(
+                AttributeType::PASSWORD_ALGORITHMS,
+                &PASSWORD_ALGORITHMS_VALUE,
+            )
+        })
     }
 
     pub(super) fn unix_now(&self, now: Instant) -> u64 {

@@ -2,21 +2,29 @@
 //!
 //! Feed it what arrives ([`Server::handle_client_input`] for the listener,
 //! [`Server::handle_peer_input`] for relay sockets) with the current time; it
-//! answers with a [`Transmit`] that the IO shell performs. Call
+//! answers with a [`ClientOutput`] or a [`PeerOutput`] that the IO shell
+//! performs. Call
 //! [`Server::poll_timeout`] after every `handle_*` and [`Server::handle_timeout`]
 //! when that deadline passes.
 
 mod allocate;
 mod authenticate;
 mod config;
+mod output;
 mod permission;
 mod relay;
 mod response;
 mod tcp_relay;
 mod timers;
 
+#[cfg(test)]
+mod tests;
+
+pub use allocate::AllocationEnd;
+pub use authenticate::AuthFailure;
 use authenticate::*;
 pub use config::{ServerConfig, SharedState};
+pub use output::{ClientOutput, ConnectionAttempt, PeerOutput, Reply};
 use response::*;
 use tcp_relay::*;
 pub use tcp_relay::{MAX_TCP_CONNECTIONS, TCP_CONNECTION_BIND_TIMEOUT};
@@ -26,7 +34,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,37 +98,6 @@ pub trait RelayIo {
     fn close_tcp(&mut self, id: u32) {
         let _ = id;
     }
-}
-
-/// What the IO shell must send after a `handle_*` call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transmit {
-    /// Nothing.
-    None,
-    /// Send `out[..len]` to the client of `to`, from `to.server`.
-    Reply {
-        /// The client's 5-tuple.
-        to: FiveTuple,
-        /// Length of the reply in the `out` buffer.
-        len: usize,
-    },
-    /// Send `input[range]` from relay socket `relay` to `peer`.
-    ToPeer {
-        /// The allocation's relayed transport address.
-        relay: SocketAddr,
-        /// Destination peer.
-        peer: SocketAddr,
-        /// Application data within the input buffer.
-        range: Range<usize>,
-    },
-    /// Send `input[range]` (a ChannelData message whose header was written
-    /// into the 4 bytes of headroom) to the client of `to`.
-    ToClient {
-        /// The client's 5-tuple.
-        to: FiveTuple,
-        /// The ChannelData message within the input buffer.
-        range: Range<usize>,
-    },
 }
 
 /// Counters of the core (packets, bytes, messages).
@@ -197,10 +173,9 @@ pub struct Server {
     capacity: Option<TokenBucket>,
     key_scratch: Vec<Key>,
     tcp_connections: HashMap<u32, TcpConnection>,
-    connection_binds: HashMap<FiveTuple, u32>,
     draining: bool,
     requests: HashMap<(Method, u16), u64>,
-    auth_failure_reasons: HashMap<&'static str, u64>,
+    auth_failure_reasons: HashMap<AuthFailure, u64>,
     ended_user_bytes: HashMap<Arc<str>, (u64, u64)>,
 }
 
@@ -237,7 +212,6 @@ impl Server {
             }),
             key_scratch: Vec::new(),
             tcp_connections: HashMap::new(),
-            connection_binds: HashMap::new(),
             draining: false,
             requests: HashMap::new(),
             auth_failure_reasons: HashMap::new(),
@@ -331,25 +305,25 @@ impl Server {
         input: &[u8],
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
+    ) -> ClientOutput {
         match input.first().map(|b| b >> 6) {
             Some(0) => self.handle_stun(now, ft, input, out, io),
             Some(1) => self.handle_channel_data(now, ft, input),
             _ => {
                 self.stats.dropped_from_client += 1;
-                Transmit::None
+                ClientOutput::None
             }
         }
     }
 
-    pub(super) fn handle_stun(
+    fn handle_stun(
         &mut self,
         now: Instant,
         ft: FiveTuple,
         input: &[u8],
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
+    ) -> ClientOutput {
         let msg = match Message::parse(input) {
             Ok(m) => m,
             Err(e) => {
@@ -364,66 +338,52 @@ impl Server {
             }
             _ => {
                 self.stats.dropped_from_client += 1;
-                Transmit::None
+                ClientOutput::None
             }
         }
     }
 
-    pub(super) fn handle_request(
+    /// Answers a request: unknown attributes, Binding, then (authenticated)
+    /// the TURN methods. Every answer is counted by result code as it is
+    /// written (see `response.rs`).
+    fn handle_request(
         &mut self,
         now: Instant,
         ft: FiveTuple,
         msg: Message<'_>,
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
-        let t = self.answer_request(now, ft, msg, out, io);
-        if let Transmit::Reply { len, .. } = t {
-            self.count_answer(msg.method(), &out[..len]);
-        }
-        t
-    }
-
-    pub(super) fn answer_request(
-        &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        msg: Message<'_>,
-        out: &mut [u8],
-        io: &mut impl RelayIo,
-    ) -> Transmit {
-        let r = Reply {
+    ) -> ClientOutput {
+        let mut r = Transaction {
             msg,
             fingerprint: self.config.fingerprint || msg.has_fingerprint(),
             sha256: msg.has_integrity_sha256(),
+            cache_until: None,
         };
         if !msg.unknown_attributes().is_empty() {
             if !self.allow_unauthenticated(ft.client.ip(), now) {
-                return Transmit::None;
+                return ClientOutput::None;
             }
             let unknown = msg.unknown_attributes();
             debug!(client = %ft.client, ?unknown, "request with unknown comprehension-required attributes");
-            let phrases = self.config.reason_phrases;
-            return self.finish(ft, out, &r, Class::Error, None, |w| {
-                w.error_code_with_reason(ErrorCode::UNKNOWN_ATTRIBUTE, phrases)?;
+            return self.error_with(ft, out, &r, ErrorCode::UNKNOWN_ATTRIBUTE, None, |w, _| {
                 w.unknown_attributes(unknown)
             });
         }
         if (msg.method() == Method::BINDING && self.config.no_stun)
             || (msg.method() != Method::BINDING && self.config.stun_only)
         {
-            return Transmit::None;
+            return ClientOutput::None;
         }
         match msg.method() {
             Method::BINDING => {
                 // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only
                 // (and MAPPED-ADDRESS for RFC 3489-era clients when asked).
                 if !self.allow_unauthenticated(ft.client.ip(), now) {
-                    return Transmit::None;
+                    return ClientOutput::None;
                 }
-                let mapped = self.config.mapped_address;
-                return self.finish(ft, out, &r, Class::Success, None, |w| {
-                    if mapped {
+                return self.success(ft, out, &r, None, |w, config| {
+                    if config.mapped_address {
                         w.address(AttributeType::MAPPED_ADDRESS, ft.client)?;
                     }
                     w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
@@ -438,41 +398,24 @@ impl Server {
             _ => return self.unauthenticated_error(now, ft, out, &r, ErrorCode::BAD_REQUEST),
         }
         // A retransmission gets the very same answer (RFC 8489 section 6.3.4).
-        if let Some(cached) = self.responses.get(&(ft, msg.transaction_id())) {
-            let n = cached.bytes.len();
-            if n <= out.len() {
-                out[..n].copy_from_slice(&cached.bytes);
-                debug!(client = %ft.client, method = ?msg.method(), "retransmitted request answered from cache");
-                return Transmit::Reply { to: ft, len: n };
-            }
+        if let Some(answer) = self.cached_answer(ft, &msg, out) {
+            debug!(client = %ft.client, method = ?msg.method(), "retransmitted request answered from cache");
+            return answer;
         }
         let auth = match self.authenticate(now, ft, &r, out) {
             Ok(a) => a,
             Err(t) => return t,
         };
-        let t = match msg.method() {
+        // From here on each answer is kept for retransmissions.
+        r.cache_until = Some(now + TRANSACTION_LIFETIME);
+        match msg.method() {
             Method::ALLOCATE => self.allocate(now, ft, &r, &auth, out, io),
             Method::REFRESH => self.refresh(now, ft, &r, &auth, out, io),
             Method::CREATE_PERMISSION => self.create_permission(now, ft, &r, &auth, out),
             Method::CONNECT => self.connect(now, ft, &r, &auth, out, io),
             Method::CONNECTION_BIND => self.connection_bind(now, ft, &r, &auth, out),
             _ => self.channel_bind(now, ft, &r, &auth, out),
-        };
-        if let Transmit::Reply { len, .. } = t {
-            if self.responses.len() < MAX_CACHED_RESPONSES {
-                let tid = msg.transaction_id();
-                let expires = now + TRANSACTION_LIFETIME;
-                self.responses.insert(
-                    (ft, tid),
-                    CachedResponse {
-                        bytes: out[..len].to_vec(),
-                        expires,
-                    },
-                );
-                self.push_timer(expires, TimerKind::Transaction { ft, tid });
-            }
         }
-        t
     }
 
     /// TCP relay connection `id` ended (either side closed).
@@ -485,7 +428,7 @@ impl Server {
     pub fn handle_connection_closed(&mut self, ft: FiveTuple, io: &mut impl RelayIo) {
         if self.allocations.contains_key(&ft) {
             self.stats.allocations_deleted += 1;
-            self.delete_allocation(ft, io, "client connection closed");
+            self.delete_allocation(ft, io, AllocationEnd::ConnectionClosed);
         }
     }
 
@@ -524,12 +467,7 @@ impl Server {
             a.bandwidth_to_peer = bucket;
             a.bandwidth_to_client = bucket;
             let policy = &self.config.policy;
-            let before = a.permissions.len() + a.channels.len();
-            a.permissions.retain(|ip, _| policy.is_allowed(*ip));
-            a.channels.retain(|_, c| policy.is_allowed(c.peer.ip()));
-            let channels = &a.channels;
-            a.channel_by_peer.retain(|_, n| channels.contains_key(n));
-            revoked += before - a.permissions.len() - a.channels.len();
+            revoked += permission::revoke_denied_peers(a, |ip| policy.is_allowed(ip));
         }
         debug!(
             allocations = self.allocations.len(),
@@ -544,7 +482,7 @@ impl Server {
     }
 
     /// Authentication failures by reason.
-    pub fn auth_failure_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub fn auth_failure_counts(&self) -> impl Iterator<Item = (AuthFailure, u64)> + '_ {
         self.auth_failure_reasons.iter().map(|(r, n)| (*r, *n))
     }
 
@@ -576,15 +514,14 @@ impl Server {
             return false;
         };
         self.stats.allocations_deleted += 1;
-        self.delete_allocation(ft, io, "deleted by the admin API");
+        self.delete_allocation(ft, io, AllocationEnd::AdminDeleted);
         true
     }
 
     /// Relay addresses and the ports still free on each (in the pools all
     /// workers share).
     pub fn relay_ports_free(&self) -> Vec<(IpAddr, usize)> {
-        let ports = self.ports.lock();
-        ports.pools.iter().map(|(ip, p)| (*ip, p.free())).collect()
+        self.ports.free_by_ip()
     }
 
     /// Stops granting new allocations (508) while existing ones keep
@@ -632,7 +569,7 @@ impl Server {
     pub fn close_all(&mut self, io: &mut impl RelayIo) {
         let all: Vec<FiveTuple> = self.allocations.keys().copied().collect();
         for ft in all {
-            self.delete_allocation(ft, io, "server shutdown");
+            self.delete_allocation(ft, io, AllocationEnd::Shutdown);
         }
     }
 }

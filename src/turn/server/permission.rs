@@ -1,19 +1,40 @@
-//! CreatePermission and ChannelBind (RFC 8656 sections 9 and 11).
+//! CreatePermission and ChannelBind (RFC 8656 sections 9 and 11), and the
+//! expiry of permissions and channel bindings (through the allocation's one
+//! timer, see `timers.rs`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tracing::{debug, info};
 
 use super::*;
-use crate::stun::{AttributeType, Class, ErrorCode, MAX_CHANNEL, MIN_CHANNEL};
-use crate::turn::allocation::{ChannelBinding, FiveTuple};
+use crate::stun::ErrorCode;
+use crate::turn::allocation::{Allocation, ChannelBinding, FiveTuple};
+use crate::turn::request::{ChannelBindRequest, CreatePermissionRequest};
 
 impl Server {
-    pub(super) fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
+    fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
         self.allocations
             .get(ft)
             .is_some_and(|a| a.relay_for(peer).is_some())
+    }
+
+    /// 443 when the allocation has no relay of `peer`'s family, 403 when the
+    /// peer policy denies it (RFC 8656 sections 9.2 and 11.2).
+    fn admit_peer(
+        &self,
+        ft: &FiveTuple,
+        auth: &Authenticated,
+        peer: SocketAddr,
+    ) -> Result<(), ErrorCode> {
+        if !self.relay_family_matches(ft, peer) {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        if !self.config.policy.is_allowed(peer.ip()) {
+            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            return Err(ErrorCode::FORBIDDEN);
+        }
+        Ok(())
     }
 
     /// CreatePermission. See RFC 8656, section 9.
@@ -21,47 +42,27 @@ impl Server {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
-    ) -> Transmit {
+    ) -> ClientOutput {
         let key = Some(&auth.key);
         if !self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        let tid = r.msg.transaction_id();
-        let mut peers: [Option<IpAddr>; 16] = [None; 16];
-        let mut count = 0;
-        for (t, v) in r.msg.attributes() {
-            if t != AttributeType::XOR_PEER_ADDRESS {
-                continue;
-            }
-            let Ok(peer) = crate::stun::decode_xor_address(v, &tid) else {
-                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-            };
-            if !self.relay_family_matches(&ft, peer) {
-                return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
-            }
-            if !self.config.policy.is_allowed(peer.ip()) {
-                info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
-                return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
-            }
-            if count == peers.len() {
-                return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-            }
-            peers[count] = Some(peer.ip());
-            count += 1;
-        }
-        if count == 0 {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-        }
+        let parsed =
+            CreatePermissionRequest::parse(&r.msg, |peer| self.admit_peer(&ft, auth, peer));
+        let request = match parsed {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        let peers = request.peers();
         let lifetime = self.config.permission_lifetime;
         let Some(a) = self.allocations.get_mut(&ft) else {
-            return Transmit::None;
+            return ClientOutput::None;
         };
-        let new = peers[..count]
+        let new = peers
             .iter()
-            .flatten()
             .filter(|p| !a.permissions.contains_key(p))
             .count();
         if a.permissions.len() + new > MAX_PERMISSIONS {
@@ -70,12 +71,12 @@ impl Server {
         let expires = now + lifetime;
         // Permissions expire through the allocation's one timer; a refreshed
         // one needs nothing (the timer re-arms at the next deadline when due).
-        for peer in peers[..count].iter().flatten() {
+        for peer in peers {
             a.permissions.insert(*peer, expires);
         }
-        debug!(user = %auth.username, client = %ft.client, peers = ?peers[..count].iter().flatten().collect::<Vec<_>>(), "permissions installed");
+        debug!(user = %auth.username, client = %ft.client, ?peers, "permissions installed");
         self.arm_allocation_timer(ft, expires);
-        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
+        self.success(ft, out, r, key, |_, _| Ok(()))
     }
 
     /// ChannelBind. See RFC 8656, section 11.
@@ -83,37 +84,30 @@ impl Server {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
-    ) -> Transmit {
+    ) -> ClientOutput {
         let key = Some(&auth.key);
         if !self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        let number = match r.msg.get(AttributeType::CHANNEL_NUMBER) {
-            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
-            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        let parsed = ChannelBindRequest::parse(&r.msg)
+            .and_then(|q| self.admit_peer(&ft, auth, q.peer).map(|()| q));
+        let ChannelBindRequest {
+            channel: number,
+            peer,
+        } = match parsed {
+            Ok(q) => q,
+            Err(code) => {
+                debug!(client = %ft.client, %code, "channel bind refused");
+                return self.error(ft, out, r, code, key);
+            }
         };
-        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
-            debug!(client = %ft.client, channel = number, "channel number outside 0x4000-0x7fff: 400");
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
-        }
-        let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
-            Some(Ok(p)) => p,
-            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
-        };
-        if !self.relay_family_matches(&ft, peer) {
-            return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
-        }
-        if !self.config.policy.is_allowed(peer.ip()) {
-            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
-            return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
-        }
         let channel_lifetime = self.config.channel_lifetime;
         let permission_lifetime = self.config.permission_lifetime;
         let Some(a) = self.allocations.get_mut(&ft) else {
-            return Transmit::None;
+            return ClientOutput::None;
         };
         // RFC 8656 section 11.2: the number must be unbound or bound to this
         // peer, and the peer unbound or bound to this number.
@@ -123,7 +117,7 @@ impl Server {
             return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
         }
         if !number_ok || !peer_ok {
-            debug!(client = %ft.client, channel = number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
+            debug!(client = %ft.client, channel = %number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
         let expires = now + channel_lifetime;
@@ -138,8 +132,50 @@ impl Server {
         );
         a.channel_by_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), perm_expires);
-        debug!(user = %auth.username, client = %ft.client, channel = number, %peer, "channel bound");
+        debug!(user = %auth.username, client = %ft.client, channel = %number, %peer, "channel bound");
         self.arm_allocation_timer(ft, expires.min(perm_expires));
-        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
+        self.success(ft, out, r, key, |_, _| Ok(()))
     }
+}
+
+/// Removes the permissions and channel bindings of `a` that lapsed at `now`
+/// and returns the allocation's next deadline: the earliest of its own
+/// expiry and those of what is left.
+pub(super) fn expire_permissions_and_channels(a: &mut Allocation, now: Instant) -> Instant {
+    let client = a.five_tuple.client;
+    a.permissions.retain(|peer, e| {
+        let keep = *e > now;
+        if !keep {
+            debug!(%client, %peer, "permission expired");
+        }
+        keep
+    });
+    a.channels.retain(|number, c| {
+        let keep = c.expires > now;
+        if !keep {
+            debug!(%client, channel = %number, peer = %c.peer, "channel binding expired");
+        }
+        keep
+    });
+    let channels = &a.channels;
+    a.channel_by_peer.retain(|_, n| channels.contains_key(n));
+    a.permissions
+        .values()
+        .copied()
+        .chain(a.channels.values().map(|c| c.expires))
+        .fold(a.expires, Instant::min)
+}
+
+/// Removes the permissions and channel bindings of `a` to peers `allowed`
+/// now denies (a reloaded peer policy); returns how many went.
+pub(super) fn revoke_denied_peers(
+    a: &mut Allocation,
+    allowed: impl Fn(std::net::IpAddr) -> bool,
+) -> usize {
+    let before = a.permissions.len() + a.channels.len();
+    a.permissions.retain(|ip, _| allowed(*ip));
+    a.channels.retain(|_, c| allowed(c.peer.ip()));
+    let channels = &a.channels;
+    a.channel_by_peer.retain(|_, n| channels.contains_key(n));
+    before - a.permissions.len() - a.channels.len()
 }

@@ -15,6 +15,7 @@ use crate::stun::{
 };
 use crate::turn::allocation::{FiveTuple, Transport};
 use crate::turn::limits::TokenBucket;
+use crate::turn::request::SendIndication;
 
 impl Server {
     /// The client-to-peer hot path: one ChannelData message.
@@ -24,11 +25,11 @@ impl Server {
         now: Instant,
         ft: FiveTuple,
         input: &[u8],
-    ) -> Transmit {
+    ) -> ClientOutput {
         let routed = (|| {
             let cd = ChannelData::parse(input).ok()?;
             let alloc = self.allocations.get_mut(&ft)?;
-            let ch = *alloc.channels.get(&cd.channel())?;
+            let ch = *alloc.channels.get(&cd.channel_number())?;
             if ch.expires <= now || !alloc.has_permission(ch.peer.ip(), now) {
                 return None;
             }
@@ -46,7 +47,7 @@ impl Server {
                 self.stats.packets_to_peer += 1;
                 self.stats.bytes_to_peer += len as u64;
                 trace!(target: "turnd::packet", %relay, %peer, len, "channel data to peer");
-                Transmit::ToPeer {
+                ClientOutput::ToPeer {
                     relay,
                     peer,
                     range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len,
@@ -54,7 +55,7 @@ impl Server {
             }
             None => {
                 self.stats.dropped_from_client += 1;
-                Transmit::None
+                ClientOutput::None
             }
         }
     }
@@ -74,46 +75,46 @@ impl Server {
         buf: &mut [u8],
         len: usize,
         out: &mut [u8],
-    ) -> Transmit {
+    ) -> PeerOutput {
         let Some(ft) = self.by_relay.get(&relay).copied() else {
             self.stats.dropped_from_peer += 1;
-            return Transmit::None;
+            return PeerOutput::None;
         };
         let Some(alloc) = self.allocations.get_mut(&ft) else {
             self.stats.dropped_from_peer += 1;
-            return Transmit::None;
+            return PeerOutput::None;
         };
         if !alloc.has_permission(peer.ip(), now)
             || buf.len() < CHANNEL_DATA_HEADER_LEN + len
             || len > 0xFFFF
         {
             self.stats.dropped_from_peer += 1;
-            return Transmit::None;
+            return PeerOutput::None;
         }
         if !within_bandwidth(&mut alloc.bandwidth_to_client, &mut self.capacity, len, now) {
             self.stats.dropped_bandwidth += 1;
             self.stats.dropped_from_peer += 1;
-            return Transmit::None;
+            return PeerOutput::None;
         }
         alloc.bytes_to_client += len as u64;
         if let Some(channel) = alloc.channel_for(peer, now) {
             alloc.packets_to_client += 1;
             self.stats.packets_to_client += 1;
             self.stats.bytes_to_client += len as u64;
-            write_channel_data_header(buf, channel, len);
+            write_channel_data_header(buf, channel.get(), len);
             // Over TCP and TLS, ChannelData is padded to 4 bytes (RFC 8656 section 12.5).
             let mut end = CHANNEL_DATA_HEADER_LEN + len;
             if ft.transport != Transport::Udp {
                 let padded = (end + 3) & !3;
                 if buf.len() < padded {
                     self.stats.dropped_from_peer += 1;
-                    return Transmit::None;
+                    return PeerOutput::None;
                 }
                 buf[end..padded].fill(0);
                 end = padded;
             }
             trace!(target: "turnd::packet", %relay, %peer, len, "channel data to client");
-            return Transmit::ToClient {
+            return PeerOutput::ChannelData {
                 to: ft,
                 range: 0..end,
             };
@@ -135,11 +136,11 @@ impl Server {
                 self.stats.packets_to_client += 1;
                 self.stats.bytes_to_client += len as u64;
                 trace!(target: "turnd::packet", %relay, %peer, len, "data indication to client");
-                Transmit::Reply { to: ft, len: n }
+                PeerOutput::DataIndication { to: ft, len: n }
             }
             None => {
                 self.stats.dropped_from_peer += 1;
-                Transmit::None
+                PeerOutput::None
             }
         }
     }
@@ -152,11 +153,10 @@ impl Server {
         ft: FiveTuple,
         msg: Message<'_>,
         input: &[u8],
-    ) -> Transmit {
+    ) -> ClientOutput {
         let routed = (|| {
             let a = self.allocations.get_mut(&ft)?;
-            let peer = msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS)?.ok()?;
-            let data = msg.get(AttributeType::DATA)?;
+            let SendIndication { peer, data } = SendIndication::parse(&msg).ok()?;
             if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
                 return None;
             }
@@ -179,11 +179,11 @@ impl Server {
                 self.stats.packets_to_peer += 1;
                 self.stats.bytes_to_peer += range.len() as u64;
                 trace!(target: "turnd::packet", %relay, %peer, len = range.len(), "send indication to peer");
-                Transmit::ToPeer { relay, peer, range }
+                ClientOutput::ToPeer { relay, peer, range }
             }
             None => {
                 self.stats.dropped_from_client += 1;
-                Transmit::None
+                ClientOutput::None
             }
         }
     }

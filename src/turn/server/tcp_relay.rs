@@ -11,6 +11,7 @@ use crate::stun::{
     AttributeType, Class, ErrorCode, MessageType, MessageWriter, Method, TransactionId,
 };
 use crate::turn::allocation::{FiveTuple, Transport};
+use crate::turn::request::{ConnectRequest, ConnectionBindRequest};
 
 /// RFC 6062: a TCP connection between a TCP relay and a peer.
 #[derive(Clone, Debug)]
@@ -32,8 +33,8 @@ pub(super) enum TcpConnectionState {
     },
     /// Connected, waiting for the client's ConnectionBind (30 s).
     Ready,
-    /// Piped to a client data connection.
-    Bound,
+    /// Piped to the client data connection `data`.
+    Bound { data: FiveTuple },
 }
 
 /// RFC 6062 section 5.2/5.3: a connection waits 30 s for its ConnectionBind.
@@ -49,22 +50,25 @@ impl Server {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
+    ) -> ClientOutput {
         let key = Some(&auth.key);
-        let Some(a) = self.allocations.get(&ft) else {
+        let Some((tcp_relay, alloc_id, relay)) = self
+            .allocations
+            .get(&ft)
+            .map(|a| (a.tcp_relay, a.id, a.relay))
+        else {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         };
-        if !a.tcp_relay {
+        if !tcp_relay {
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
-        let (alloc_id, relay) = (a.id, a.relay);
-        let peer = match r.msg.get_xor_address(AttributeType::XOR_PEER_ADDRESS) {
-            Some(Ok(p)) => p,
-            _ => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        let ConnectRequest { peer } = match ConnectRequest::parse(&r.msg) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
         };
         if peer.is_ipv4() != relay.is_ipv4() {
             return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
@@ -87,22 +91,12 @@ impl Server {
         if count >= MAX_TCP_CONNECTIONS {
             return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
         }
-        let id = self.new_connection_id();
-        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
-        self.tcp_connections.insert(
-            id,
-            TcpConnection {
-                control: ft,
-                allocation_id: alloc_id,
-                peer,
-                state: TcpConnectionState::Connecting {
-                    tid: r.msg.transaction_id(),
-                    fingerprint: r.fingerprint,
-                    sha256: r.sha256,
-                },
-                expires,
-            },
-        );
+        let state = TcpConnectionState::Connecting {
+            tid: r.msg.transaction_id(),
+            fingerprint: r.fingerprint,
+            sha256: r.sha256,
+        };
+        let id = self.new_tcp_connection(now, ft, alloc_id, peer, state);
         let mut perm_timer_needed = true;
         if let Some(a) = self.allocations.get_mut(&ft) {
             let perm = now + self.config.permission_lifetime;
@@ -116,16 +110,37 @@ impl Server {
         }
         debug!(client = %ft.client, %peer, connection_id = id, "connecting to peer over tcp");
         io.connect_tcp(relay, peer, id);
-        Transmit::None
+        ClientOutput::None
     }
 
-    pub(super) fn new_connection_id(&mut self) -> u32 {
-        loop {
+    /// Records a TCP relay connection of allocation `allocation_id` (whose
+    /// control connection is `control`) to `peer` under a fresh random id,
+    /// due to be bound within [`TCP_CONNECTION_BIND_TIMEOUT`]; returns the id.
+    fn new_tcp_connection(
+        &mut self,
+        now: Instant,
+        control: FiveTuple,
+        allocation_id: u64,
+        peer: SocketAddr,
+        state: TcpConnectionState,
+    ) -> u32 {
+        let id = loop {
             let id = self.rng.next_u32();
             if id != 0 && !self.tcp_connections.contains_key(&id) {
-                return id;
+                break id;
             }
-        }
+        };
+        self.tcp_connections.insert(
+            id,
+            TcpConnection {
+                control,
+                allocation_id,
+                peer,
+                state,
+                expires: now + TCP_CONNECTION_BIND_TIMEOUT,
+            },
+        );
+        id
     }
 
     /// The shell's TCP connection to a peer for a Connect finished (`ok`) or
@@ -138,10 +153,10 @@ impl Server {
         ok: bool,
         out: &mut [u8],
         io: &mut impl RelayIo,
-    ) -> Transmit {
+    ) -> Option<Reply> {
         let Some(c) = self.tcp_connections.get_mut(&id) else {
             io.close_tcp(id);
-            return Transmit::None;
+            return None;
         };
         let TcpConnectionState::Connecting {
             tid,
@@ -149,7 +164,7 @@ impl Server {
             sha256,
         } = c.state
         else {
-            return Transmit::None;
+            return None;
         };
         let ft = c.control;
         let Some(key) = self
@@ -160,7 +175,7 @@ impl Server {
         else {
             self.tcp_connections.remove(&id);
             io.close_tcp(id);
-            return Transmit::None;
+            return None;
         };
         let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
         if ok {
@@ -177,7 +192,7 @@ impl Server {
             let mut w =
                 MessageWriter::new(out, MessageType::new(Method::CONNECT, class), tid).ok()?;
             if ok {
-                w.u32(AttributeType::CONNECTION_ID, id).ok()?;
+                w.connection_id(id).ok()?;
             } else {
                 w.error_code_with_reason(ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE, phrases)
                     .ok()?;
@@ -192,20 +207,20 @@ impl Server {
             }
             Some(w.finish())
         })();
-        written.map_or(Transmit::None, |len| Transmit::Reply { to: ft, len })
+        written.map(|len| Reply { to: ft, len })
     }
 
     /// A peer connected to the TCP relay `relay` (RFC 6062 section 5.3).
-    /// Returns the connection id and the ConnectionAttempt indication for the
-    /// client, or `None` when the peer has no permission (the shell closes
-    /// the connection).
+    /// Returns the connection id and the ConnectionAttempt indication written
+    /// into `out` for the client, or `None` when the peer has no permission
+    /// (the shell closes the connection).
     pub fn handle_peer_connection(
         &mut self,
         now: Instant,
         relay: SocketAddr,
         peer: SocketAddr,
         out: &mut [u8],
-    ) -> Option<(u32, Transmit)> {
+    ) -> Option<ConnectionAttempt> {
         let ft = *self.by_relay.get(&relay)?;
         let a = self.allocations.get(&ft)?;
         if !a.tcp_relay || !a.has_permission(peer.ip(), now) {
@@ -222,19 +237,11 @@ impl Server {
         {
             return None;
         }
-        let id = self.new_connection_id();
-        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
-        self.tcp_connections.insert(
-            id,
-            TcpConnection {
-                control: ft,
-                allocation_id: alloc_id,
-                peer,
-                state: TcpConnectionState::Ready,
-                expires,
-            },
+        let id = self.new_tcp_connection(now, ft, alloc_id, peer, TcpConnectionState::Ready);
+        self.push_timer(
+            now + TCP_CONNECTION_BIND_TIMEOUT,
+            TimerKind::TcpConnection { id },
         );
-        self.push_timer(expires, TimerKind::TcpConnection { id });
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
         let len = (|| {
@@ -245,31 +252,40 @@ impl Server {
             )
             .ok()?;
             w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer).ok()?;
-            w.u32(AttributeType::CONNECTION_ID, id).ok()?;
+            w.connection_id(id).ok()?;
             Some(w.finish())
         })()?;
         debug!(client = %ft.client, %peer, connection_id = id, "tcp connection attempt from peer");
-        Some((id, Transmit::Reply { to: ft, len }))
+        Some(ConnectionAttempt {
+            connection_id: id,
+            to: ft,
+            len,
+        })
     }
 
-    /// ConnectionBind (RFC 6062 section 5.4) on a new client connection.
+    /// ConnectionBind (RFC 6062 section 5.4) on a new client connection: on
+    /// success the shell pipes that connection to the peer's
+    /// ([`ClientOutput::ConnectionBound`]).
     pub(super) fn connection_bind(
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        r: &Reply<'_>,
+        r: &Transaction<'_>,
         auth: &Authenticated,
         out: &mut [u8],
-    ) -> Transmit {
+    ) -> ClientOutput {
         let key = Some(&auth.key);
+        let bound_here = TcpConnectionState::Bound { data: ft };
         if ft.transport == Transport::Udp
             || self.allocations.contains_key(&ft)
-            || self.connection_binds.contains_key(&ft)
+            || self.tcp_connections.values().any(|c| c.state == bound_here)
         {
             return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
         }
-        let Some(id) = r.msg.get_u32(AttributeType::CONNECTION_ID) else {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        let ConnectionBindRequest { connection_id: id } = match ConnectionBindRequest::parse(&r.msg)
+        {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
         };
         let Some(c) = self
             .tcp_connections
@@ -288,18 +304,19 @@ impl Server {
             Some(_) => return self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, key),
             None => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
         }
-        if let Some(c) = self.tcp_connections.get_mut(&id) {
-            c.state = TcpConnectionState::Bound;
+        match self.success(ft, out, r, key, |_, _| Ok(())) {
+            ClientOutput::Reply { to, len } => {
+                if let Some(c) = self.tcp_connections.get_mut(&id) {
+                    c.state = bound_here;
+                }
+                debug!(client = %ft.client, connection_id = id, "tcp relay connection bound");
+                ClientOutput::ConnectionBound {
+                    to,
+                    len,
+                    connection_id: id,
+                }
+            }
+            other => other,
         }
-        self.connection_binds.insert(ft, id);
-        debug!(client = %ft.client, connection_id = id, "tcp relay connection bound");
-        self.finish(ft, out, r, Class::Success, key, |_| Ok(()))
-    }
-
-    /// After a reply on a stream: `Some(id)` when that connection just bound
-    /// TCP relay connection `id`; the shell then pipes raw bytes between it
-    /// and the peer. Each binding is handed out once.
-    pub fn take_connection_bind(&mut self, ft: &FiveTuple) -> Option<u32> {
-        self.connection_binds.remove(ft)
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use super::permission::expire_permissions_and_channels;
 use super::*;
 use crate::stun::TransactionId;
 use crate::turn::allocation::FiveTuple;
@@ -104,7 +105,7 @@ impl Server {
                     };
                     if a.expires <= now {
                         self.stats.allocations_expired += 1;
-                        self.delete_allocation(ft, io, "expired");
+                        self.delete_allocation(ft, io, AllocationEnd::Expired);
                         continue;
                     }
                     if t.at != a.timer_at {
@@ -113,50 +114,18 @@ impl Server {
                     }
                     // Due: expire permissions and channel bindings, then
                     // re-arm at the next deadline of the allocation.
-                    a.permissions.retain(|peer, e| {
-                        let keep = *e > now;
-                        if !keep {
-                            debug!(client = %ft.client, %peer, "permission expired");
-                        }
-                        keep
-                    });
-                    a.channels.retain(|number, c| {
-                        let keep = c.expires > now;
-                        if !keep {
-                            debug!(client = %ft.client, channel = number, peer = %c.peer, "channel binding expired");
-                        }
-                        keep
-                    });
-                    let channels = &a.channels;
-                    a.channel_by_peer.retain(|_, n| channels.contains_key(n));
-                    let next = a
-                        .permissions
-                        .values()
-                        .copied()
-                        .chain(a.channels.values().map(|c| c.expires))
-                        .fold(a.expires, Instant::min);
+                    let next = expire_permissions_and_channels(a, now);
                     a.timer_at = next;
                     self.push_timer(next, TimerKind::Allocation { ft, id });
                 }
                 TimerKind::Reservation { token } => {
                     // Gone when an Allocate (on any worker) claimed it.
-                    let lapsed = {
-                        let mut ports = self.ports.lock();
-                        match ports.reservations.get(&token) {
-                            Some(r) if r.expires <= now => ports.reservations.remove(&token),
-                            _ => None,
-                        }
-                    };
-                    if let Some(res) = lapsed {
-                        self.release_port(res.relay);
-                    }
+                    self.ports.expire_reservation(&token, now);
                 }
                 TimerKind::TcpConnection { id } => {
-                    if self
-                        .tcp_connections
-                        .get(&id)
-                        .is_some_and(|c| c.state != TcpConnectionState::Bound && c.expires <= now)
-                    {
+                    if self.tcp_connections.get(&id).is_some_and(|c| {
+                        !matches!(c.state, TcpConnectionState::Bound { .. }) && c.expires <= now
+                    }) {
                         self.tcp_connections.remove(&id);
                         io.close_tcp(id);
                         debug!(
