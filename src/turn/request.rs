@@ -267,3 +267,169 @@ fn xor_peer_address(msg: &Message<'_>) -> Result<SocketAddr, ErrorCode> {
         _ => Err(ErrorCode::BAD_REQUEST),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::{Class, MessageType, MessageWriter, Method, TransactionId};
+
+    const TID: TransactionId = [3; 12];
+
+    fn request(method: Method, body: impl FnOnce(&mut MessageWriter<'_>)) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut w =
+            MessageWriter::new(&mut buf, MessageType::new(method, Class::Request), TID).unwrap();
+        body(&mut w);
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    fn allocate(
+        transport: Transport,
+        body: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Result<AllocateRequest, ErrorCode> {
+        let b = request(Method::ALLOCATE, body);
+        AllocateRequest::parse(&Message::parse(&b).unwrap(), transport)
+    }
+
+    #[test]
+    fn allocate_fields_and_error_codes() {
+        let q = allocate(Transport::Udp, |w| {
+            w.requested_transport(PROTOCOL_UDP).unwrap();
+            w.even_port(true).unwrap();
+            w.lifetime(1200).unwrap();
+        })
+        .unwrap();
+        assert_eq!(
+            (q.tcp_relay, q.even_port, q.lifetime, q.dual),
+            (false, Some(true), Some(1200), false)
+        );
+        let missing = allocate(Transport::Udp, |_| {});
+        assert_eq!(missing, Err(ErrorCode::BAD_REQUEST));
+        let sctp = allocate(Transport::Udp, |w| w.requested_transport(132).unwrap());
+        assert_eq!(sctp, Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL));
+        let tcp_over_udp = allocate(Transport::Udp, |w| {
+            w.requested_transport(PROTOCOL_TCP).unwrap()
+        });
+        assert_eq!(tcp_over_udp, Err(ErrorCode::BAD_REQUEST));
+        let tcp = allocate(Transport::Tls, |w| {
+            w.requested_transport(PROTOCOL_TCP).unwrap()
+        });
+        assert!(tcp.unwrap().tcp_relay);
+        let family = allocate(Transport::Udp, |w| {
+            w.requested_transport(PROTOCOL_UDP).unwrap();
+            w.attribute(AttributeType::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0])
+                .unwrap();
+        });
+        assert_eq!(family, Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED));
+        let token_and_even = allocate(Transport::Udp, |w| {
+            w.requested_transport(PROTOCOL_UDP).unwrap();
+            w.even_port(false).unwrap();
+            w.reservation_token(&[1; 8]).unwrap();
+        });
+        assert_eq!(token_and_even, Err(ErrorCode::BAD_REQUEST));
+        let dual = allocate(Transport::Udp, |w| {
+            w.requested_transport(PROTOCOL_UDP).unwrap();
+            w.attribute(AttributeType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                .unwrap();
+        });
+        assert!(dual.unwrap().dual);
+    }
+
+    #[test]
+    fn channel_bind_checks_the_number_once() {
+        let parse = |number: u16| {
+            let b = request(Method::CHANNEL_BIND, |w| {
+                w.attribute(
+                    AttributeType::CHANNEL_NUMBER,
+                    &[(number >> 8) as u8, number as u8, 0, 0],
+                )
+                .unwrap();
+                w.xor_address(
+                    AttributeType::XOR_PEER_ADDRESS,
+                    "192.0.2.1:5".parse().unwrap(),
+                )
+                .unwrap();
+            });
+            ChannelBindRequest::parse(&Message::parse(&b).unwrap())
+        };
+        assert_eq!(parse(0x4000).unwrap().channel.get(), 0x4000);
+        assert_eq!(parse(0x3FFF), Err(ErrorCode::BAD_REQUEST));
+        assert_eq!(parse(0x8000), Err(ErrorCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn create_permission_admits_peers_in_order_and_caps_them() {
+        let peers: Vec<SocketAddr> = (1..=17)
+            .map(|i| SocketAddr::from(([192, 0, 2, i], 1000)))
+            .collect();
+        let b = request(Method::CREATE_PERMISSION, |w| {
+            for p in &peers {
+                w.xor_address(AttributeType::XOR_PEER_ADDRESS, *p).unwrap();
+            }
+        });
+        let m = Message::parse(&b).unwrap();
+        // The first refusal wins, before the count is exceeded.
+        let third = |p: SocketAddr| {
+            if p == peers[2] {
+                Err(ErrorCode::FORBIDDEN)
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(
+            CreatePermissionRequest::parse(&m, third),
+            Err(ErrorCode::FORBIDDEN)
+        );
+        assert_eq!(
+            CreatePermissionRequest::parse(&m, |_| Ok(())),
+            Err(ErrorCode::BAD_REQUEST),
+            "17 peers"
+        );
+        let b = request(Method::CREATE_PERMISSION, |w| {
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peers[0])
+                .unwrap();
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peers[1])
+                .unwrap();
+        });
+        let q = CreatePermissionRequest::parse(&Message::parse(&b).unwrap(), |_| Ok(())).unwrap();
+        assert_eq!(q.peers(), [peers[0].ip(), peers[1].ip()]);
+        let none = request(Method::CREATE_PERMISSION, |_| {});
+        assert_eq!(
+            CreatePermissionRequest::parse(&Message::parse(&none).unwrap(), |_| Ok(())),
+            Err(ErrorCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn send_connect_and_connection_bind() {
+        let peer: SocketAddr = "192.0.2.1:5".parse().unwrap();
+        let mut buf = vec![0u8; 200];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::SEND, Class::Indication),
+            TID,
+        )
+        .unwrap();
+        w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
+            .unwrap();
+        w.attribute(AttributeType::DATA, b"hi").unwrap();
+        let n = w.finish();
+        let m = Message::parse(&buf[..n]).unwrap();
+        assert_eq!(
+            SendIndication::parse(&m),
+            Ok(SendIndication { peer, data: b"hi" })
+        );
+        let b = request(Method::CONNECT, |_| {});
+        assert_eq!(
+            ConnectRequest::parse(&Message::parse(&b).unwrap()),
+            Err(ErrorCode::BAD_REQUEST)
+        );
+        let b = request(Method::CONNECTION_BIND, |w| w.connection_id(9).unwrap());
+        assert_eq!(
+            ConnectionBindRequest::parse(&Message::parse(&b).unwrap()),
+            Ok(ConnectionBindRequest { connection_id: 9 })
+        );
+    }
+}
