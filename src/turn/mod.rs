@@ -15,9 +15,9 @@ pub mod request;
 mod server;
 
 pub use allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
-pub use limits::{bandwidth_burst, SharedLimiter, SourceLimiter, TokenBucket};
-pub use policy::{embedded_ipv4, IpRange, IpRangeError, PeerPolicy};
-pub use ports::{PortPool, RelayPorts};
+pub use limits::{SharedLimiter, SourceLimiter, TokenBucket};
+pub use policy::{IpRange, IpRangeError, PeerPolicy};
+pub use ports::RelayPorts;
 pub use quota::QuotaLedger;
 pub use server::{
     AllocationEnd, AuthFailure, ClientOutput, ConnectionAttempt, PeerOutput, RelayIo, Reply,

@@ -220,7 +220,7 @@ impl RelayPorts {
 
     /// Takes a random free port on `ip`: any port for `even_port` `None`,
     /// else an even one, with `Some(true)` (the R bit) also taking the next
-    /// port (see [`PortPool::take_random_even`]). `None` when `ip` is not a
+    /// port. `None` when `ip` is not a
     /// relay address or has no suitable port left.
     pub fn take(&self, ip: IpAddr, even_port: Option<bool>, rng: &mut impl Rng) -> Option<u16> {
         let mut inner = self.lock();

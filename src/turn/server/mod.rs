@@ -3,9 +3,15 @@
 //! Feed it what arrives ([`Server::handle_client_input`] for the listener,
 //! [`Server::handle_peer_input`] for relay sockets) with the current time; it
 //! answers with a [`ClientOutput`] or a [`PeerOutput`] that the IO shell
-//! performs. Call
-//! [`Server::poll_timeout`] after every `handle_*` and [`Server::handle_timeout`]
-//! when that deadline passes.
+//! performs. Call [`Server::poll_timeout`] after every `handle_*` and
+//! [`Server::handle_timeout`] when that deadline passes.
+//!
+//! One file per concern: `mod.rs` (the [`Server`], construction, dispatch,
+//! getters), `relay.rs` (the hot path), `authenticate.rs`, `allocate.rs`
+//! (Allocate, Refresh, the end of an allocation), `permission.rs`
+//! (CreatePermission, ChannelBind and their expiry), `tcp_relay.rs` (RFC
+//! 6062), `timers.rs` (the deadline heap), `response.rs` (writing and
+//! counting answers), `output.rs` and `config.rs`.
 
 mod allocate;
 mod authenticate;
