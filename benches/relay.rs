@@ -31,7 +31,9 @@ use turnd::stun::{
     decode_error_code, long_term_key, write_channel_data_header, AttributeType, BufferFull, Class,
     ErrorCode, Message, MessageType, MessageWriter, Method, CHANNEL_DATA_HEADER_LEN, PROTOCOL_UDP,
 };
-use turnd::turn::{FiveTuple, PeerPolicy, RelayIo, Server, ServerConfig, Transmit, Transport};
+use turnd::turn::{
+    ClientOutput, FiveTuple, PeerOutput, PeerPolicy, RelayIo, Server, ServerConfig, Transport,
+};
 
 const USERNAME: &str = "alice";
 const REALM: &str = "bench.turnd";
@@ -179,7 +181,7 @@ impl Harness {
             .server
             .handle_client_input(self.now, ft, req, &mut self.out, &mut self.io)
         {
-            Transmit::Reply { to, len } => {
+            ClientOutput::Reply { to, len } => {
                 assert_eq!(to, ft, "reply goes back to the requester");
                 self.out[..len].to_vec()
             }
@@ -273,7 +275,7 @@ fn relay_benches(c: &mut Criterion) {
                 .handle_client_input(now, ft, &packet, &mut h.out, &mut h.io);
             assert_eq!(
                 t,
-                Transmit::ToPeer {
+                ClientOutput::ToPeer {
                     relay: relays[i as usize],
                     peer: bound_peer(i),
                     range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
@@ -314,7 +316,7 @@ fn relay_benches(c: &mut Criterion) {
                 .handle_peer_input(now, relay, peer, &mut buf, PAYLOAD, &mut h.out);
             assert_eq!(
                 t,
-                Transmit::ToClient {
+                PeerOutput::ChannelData {
                     to: client_tuple(i),
                     range: 0..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
                 },
@@ -348,7 +350,7 @@ fn relay_benches(c: &mut Criterion) {
             let t = h
                 .server
                 .handle_peer_input(now, relay, peer, &mut buf, PAYLOAD, &mut h.out);
-            let Transmit::Reply { to, len } = t else {
+            let PeerOutput::DataIndication { to, len } = t else {
                 panic!("expected a Data indication, got {t:?}");
             };
             assert_eq!(to, client_tuple(0));
@@ -421,8 +423,10 @@ fn allocate_benches(c: &mut Criterion) {
                 let out = &mut h.out[..];
                 let start = Instant::now();
                 for (alloc, delete) in &reqs {
-                    black_box(server.handle_client_input(now, ft, black_box(alloc), out, io));
-                    black_box(server.handle_client_input(now, ft, black_box(delete), out, io));
+                    let _ =
+                        black_box(server.handle_client_input(now, ft, black_box(alloc), out, io));
+                    let _ =
+                        black_box(server.handle_client_input(now, ft, black_box(delete), out, io));
                 }
                 total += start.elapsed();
                 // Check (untimed) that every request took the real path: each
@@ -468,9 +472,9 @@ fn allocate_benches(c: &mut Criterion) {
         h.server
             .handle_client_input(h.now, ft, &req, &mut h.out, &mut h.io)
     };
-    while limited(&mut h) != Transmit::None {}
+    while limited(&mut h) != ClientOutput::None {}
     let before = h.server.stats().rate_limited;
-    assert_eq!(limited(&mut h), Transmit::None);
+    assert_eq!(limited(&mut h), ClientOutput::None);
     assert_eq!(
         h.server.stats().rate_limited,
         before + 1,
@@ -556,7 +560,7 @@ fn state_benches(c: &mut Criterion) {
                 .server
                 .handle_peer_input(now, relay, peer, &mut buf, PAYLOAD, &mut h.out);
             assert!(
-                matches!(t, Transmit::ToClient { .. }),
+                matches!(t, PeerOutput::ChannelData { .. }),
                 "permission and channel found: {t:?}"
             );
         }

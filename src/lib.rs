@@ -8,17 +8,22 @@
 //! - [`auth`]: long-term credentials (key MD5(username:realm:password),
 //!   computed once per user) and stateless nonces.
 //! - [`turn`]: the [`turn::Server`] state machine: Binding answers, the
-//!   allocation manager with its [`turn::Allocation`]s, [`turn::Permission`]s
-//!   and [`turn::ChannelBinding`]s keyed by [`turn::FiveTuple`], the relay port
-//!   pool, one ordered deadline heap for every expiry, and the secure-by-default
-//!   [`turn::PeerPolicy`].
+//!   allocation manager with its [`turn::Allocation`]s (their permissions and
+//!   [`turn::ChannelBinding`]s) keyed by [`turn::FiveTuple`], requests decoded
+//!   into typed values ([`turn::request`]) before a handler decides, the
+//!   relay port pool, one ordered deadline heap for every expiry, and the
+//!   secure-by-default [`turn::PeerPolicy`].
 //! - [`config`]: the TOML file and command line.
 //! - [`server`]: the IO shell: UDP listener, relay sockets, timers, signals.
 //!
 //! The core takes the time as an argument and never reads a clock; it never
-//! touches a socket: it returns [`turn::Transmit`] routing decisions (send
-//! these bytes from that relay port to that peer) and asks the shell to open
-//! and close relay sockets through [`turn::RelayIo`].
+//! touches a socket: each entry point returns its own output type, a routing
+//! decision into the buffer its caller passed ([`turn::ClientOutput`] for
+//! client bytes: send this answer, or these bytes from that relay port to
+//! that peer; [`turn::PeerOutput`] for peer datagrams: send this ChannelData
+//! message framed in place, or this Data indication), and it asks the shell
+//! to open and close relay sockets through [`turn::RelayIo`]. The core does
+//! not resolve names, read files, or keep time itself.
 //!
 //! `unsafe` is denied everywhere but in [`sys`]: `recvmmsg`/`sendmmsg`
 //! batches and the open-file limit, documented there.

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 /// Bytes kept free before each received datagram: room for a ChannelData
 /// header (RFC 8656 section 12.4), so peer data is framed in place.
-pub const HEADROOM: usize = 4;
+pub const HEADROOM: usize = crate::stun::CHANNEL_DATA_HEADER_LEN;
 /// Bytes kept free after each received datagram: room for ChannelData
 /// padding to a multiple of 4 over TCP and TLS (RFC 8656 section 12.5).
 pub const TAILROOM: usize = 3;

@@ -192,7 +192,11 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
         );
     }
     let _ = writeln!(o, "# HELP turnd_auth_failures_total Failed authentications by reason.\n# TYPE turnd_auth_failures_total counter");
-    let mut reasons: Vec<_> = view.auth_failures.iter().map(|(r, n)| (*r, *n)).collect();
+    let mut reasons: Vec<_> = view
+        .auth_failures
+        .iter()
+        .map(|(r, n)| (r.as_str(), *n))
+        .collect();
     reasons.sort();
     for (r, n) in reasons {
         let _ = writeln!(o, "turnd_auth_failures_total{{reason=\"{r}\"}} {n}");

@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Cli, Config};
 
 pub mod notify;
-use crate::turn::{FiveTuple, RelayIo, Server, SharedState, Transmit, Transport};
+use crate::turn::{ClientOutput, FiveTuple, PeerOutput, RelayIo, Server, SharedState, Transport};
 
 /// Largest datagram received from a client or a peer (bytes; above the
 /// largest UDP payload, 65,527).
@@ -292,38 +292,53 @@ impl Shell {
         }
     }
 
+    /// Performs what [`Server::handle_client_input`] asked for: `input` is
+    /// the bytes given to it, `out` its answer buffer. Returns the TCP relay
+    /// connection to pipe the client's connection to after a successful
+    /// ConnectionBind (RFC 6062 section 5.4), which only a stream asks for.
+    fn perform(&self, output: ClientOutput, input: &[u8], out: &[u8]) -> Option<u32> {
+        match output {
+            ClientOutput::None => None,
+            ClientOutput::Reply { to, len } => {
+                self.send_to_client(&to, &out[..len]);
+                None
+            }
+            ClientOutput::ToPeer { relay, peer, range } => {
+                self.send_to_peer(relay, peer, &input[range]);
+                None
+            }
+            ClientOutput::ConnectionBound {
+                to,
+                len,
+                connection_id,
+            } => {
+                self.send_to_client(&to, &out[..len]);
+                Some(connection_id)
+            }
+        }
+    }
+
     /// Sends the ChannelData messages framed in `batch` slots to their UDP
     /// clients: one `sendmmsg` per run of messages leaving from the same
     /// listener socket (a relay socket's batch has one client), a plain
     /// `sendto` for a single message.
-    fn flush_to_client(
-        &self,
-        batch: &crate::sys::RecvBatch,
-        pending: &mut Vec<(FiveTuple, usize, std::ops::Range<usize>)>,
-    ) {
+    fn flush_to_client(&self, batch: &crate::sys::RecvBatch, pending: &mut Vec<PendingToClient>) {
         use std::os::fd::AsFd;
-        let mut start = 0;
-        while start < pending.len() {
-            let server = pending[start].0.server;
-            let end = pending[start..]
-                .iter()
-                .position(|(to, _, _)| to.server != server)
-                .map_or(pending.len(), |k| start + k);
-            if let Some(s) = self.listeners.get(&server) {
-                let run = &pending[start..end];
-                if run.len() == 1 {
-                    let (to, i, range) = &run[0];
-                    if let Err(e) = send_udp(s, &batch.slot(*i)[range.clone()], to.client) {
-                        debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
-                    }
-                } else {
-                    let msgs = run
-                        .iter()
-                        .map(|(to, i, range)| (&batch.slot(*i)[range.clone()], to.client));
-                    self.send_batch.borrow_mut().send(s.get_ref().as_fd(), msgs);
+        for run in runs_by_listener(pending) {
+            let run = &pending[run];
+            let Some(s) = self.listeners.get(&run[0].0.server) else {
+                continue;
+            };
+            if let [(to, i, range)] = run {
+                if let Err(e) = send_udp(s, &batch.slot(*i)[range.clone()], to.client) {
+                    debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
                 }
+            } else {
+                let msgs = run
+                    .iter()
+                    .map(|(to, i, range)| (&batch.slot(*i)[range.clone()], to.client));
+                self.send_batch.borrow_mut().send(s.get_ref().as_fd(), msgs);
             }
-            start = end;
         }
         pending.clear();
     }
@@ -348,6 +363,29 @@ impl Shell {
             }
         }
     }
+}
+
+/// A ChannelData message framed in place in a relay batch, waiting to go
+/// to its UDP client: (client, batch slot, the message within the slot).
+type PendingToClient = (FiveTuple, usize, std::ops::Range<usize>);
+
+/// The runs of consecutive `pending` messages that leave from the same
+/// listener (`FiveTuple::server`), as index ranges, in order: each run is
+/// one `sendmmsg`.
+fn runs_by_listener(
+    pending: &[PendingToClient],
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let first = pending.get(start)?;
+        let end = pending[start..]
+            .iter()
+            .position(|(to, _, _)| to.server != first.0.server)
+            .map_or(pending.len(), |k| start + k);
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
 }
 
 /// [`RelayIo`] for the shell: binds relay sockets and spawns their readers.
@@ -477,21 +515,21 @@ async fn relay_task(
             let Some((peer, len, slot)) = batch.slot_mut(i) else {
                 continue;
             };
-            let t = core
+            let output = core
                 .borrow_mut()
                 .handle_peer_input(now, relay, peer, slot, len, &mut out);
-            match t {
-                Transmit::ToClient { to, range } if to.transport == Transport::Udp => {
+            match output {
+                PeerOutput::ChannelData { to, range } if to.transport == Transport::Udp => {
                     pending.push((to, i, range));
                 }
-                Transmit::ToClient { to, range } => shell.send_to_client(&to, &slot[range]),
-                Transmit::Reply { to, len } => {
-                    // A Data indication, built in `out`: whatever was framed
-                    // before it leaves first, in order.
+                PeerOutput::ChannelData { to, range } => shell.send_to_client(&to, &slot[range]),
+                PeerOutput::DataIndication { to, len } => {
+                    // Built in `out`: whatever was framed before it leaves
+                    // first, in order.
                     shell.flush_to_client(&batch, &mut pending);
                     shell.send_to_client(&to, &out[..len]);
                 }
-                Transmit::ToPeer { .. } | Transmit::None => {}
+                PeerOutput::None => {}
             }
         }
         shell.flush_to_client(&batch, &mut pending);
@@ -539,7 +577,7 @@ async fn listener_task(
                 server: local,
                 transport: Transport::Udp,
             };
-            let t = {
+            let output = {
                 let mut io = ShellIo {
                     shell: &shell,
                     core: &core,
@@ -547,18 +585,8 @@ async fn listener_task(
                 core.borrow_mut()
                     .handle_client_input(now, ft, data, &mut out, &mut io)
             };
-            match t {
-                Transmit::Reply { to, len } => {
-                    if let Err(e) = send_udp(&socket, &out[..len], to.client) {
-                        debug!(target: "turnd::packet", client = %to.client, error = %e, "reply failed");
-                    }
-                }
-                Transmit::ToPeer { relay, peer, range } => {
-                    shell.send_to_peer(relay, peer, &data[range])
-                }
-                Transmit::ToClient { to, range } => shell.send_to_client(&to, &data[range]),
-                Transmit::None => {}
-            }
+            // Over UDP nothing binds a TCP relay connection.
+            let _ = shell.perform(output, data, &out);
         }
     }
 }
@@ -1105,5 +1133,43 @@ async fn wait_for_shutdown(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(client_port: u16, server: &str) -> FiveTuple {
+        FiveTuple {
+            client: SocketAddr::from(([192, 0, 2, 1], client_port)),
+            server: server.parse().unwrap(),
+            transport: Transport::Udp,
+        }
+    }
+
+    #[test]
+    fn runs_by_listener_groups_consecutive_messages_of_one_listener() {
+        let (a, b) = ("198.51.100.1:3478", "198.51.100.2:3478");
+        let pending: Vec<PendingToClient> = vec![
+            (to(1, a), 0, 0..10),
+            (to(2, a), 1, 0..10),
+            (to(3, b), 2, 0..10),
+            (to(4, a), 3, 0..10),
+            (to(5, a), 4, 0..10),
+            (to(6, a), 5, 0..10),
+        ];
+        let runs: Vec<_> = runs_by_listener(&pending).collect();
+        // Order is kept: a listener seen again later starts a new run.
+        assert_eq!(runs, [0..2, 2..3, 3..6]);
+    }
+
+    #[test]
+    fn runs_by_listener_of_one_or_none() {
+        assert_eq!(runs_by_listener(&[]).count(), 0);
+        let one = [(to(1, "198.51.100.1:3478"), 7, 0..4)];
+        let runs: Vec<_> = runs_by_listener(&one).collect();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0], 0..1);
     }
 }

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{Shell, ShellIo, OUT_BUFFER};
 use crate::stun::stream_frame_len;
-use crate::turn::{FiveTuple, Server, Transmit, Transport};
+use crate::turn::{FiveTuple, Server, Transport};
 
 /// Most bytes queued for one client before relayed data for it is dropped.
 pub const MAX_PENDING_BYTES: usize = 512 * 1024;
@@ -209,7 +209,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             match stream_frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n);
-                    let t = {
+                    let output = {
                         let mut io = ShellIo { shell, core };
                         core.borrow_mut().handle_client_input(
                             Instant::now(),
@@ -219,18 +219,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                             &mut io,
                         )
                     };
-                    match t {
-                        Transmit::Reply { to, len } => shell.send_to_client(&to, &out[..len]),
-                        Transmit::ToPeer { relay, peer, range } => {
-                            shell.send_to_peer(relay, peer, &frame[range])
-                        }
-                        Transmit::ToClient { to, range } => {
-                            shell.send_to_client(&to, &frame[range])
-                        }
-                        Transmit::None => {}
-                    }
-                    let bound = core.borrow_mut().take_connection_bind(&ft);
-                    if let Some(id) = bound {
+                    if let Some(id) = shell.perform(output, &frame, &out) {
                         // RFC 6062 section 5.4: from now on raw bytes to and from the peer.
                         shell.conns.borrow_mut().remove(&ft);
                         conn.handover.set(true);
@@ -363,11 +352,12 @@ pub(super) async fn tcp_relay_accept(
         let attempt =
             core.borrow_mut()
                 .handle_peer_connection(Instant::now(), relay, peer, &mut out);
-        if let Some((id, t)) = attempt {
-            shell.tcp_pending.borrow_mut().insert(id, stream);
-            if let Transmit::Reply { to, len } = t {
-                shell.send_to_client(&to, &out[..len]);
-            }
+        if let Some(a) = attempt {
+            shell
+                .tcp_pending
+                .borrow_mut()
+                .insert(a.connection_id, stream);
+            shell.send_to_client(&a.to, &out[..a.len]);
         }
     }
 }
@@ -409,7 +399,7 @@ pub(super) async fn tcp_relay_connect(
         }
     };
     let mut out = vec![0u8; 512];
-    let t = {
+    let reply = {
         let mut io = ShellIo {
             shell: &shell,
             core: &core,
@@ -417,8 +407,8 @@ pub(super) async fn tcp_relay_connect(
         core.borrow_mut()
             .handle_tcp_connect_result(Instant::now(), id, ok, &mut out, &mut io)
     };
-    if let Transmit::Reply { to, len } = t {
-        shell.send_to_client(&to, &out[..len]);
+    if let Some(r) = reply {
+        shell.send_to_client(&r.to, &out[..r.len]);
     }
 }
 

@@ -37,7 +37,7 @@ use tracing::{debug, error, warn};
 use super::{new_shell, spawn_listeners, timer_task, Shell, ShellIo};
 use crate::auth::Credentials;
 use crate::stun::Method;
-use crate::turn::{Server, ServerConfig, SharedState, Stats, Transport};
+use crate::turn::{AuthFailure, Server, ServerConfig, SharedState, Stats, Transport};
 
 /// How long the main thread waits for a worker's answer before going on
 /// without it (a metrics scrape, an admin call).
@@ -90,7 +90,7 @@ pub(super) struct CoreView {
     pub allocations: Vec<AllocationView>,
     /// (method, result code, count).
     pub requests: HashMap<(Method, u16), u64>,
-    pub auth_failures: HashMap<&'static str, u64>,
+    pub auth_failures: HashMap<AuthFailure, u64>,
     pub ports_free: HashMap<IpAddr, usize>,
     pub user_bytes: HashMap<Arc<str>, (u64, u64)>,
     /// Open TCP and TLS client connections.
@@ -367,5 +367,86 @@ async fn worker_main(setup: WorkerSetup, mut rx: mpsc::UnboundedReceiver<Control
     let stats = core.borrow().stats();
     if let Some(reply) = stopped {
         let _ = reply.send(stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // an arbitrary instant for the views
+
+    use super::*;
+
+    fn allocation(id: u64, user: &str, now: Instant) -> AllocationView {
+        AllocationView {
+            id,
+            user: user.into(),
+            client: SocketAddr::from(([192, 0, 2, 1], 40000 + id as u16)),
+            transport: Transport::Udp,
+            relay: SocketAddr::from(([198, 51, 100, 1], 50000 + id as u16)),
+            relay_is_ipv4: true,
+            additional_relay: None,
+            tcp_relay: false,
+            created: now,
+            expires: now,
+            bytes_to_peer: 0,
+            bytes_to_client: 0,
+            packets_to_peer: 0,
+            packets_to_client: 0,
+            permissions: 0,
+            channels: 0,
+        }
+    }
+
+    fn view(
+        now: Instant,
+        id: u64,
+        packets_to_peer: u64,
+        draining: bool,
+        ports_free: usize,
+    ) -> CoreView {
+        let ip: IpAddr = [198, 51, 100, 1].into();
+        CoreView {
+            stats: Stats {
+                packets_to_peer,
+                ..Stats::default()
+            },
+            draining,
+            allocations: vec![allocation(id, "alice", now)],
+            requests: [((Method::ALLOCATE, 200), 2), ((Method::REFRESH, 200), 1)].into(),
+            auth_failures: [(AuthFailure::IntegrityMismatch, 1)].into(),
+            ports_free: [(ip, ports_free)].into(),
+            user_bytes: [(Arc::from("alice"), (10, 20))].into(),
+            connections: 1,
+            workers: 1,
+        }
+    }
+
+    #[test]
+    fn merge_adds_counters_and_keeps_one_port_pool() {
+        let now = Instant::now();
+        let mut all = view(now, 1, 5, false, 100);
+        let mut other = view(now, 2, 7, true, 100);
+        other.requests.insert((Method::CHANNEL_BIND, 400), 3);
+        other.auth_failures.insert(AuthFailure::UnknownUser, 4);
+        other.user_bytes.insert(Arc::from("bob"), (1, 2));
+        all.merge(other);
+
+        assert_eq!(all.stats.packets_to_peer, 12);
+        assert!(
+            all.draining,
+            "one draining worker makes the process draining"
+        );
+        let ids: Vec<u64> = all.allocations.iter().map(|a| a.id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(all.requests[&(Method::ALLOCATE, 200)], 4);
+        assert_eq!(all.requests[&(Method::REFRESH, 200)], 2);
+        assert_eq!(all.requests[&(Method::CHANNEL_BIND, 400)], 3);
+        assert_eq!(all.auth_failures[&AuthFailure::IntegrityMismatch], 2);
+        assert_eq!(all.auth_failures[&AuthFailure::UnknownUser], 4);
+        // The relay port pool is shared: not counted twice.
+        assert_eq!(all.ports_free.values().sum::<usize>(), 100);
+        assert_eq!(all.user_bytes[&Arc::from("alice")], (20, 40));
+        assert_eq!(all.user_bytes[&Arc::from("bob")], (1, 2));
+        assert_eq!((all.connections, all.workers), (2, 2));
     }
 }

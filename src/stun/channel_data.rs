@@ -22,7 +22,7 @@ pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// to a multiple of 4 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelData<'a> {
-    channel: u16,
+    channel: super::ChannelNumber,
     data: &'a [u8],
 }
 
@@ -55,10 +55,10 @@ impl<'a> ChannelData<'a> {
                 got: buf.len(),
             });
         }
-        let channel = u16::from_be_bytes([buf[0], buf[1]]);
-        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&channel) {
-            return Err(ChannelDataError::BadChannel(channel));
-        }
+        let number = u16::from_be_bytes([buf[0], buf[1]]);
+        let Some(channel) = super::ChannelNumber::new(number) else {
+            return Err(ChannelDataError::BadChannel(number));
+        };
         let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
         let end = CHANNEL_DATA_HEADER_LEN + len;
         match buf.get(CHANNEL_DATA_HEADER_LEN..end) {
@@ -73,6 +73,13 @@ impl<'a> ChannelData<'a> {
     /// The channel number.
     #[inline]
     pub fn channel(&self) -> u16 {
+        self.channel.get()
+    }
+
+    /// The channel number as a [`ChannelNumber`](super::ChannelNumber) (its
+    /// range was checked by [`ChannelData::parse`]).
+    #[inline]
+    pub fn channel_number(&self) -> super::ChannelNumber {
         self.channel
     }
 

@@ -4,10 +4,12 @@
 //! Parsing is zero-copy and checked once ([`Message::parse`]); encoding writes
 //! into a caller's buffer ([`MessageWriter`]). Nothing here allocates.
 
+mod attributes;
 mod channel_data;
 mod message;
 mod types;
 
+pub use attributes::{AddressFamily, ChannelNumber};
 pub use channel_data::*;
 pub use message::*;
 pub use types::*;

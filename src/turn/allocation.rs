@@ -8,6 +8,8 @@ use std::collections::HashMap;
 pub type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use crate::stun::ChannelNumber;
 use std::time::Instant;
 
 /// Transport protocol between client and server.
@@ -33,21 +35,11 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
-/// A permission: the peer IP address (port ignored) that may exchange data
-/// with the allocation until `expires`. See RFC 8656, section 9.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Permission {
-    /// The peer's IP address.
-    pub peer: IpAddr,
-    /// When the permission lapses unless refreshed (CreatePermission or ChannelBind).
-    pub expires: Instant,
-}
-
 /// A channel binding: channel number to peer transport address. See RFC 8656, section 12.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelBinding {
     /// Channel number, 0x4000-0x7FFF (see [`crate::stun::MAX_CHANNEL`]).
-    pub number: u16,
+    pub number: ChannelNumber,
     /// The peer transport address.
     pub peer: SocketAddr,
     /// When the binding lapses unless refreshed by another ChannelBind.
@@ -83,12 +75,13 @@ pub struct Allocation {
     pub timer_at: Instant,
     /// When it was created.
     pub created: Instant,
-    /// Installed permissions by peer IP.
+    /// Installed permissions: peer IP (port ignored) to when it lapses unless
+    /// refreshed (CreatePermission or ChannelBind). See RFC 8656, section 9.
     pub permissions: FastMap<IpAddr, Instant>,
     /// Channel bindings by number.
-    pub channels: FastMap<u16, ChannelBinding>,
+    pub channels: FastMap<ChannelNumber, ChannelBinding>,
     /// Channel numbers by peer transport address.
-    pub channel_by_peer: FastMap<SocketAddr, u16>,
+    pub channel_by_peer: FastMap<SocketAddr, ChannelNumber>,
     /// Packets relayed from client to peers.
     pub packets_to_peer: u64,
     /// Packets relayed from peers to the client.
@@ -123,7 +116,7 @@ impl Allocation {
 
     /// The channel bound to `peer` and valid at `now`.
     #[inline]
-    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<ChannelNumber> {
         let n = *self.channel_by_peer.get(&peer)?;
         self.channels
             .get(&n)

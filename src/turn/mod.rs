@@ -1,22 +1,28 @@
 //! TURN (RFC 8656): the allocation manager, its state and the peer policy.
 //!
 //! Everything here is sans-IO: time comes in as an argument, randomness from
-//! a seeded RNG, and socket work goes out as [`Transmit`] values or through
-//! the [`RelayIo`] trait.
+//! a seeded RNG, and socket work goes out as output values
+//! ([`ClientOutput`], [`PeerOutput`]) or through the [`RelayIo`] trait.
+//! Requests are decoded into the typed values of [`request`] before a
+//! handler decides on them.
 
 mod allocation;
 mod limits;
 mod policy;
 mod ports;
 mod quota;
+pub mod request;
 mod server;
 
-pub use allocation::*;
-pub use limits::*;
-pub use policy::*;
-pub use ports::*;
-pub use quota::*;
-pub use server::*;
-
-#[cfg(test)]
-mod scenario_tests;
+pub use allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
+pub use limits::{SharedLimiter, SourceLimiter, TokenBucket};
+pub use policy::{IpRange, IpRangeError, PeerPolicy};
+pub use ports::RelayPorts;
+pub use quota::QuotaLedger;
+pub use server::{
+    AllocationEnd, AuthFailure, ClientOutput, ConnectionAttempt, PeerOutput, RelayIo, Reply,
+    Server, ServerConfig, SharedState, Stats, CHANNEL_LIFETIME, DEFAULT_ALLOCATION_LIFETIME,
+    MAX_ALLOCATION_LIFETIME, MAX_CACHED_RESPONSES, MAX_CHANNELS, MAX_PERMISSIONS,
+    MAX_TCP_CONNECTIONS, MIN_OUT_BUFFER, PERMISSION_LIFETIME, RESERVATION_LIFETIME,
+    TCP_CONNECTION_BIND_TIMEOUT, TRANSACTION_LIFETIME,
+};

@@ -1,6 +1,11 @@
 //! The pool of relay ports on one relay address: `min-port..=max-port`,
 //! handed out at random (RFC 8656, section 7.2 asks for unpredictable ports).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
 use rand::Rng;
 
 /// Free ports of one relay address, O(1) random take and O(1) return.
@@ -151,20 +156,28 @@ mod tests {
 /// An EVEN-PORT R-bit reservation (RFC 8656 section 7.2): the relay address
 /// held for a later Allocate with this RESERVATION-TOKEN, until `expires`.
 #[derive(Clone, Copy, Debug)]
-pub struct Reservation {
+struct Reservation {
     /// The reserved relay address (its port is taken from the pool).
-    pub relay: std::net::SocketAddr,
+    relay: SocketAddr,
     /// When the reservation lapses and the port returns to the pool.
-    pub expires: std::time::Instant,
+    expires: Instant,
 }
 
 /// The pools of every relay address and the EVEN-PORT reservations.
 #[derive(Debug, Default)]
-pub struct RelayPortsInner {
+struct Inner {
     /// Free ports per relay address.
-    pub pools: std::collections::HashMap<std::net::IpAddr, PortPool>,
+    pools: HashMap<IpAddr, PortPool>,
     /// Reservations by RESERVATION-TOKEN (8 bytes).
-    pub reservations: std::collections::HashMap<[u8; 8], Reservation>,
+    reservations: HashMap<[u8; 8], Reservation>,
+}
+
+impl Inner {
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(p) = self.pools.get_mut(&addr.ip()) {
+            p.put(addr.port());
+        }
+    }
 }
 
 /// Relay ports shared by every worker of a process: one pool per relay
@@ -173,40 +186,91 @@ pub struct RelayPortsInner {
 /// allocation can be claimed by an Allocate that lands on another. Locked
 /// once per Allocate and per ended allocation, never per relayed packet.
 #[derive(Clone, Debug, Default)]
-pub struct RelayPorts(std::sync::Arc<std::sync::Mutex<RelayPortsInner>>);
+pub struct RelayPorts(Arc<Mutex<Inner>>);
 
 impl RelayPorts {
     /// A pool of `min..=max` on each of `ips`.
-    pub fn new(ips: &[std::net::IpAddr], min: u16, max: u16) -> Self {
+    pub fn new(ips: &[IpAddr], min: u16, max: u16) -> Self {
         let pools = ips
             .iter()
             .map(|ip| (*ip, PortPool::new(min, max)))
             .collect();
-        RelayPorts(std::sync::Arc::new(std::sync::Mutex::new(
-            RelayPortsInner {
-                pools,
-                reservations: std::collections::HashMap::new(),
-            },
-        )))
+        RelayPorts(Arc::new(Mutex::new(Inner {
+            pools,
+            reservations: HashMap::new(),
+        })))
     }
 
     /// Exclusive access (held for a few map operations, never across IO).
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, RelayPortsInner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every update is one step: a panicked holder left it consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Free ports on `ip`.
-    pub fn free(&self, ip: std::net::IpAddr) -> usize {
+    /// Free ports on `ip` (0 for an address that is not a relay address).
+    pub fn free(&self, ip: IpAddr) -> usize {
         self.lock().pools.get(&ip).map_or(0, PortPool::free)
     }
 
-    /// Returns `addr`'s port to its pool.
-    pub fn put(&self, addr: std::net::SocketAddr) {
-        if let Some(p) = self.lock().pools.get_mut(&addr.ip()) {
-            p.put(addr.port());
+    /// Every relay address and its free ports.
+    pub fn free_by_ip(&self) -> Vec<(IpAddr, usize)> {
+        let inner = self.lock();
+        inner.pools.iter().map(|(ip, p)| (*ip, p.free())).collect()
+    }
+
+    /// Takes a random free port on `ip`: any port for `even_port` `None`,
+    /// else an even one, with `Some(true)` (the R bit) also taking the next
+    /// port. `None` when `ip` is not a
+    /// relay address or has no suitable port left.
+    pub fn take(&self, ip: IpAddr, even_port: Option<bool>, rng: &mut impl Rng) -> Option<u16> {
+        let mut inner = self.lock();
+        let pool = inner.pools.get_mut(&ip)?;
+        match even_port {
+            Some(reserve_next) => pool.take_random_even(rng, reserve_next),
+            None => pool.take_random(rng),
+        }
+    }
+
+    /// Returns `addr`'s port to its pool (no effect when it is free already).
+    pub fn release(&self, addr: SocketAddr) {
+        self.lock().release(addr);
+    }
+
+    /// Holds `relay` (its port already taken) for an Allocate with RESERVATION-TOKEN
+    /// `token` until `expires`. See RFC 8656, section 7.2.
+    pub fn reserve(&self, token: [u8; 8], relay: SocketAddr, expires: Instant) {
+        self.lock()
+            .reservations
+            .insert(token, Reservation { relay, expires });
+    }
+
+    /// Claims the relay address reserved under `token`: `Some` while the
+    /// reservation stands at `now` (the port stays taken, now the
+    /// caller's). A lapsed reservation is removed and its port returned;
+    /// an unknown token gives `None`.
+    pub fn claim_reservation(&self, token: &[u8; 8], now: Instant) -> Option<SocketAddr> {
+        let mut inner = self.lock();
+        let res = inner.reservations.remove(token)?;
+        if res.expires > now {
+            return Some(res.relay);
+        }
+        inner.release(res.relay);
+        None
+    }
+
+    /// Ends the reservation under `token` if it lapsed at `now`, returning
+    /// its port; true when it did. A reservation claimed meanwhile (on any
+    /// worker) is gone already.
+    pub fn expire_reservation(&self, token: &[u8; 8], now: Instant) -> bool {
+        let mut inner = self.lock();
+        match inner.reservations.get(token) {
+            Some(r) if r.expires <= now => {
+                let relay = r.relay;
+                inner.reservations.remove(token);
+                inner.release(relay);
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -1,0 +1,373 @@
+//! Allocate and Refresh (RFC 8656 sections 7.2 and 7.3): relay binding,
+//! lifetimes, and the end of an allocation.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tracing::{debug, info};
+
+use super::*;
+use crate::stun::{AddressFamily, AttributeType, ErrorCode};
+use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
+use crate::turn::limits::{bandwidth_burst, TokenBucket};
+use crate::turn::request::{AllocateRequest, RefreshRequest};
+
+/// Why an allocation ended, for logs: [`AllocationEnd::as_str`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocationEnd {
+    /// Its lifetime ran out without a Refresh (RFC 8656 section 7).
+    Expired,
+    /// The client sent a Refresh with LIFETIME 0 (RFC 8656 section 7.3).
+    Refreshed,
+    /// The client's TCP or TLS connection closed (RFC 8656 section 3.1).
+    ConnectionClosed,
+    /// Deleted through the admin API.
+    AdminDeleted,
+    /// The server shut down.
+    Shutdown,
+}
+
+impl AllocationEnd {
+    /// Short snake_case name for logs and metric labels: `expired`,
+    /// `refresh_lifetime_zero`, `connection_closed`, `admin_deleted`,
+    /// `shutdown`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AllocationEnd::Expired => "expired",
+            AllocationEnd::Refreshed => "refresh_lifetime_zero",
+            AllocationEnd::ConnectionClosed => "connection_closed",
+            AllocationEnd::AdminDeleted => "admin_deleted",
+            AllocationEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl Server {
+    pub(super) fn lifetime(&self, requested: Option<u32>) -> Duration {
+        // RFC 8656 section 7.2: min(requested, max), but never below the default.
+        let req = requested.map_or(self.config.default_lifetime, |s| {
+            Duration::from_secs(s.into())
+        });
+        req.min(self.config.max_lifetime)
+            .max(self.config.default_lifetime.min(self.config.max_lifetime))
+    }
+
+    /// Allocate. See RFC 8656, section 7.2.
+    pub(super) fn allocate(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Transaction<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> ClientOutput {
+        let key = Some(&auth.key);
+        if self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        if self.draining {
+            // Shutting down: clients move on to another server of the fleet.
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+        }
+        let AllocateRequest {
+            tcp_relay,
+            even_port,
+            reservation_token,
+            family,
+            dual,
+            lifetime: requested_lifetime,
+        } = match AllocateRequest::parse(&r.msg, ft.transport) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        if !self.quota.try_acquire(
+            &auth.username,
+            self.config.user_quota,
+            self.config.total_quota,
+        ) {
+            info!(client = %ft.client, user = %auth.username, "allocation quota reached: 486");
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+        }
+        // Every failure from here on gives the quota back.
+        let quota = self.quota.clone();
+        let give_back = |user: &str| quota.release(user);
+
+        let mut new_token = None;
+        let relay = if let Some(t) = reservation_token {
+            let Some(reserved) = self.ports.claim_reservation(&t, now) else {
+                give_back(&auth.username);
+                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            };
+            if let Err(e) = io.open(reserved) {
+                debug!(relay = %reserved, error = %e, "reserved relay port could not be bound");
+                self.ports.release(reserved);
+                give_back(&auth.username);
+                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            }
+            reserved
+        } else {
+            let want_v6 = family == Some(AddressFamily::V6);
+            match self.bind_relay_family(want_v6, even_port, tcp_relay, io) {
+                Ok((addr, reserved)) => {
+                    if let Some(next) = reserved {
+                        let mut t = [0u8; 8];
+                        self.rng.fill_bytes(&mut t);
+                        let expires = now + RESERVATION_LIFETIME;
+                        self.ports.reserve(t, next, expires);
+                        self.push_timer(expires, TimerKind::Reservation { token: t });
+                        new_token = Some(t);
+                    }
+                    addr
+                }
+                Err(code) => {
+                    if code == ErrorCode::INSUFFICIENT_CAPACITY {
+                        info!(client = %ft.client, user = %auth.username, ipv6 = want_v6, "no relay port left: 508");
+                    }
+                    give_back(&auth.username);
+                    return self.error(ft, out, r, code, key);
+                }
+            }
+        };
+
+        // The IPv6 half of a dual allocation: its failure is reported in
+        // ADDRESS-ERROR-CODE while the IPv4 half stands.
+        let mut additional_relay = None;
+        let mut additional_error = None;
+        if dual {
+            match self.bind_relay_family(true, None, false, io) {
+                Ok((addr, _)) => additional_relay = Some(addr),
+                Err(code) => additional_error = Some(code),
+            }
+        }
+        let lifetime = self.lifetime(requested_lifetime);
+        let id = self.next_id;
+        self.next_id += self.id_step;
+        let expires = now + lifetime;
+        self.allocations.insert(
+            ft,
+            Box::new(Allocation {
+                id,
+                five_tuple: ft,
+                relay,
+                additional_relay,
+                tcp_relay,
+                username: auth.username.clone(),
+                key: auth.key,
+                expires,
+                timer_at: expires,
+                created: now,
+                permissions: FastMap::default(),
+                channels: FastMap::default(),
+                channel_by_peer: FastMap::default(),
+                packets_to_peer: 0,
+                packets_to_client: 0,
+                bytes_to_peer: 0,
+                bytes_to_client: 0,
+                bandwidth_to_peer: self.allocation_bucket(now),
+                bandwidth_to_client: self.allocation_bucket(now),
+            }),
+        );
+        self.by_relay.insert(relay, ft);
+        if let Some(r) = additional_relay {
+            self.by_relay.insert(r, ft);
+        }
+        self.push_timer(expires, TimerKind::Allocation { ft, id });
+        self.stats.allocations_created += 1;
+        info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
+        let advertised = self.advertised(relay);
+        let advertised_additional = additional_relay.map(|a| self.advertised(a));
+        self.success(ft, out, r, key, |w, _| {
+            w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, advertised)?;
+            if let Some(a) = advertised_additional {
+                w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, a)?;
+            }
+            if let Some(code) = additional_error {
+                w.address_error_code(AddressFamily::V6, code)?;
+            }
+            w.lifetime(lifetime.as_secs() as u32)?;
+            if let Some(t) = new_token {
+                w.reservation_token(&t)?;
+            }
+            w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, ft.client)
+        })
+    }
+
+    /// Binds a relay port on one of the relay addresses of a family (the one
+    /// with the most free ports first, so several `relay-ip`s share the load).
+    ///
+    /// # Errors
+    /// 440 when the family has no relay address, 508 when no port is left.
+    pub(super) fn bind_relay_family(
+        &mut self,
+        v6: bool,
+        even_port: Option<bool>,
+        tcp: bool,
+        io: &mut impl RelayIo,
+    ) -> Result<(SocketAddr, Option<SocketAddr>), ErrorCode> {
+        let mut candidates: Vec<(usize, IpAddr)> = self
+            .config
+            .relay_ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| (self.free_ports(*ip), *ip))
+            .collect();
+        if candidates.is_empty() {
+            return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+        }
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+        for (_, ip) in candidates {
+            if let Some(placed) = self.bind_relay(ip, even_port, tcp, io) {
+                return Ok(placed);
+            }
+        }
+        Err(ErrorCode::INSUFFICIENT_CAPACITY)
+    }
+
+    /// Picks a free port on `ip` and binds it; a few tries when a port is
+    /// already used by another program. Returns the address and, for the
+    /// EVEN-PORT R bit, the reserved next address.
+    pub(super) fn bind_relay(
+        &mut self,
+        ip: IpAddr,
+        even_port: Option<bool>,
+        tcp: bool,
+        io: &mut impl RelayIo,
+    ) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        // Ports another program holds are skipped, then returned to the pool
+        // once this allocation is placed (they may be free again later).
+        let mut busy: Vec<SocketAddr> = Vec::new();
+        let mut placed = None;
+        for _ in 0..16 {
+            let port = self.ports.take(ip, even_port, &mut self.rng);
+            let Some(port) = port else { break };
+            let addr = SocketAddr::new(ip, port);
+            let reserved = (even_port == Some(true)).then(|| SocketAddr::new(ip, port + 1));
+            let opened = if tcp {
+                io.open_tcp(addr)
+            } else {
+                io.open(addr)
+            };
+            match opened {
+                Ok(()) => {
+                    placed = Some((addr, reserved));
+                    break;
+                }
+                Err(e) => {
+                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
+                    busy.push(addr);
+                    if let Some(next) = reserved {
+                        self.ports.release(next);
+                    }
+                }
+            }
+        }
+        for addr in busy {
+            self.ports.release(addr);
+        }
+        placed
+    }
+
+    /// The address clients are told for relay address `relay`: its
+    /// `external-ip` when the host is behind 1:1 NAT, else itself.
+    pub fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        let ip = relay.ip();
+        let public =
+            self.config
+                .external_ips
+                .iter()
+                .find(|(private, _)| *private == Some(ip))
+                .or_else(|| {
+                    self.config.external_ips.iter().find(|(private, public)| {
+                        private.is_none() && public.is_ipv4() == ip.is_ipv4()
+                    })
+                })
+                .map(|(_, public)| *public);
+        SocketAddr::new(public.unwrap_or(ip), relay.port())
+    }
+
+    pub(super) fn allocation_bucket(&self, now: Instant) -> Option<TokenBucket> {
+        let bps = self.config.max_bps;
+        (bps > 0).then(|| TokenBucket::new(bps as f64, bandwidth_burst(bps), now))
+    }
+
+    pub(super) fn delete_allocation(
+        &mut self,
+        ft: FiveTuple,
+        io: &mut impl RelayIo,
+        why: AllocationEnd,
+    ) {
+        let Some(a) = self.allocations.remove(&ft) else {
+            return;
+        };
+        let e = self
+            .ended_user_bytes
+            .entry(a.username.clone())
+            .or_insert((0, 0));
+        e.0 += a.bytes_to_peer;
+        e.1 += a.bytes_to_client;
+        let ids: Vec<u32> = self
+            .tcp_connections
+            .iter()
+            .filter(|(_, c)| c.allocation_id == a.id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+        }
+        for relay in std::iter::once(a.relay).chain(a.additional_relay) {
+            self.by_relay.remove(&relay);
+            self.ports.release(relay);
+            io.close(relay);
+        }
+        self.quota.release(&a.username);
+        info!(
+            user = %a.username, client = %ft.client, relay = %a.relay, reason = why.as_str(),
+            packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
+            "allocation deleted"
+        );
+    }
+
+    /// Refresh. See RFC 8656, section 7.3.
+    pub(super) fn refresh(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Transaction<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> ClientOutput {
+        let key = Some(&auth.key);
+        if !self.allocations.contains_key(&ft) {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        }
+        let request = match RefreshRequest::parse(&r.msg) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        let granted = if request.deletes() {
+            self.delete_allocation(ft, io, AllocationEnd::Refreshed);
+            self.stats.allocations_deleted += 1;
+            0
+        } else {
+            let lifetime = self.lifetime(request.lifetime);
+            let expires = now + lifetime;
+            let Some(a) = self.allocations.get_mut(&ft) else {
+                return ClientOutput::None;
+            };
+            a.expires = expires;
+            let id = a.id;
+            info!(user = %auth.username, client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
+            // Only a shorter lifetime needs an earlier timer (see `timer_at`).
+            if expires < a.timer_at {
+                a.timer_at = expires;
+                self.push_timer(expires, TimerKind::Allocation { ft, id });
+            }
+            lifetime.as_secs() as u32
+        };
+        self.success(ft, out, r, key, |w, _| w.lifetime(granted))
+    }
+}

@@ -1,0 +1,216 @@
+//! The relay hot path: ChannelData and Send indications to peers, peer
+//! datagrams to clients (RFC 8656 sections 10 and 12), bandwidth limits.
+//! No allocation, no lock.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::RngCore;
+use tracing::trace;
+
+use super::*;
+use crate::stun::{
+    write_channel_data_header, AttributeType, ChannelData, Class, Message, MessageType,
+    MessageWriter, Method, CHANNEL_DATA_HEADER_LEN,
+};
+use crate::turn::allocation::{FiveTuple, Transport};
+use crate::turn::limits::TokenBucket;
+use crate::turn::request::SendIndication;
+
+impl Server {
+    /// The client-to-peer hot path: one ChannelData message.
+    #[inline]
+    pub(super) fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        input: &[u8],
+    ) -> ClientOutput {
+        let routed = (|| {
+            let cd = ChannelData::parse(input).ok()?;
+            let alloc = self.allocations.get_mut(&ft)?;
+            let ch = *alloc.channels.get(&cd.channel_number())?;
+            if ch.expires <= now || !alloc.has_permission(ch.peer.ip(), now) {
+                return None;
+            }
+            let len = cd.data().len();
+            if !within_bandwidth(&mut alloc.bandwidth_to_peer, &mut self.capacity, len, now) {
+                self.stats.dropped_bandwidth += 1;
+                return None;
+            }
+            alloc.packets_to_peer += 1;
+            alloc.bytes_to_peer += len as u64;
+            Some((alloc.relay_for(ch.peer)?, ch.peer, len))
+        })();
+        match routed {
+            Some((relay, peer, len)) => {
+                self.stats.packets_to_peer += 1;
+                self.stats.bytes_to_peer += len as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len, "channel data to peer");
+                ClientOutput::ToPeer {
+                    relay,
+                    peer,
+                    range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len,
+                }
+            }
+            None => {
+                self.stats.dropped_from_client += 1;
+                ClientOutput::None
+            }
+        }
+    }
+
+    /// Handles a datagram from `peer` arriving on relay address `relay`.
+    ///
+    /// `buf[4..4 + len]` holds the datagram; `buf[0..4]` is headroom where the
+    /// ChannelData header is written when a channel is bound, so no copy is
+    /// made. Otherwise a Data indication is written into `out`. Datagrams
+    /// without a permission are dropped (RFC 8656, section 10).
+    #[inline]
+    pub fn handle_peer_input(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut [u8],
+    ) -> PeerOutput {
+        let Some(ft) = self.by_relay.get(&relay).copied() else {
+            self.stats.dropped_from_peer += 1;
+            return PeerOutput::None;
+        };
+        let Some(alloc) = self.allocations.get_mut(&ft) else {
+            self.stats.dropped_from_peer += 1;
+            return PeerOutput::None;
+        };
+        if !alloc.has_permission(peer.ip(), now)
+            || buf.len() < CHANNEL_DATA_HEADER_LEN + len
+            || len > 0xFFFF
+        {
+            self.stats.dropped_from_peer += 1;
+            return PeerOutput::None;
+        }
+        if !within_bandwidth(&mut alloc.bandwidth_to_client, &mut self.capacity, len, now) {
+            self.stats.dropped_bandwidth += 1;
+            self.stats.dropped_from_peer += 1;
+            return PeerOutput::None;
+        }
+        alloc.bytes_to_client += len as u64;
+        if let Some(channel) = alloc.channel_for(peer, now) {
+            alloc.packets_to_client += 1;
+            self.stats.packets_to_client += 1;
+            self.stats.bytes_to_client += len as u64;
+            write_channel_data_header(buf, channel.get(), len);
+            // Over TCP and TLS, ChannelData is padded to 4 bytes (RFC 8656 section 12.5).
+            let mut end = CHANNEL_DATA_HEADER_LEN + len;
+            if ft.transport != Transport::Udp {
+                let padded = (end + 3) & !3;
+                if buf.len() < padded {
+                    self.stats.dropped_from_peer += 1;
+                    return PeerOutput::None;
+                }
+                buf[end..padded].fill(0);
+                end = padded;
+            }
+            trace!(target: "turnd::packet", %relay, %peer, len, "channel data to client");
+            return PeerOutput::ChannelData {
+                to: ft,
+                range: 0..end,
+            };
+        }
+        alloc.packets_to_client += 1;
+        let data = &buf[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let written = (|| {
+            let mut w =
+                MessageWriter::new(out, MessageType::new(Method::DATA, Class::Indication), tid)
+                    .ok()?;
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer).ok()?;
+            w.attribute(AttributeType::DATA, data).ok()?;
+            Some(w.finish())
+        })();
+        match written {
+            Some(n) => {
+                self.stats.packets_to_client += 1;
+                self.stats.bytes_to_client += len as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len, "data indication to client");
+                PeerOutput::DataIndication { to: ft, len: n }
+            }
+            None => {
+                self.stats.dropped_from_peer += 1;
+                PeerOutput::None
+            }
+        }
+    }
+
+    /// Send indication. See RFC 8656, section 10.2. Dropped silently when
+    /// anything is missing or the peer is not allowed.
+    pub(super) fn handle_send(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: Message<'_>,
+        input: &[u8],
+    ) -> ClientOutput {
+        let routed = (|| {
+            let a = self.allocations.get_mut(&ft)?;
+            let SendIndication { peer, data } = SendIndication::parse(&msg).ok()?;
+            if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
+                return None;
+            }
+            if !within_bandwidth(
+                &mut a.bandwidth_to_peer,
+                &mut self.capacity,
+                data.len(),
+                now,
+            ) {
+                self.stats.dropped_bandwidth += 1;
+                return None;
+            }
+            a.packets_to_peer += 1;
+            a.bytes_to_peer += data.len() as u64;
+            let start = data.as_ptr() as usize - input.as_ptr() as usize;
+            Some((a.relay_for(peer)?, peer, start..start + data.len()))
+        })();
+        match routed {
+            Some((relay, peer, range)) => {
+                self.stats.packets_to_peer += 1;
+                self.stats.bytes_to_peer += range.len() as u64;
+                trace!(target: "turnd::packet", %relay, %peer, len = range.len(), "send indication to peer");
+                ClientOutput::ToPeer { relay, peer, range }
+            }
+            None => {
+                self.stats.dropped_from_client += 1;
+                ClientOutput::None
+            }
+        }
+    }
+}
+
+/// Takes `len` bytes from the allocation's and the server's bandwidth
+/// buckets, when they exist; false (nothing taken) when either is short.
+#[inline]
+fn within_bandwidth(
+    allocation: &mut Option<TokenBucket>,
+    server: &mut Option<TokenBucket>,
+    len: usize,
+    now: Instant,
+) -> bool {
+    if allocation.is_none() && server.is_none() {
+        return true;
+    }
+    let len = len as u64;
+    if let Some(a) = allocation {
+        if !a.take(len, now) {
+            return false;
+        }
+    }
+    if let Some(s) = server {
+        if !s.take(len, now) {
+            return false;
+        }
+    }
+    true
+}

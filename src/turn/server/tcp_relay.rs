@@ -1,0 +1,322 @@
+//! TCP relays (RFC 6062): Connect, ConnectionAttempt and ConnectionBind.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tracing::{debug, info};
+
+use super::*;
+use crate::stun::{
+    AttributeType, Class, ErrorCode, MessageType, MessageWriter, Method, TransactionId,
+};
+use crate::turn::allocation::{FiveTuple, Transport};
+use crate::turn::request::{ConnectRequest, ConnectionBindRequest};
+
+/// RFC 6062: a TCP connection between a TCP relay and a peer.
+#[derive(Clone, Debug)]
+pub(super) struct TcpConnection {
+    pub(super) control: FiveTuple,
+    pub(super) allocation_id: u64,
+    pub(super) peer: SocketAddr,
+    pub(super) state: TcpConnectionState,
+    pub(super) expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TcpConnectionState {
+    /// The server is connecting to the peer for a Connect request.
+    Connecting {
+        tid: TransactionId,
+        fingerprint: bool,
+        sha256: bool,
+    },
+    /// Connected, waiting for the client's ConnectionBind (30 s).
+    Ready,
+    /// Piped to the client data connection `data`.
+    Bound { data: FiveTuple },
+}
+
+/// RFC 6062 section 5.2/5.3: a connection waits 30 s for its ConnectionBind.
+pub const TCP_CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most TCP relay connections one allocation may have pending or open.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
+
+impl Server {
+    /// Connect (RFC 6062 section 5.2): the server connects from the TCP relay
+    /// to the peer; the answer comes when the shell reports the outcome.
+    pub(super) fn connect(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Transaction<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> ClientOutput {
+        let key = Some(&auth.key);
+        let Some((tcp_relay, alloc_id, relay)) = self
+            .allocations
+            .get(&ft)
+            .map(|a| (a.tcp_relay, a.id, a.relay))
+        else {
+            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+        };
+        if !tcp_relay {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let ConnectRequest { peer } = match ConnectRequest::parse(&r.msg) {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        if peer.is_ipv4() != relay.is_ipv4() {
+            return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
+        }
+        if !self.config.policy.is_allowed(peer.ip()) {
+            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+        }
+        let mine = self
+            .tcp_connections
+            .values()
+            .filter(|c| c.allocation_id == alloc_id);
+        let mut count = 0;
+        for c in mine {
+            if c.peer == peer {
+                return self.error(ft, out, r, ErrorCode::CONNECTION_ALREADY_EXISTS, key);
+            }
+            count += 1;
+        }
+        if count >= MAX_TCP_CONNECTIONS {
+            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+        }
+        let state = TcpConnectionState::Connecting {
+            tid: r.msg.transaction_id(),
+            fingerprint: r.fingerprint,
+            sha256: r.sha256,
+        };
+        let id = self.new_tcp_connection(now, ft, alloc_id, peer, state);
+        let mut perm_timer_needed = true;
+        if let Some(a) = self.allocations.get_mut(&ft) {
+            let perm = now + self.config.permission_lifetime;
+            if a.permissions.insert(peer.ip(), perm).is_some() {
+                perm_timer_needed = false;
+            }
+        }
+        if perm_timer_needed {
+            let perm = now + self.config.permission_lifetime;
+            self.arm_allocation_timer(ft, perm);
+        }
+        debug!(client = %ft.client, %peer, connection_id = id, "connecting to peer over tcp");
+        io.connect_tcp(relay, peer, id);
+        ClientOutput::None
+    }
+
+    /// Records a TCP relay connection of allocation `allocation_id` (whose
+    /// control connection is `control`) to `peer` under a fresh random id,
+    /// due to be bound within [`TCP_CONNECTION_BIND_TIMEOUT`]; returns the id.
+    fn new_tcp_connection(
+        &mut self,
+        now: Instant,
+        control: FiveTuple,
+        allocation_id: u64,
+        peer: SocketAddr,
+        state: TcpConnectionState,
+    ) -> u32 {
+        let id = loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.tcp_connections.contains_key(&id) {
+                break id;
+            }
+        };
+        self.tcp_connections.insert(
+            id,
+            TcpConnection {
+                control,
+                allocation_id,
+                peer,
+                state,
+                expires: now + TCP_CONNECTION_BIND_TIMEOUT,
+            },
+        );
+        id
+    }
+
+    /// The shell's TCP connection to a peer for a Connect finished (`ok`) or
+    /// failed. Returns the Connect response (success with CONNECTION-ID, or
+    /// 447) for the control connection.
+    pub fn handle_tcp_connect_result(
+        &mut self,
+        now: Instant,
+        id: u32,
+        ok: bool,
+        out: &mut [u8],
+        io: &mut impl RelayIo,
+    ) -> Option<Reply> {
+        let Some(c) = self.tcp_connections.get_mut(&id) else {
+            io.close_tcp(id);
+            return None;
+        };
+        let TcpConnectionState::Connecting {
+            tid,
+            fingerprint,
+            sha256,
+        } = c.state
+        else {
+            return None;
+        };
+        let ft = c.control;
+        let Some(key) = self
+            .allocations
+            .get(&ft)
+            .filter(|a| a.id == c.allocation_id)
+            .map(|a| a.key)
+        else {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+            return None;
+        };
+        let expires = now + TCP_CONNECTION_BIND_TIMEOUT;
+        if ok {
+            c.state = TcpConnectionState::Ready;
+            c.expires = expires;
+            self.push_timer(expires, TimerKind::TcpConnection { id });
+        } else {
+            self.tcp_connections.remove(&id);
+            io.close_tcp(id);
+        }
+        let phrases = self.config.reason_phrases;
+        let class = if ok { Class::Success } else { Class::Error };
+        let written = (|| {
+            let mut w =
+                MessageWriter::new(out, MessageType::new(Method::CONNECT, class), tid).ok()?;
+            if ok {
+                w.connection_id(id).ok()?;
+            } else {
+                w.error_code_with_reason(ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE, phrases)
+                    .ok()?;
+            }
+            if sha256 {
+                w.message_integrity_sha256(key.as_bytes()).ok()?;
+            } else {
+                w.message_integrity(key.as_bytes()).ok()?;
+            }
+            if fingerprint {
+                w.fingerprint().ok()?;
+            }
+            Some(w.finish())
+        })();
+        written.map(|len| Reply { to: ft, len })
+    }
+
+    /// A peer connected to the TCP relay `relay` (RFC 6062 section 5.3).
+    /// Returns the connection id and the ConnectionAttempt indication written
+    /// into `out` for the client, or `None` when the peer has no permission
+    /// (the shell closes the connection).
+    pub fn handle_peer_connection(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        out: &mut [u8],
+    ) -> Option<ConnectionAttempt> {
+        let ft = *self.by_relay.get(&relay)?;
+        let a = self.allocations.get(&ft)?;
+        if !a.tcp_relay || !a.has_permission(peer.ip(), now) {
+            debug!(%relay, %peer, "tcp connection from a peer without permission: closed");
+            return None;
+        }
+        let alloc_id = a.id;
+        if self
+            .tcp_connections
+            .values()
+            .filter(|c| c.allocation_id == alloc_id)
+            .count()
+            >= MAX_TCP_CONNECTIONS
+        {
+            return None;
+        }
+        let id = self.new_tcp_connection(now, ft, alloc_id, peer, TcpConnectionState::Ready);
+        self.push_timer(
+            now + TCP_CONNECTION_BIND_TIMEOUT,
+            TimerKind::TcpConnection { id },
+        );
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let len = (|| {
+            let mut w = MessageWriter::new(
+                out,
+                MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication),
+                tid,
+            )
+            .ok()?;
+            w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer).ok()?;
+            w.connection_id(id).ok()?;
+            Some(w.finish())
+        })()?;
+        debug!(client = %ft.client, %peer, connection_id = id, "tcp connection attempt from peer");
+        Some(ConnectionAttempt {
+            connection_id: id,
+            to: ft,
+            len,
+        })
+    }
+
+    /// ConnectionBind (RFC 6062 section 5.4) on a new client connection: on
+    /// success the shell pipes that connection to the peer's
+    /// ([`ClientOutput::ConnectionBound`]).
+    pub(super) fn connection_bind(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        r: &Transaction<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> ClientOutput {
+        let key = Some(&auth.key);
+        let bound_here = TcpConnectionState::Bound { data: ft };
+        if ft.transport == Transport::Udp
+            || self.allocations.contains_key(&ft)
+            || self.tcp_connections.values().any(|c| c.state == bound_here)
+        {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        }
+        let ConnectionBindRequest { connection_id: id } = match ConnectionBindRequest::parse(&r.msg)
+        {
+            Ok(q) => q,
+            Err(code) => return self.error(ft, out, r, code, key),
+        };
+        let Some(c) = self
+            .tcp_connections
+            .get(&id)
+            .filter(|c| c.state == TcpConnectionState::Ready && c.expires > now)
+        else {
+            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+        };
+        let owner = self
+            .allocations
+            .get(&c.control)
+            .filter(|a| a.id == c.allocation_id)
+            .map(|a| a.username.clone());
+        match owner {
+            Some(u) if u == auth.username => {}
+            Some(_) => return self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, key),
+            None => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+        }
+        match self.success(ft, out, r, key, |_, _| Ok(())) {
+            ClientOutput::Reply { to, len } => {
+                if let Some(c) = self.tcp_connections.get_mut(&id) {
+                    c.state = bound_here;
+                }
+                debug!(client = %ft.client, connection_id = id, "tcp relay connection bound");
+                ClientOutput::ConnectionBound {
+                    to,
+                    len,
+                    connection_id: id,
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Long-term credentials, REST credentials, nonces and the limits on
+//! unauthenticated answers and failures.
+
+use super::*;
+
+#[test]
+fn auth_failures() {
+    let mut h = Harness::new(|_| {});
+    let mut c = h.client(1, "alice", "wrong");
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    c.user = "mallory";
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    // Missing USERNAME with MESSAGE-INTEGRITY is a bad request.
+    let tid = h.tid();
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+    )
+    .unwrap();
+    w.message_integrity(&c.key).unwrap();
+    let n = w.finish();
+    assert_eq!(h.request_raw(c.ft, &buf[..n]).unwrap().code(), Some(400));
+    assert_eq!(h.server.stats().auth_failures, 2);
+    // A nonce issued to another client IP address is not accepted.
+    let good = h.client(2, "alice", "secret");
+    let stolen = Client {
+        ft: FiveTuple {
+            client: "198.51.100.8:3".parse().unwrap(),
+            ..ft(3)
+        },
+        user: "alice",
+        key: good.key,
+        nonce: good.nonce.clone(),
+    };
+    assert_eq!(h.allocate(&stolen).code(), Some(438));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_new_nonce() {
+    let mut h = Harness::new(|_| {});
+    let mut c = h.client(1, "alice", "secret");
+    h.advance(Duration::from_secs(601));
+    let a = h.allocate(&c);
+    assert_eq!(a.code(), Some(438));
+    let fresh = a.msg().get(AttributeType::NONCE).unwrap().to_vec();
+    assert_ne!(fresh, c.nonce);
+    c.nonce = fresh;
+    assert_eq!(h.allocate(&c).class(), Class::Success);
+}
+
+#[test]
+fn wrong_user_on_existing_allocation_is_441() {
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    let mut b = h.client(1, "bob", "hunter2");
+    b.ft = c.ft;
+    assert_eq!(h.request(&b, Method::REFRESH, |_| {}).code(), Some(441));
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[test]
+fn rest_api_credentials_rotate_and_expire() {
+    let mut h = Harness::new(|c| {
+        c.credentials
+            .set_rest_secrets(vec!["old-secret".into(), "new-secret".into()], ':')
+    });
+    // Server unix time is 1_700_000_000 at the harness epoch.
+    for secret in ["old-secret", "new-secret"] {
+        let user = leak(format!("1700000100:app-{secret}"));
+        let c = h.client(
+            if secret == "old-secret" { 1 } else { 2 },
+            user,
+            &crate::auth::rest_password(secret, user),
+        );
+        assert_eq!(h.allocate(&c).class(), Class::Success, "{secret}");
+    }
+    // Wrong secret.
+    let user = leak("1700000100:mallory".into());
+    let c = h.client(3, user, &crate::auth::rest_password("guess", user));
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    // Expired username: 401, even with the right password.
+    let user = leak("1699999999:late".into());
+    let c = h.client(4, user, &crate::auth::rest_password("new-secret", user));
+    assert_eq!(h.allocate(&c).code(), Some(401));
+    // Valid now, replayed after expiry (the nonce is renewed, the username is not).
+    let user = leak("1700000100:replay".into());
+    let mut c = h.client(5, user, &crate::auth::rest_password("new-secret", user));
+    h.advance(Duration::from_secs(101));
+    c.nonce = h.client(5, user, "x").nonce;
+    assert_eq!(h.allocate(&c).code(), Some(401));
+}
+
+#[test]
+fn hashed_static_key_authenticates() {
+    let key = long_term_key("carol", REALM, "pw");
+    let mut h = Harness::new(|c| c.credentials.add_key("carol", REALM, key));
+    let c = h.client(1, "carol", "pw");
+    assert_eq!(h.allocate(&c).class(), Class::Success);
+}
+
+#[test]
+fn sha256_password_algorithm_and_userhash() {
+    use crate::auth::{userhash, Key, PasswordAlgorithm, PASSWORD_ALGORITHMS_VALUE};
+    let mut h = Harness::new(|_| {});
+    let c = h.client(1, "alice", "secret");
+    // The 401 offers both algorithms and the nonce carries the security features.
+    assert!(c.nonce.starts_with(b"obMatJos2wAAA"));
+    let key = Key::derive(PasswordAlgorithm::Sha256, "alice", REALM, "secret");
+    let build = |h: &mut Harness, by_hash: bool, algs: &[u8], alg: u16| {
+        let tid = h.tid();
+        let mut buf = vec![0u8; 400];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            tid,
+        )
+        .unwrap();
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+        if by_hash {
+            w.attribute(AttributeType::USERHASH, &userhash("alice", REALM))
+                .unwrap();
+        } else {
+            w.attribute(AttributeType::USERNAME, b"alice").unwrap();
+        }
+        w.attribute(AttributeType::REALM, REALM.as_bytes()).unwrap();
+        w.attribute(AttributeType::NONCE, &c.nonce).unwrap();
+        w.attribute(AttributeType::PASSWORD_ALGORITHMS, algs)
+            .unwrap();
+        w.u32(AttributeType::PASSWORD_ALGORITHM, (alg as u32) << 16)
+            .unwrap();
+        w.message_integrity_sha256(key.as_bytes()).unwrap();
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    };
+    // A downgraded PASSWORD-ALGORITHMS list (not what the server sent) is a 400.
+    let b = build(&mut h, false, &[0, 1, 0, 0], 2);
+    assert_eq!(h.request_raw(c.ft, &b).unwrap().code(), Some(400));
+    let b = build(&mut h, true, &PASSWORD_ALGORITHMS_VALUE, 2);
+    let a = h.request_raw(c.ft, &b).unwrap();
+    assert_eq!(a.class(), Class::Success);
+    assert!(
+        a.msg().check_integrity_sha256(key.as_bytes()),
+        "answered with MESSAGE-INTEGRITY-SHA256"
+    );
+    assert!(!a.msg().has_integrity());
+    assert_eq!(&*h.server.allocation(&c.ft).unwrap().username, "alice");
+}
+
+#[test]
+fn unauthenticated_flood_is_limited_per_source() {
+    let mut h = Harness::new(|c| {
+        c.unauth_rate = 10;
+        c.unauth_burst = 20;
+    });
+    let flood = ft(1);
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, None, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    let answered = (0..1000)
+        .filter(|_| h.request_raw(flood, &b).is_some())
+        .count();
+    assert_eq!(answered, 20, "only the burst is answered");
+    // Another source still gets its 401 and allocates.
+    let other = FiveTuple {
+        client: "198.51.100.99:5000".parse().unwrap(),
+        ..ft(2)
+    };
+    let a = h
+        .request_raw(other, &b)
+        .expect("another source is answered");
+    let nonce = a.msg().get(AttributeType::NONCE).unwrap().to_vec();
+    let c = Client {
+        ft: other,
+        user: "alice",
+        key: long_term_key("alice", REALM, "secret"),
+        nonce,
+    };
+    assert_eq!(h.allocate(&c).class(), Class::Success);
+    // Refill: after a second the flooding source gets answers again.
+    h.advance(Duration::from_secs(1));
+    assert!(h.request_raw(flood, &b).is_some());
+    assert!(h.server.stats().rate_limited >= 980);
+}
+
+#[test]
+fn repeated_wrong_passwords_are_cut_off() {
+    let mut h = Harness::new(|c| c.auth_failures_per_minute = 5);
+    let bad = h.client(1, "alice", "wrong");
+    for _ in 0..5 {
+        assert_eq!(h.allocate(&bad).code(), Some(401));
+    }
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&bad), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(
+        h.request_raw(bad.ft, &b).is_none(),
+        "sixth failure in a minute: no answer"
+    );
+    // Even the right password from that address waits for the budget to refill.
+    let mut good = h.client(2, "alice", "secret");
+    good.ft = bad.ft;
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&good), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(h.request_raw(good.ft, &b).is_none());
+    h.advance(Duration::from_secs(13));
+    good.nonce = h.client(1, "alice", "secret").nonce;
+    assert_eq!(h.allocate(&good).class(), Class::Success);
+}
+
+#[test]
+fn failure_block_spares_existing_allocations() {
+    let mut h = Harness::new(|c| c.auth_failures_per_minute = 2);
+    let good = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&good).class(), Class::Success);
+    let bad = h.client(2, "alice", "wrong");
+    assert_eq!(h.allocate(&bad).code(), Some(401));
+    assert_eq!(h.allocate(&bad).code(), Some(401));
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&bad), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(
+        h.request_raw(bad.ft, &b).is_none(),
+        "the address is blocked for new logins"
+    );
+    // The allocation already held from that address keeps refreshing.
+    assert_eq!(
+        h.request(&good, Method::REFRESH, |_| {}).class(),
+        Class::Success
+    );
+}
