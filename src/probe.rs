@@ -54,7 +54,7 @@ use crate::config::{
 use crate::stun::{
     decode_address, decode_error_code, stream_frame_len, write_channel_data_header, AttributeType,
     BufferFull, ChannelData, Class, FrameError, Message, MessageType, MessageWriter, Method,
-    TransactionId, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, PROTOCOL_UDP,
+    TransactionId, ALPN_STUN_TURN, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, PROTOCOL_UDP,
 };
 use crate::turn::Transport;
 
@@ -131,8 +131,6 @@ const INITIAL_RTO: Duration = Duration::from_millis(500);
 const MAX_UDP_SENDS: u32 = 7;
 /// Most indications or ChannelData messages kept while waiting for a response.
 const PENDING_CAP: usize = 64;
-/// RFC 7443: the ALPN protocol ID of STUN/TURN over TLS.
-const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 /// Most seconds a best-effort cleanup after a failure waits per request.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lifetime of REST credentials minted from `--secret`: one hour.
@@ -497,8 +495,15 @@ impl ServerCertVerifier for ProbeVerifier {
 }
 
 /// The TLS client configuration: roots from `--ca` (else the system's, else
-/// the bundled Mozilla roots), ALPN `stun.turn`.
-fn tls_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+/// the bundled Mozilla roots), ALPN `stun.turn`. With `insecure` any server
+/// certificate is accepted (handshake signatures are still checked): for
+/// `turnd probe --insecure` and for `turnd-bench` against a throwaway
+/// self-signed certificate on loopback.
+///
+/// # Errors
+/// A message naming `--ca` when its file cannot be read or holds no usable
+/// certificate.
+pub fn tls_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     let mut pinned = Vec::new();

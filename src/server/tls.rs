@@ -9,8 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-/// ALPN protocol id of STUN/TURN over TLS. See RFC 7443.
-pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
+pub use crate::stun::ALPN_STUN_TURN;
 
 /// Why a certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -324,6 +324,9 @@ pub const PROTOCOL_UDP: u8 = 17;
 /// IANA protocol number of TCP, REQUESTED-TRANSPORT for TCP relays. See RFC 6062, section 5.1.
 pub const PROTOCOL_TCP: u8 = 6;
 
+/// ALPN protocol ID of STUN/TURN over TLS (`stun.turn`). See RFC 7443, section 6.
+pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
+
 #[cfg(test)]
 mod tests {
     use super::*;
