@@ -1038,6 +1038,16 @@ mod tests {
     }
 
     #[test]
+    fn stale_nonce_flag_reaches_the_core() {
+        let cli = Cli::parse_from(["turnd", "--stale-nonce", "2", "--user", "a:b"]);
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(
+            c.server_config().nonce_lifetime,
+            std::time::Duration::from_secs(2)
+        );
+    }
+
+    #[test]
     fn unknown_option_is_named() {
         let p = write("unknown", "listening-prot = 4000\n");
         let e = Config::check_file(&p).unwrap_err();

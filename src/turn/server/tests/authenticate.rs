@@ -44,6 +44,11 @@ fn stale_nonce_gets_438_with_a_new_nonce() {
     h.advance(Duration::from_secs(601));
     let a = h.allocate(&c);
     assert_eq!(a.code(), Some(438));
+    // RFC 8489 section 9.2.4: a 438 carries REALM and a fresh NONCE.
+    assert_eq!(
+        a.msg().get(AttributeType::REALM),
+        Some(h.server.config().realm.as_bytes())
+    );
     let fresh = a.msg().get(AttributeType::NONCE).unwrap().to_vec();
     assert_ne!(fresh, c.nonce);
     c.nonce = fresh;
