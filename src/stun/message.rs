@@ -614,14 +614,7 @@ impl<'b> MessageWriter<'b> {
     /// # Errors
     /// [`BufferFull`] when it does not fit.
     pub fn message_integrity(&mut self, key: &[u8]) -> Result<(), BufferFull> {
-        let off = self.len;
-        self.reserve(AttributeType::MESSAGE_INTEGRITY, 20)?;
-        let mut mac =
-            <Hmac<Sha1> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
-        mac.update(&self.buf[..off]);
-        let tag = mac.finalize().into_bytes();
-        self.buf[off + 4..off + 24].copy_from_slice(&tag);
-        Ok(())
+        self.hmac_attribute::<Hmac<Sha1>>(AttributeType::MESSAGE_INTEGRITY, key)
     }
 
     /// Appends MESSAGE-INTEGRITY-SHA256: HMAC-SHA256 with `key` over the
@@ -630,13 +623,24 @@ impl<'b> MessageWriter<'b> {
     /// # Errors
     /// [`BufferFull`] when it does not fit.
     pub fn message_integrity_sha256(&mut self, key: &[u8]) -> Result<(), BufferFull> {
+        self.hmac_attribute::<Hmac<Sha256>>(AttributeType::MESSAGE_INTEGRITY_SHA256, key)
+    }
+
+    /// Appends attribute `t` holding the HMAC `M` with `key` over the
+    /// message so far, the header length already counting the attribute
+    /// (as [`MessageWriter::reserve`] leaves it).
+    fn hmac_attribute<M: Mac + hmac::digest::KeyInit>(
+        &mut self,
+        t: AttributeType,
+        key: &[u8],
+    ) -> Result<(), BufferFull> {
         let off = self.len;
-        self.reserve(AttributeType::MESSAGE_INTEGRITY_SHA256, 32)?;
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
+        let tag_len = <M as hmac::digest::OutputSizeUser>::output_size();
+        self.reserve(t, tag_len)?;
+        let mut mac = <M as Mac>::new_from_slice(key).expect("hmac accepts any key length");
         mac.update(&self.buf[..off]);
         let tag = mac.finalize().into_bytes();
-        self.buf[off + 4..off + 36].copy_from_slice(&tag);
+        self.buf[off + 4..off + 4 + tag_len].copy_from_slice(&tag);
         Ok(())
     }
 
@@ -677,6 +681,16 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer for a message of `method` and `class` into `out`.
+    fn writer(
+        out: &mut [u8],
+        method: Method,
+        class: Class,
+        tid: TransactionId,
+    ) -> MessageWriter<'_> {
+        MessageWriter::new(out, MessageType::new(method, class), tid).unwrap()
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
@@ -733,6 +747,17 @@ mod tests {
         assert!(m.unknown_attributes().is_empty());
     }
 
+    /// The RFC 5769 sample responses' first attributes, written by our
+    /// writer: SOFTWARE "test vector" and XOR-MAPPED-ADDRESS `mapped`.
+    fn rfc5769_response<'a>(out: &'a mut [u8], m: &Message<'_>, mapped: &str) -> MessageWriter<'a> {
+        let mut w = MessageWriter::new(out, m.message_type(), m.transaction_id()).unwrap();
+        w.attribute(AttributeType::SOFTWARE, b"test vector")
+            .unwrap();
+        w.xor_address(AttributeType::XOR_MAPPED_ADDRESS, mapped.parse().unwrap())
+            .unwrap();
+        w
+    }
+
     #[test]
     fn rfc5769_2_2_ipv4_response() {
         let b = hex(IPV4_RESPONSE);
@@ -748,14 +773,7 @@ mod tests {
         // Re-encode with our writer: byte-identical except SOFTWARE's padding,
         // which the RFC fills with spaces and we zero.
         let mut out = [0u8; 128];
-        let mut w = MessageWriter::new(&mut out, m.message_type(), m.transaction_id()).unwrap();
-        w.attribute(AttributeType::SOFTWARE, b"test vector")
-            .unwrap();
-        w.xor_address(
-            AttributeType::XOR_MAPPED_ADDRESS,
-            "192.0.2.1:32853".parse().unwrap(),
-        )
-        .unwrap();
+        let mut w = rfc5769_response(&mut out, &m, "192.0.2.1:32853");
         w.message_integrity(b"VOkJxbRl1RmTxUk/WvJxBt").unwrap();
         w.fingerprint().unwrap();
         let n = w.finish();
@@ -778,16 +796,7 @@ mod tests {
         );
         assert!(m.check_integrity(b"VOkJxbRl1RmTxUk/WvJxBt"));
         let mut out = [0u8; 128];
-        let mut w = MessageWriter::new(&mut out, m.message_type(), m.transaction_id()).unwrap();
-        w.attribute(AttributeType::SOFTWARE, b"test vector")
-            .unwrap();
-        w.xor_address(
-            AttributeType::XOR_MAPPED_ADDRESS,
-            "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-                .parse()
-                .unwrap(),
-        )
-        .unwrap();
+        let w = rfc5769_response(&mut out, &m, "[2001:db8:1234:5678:11:2233:4455:6677]:32853");
         let n = w.finish();
         assert_eq!(&out[36..n], &b[36..36 + 24]);
     }
@@ -813,12 +822,7 @@ mod tests {
     fn attributes_after_integrity_are_ignored() {
         let mut out = [0u8; 256];
         let tid = [7u8; 12];
-        let mut w = MessageWriter::new(
-            &mut out,
-            MessageType::new(Method::ALLOCATE, Class::Request),
-            tid,
-        )
-        .unwrap();
+        let mut w = writer(&mut out, Method::ALLOCATE, Class::Request, tid);
         w.attribute(AttributeType::USERNAME, b"alice").unwrap();
         w.message_integrity(b"key").unwrap();
         // Comprehension-required and unknown, but after MI: must be ignored.
@@ -837,12 +841,7 @@ mod tests {
     #[test]
     fn message_integrity_sha256_round_trip_and_truncation() {
         let mut out = [0u8; 256];
-        let mut w = MessageWriter::new(
-            &mut out,
-            MessageType::new(Method::ALLOCATE, Class::Request),
-            [5; 12],
-        )
-        .unwrap();
+        let mut w = writer(&mut out, Method::ALLOCATE, Class::Request, [5; 12]);
         w.attribute(AttributeType::USERNAME, b"alice").unwrap();
         w.message_integrity(b"k").unwrap();
         w.message_integrity_sha256(b"k").unwrap();
@@ -856,21 +855,11 @@ mod tests {
         assert!(m.unknown_attributes().is_empty());
         // A 16-byte truncated MESSAGE-INTEGRITY-SHA256 also verifies.
         let mut out = [0u8; 256];
-        let mut w = MessageWriter::new(
-            &mut out,
-            MessageType::new(Method::ALLOCATE, Class::Request),
-            [6; 12],
-        )
-        .unwrap();
+        let mut w = writer(&mut out, Method::ALLOCATE, Class::Request, [6; 12]);
         w.attribute(AttributeType::USERNAME, b"alice").unwrap();
         let off = w.finish();
         let mut full = out;
-        let mut w2 = MessageWriter::new(
-            &mut full,
-            MessageType::new(Method::ALLOCATE, Class::Request),
-            [6; 12],
-        )
-        .unwrap();
+        let mut w2 = writer(&mut full, Method::ALLOCATE, Class::Request, [6; 12]);
         w2.attribute(AttributeType::USERNAME, b"alice").unwrap();
         // Compute the HMAC over a header that counts a 16-byte attribute.
         let mut hdr = full[..off].to_vec();
@@ -888,12 +877,7 @@ mod tests {
     #[test]
     fn unknown_comprehension_required_are_reported() {
         let mut out = [0u8; 256];
-        let mut w = MessageWriter::new(
-            &mut out,
-            MessageType::new(Method::BINDING, Class::Request),
-            [1; 12],
-        )
-        .unwrap();
+        let mut w = writer(&mut out, Method::BINDING, Class::Request, [1; 12]);
         w.attribute(AttributeType(0x7001), b"").unwrap();
         w.attribute(AttributeType(0xC001), b"ok").unwrap();
         let n = w.finish();
@@ -934,12 +918,7 @@ mod tests {
     #[test]
     fn error_code_round_trip() {
         let mut out = [0u8; 64];
-        let mut w = MessageWriter::new(
-            &mut out,
-            MessageType::new(Method::ALLOCATE, Class::Error),
-            [0; 12],
-        )
-        .unwrap();
+        let mut w = writer(&mut out, Method::ALLOCATE, Class::Error, [0; 12]);
         w.error_code(ErrorCode::STALE_NONCE).unwrap();
         let n = w.finish();
         let m = Message::parse(&out[..n]).unwrap();
