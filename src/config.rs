@@ -37,6 +37,11 @@ pub const DEFAULT_REST_API_SEPARATOR: char = ':';
 pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9641));
 
+/// The longest value any duration option takes: 7 days (604800 s). Larger
+/// values are configuration errors, so deadlines computed from them cannot
+/// overflow.
+pub const MAX_DURATION_SECS: u64 = 86_400 * 7;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Ports {
@@ -573,13 +578,29 @@ impl Layers<'_> {
         default: Duration,
         option: &str,
     ) -> Result<Duration, ConfigError> {
+        self.seconds_in(cli, file, default, option, 1..=MAX_DURATION_SECS)
+    }
+
+    /// Seconds from the flag, else the file, else `default`, within `range`
+    /// (seconds): every duration option is checked at start, so no later
+    /// `Instant + Duration` can overflow.
+    fn seconds_in(
+        &self,
+        cli: Option<u64>,
+        file: Option<u64>,
+        default: Duration,
+        option: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
         let v = cli.or(file).map_or(default, Duration::from_secs);
-        if v.is_zero() || v.as_secs() > 86_400 * 7 {
+        if !range.contains(&v.as_secs()) {
             return Err(self.error(
                 cli.is_some(),
                 format!(
-                    "option `{option}`: {} seconds is outside 1..=604800",
-                    v.as_secs()
+                    "option `{option}`: {} seconds is outside {}..={}",
+                    v.as_secs(),
+                    range.start(),
+                    range.end()
                 ),
             ));
         }
@@ -833,9 +854,13 @@ impl Config {
         layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
         layered!(self, layers, value: max_connections_per_ip);
         self.max_connections_per_ip = self.max_connections_per_ip.max(1);
-        if let Some(s) = cli.drain_timeout.or(file.drain_timeout) {
-            self.drain_timeout = Duration::from_secs(s);
-        }
+        self.drain_timeout = layers.seconds_in(
+            cli.drain_timeout,
+            file.drain_timeout,
+            self.drain_timeout,
+            "drain-timeout",
+            0..=MAX_DURATION_SECS,
+        )?;
         Ok(())
     }
 
