@@ -37,6 +37,9 @@ pub const DEFAULT_REST_API_SEPARATOR: char = ':';
 pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9641));
 
+/// The shortest `admin-token` accepted, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// The longest value any duration option takes: 7 days (604800 s). Larger
 /// values are configuration errors, so deadlines computed from them cannot
 /// overflow.
@@ -949,6 +952,31 @@ impl Config {
             .filter(|t| !t.is_empty())
             .map(Secret);
         layered!(self, layers, value: admin_listen);
+        self.check_admin(layers)
+    }
+
+    /// Hardening of the HTTP listeners: `admin-token` of at least
+    /// [`MIN_ADMIN_TOKEN_CHARS`] characters; a warning when the admin API or
+    /// the metrics listen beyond loopback.
+    fn check_admin(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let Some(token) = &self.admin_token else {
+            return Ok(());
+        };
+        let n = token.0.chars().count();
+        if n < MIN_ADMIN_TOKEN_CHARS {
+            return Err(layers.error(
+                layers.cli.admin_token.is_some(),
+                format!(
+                    "option `admin-token`: {n} characters is too short, at least {MIN_ADMIN_TOKEN_CHARS} are needed"
+                ),
+            ));
+        }
+        if !self.admin_listen.ip().is_loopback() {
+            self.warnings.push(format!(
+                "option `admin-listen`: {} is not a loopback address: the admin API (bearer token over plain HTTP) is reachable from the network",
+                self.admin_listen
+            ));
+        }
         Ok(())
     }
 

@@ -334,7 +334,9 @@ fn per_user_byte_counters_with_username_labels() {
     assert_eq!(down, 1000.0, "10 x 100 payload bytes back:\n{}", m.text);
 }
 
-/// Every admin endpoint but /healthz refuses a missing or wrong token.
+/// Every admin endpoint but /healthz and the two pages refuses a missing or
+/// wrong token; the token is only taken from `Authorization: Bearer`, never
+/// from the query string (it would land in browser history and logs).
 #[test]
 fn admin_token_is_required() {
     let mut server = relay_server(3, ADMIN).start();
@@ -349,8 +351,6 @@ fn admin_token_is_required() {
         ("GET", "/readyz", 200),
         ("GET", "/api/status", 200),
         ("GET", "/api/allocations", 200),
-        ("GET", "/", 200),
-        ("GET", "/selftest", 200),
         ("DELETE", "/api/allocations/12345", 404),
         ("POST", "/api/credentials?user=bob", 409),
         ("GET", "/no/such/page", 404),
@@ -404,6 +404,9 @@ fn admin_token_is_required() {
             &[("Authorization", &format!("Basic {TOKEN}"))],
         );
         assert_eq!(r.status, 401, "{method} {path} Basic: {r:?}");
+        // The right token in the query string is refused too.
+        let r = http(admin, method, &join(path, TOKEN), &[]);
+        assert_eq!(r.status, 401, "{method} {path} with ?token=: {r:?}");
 
         let r = http(
             admin,
@@ -412,22 +415,67 @@ fn admin_token_is_required() {
             &[("Authorization", &format!("Bearer {TOKEN}"))],
         );
         assert_eq!(r.status, ok, "{method} {path} with Bearer token: {r:?}");
-        let r = http(admin, method, &join(path, TOKEN), &[]);
-        assert_eq!(r.status, ok, "{method} {path} with ?token=: {r:?}");
     }
-    // The pages a browser opens are HTML.
-    let page = http_get_bearer(admin, "/", TOKEN);
-    assert!(
-        page.header("content-type")
-            .is_some_and(|c| c.starts_with("text/html")),
-        "{page:?}"
-    );
+    // The pages a browser opens are HTML without data: served without the
+    // token; their script asks for it and sends it as a bearer token.
+    for path in ["/", "/selftest"] {
+        let page = http(admin, "GET", path, &[]);
+        assert_eq!(page.status, 200, "{path} without a token: {page:?}");
+        assert!(
+            page.header("content-type")
+                .is_some_and(|c| c.starts_with("text/html")),
+            "{page:?}"
+        );
+        assert!(page.body.contains("type=\"password\""), "{}", page.body);
+        assert!(page.body.contains("src=\"admin.js\""), "{}", page.body);
+        assert!(
+            !page.body.contains(REALM),
+            "{path} leaks data: {}",
+            page.body
+        );
+    }
+    let js = http(admin, "GET", "/admin.js", &[]);
+    assert_eq!(js.status, 200, "/admin.js without a token: {js:?}");
+    assert!(js.body.contains("sessionStorage"), "{}", js.body);
+    assert!(js.body.contains("'Bearer '"), "{}", js.body);
+    let page = http(admin, "GET", "/", &[]);
     assert!(page.body.contains("id=\"status\""), "{}", page.body);
     let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["allocations"], 0);
     assert_eq!(s["draining"], false);
     assert_eq!(s["realm"], REALM);
     assert_eq!(s["listening_port"], server.udp().port());
+}
+
+/// `admin-token` shorter than 16 characters is a configuration error naming
+/// the option; an `admin-listen` off loopback starts with a warning.
+#[test]
+fn admin_token_length_and_listen_address_are_checked() {
+    let out = run_turnd(
+        relay_server(
+            9,
+            &[
+                "--admin-token",
+                "fifteen-chars!!",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        )
+        .arguments(),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out:?}");
+    assert!(out.stderr.contains("admin-token"), "{}", out.stderr);
+    assert!(out.stderr.contains("16"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    let mut server =
+        relay_server(9, &["--admin-token", TOKEN, "--admin-listen", "0.0.0.0:0"]).start();
+    let _ = server.admin();
+    assert!(
+        server.wait_for_log("admin-listen", 1, Duration::from_secs(5)),
+        "no warning about a non-loopback admin-listen: {}",
+        server.log()
+    );
 }
 
 fn list(admin: SocketAddr) -> Vec<serde_json::Value> {

@@ -6,8 +6,9 @@
 //! channel, then add them up: the relay path keeps plain per-worker counters
 //! and pays nothing for metrics; a scrape costs one pass over the allocations.
 //!
-//! Admin endpoints (all need `Authorization: Bearer TOKEN`, or `?token=TOKEN`
-//! for the pages a browser opens):
+//! Admin endpoints (all but `/healthz` and the two pages need
+//! `Authorization: Bearer TOKEN`; a token in the query string is refused, as
+//! it would land in browser history and proxy logs):
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
 //! - `GET /api/status`: JSON counters (the status page polls it).
@@ -16,7 +17,10 @@
 //! - `POST /api/credentials?user=U&ttl=S`: mints TURN REST credentials from
 //!   the first configured secret (409 when there is none).
 //! - `GET /`: the status page; `GET /selftest`: gathers candidates against
-//!   this server in the visitor's own browser.
+//!   this server in the visitor's own browser. Both are static and served
+//!   without the token: their script (`GET /admin.js`, also public) asks for
+//!   it (a password field, kept in `sessionStorage`) and sends it as a bearer
+//!   token on the API calls.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -267,13 +271,14 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// True when `Authorization: Bearer` carries `token` (only that header: a
+/// token in the query string is not looked at).
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let given = req
         .headers()
         .get("authorization")
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .or_else(|| req.uri().query().and_then(|q| query_param(q, "token")));
+        .and_then(|h| h.strip_prefix("Bearer "));
     let Some(given) = given else { return false };
     // Constant time in the token's length.
     given.len() == token.len()
@@ -295,8 +300,19 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
         .unwrap_or_default();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    if method == Method::GET && path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        // Static pages without data: their script asks for the token.
+        (&Method::GET, "/") => {
+            return respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
+        }
+        (&Method::GET, "/selftest") => {
+            return respond(StatusCode::OK, "text/html; charset=utf-8", SELFTEST_PAGE)
+        }
+        (&Method::GET, "/admin.js") => {
+            return respond(StatusCode::OK, "text/javascript; charset=utf-8", ADMIN_JS)
+        }
+        _ => {}
     }
     if token.is_empty() || !authorized(&req, &token) {
         let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -339,10 +355,6 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
             }
         }
         (Method::POST, "/api/credentials") => credentials(&req, &state),
-        (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
-        (Method::GET, "/selftest") => {
-            respond(StatusCode::OK, "text/html; charset=utf-8", SELFTEST_PAGE)
-        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -441,32 +453,60 @@ fn allocations_json(view: &CoreView) -> serde_json::Value {
     serde_json::Value::Array(list)
 }
 
+/// Shared by both pages: asks for the admin token (a password field), keeps
+/// it in `sessionStorage` and sends it as a bearer token; a 401 asks again.
+/// The page defines `start()` (run once a token is there) and calls `begin()`.
+const ADMIN_JS: &str = r#"// The token is asked for here and kept in sessionStorage (this tab only),
+// never put in the URL; the API gets it as a bearer token.
+function token() { return sessionStorage.getItem('turnd-admin-token') || ''; }
+function auth(extra) { return {...extra, headers: {Authorization: 'Bearer ' + token()}}; }
+async function api(path, extra) {
+  const r = await fetch(path, auth(extra));
+  if (r.status === 401) { sessionStorage.removeItem('turnd-admin-token'); askToken('wrong token'); throw new Error('unauthorized'); }
+  return r.json();
+}
+function askToken(why) {
+  const f = document.getElementById('login'); f.hidden = false;
+  document.getElementById('login-error').textContent = why || '';
+  document.getElementById('token').focus();
+}
+document.getElementById('login').onsubmit = (e) => {
+  e.preventDefault();
+  sessionStorage.setItem('turnd-admin-token', document.getElementById('token').value);
+  document.getElementById('token').value = '';
+  document.getElementById('login').hidden = true;
+  start();
+};
+function begin() { if (token()) start(); else askToken(); }
+"#;
+
 /// The status page: live counts from `/api/status`, the allocation table.
 const STATUS_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>turnd status</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}td,th{padding:.2em .8em;text-align:left}
 table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}.num{font-variant-numeric:tabular-nums}</style></head>
 <body><h1>turnd</h1>
+<form id="login" hidden><label>Admin token <input id="token" type="password" autocomplete="current-password"></label> <button id="login-button">Sign in</button> <span id="login-error"></span></form>
 <p><a id="selftest" href="selftest">Self-test this server from your browser</a></p>
 <h2>Now</h2><table id="status"></table>
 <h2>Allocations</h2><table id="allocs"><thead><tr><th>id</th><th>user</th><th>client</th><th>relay</th><th>transport</th><th>age (s)</th><th>bytes to peer</th><th>bytes to client</th></tr></thead><tbody></tbody></table>
+<script src="admin.js"></script>
 <script>
-const token = new URLSearchParams(location.search).get('token') || '';
-document.getElementById('selftest').href = 'selftest?token=' + encodeURIComponent(token);
-const h = {headers: {Authorization: 'Bearer ' + token}};
 function cell(tr, v) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
 async function refresh() {
-  const s = await (await fetch('api/status', h)).json();
+  const s = await api('api/status');
   const t = document.getElementById('status'); t.textContent = '';
   for (const [k, v] of Object.entries(s)) { const tr = document.createElement('tr'); tr.id = 'status-' + k; cell(tr, k); cell(tr, JSON.stringify(v)); t.appendChild(tr); }
-  const a = await (await fetch('api/allocations', h)).json();
+  const a = await api('api/allocations');
   const b = document.querySelector('#allocs tbody'); b.textContent = '';
   for (const x of a) { const tr = document.createElement('tr');
     for (const k of ['id','user','client','relay','transport','age_s','bytes_to_peer','bytes_to_client']) cell(tr, x[k]);
     b.appendChild(tr); }
   document.body.dataset.refreshed = String(Date.now());
 }
-refresh(); setInterval(refresh, 2000);
+let timer = null;
+function start() { refresh().catch(() => {}); if (!timer) timer = setInterval(() => { if (token()) refresh().catch(() => {}); }, 2000); }
+begin();
 </script></body></html>
 "#;
 
@@ -476,6 +516,7 @@ const SELFTEST_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>turnd self-test</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:.2em .8em;text-align:left}.ok{color:#070}.bad{color:#a00}</style></head>
 <body><h1>turnd self-test</h1>
+<form id="login" hidden><label>Admin token <input id="token" type="password" autocomplete="current-password"></label> <button id="login-button">Sign in</button> <span id="login-error"></span></form>
 <p>Gathers ICE candidates against this server from your browser. A working server gives a <b>srflx</b> candidate (STUN) and a <b>relay</b> candidate (TURN).</p>
 <p><label>Host <input id="host"></label> <label>Port <input id="port" size="6"></label>
 <label>User <input id="user"></label> <label>Password <input id="password" type="password"></label>
@@ -483,15 +524,14 @@ const SELFTEST_PAGE: &str = r#"<!doctype html>
 <p id="verdict"></p>
 <table><thead><tr><th>type</th><th>protocol</th><th>address</th><th>port</th><th>url</th></tr></thead><tbody id="cands"></tbody></table>
 <pre id="errors"></pre>
+<script src="admin.js"></script>
 <script>
-const token = new URLSearchParams(location.search).get('token') || '';
-const h = {headers: {Authorization: 'Bearer ' + token}};
 document.getElementById('host').value = location.hostname;
 async function init() {
-  const s = await (await fetch('api/status', h)).json();
+  const s = await api('api/status');
   document.getElementById('port').value = s.listening_port || 3478;
   if (s.rest_credentials) {
-    const c = await (await fetch('api/credentials?user=selftest&ttl=600', {method: 'POST', ...h})).json();
+    const c = await api('api/credentials?user=selftest&ttl=600', {method: 'POST'});
     document.getElementById('user').value = c.username;
     document.getElementById('password').value = c.password;
   }
@@ -529,6 +569,7 @@ async function run() {
   document.body.dataset.srflx = String(srflx); document.body.dataset.relay = String(found.relay); document.body.dataset.done = '1';
 }
 document.getElementById('run').onclick = run;
-init();
+function start() { init().catch(() => {}); }
+begin();
 </script></body></html>
 "#;
