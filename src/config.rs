@@ -33,9 +33,10 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 /// REST usernames (coturn's).
 pub const DEFAULT_REST_API_SEPARATOR: char = ':';
 /// Default Prometheus listener when `prometheus` is on: coturn's port 9641
-/// on every address.
+/// on loopback (`prometheus-address` opens it to the network; `/metrics`
+/// has no authentication).
 pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9641));
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9641));
 
 /// The shortest `admin-token` accepted, in characters.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -79,12 +79,34 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
     respond(status, "application/json", v.to_string())
 }
 
-/// Serves HTTP/1.1 on `listener` with `handler` until the task is dropped.
+/// Open connections each HTTP listener serves at once; one more is closed
+/// as soon as it is accepted.
+pub(super) const MAX_HTTP_CONNECTIONS: usize = 32;
+
+/// Longest request head (request line and headers) in bytes; a longer one
+/// gets 431. hyper's smallest read buffer is 8 KiB.
+pub(super) const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most header lines in a request.
+const MAX_HEADERS: usize = 32;
+
+/// Time a client has to send a complete request head (also between
+/// requests on a kept-alive connection).
+pub(super) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest life of one HTTP connection, however busy.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves HTTP/1.1 on `listener` with `handler` until the task is dropped:
+/// at most [`MAX_HTTP_CONNECTIONS`] at once, request heads of at most
+/// [`MAX_HEAD_BYTES`] that arrive within [`HEADER_READ_TIMEOUT`], each
+/// connection closed after [`CONNECTION_LIFETIME`].
 pub(super) async fn serve<F, Fut>(listener: TcpListener, state: Rc<HttpState>, handler: F)
 where
     F: Fn(Request<Incoming>, Rc<HttpState>) -> Fut + Copy + 'static,
     Fut: std::future::Future<Output = Resp> + 'static,
 {
+    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -94,22 +116,43 @@ where
                 continue;
             }
         };
+        if open.get() >= MAX_HTTP_CONNECTIONS {
+            debug!(%peer, "http connection refused: {MAX_HTTP_CONNECTIONS} already open");
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let open = OpenGuard(open.clone());
         let state = state.clone();
         tokio::task::spawn_local(async move {
+            let _open = open;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handler(req, state).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc);
             // Bounded: a client may not hold a connection forever.
-            match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
                 Err(_) => debug!(%peer, "http connection timed out"),
                 Ok(Ok(())) => {}
             }
         });
+    }
+}
+
+/// Counts one open HTTP connection until dropped.
+struct OpenGuard(Rc<std::cell::Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -182,14 +225,13 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(o, "# HELP turnd_requests_total Requests answered, by method and result code (200 is success).\n# TYPE turnd_requests_total counter");
-    let mut reqs: Vec<_> = view
-        .requests
-        .iter()
-        .map(|((m, c), n)| (*m, *c, *n))
-        .collect();
-    reqs.sort_by_key(|(m, c, _)| (m.0, *c));
-    for (m, c, n) in reqs {
-        let method = m.name().unwrap_or("unknown");
+    // Methods turnd does not know are added up under one label, so each
+    // label set is one series and a client cannot mint new series.
+    let mut reqs: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+    for ((m, c), n) in &view.requests {
+        *reqs.entry((method_label(*m), *c)).or_insert(0) += n;
+    }
+    for ((method, c), n) in reqs {
         let _ = writeln!(
             o,
             "turnd_requests_total{{method=\"{method}\",code=\"{c}\"}} {n}"
@@ -262,6 +304,25 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     }
     let _ = writeln!(o, "# HELP turnd_uptime_seconds Seconds since start.\n# TYPE turnd_uptime_seconds gauge\nturnd_uptime_seconds {}", state.started.elapsed().as_secs());
     o
+}
+
+/// The `method` label of `turnd_requests_total`: the RFC name in snake_case,
+/// or `unknown` for every method turnd does not implement.
+fn method_label(m: crate::stun::Method) -> &'static str {
+    use crate::stun::Method as M;
+    match m {
+        M::BINDING => "binding",
+        M::ALLOCATE => "allocate",
+        M::REFRESH => "refresh",
+        M::SEND => "send",
+        M::DATA => "data",
+        M::CREATE_PERMISSION => "create_permission",
+        M::CHANNEL_BIND => "channel_bind",
+        M::CONNECT => "connect",
+        M::CONNECTION_BIND => "connection_bind",
+        M::CONNECTION_ATTEMPT => "connection_attempt",
+        _ => "unknown",
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
