@@ -1053,6 +1053,7 @@ impl Config {
                 .collect(),
             no_stun: self.no_stun,
             stun_only: self.stun_only,
+            user_byte_totals: self.prometheus_username_labels,
             ..ServerConfig::default()
         }
     }

@@ -2,9 +2,19 @@
 //! and self-test pages.
 //!
 //! Both run on the main thread. When asked, they read the main thread's core
-//! directly and ask every other worker for a snapshot over its control
-//! channel, then add them up: the relay path keeps plain per-worker counters
-//! and pays nothing for metrics; a scrape costs one pass over the allocations.
+//! directly and ask every other worker for a snapshot over its (bounded)
+//! control channel, then add them up: the relay path keeps plain per-worker
+//! counters and pays nothing for metrics; a scrape costs one pass over the
+//! live allocations (counts only: the per-allocation list is built for
+//! `/api/allocations` alone), one snapshot at a time. A worker whose channel
+//! stays full makes the request fail with 503.
+//!
+//! Per-user byte counters (`prometheus-username-labels`): each core hands
+//! the totals of allocations that ended over to the next snapshot and
+//! forgets them; [`UserTotals`] here keeps the cumulative table, capped at
+//! [`USER_TOTALS_CAP`] users (the smallest go to an `other` counter), so the
+//! counters stay monotonic and memory stays bounded however many distinct
+//! (REST) users come and go.
 //!
 //! Admin endpoints (all but `/healthz` and the two pages need
 //! `Authorization: Bearer TOKEN`; a token in the query string is refused, as
@@ -23,10 +33,11 @@
 //!   token on the API calls.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -37,10 +48,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use super::worker::{CoreView, Workers};
+use super::worker::{Busy, CoreView, Workers};
 use super::{Shell, ShellIo};
 use crate::config::Config;
-use crate::turn::{Server, Transport};
+use crate::turn::{EndedUserBytes, Server, Transport};
 
 /// What the HTTP handlers read.
 pub(super) struct HttpState {
@@ -49,15 +60,83 @@ pub(super) struct HttpState {
     pub config: Rc<RefCell<Config>>,
     pub workers: Rc<Workers>,
     pub started: Instant,
+    /// Cumulative per-user byte totals of ended allocations.
+    pub user_totals: RefCell<UserTotals>,
+    /// One snapshot at a time: concurrent requests wait their turn.
+    pub gather_lock: tokio::sync::Mutex<()>,
 }
 
-/// Every worker's snapshot, added up.
-async fn gather(state: &HttpState) -> CoreView {
-    let mut view = CoreView::of(&state.core.borrow(), &state.shell);
-    for v in state.workers.views().await {
+/// Most users [`UserTotals`] keeps.
+pub(super) const USER_TOTALS_CAP: usize = 10_000;
+
+/// Per-user payload bytes (client to peer, peer to client) of ended
+/// allocations since start, at most `cap` users: past it, the users with
+/// the fewest bytes are dropped down to 90 % of the cap and their bytes
+/// added to `other` (a dropped user's series disappears; should it come back
+/// its counter starts again from its new bytes).
+#[derive(Debug)]
+pub(super) struct UserTotals {
+    users: HashMap<Arc<str>, (u64, u64)>,
+    other: (u64, u64),
+    cap: usize,
+}
+
+impl UserTotals {
+    /// An empty table that keeps at most `cap` users.
+    pub fn new(cap: usize) -> UserTotals {
+        UserTotals {
+            users: HashMap::new(),
+            other: (0, 0),
+            cap,
+        }
+    }
+
+    /// Adds the totals a snapshot took from the cores.
+    fn add(&mut self, ended: &EndedUserBytes) {
+        self.other.0 += ended.other.0;
+        self.other.1 += ended.other.1;
+        for (u, (a, b)) in &ended.users {
+            let e = self.users.entry(u.clone()).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
+        if self.users.len() > self.cap {
+            let mut all: Vec<_> = self.users.drain().collect();
+            // Largest first; ties by name so the choice is deterministic.
+            all.sort_unstable_by(|(ua, a), (ub, b)| (b.0 + b.1, ua).cmp(&(a.0 + a.1, ub)));
+            for (_, (a, b)) in all.drain(self.cap * 9 / 10..) {
+                self.other.0 += a;
+                self.other.1 += b;
+            }
+            self.users = all.into_iter().collect();
+        }
+    }
+}
+
+/// Every worker's snapshot, added up (with the allocation list when
+/// `detail`); the ended users' totals go into [`HttpState::user_totals`].
+///
+/// # Errors
+/// [`Busy`] when a worker's control channel stayed full.
+async fn gather(state: &HttpState, detail: bool) -> Result<CoreView, Busy> {
+    let _one_at_a_time = state.gather_lock.lock().await;
+    let mut view = CoreView::of(&mut state.core.borrow_mut(), &state.shell, detail);
+    for v in state.workers.views(detail).await? {
         view.merge(v);
     }
-    view
+    state
+        .user_totals
+        .borrow_mut()
+        .add(&std::mem::take(&mut view.ended_user_bytes));
+    Ok(view)
+}
+
+/// 503 for a request that found a worker's control channel full.
+fn busy() -> Resp {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy: a relay worker's control queue is full, try again\n",
+    )
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -161,10 +240,13 @@ pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Res
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
         return text(StatusCode::NOT_FOUND, "only /metrics here\n");
     }
+    let Ok(view) = gather(&state, false).await else {
+        return busy();
+    };
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render_metrics(&state, &gather(&state).await),
+        render_metrics(&state, &view),
     )
 }
 
@@ -186,17 +268,15 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             active.insert((t, f), 0);
         }
     }
-    let (mut permissions, mut channels) = (0usize, 0usize);
-    for a in &view.allocations {
-        let t = match a.transport {
+    let (permissions, channels) = (view.permissions, view.channels);
+    for ((transport, relay_is_ipv4), n) in &view.allocation_counts {
+        let t = match transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
         };
-        let f = if a.relay_is_ipv4 { "ipv4" } else { "ipv6" };
-        *active.entry((t, f)).or_insert(0) += 1;
-        permissions += a.permissions;
-        channels += a.channels;
+        let f = if *relay_is_ipv4 { "ipv4" } else { "ipv6" };
+        *active.entry((t, f)).or_insert(0) += *n as u64;
     }
     for ((t, f), n) in &active {
         let _ = writeln!(
@@ -291,8 +371,13 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {
         let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");
-        let mut users: Vec<_> = view.user_bytes.clone().into_iter().collect();
-        users.sort();
+        let totals = state.user_totals.borrow();
+        let mut users: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for (u, (a, b)) in totals.users.iter().chain(&view.user_bytes) {
+            let e = users.entry(&**u).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
         for (u, (to_peer, to_client)) in users {
             let u = u
                 .replace('\\', "\\\\")
@@ -301,6 +386,17 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"client_to_peer\"}} {to_peer}");
             let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"peer_to_client\"}} {to_client}");
         }
+        let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_other_total Payload bytes of ended allocations whose users were dropped from the per-user counters (at most {USER_TOTALS_CAP} users are kept).\n# TYPE turnd_user_relayed_bytes_other_total counter");
+        let _ = writeln!(
+            o,
+            "turnd_user_relayed_bytes_other_total{{direction=\"client_to_peer\"}} {}",
+            totals.other.0
+        );
+        let _ = writeln!(
+            o,
+            "turnd_user_relayed_bytes_other_total{{direction=\"peer_to_client\"}} {}",
+            totals.other.1
+        );
     }
     let _ = writeln!(o, "# HELP turnd_uptime_seconds Seconds since start.\n# TYPE turnd_uptime_seconds gauge\nturnd_uptime_seconds {}", state.started.elapsed().as_secs());
     o
@@ -391,12 +487,14 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
                 text(StatusCode::OK, "ready\n")
             }
         }
-        (Method::GET, "/api/status") => {
-            json(StatusCode::OK, &status_json(&state, &gather(&state).await))
-        }
-        (Method::GET, "/api/allocations") => {
-            json(StatusCode::OK, &allocations_json(&gather(&state).await))
-        }
+        (Method::GET, "/api/status") => match gather(&state, false).await {
+            Ok(view) => json(StatusCode::OK, &status_json(&state, &view)),
+            Err(Busy) => busy(),
+        },
+        (Method::GET, "/api/allocations") => match gather(&state, true).await {
+            Ok(view) => json(StatusCode::OK, &allocations_json(&view)),
+            Err(Busy) => busy(),
+        },
         (Method::DELETE, p) if p.starts_with("/api/allocations/") => {
             let Ok(id) = p["/api/allocations/".len()..].parse::<u64>() else {
                 return text(StatusCode::BAD_REQUEST, "allocation id must be a number\n");
@@ -473,7 +571,7 @@ fn status_json(state: &HttpState, view: &CoreView) -> serde_json::Value {
         "rest_credentials": !config.static_auth_secrets.is_empty(),
         "listening_port": udp.first().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()),
         "udp_listeners": udp,
-        "allocations": view.allocations.len(),
+        "allocations": view.allocation_total(),
         "connections": view.connections,
         "allocations_created": stats.allocations_created,
         "packets_to_peer": stats.packets_to_peer,
@@ -634,3 +732,40 @@ function start() { init().catch(() => {}); }
 begin();
 </script></body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(users: &[(&str, u64)], other: u64) -> EndedUserBytes {
+        EndedUserBytes {
+            users: users
+                .iter()
+                .map(|(u, n)| (Arc::from(*u), (*n, *n)))
+                .collect(),
+            other: (other, other),
+            other_allocations: u64::from(other > 0),
+        }
+    }
+
+    #[test]
+    fn user_totals_add_up_and_stay_under_the_cap() {
+        let mut t = UserTotals::new(10);
+        t.add(&ended(&[("a", 1), ("b", 2)], 0));
+        t.add(&ended(&[("a", 3)], 7));
+        assert_eq!(t.users[&Arc::from("a")], (4, 4));
+        assert_eq!(t.users[&Arc::from("b")], (2, 2));
+        assert_eq!(t.other, (7, 7));
+
+        // 20 more users: past the cap the smallest go, down to 9, their
+        // bytes into `other`; no byte is lost.
+        let many: Vec<(String, u64)> = (0..20).map(|i| (format!("u{i}"), 100 + i)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+        t.add(&ended(&many, 0));
+        assert_eq!(t.users.len(), 9);
+        assert!(t.users.contains_key("u19") && !t.users.contains_key("a"));
+        let kept: u64 = t.users.values().map(|v| v.0).sum();
+        let all: u64 = 4 + 2 + 7 + (100..120).sum::<u64>();
+        assert_eq!(kept + t.other.0, all);
+    }
+}
