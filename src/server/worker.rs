@@ -103,8 +103,9 @@ pub(super) struct CoreView {
     pub allocations: Vec<AllocationView>,
     /// Live allocations by (client transport, relay address is IPv4).
     pub allocation_counts: HashMap<(Transport, bool), usize>,
-    /// Live permissions and channel bindings, summed over the allocations.
+    /// Live permissions, summed over the allocations.
     pub permissions: usize,
+    /// Live channel bindings, summed over the allocations.
     pub channels: usize,
     /// (method, result code, count).
     pub requests: HashMap<(Method, u16), u64>,
