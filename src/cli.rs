@@ -181,7 +181,7 @@ pub struct Cli {
     /// Port of the Prometheus listener (default 9641).
     #[arg(long = "prometheus-port", value_name = "N")]
     pub prometheus_port: Option<u16>,
-    /// Address of the Prometheus listener (default 0.0.0.0).
+    /// Address of the Prometheus listener (default 127.0.0.1; `/metrics` has no authentication).
     #[arg(long = "prometheus-address", value_name = "IP")]
     pub prometheus_address: Option<IpAddr>,
     /// Per-user byte counters in the metrics (one series per user).

@@ -33,9 +33,18 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 /// REST usernames (coturn's).
 pub const DEFAULT_REST_API_SEPARATOR: char = ':';
 /// Default Prometheus listener when `prometheus` is on: coturn's port 9641
-/// on every address.
+/// on loopback (`prometheus-address` opens it to the network; `/metrics`
+/// has no authentication).
 pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9641));
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9641));
+
+/// The shortest `admin-token` accepted, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// The longest value any duration option takes: 7 days (604800 s). Larger
+/// values are configuration errors, so deadlines computed from them cannot
+/// overflow.
+pub const MAX_DURATION_SECS: u64 = 86_400 * 7;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -573,13 +582,29 @@ impl Layers<'_> {
         default: Duration,
         option: &str,
     ) -> Result<Duration, ConfigError> {
+        self.seconds_in(cli, file, default, option, 1..=MAX_DURATION_SECS)
+    }
+
+    /// Seconds from the flag, else the file, else `default`, within `range`
+    /// (seconds): every duration option is checked at start, so no later
+    /// `Instant + Duration` can overflow.
+    fn seconds_in(
+        &self,
+        cli: Option<u64>,
+        file: Option<u64>,
+        default: Duration,
+        option: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
         let v = cli.or(file).map_or(default, Duration::from_secs);
-        if v.is_zero() || v.as_secs() > 86_400 * 7 {
+        if !range.contains(&v.as_secs()) {
             return Err(self.error(
                 cli.is_some(),
                 format!(
-                    "option `{option}`: {} seconds is outside 1..=604800",
-                    v.as_secs()
+                    "option `{option}`: {} seconds is outside {}..={}",
+                    v.as_secs(),
+                    range.start(),
+                    range.end()
                 ),
             ));
         }
@@ -833,9 +858,13 @@ impl Config {
         layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
         layered!(self, layers, value: max_connections_per_ip);
         self.max_connections_per_ip = self.max_connections_per_ip.max(1);
-        if let Some(s) = cli.drain_timeout.or(file.drain_timeout) {
-            self.drain_timeout = Duration::from_secs(s);
-        }
+        self.drain_timeout = layers.seconds_in(
+            cli.drain_timeout,
+            file.drain_timeout,
+            self.drain_timeout,
+            "drain-timeout",
+            0..=MAX_DURATION_SECS,
+        )?;
         Ok(())
     }
 
@@ -924,6 +953,31 @@ impl Config {
             .filter(|t| !t.is_empty())
             .map(Secret);
         layered!(self, layers, value: admin_listen);
+        self.check_admin(layers)
+    }
+
+    /// Hardening of the HTTP listeners: `admin-token` of at least
+    /// [`MIN_ADMIN_TOKEN_CHARS`] characters; a warning when the admin API or
+    /// the metrics listen beyond loopback.
+    fn check_admin(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let Some(token) = &self.admin_token else {
+            return Ok(());
+        };
+        let n = token.0.chars().count();
+        if n < MIN_ADMIN_TOKEN_CHARS {
+            return Err(layers.error(
+                layers.cli.admin_token.is_some(),
+                format!(
+                    "option `admin-token`: {n} characters is too short, at least {MIN_ADMIN_TOKEN_CHARS} are needed"
+                ),
+            ));
+        }
+        if !self.admin_listen.ip().is_loopback() {
+            self.warnings.push(format!(
+                "option `admin-listen`: {} is not a loopback address: the admin API (bearer token over plain HTTP) is reachable from the network",
+                self.admin_listen
+            ));
+        }
         Ok(())
     }
 
@@ -999,6 +1053,7 @@ impl Config {
                 .collect(),
             no_stun: self.no_stun,
             stun_only: self.stun_only,
+            user_byte_totals: self.prometheus_username_labels,
             ..ServerConfig::default()
         }
     }

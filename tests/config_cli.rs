@@ -246,3 +246,50 @@ fn no_users_is_an_error_not_a_silent_start() {
     assert!(out.stderr.contains("user"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
+
+/// Every duration option refuses a value outside its range, from the file
+/// and from the command line, with an error naming the option, where it
+/// came from and the allowed range; `drain-timeout` near `u64::MAX` used to
+/// be accepted and panicked on SIGTERM (`Instant + Duration` overflow).
+#[test]
+fn duration_options_out_of_range_are_clean_start_errors() {
+    // u64::MAX on the command line; TOML integers are i64, so i64::MAX in
+    // the file.
+    const HUGE: &str = "18446744073709551615";
+    const HUGE_TOML: &str = "9223372036854775807";
+    for option in [
+        "drain-timeout",
+        "max-allocate-lifetime",
+        "permission-lifetime",
+        "channel-lifetime",
+        "stale-nonce",
+        "stream-idle-timeout",
+        "tls-handshake-timeout",
+    ] {
+        let f = TempFile::new("huge.toml", &format!("{}{option} = {HUGE_TOML}\n", valid()));
+        let out = run_turnd(&["check-config", f.path()]);
+        assert_eq!(code(&out), Some(2), "{option} in a file: {out:?}");
+        for want in [option, f.path(), "..="] {
+            assert!(
+                out.stderr.contains(want),
+                "{option} in a file: {want:?} not named: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+        let (min, max) = relay_ports(Suite::ConfigCli, 0);
+        let args = Turnd::standard(min, max).set(&format!("--{option}"), HUGE);
+        let out = run_turnd(args.arguments());
+        assert_eq!(code(&out), Some(2), "--{option} {HUGE}: {out:?}");
+        for want in [option, "command line", "..="] {
+            assert!(
+                out.stderr.contains(want),
+                "--{option}: {want:?} not named: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert!(!out.stdout.contains("listening on"), "{}", out.stdout);
+    }
+}

@@ -79,6 +79,21 @@ fn assert_conventions(m: &Metrics) {
             assert_eq!(s.value.fract(), 0.0, "counter not an integer: {}", s.line);
         }
     }
+    // Label values are short machine words (enum names, numbers, addresses),
+    // never free text a client chose; user names are the one exception.
+    for s in &m.samples {
+        for (k, v) in &s.labels {
+            if k == "user" {
+                continue;
+            }
+            assert!(
+                v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.:-".contains(c)),
+                "label {k}={v:?} is not [a-z0-9_.:-]*: {}",
+                s.line
+            );
+        }
+    }
     // No duplicate series.
     let mut seen = std::collections::HashSet::new();
     for s in &m.samples {
@@ -213,7 +228,7 @@ fn metrics_move_live_while_relaying() {
     assert!(
         m2.get(
             "turnd_requests_total",
-            &[("method", "Allocate"), ("code", "200")]
+            &[("method", "allocate"), ("code", "200")]
         ) >= 3.0,
         "{}",
         m2.text
@@ -221,7 +236,7 @@ fn metrics_move_live_while_relaying() {
     assert!(
         m2.get(
             "turnd_requests_total",
-            &[("method", "Allocate"), ("code", "401")]
+            &[("method", "allocate"), ("code", "401")]
         ) >= 4.0,
         "three challenges and one wrong password:\n{}",
         m2.text
@@ -302,6 +317,7 @@ fn per_user_byte_counters_with_username_labels() {
         2,
         &[
             PROMETHEUS,
+            ADMIN,
             &["--allow-loopback-peers", "--prometheus-username-labels"],
         ]
         .concat(),
@@ -332,9 +348,158 @@ fn per_user_byte_counters_with_username_labels() {
         m.text
     );
     assert_eq!(down, 1000.0, "10 x 100 payload bytes back:\n{}", m.text);
+
+    // The allocation ends: its bytes stay in the user's counters (they are
+    // counters: they never go down), scrape after scrape, also when an admin
+    // call took a snapshot in between.
+    a.refresh(Some(0)).expect_success();
+    for _ in 0..2 {
+        let r = http_get_bearer(server.admin(), "/api/status", TOKEN);
+        assert_eq!(r.status, 200, "{r:?}");
+        let m = scrape_metrics(prom);
+        assert_conventions(&m);
+        for direction in ["client_to_peer", "peer_to_client"] {
+            assert_eq!(
+                m.get(
+                    "turnd_user_relayed_bytes_total",
+                    &[("user", USER), ("direction", direction)],
+                ),
+                1000.0,
+                "{direction} after the allocation ended:\n{}",
+                m.text
+            );
+        }
+    }
 }
 
-/// Every admin endpoint but /healthz refuses a missing or wrong token.
+/// `/metrics` listens on loopback unless `prometheus-address` says otherwise.
+#[test]
+fn prometheus_listens_on_loopback_by_default() {
+    let mut server = relay_server(0, &["--prometheus", "--prometheus-port", "0"]).start();
+    let prom = server.prometheus();
+    assert!(prom.ip().is_loopback(), "metrics on {prom}");
+    assert_eq!(scrape_metrics(prom).problems.len(), 0);
+}
+
+/// Requests of methods turnd does not know are counted without a duplicate
+/// series: all under `method="unknown"`, one line per result code.
+#[test]
+fn unknown_methods_are_one_series_per_code() {
+    let mut server = relay_server(1, PROMETHEUS).start();
+    let addr = server.udp();
+    let prom = server.prometheus();
+    let mut c = Client::new(addr, USER, PASSWORD);
+    for method in [0x0f0, 0x0f1, 0x2ab, 0x0f0] {
+        let req = build(
+            turnd::stun::Method(method),
+            turnd::stun::Class::Request,
+            new_tid(),
+            &[],
+            None,
+            false,
+        );
+        c.send_raw(&req);
+        assert!(
+            c.recv_raw(Duration::from_secs(2)).is_some(),
+            "no answer to method {method:#05x}"
+        );
+    }
+    let m = scrape_metrics(prom);
+    assert_conventions(&m);
+    let unknown = m.find("turnd_requests_total", &[("method", "unknown")]);
+    assert_eq!(unknown.len(), 1, "{}", m.text);
+    assert_eq!(unknown[0].value, 4.0, "{}", m.text);
+}
+
+/// Both HTTP listeners refuse oversized request heads (431), drop
+/// connections beyond their cap at once, and close a connection that sends
+/// no complete request head within a few seconds.
+#[test]
+fn http_listeners_bound_heads_connections_and_slow_clients() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    let mut server = relay_server(8, &[PROMETHEUS, ADMIN].concat()).start();
+    let prom = server.prometheus();
+    let admin = server.admin();
+    for (addr, path) in [(prom, "/metrics"), (admin, "/healthz")] {
+        // A 32 KiB header.
+        let big = "x".repeat(32 * 1024);
+        let r = http(addr, "GET", path, &[("X-Filler", &big)]);
+        assert_eq!(r.status, 431, "{path} with a 32 KiB header: {r:?}");
+
+        // 200 idle connections: those beyond the cap are closed at once.
+        let idle: Vec<TcpStream> = (0..200)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        thread::sleep(Duration::from_millis(500));
+        let closed = idle
+            .iter()
+            .filter(|s| {
+                let mut s: &TcpStream = s;
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                match s.read(&mut [0u8; 1]) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                }
+            })
+            .count();
+        assert!(
+            closed >= 100,
+            "{path}: only {closed} of 200 idle connections closed at once"
+        );
+
+        // A slow client that never finishes its request head is let go
+        // after a few seconds (once the idle ones are gone and the listener
+        // answers again).
+        drop(idle);
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                http(
+                    addr,
+                    "GET",
+                    path,
+                    &[("Authorization", &format!("Bearer {TOKEN}"))],
+                )
+                .status
+                    == 200
+            }),
+            "{path}: the listener does not answer after the idle connections left"
+        );
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let t = Instant::now();
+        let mut b = [0u8; 256];
+        let _ = slow.read(&mut b);
+        let held = t.elapsed();
+        assert!(
+            held > Duration::from_secs(2) && held < Duration::from_secs(12),
+            "{path}: a half-sent request head held the connection {held:?}"
+        );
+        // And the listener still answers.
+        assert_eq!(
+            http(
+                addr,
+                "GET",
+                path,
+                &[("Authorization", &format!("Bearer {TOKEN}"))]
+            )
+            .status,
+            200
+        );
+    }
+}
+
+/// Every admin endpoint but /healthz and the two pages refuses a missing or
+/// wrong token; the token is only taken from `Authorization: Bearer`, never
+/// from the query string (it would land in browser history and logs).
 #[test]
 fn admin_token_is_required() {
     let mut server = relay_server(3, ADMIN).start();
@@ -349,8 +514,6 @@ fn admin_token_is_required() {
         ("GET", "/readyz", 200),
         ("GET", "/api/status", 200),
         ("GET", "/api/allocations", 200),
-        ("GET", "/", 200),
-        ("GET", "/selftest", 200),
         ("DELETE", "/api/allocations/12345", 404),
         ("POST", "/api/credentials?user=bob", 409),
         ("GET", "/no/such/page", 404),
@@ -404,6 +567,9 @@ fn admin_token_is_required() {
             &[("Authorization", &format!("Basic {TOKEN}"))],
         );
         assert_eq!(r.status, 401, "{method} {path} Basic: {r:?}");
+        // The right token in the query string is refused too.
+        let r = http(admin, method, &join(path, TOKEN), &[]);
+        assert_eq!(r.status, 401, "{method} {path} with ?token=: {r:?}");
 
         let r = http(
             admin,
@@ -412,22 +578,67 @@ fn admin_token_is_required() {
             &[("Authorization", &format!("Bearer {TOKEN}"))],
         );
         assert_eq!(r.status, ok, "{method} {path} with Bearer token: {r:?}");
-        let r = http(admin, method, &join(path, TOKEN), &[]);
-        assert_eq!(r.status, ok, "{method} {path} with ?token=: {r:?}");
     }
-    // The pages a browser opens are HTML.
-    let page = http_get_bearer(admin, "/", TOKEN);
-    assert!(
-        page.header("content-type")
-            .is_some_and(|c| c.starts_with("text/html")),
-        "{page:?}"
-    );
+    // The pages a browser opens are HTML without data: served without the
+    // token; their script asks for it and sends it as a bearer token.
+    for path in ["/", "/selftest"] {
+        let page = http(admin, "GET", path, &[]);
+        assert_eq!(page.status, 200, "{path} without a token: {page:?}");
+        assert!(
+            page.header("content-type")
+                .is_some_and(|c| c.starts_with("text/html")),
+            "{page:?}"
+        );
+        assert!(page.body.contains("type=\"password\""), "{}", page.body);
+        assert!(page.body.contains("src=\"admin.js\""), "{}", page.body);
+        assert!(
+            !page.body.contains(REALM),
+            "{path} leaks data: {}",
+            page.body
+        );
+    }
+    let js = http(admin, "GET", "/admin.js", &[]);
+    assert_eq!(js.status, 200, "/admin.js without a token: {js:?}");
+    assert!(js.body.contains("sessionStorage"), "{}", js.body);
+    assert!(js.body.contains("'Bearer '"), "{}", js.body);
+    let page = http(admin, "GET", "/", &[]);
     assert!(page.body.contains("id=\"status\""), "{}", page.body);
     let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["allocations"], 0);
     assert_eq!(s["draining"], false);
     assert_eq!(s["realm"], REALM);
     assert_eq!(s["listening_port"], server.udp().port());
+}
+
+/// `admin-token` shorter than 16 characters is a configuration error naming
+/// the option; an `admin-listen` off loopback starts with a warning.
+#[test]
+fn admin_token_length_and_listen_address_are_checked() {
+    let out = run_turnd(
+        relay_server(
+            9,
+            &[
+                "--admin-token",
+                "fifteen-chars!!",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        )
+        .arguments(),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out:?}");
+    assert!(out.stderr.contains("admin-token"), "{}", out.stderr);
+    assert!(out.stderr.contains("16"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    let mut server =
+        relay_server(9, &["--admin-token", TOKEN, "--admin-listen", "0.0.0.0:0"]).start();
+    let _ = server.admin();
+    assert!(
+        server.wait_for_log("admin-listen", 1, Duration::from_secs(5)),
+        "no warning about a non-loopback admin-listen: {}",
+        server.log()
+    );
 }
 
 fn list(admin: SocketAddr) -> Vec<serde_json::Value> {

@@ -2,12 +2,23 @@
 //! and self-test pages.
 //!
 //! Both run on the main thread. When asked, they read the main thread's core
-//! directly and ask every other worker for a snapshot over its control
-//! channel, then add them up: the relay path keeps plain per-worker counters
-//! and pays nothing for metrics; a scrape costs one pass over the allocations.
+//! directly and ask every other worker for a snapshot over its (bounded)
+//! control channel, then add them up: the relay path keeps plain per-worker
+//! counters and pays nothing for metrics; a scrape costs one pass over the
+//! live allocations (counts only: the per-allocation list is built for
+//! `/api/allocations` alone), one snapshot at a time. A worker whose channel
+//! stays full makes the request fail with 503.
 //!
-//! Admin endpoints (all need `Authorization: Bearer TOKEN`, or `?token=TOKEN`
-//! for the pages a browser opens):
+//! Per-user byte counters (`prometheus-username-labels`): each core hands
+//! the totals of allocations that ended over to the next snapshot and
+//! forgets them; [`UserTotals`] here keeps the cumulative table, capped at
+//! [`USER_TOTALS_CAP`] users (the smallest go to an `other` counter), so the
+//! counters stay monotonic and memory stays bounded however many distinct
+//! (REST) users come and go.
+//!
+//! Admin endpoints (all but `/healthz` and the two pages need
+//! `Authorization: Bearer TOKEN`; a token in the query string is refused, as
+//! it would land in browser history and proxy logs):
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
 //! - `GET /api/status`: JSON counters (the status page polls it).
@@ -16,27 +27,31 @@
 //! - `POST /api/credentials?user=U&ttl=S`: mints TURN REST credentials from
 //!   the first configured secret (409 when there is none).
 //! - `GET /`: the status page; `GET /selftest`: gathers candidates against
-//!   this server in the visitor's own browser.
+//!   this server in the visitor's own browser. Both are static and served
+//!   without the token: their script (`GET /admin.js`, also public) asks for
+//!   it (a password field, kept in `sessionStorage`) and sends it as a bearer
+//!   token on the API calls.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use super::worker::{CoreView, Workers};
+use super::worker::{Busy, CoreView, Workers};
 use super::{Shell, ShellIo};
 use crate::config::Config;
-use crate::turn::{Server, Transport};
+use crate::turn::{EndedUserBytes, Server, Transport};
 
 /// What the HTTP handlers read.
 pub(super) struct HttpState {
@@ -45,15 +60,83 @@ pub(super) struct HttpState {
     pub config: Rc<RefCell<Config>>,
     pub workers: Rc<Workers>,
     pub started: Instant,
+    /// Cumulative per-user byte totals of ended allocations.
+    pub user_totals: RefCell<UserTotals>,
+    /// One snapshot at a time: concurrent requests wait their turn.
+    pub gather_lock: tokio::sync::Mutex<()>,
 }
 
-/// Every worker's snapshot, added up.
-async fn gather(state: &HttpState) -> CoreView {
-    let mut view = CoreView::of(&state.core.borrow(), &state.shell);
-    for v in state.workers.views().await {
+/// Most users [`UserTotals`] keeps.
+pub(super) const USER_TOTALS_CAP: usize = 10_000;
+
+/// Per-user payload bytes (client to peer, peer to client) of ended
+/// allocations since start, at most `cap` users: past it, the users with
+/// the fewest bytes are dropped down to 90 % of the cap and their bytes
+/// added to `other` (a dropped user's series disappears; should it come back
+/// its counter starts again from its new bytes).
+#[derive(Debug)]
+pub(super) struct UserTotals {
+    users: HashMap<Arc<str>, (u64, u64)>,
+    other: (u64, u64),
+    cap: usize,
+}
+
+impl UserTotals {
+    /// An empty table that keeps at most `cap` users.
+    pub fn new(cap: usize) -> UserTotals {
+        UserTotals {
+            users: HashMap::new(),
+            other: (0, 0),
+            cap,
+        }
+    }
+
+    /// Adds the totals a snapshot took from the cores.
+    fn add(&mut self, ended: &EndedUserBytes) {
+        self.other.0 += ended.other.0;
+        self.other.1 += ended.other.1;
+        for (u, (a, b)) in &ended.users {
+            let e = self.users.entry(u.clone()).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
+        if self.users.len() > self.cap {
+            let mut all: Vec<_> = self.users.drain().collect();
+            // Largest first; ties by name so the choice is deterministic.
+            all.sort_unstable_by(|(ua, a), (ub, b)| (b.0 + b.1, ua).cmp(&(a.0 + a.1, ub)));
+            for (_, (a, b)) in all.drain(self.cap * 9 / 10..) {
+                self.other.0 += a;
+                self.other.1 += b;
+            }
+            self.users = all.into_iter().collect();
+        }
+    }
+}
+
+/// Every worker's snapshot, added up (with the allocation list when
+/// `detail`); the ended users' totals go into [`HttpState::user_totals`].
+///
+/// # Errors
+/// [`Busy`] when a worker's control channel stayed full.
+async fn gather(state: &HttpState, detail: bool) -> Result<CoreView, Busy> {
+    let _one_at_a_time = state.gather_lock.lock().await;
+    let mut view = CoreView::of(&mut state.core.borrow_mut(), &state.shell, detail);
+    for v in state.workers.views(detail).await? {
         view.merge(v);
     }
-    view
+    state
+        .user_totals
+        .borrow_mut()
+        .add(&std::mem::take(&mut view.ended_user_bytes));
+    Ok(view)
+}
+
+/// 503 for a request that found a worker's control channel full.
+fn busy() -> Resp {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy: a relay worker's control queue is full, try again\n",
+    )
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -75,12 +158,34 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
     respond(status, "application/json", v.to_string())
 }
 
-/// Serves HTTP/1.1 on `listener` with `handler` until the task is dropped.
+/// Open connections each HTTP listener serves at once; one more is closed
+/// as soon as it is accepted.
+pub(super) const MAX_HTTP_CONNECTIONS: usize = 32;
+
+/// Longest request head (request line and headers) in bytes; a longer one
+/// gets 431. hyper's smallest read buffer is 8 KiB.
+pub(super) const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most header lines in a request.
+const MAX_HEADERS: usize = 32;
+
+/// Time a client has to send a complete request head (also between
+/// requests on a kept-alive connection).
+pub(super) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest life of one HTTP connection, however busy.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves HTTP/1.1 on `listener` with `handler` until the task is dropped:
+/// at most [`MAX_HTTP_CONNECTIONS`] at once, request heads of at most
+/// [`MAX_HEAD_BYTES`] that arrive within [`HEADER_READ_TIMEOUT`], each
+/// connection closed after [`CONNECTION_LIFETIME`].
 pub(super) async fn serve<F, Fut>(listener: TcpListener, state: Rc<HttpState>, handler: F)
 where
     F: Fn(Request<Incoming>, Rc<HttpState>) -> Fut + Copy + 'static,
     Fut: std::future::Future<Output = Resp> + 'static,
 {
+    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -90,17 +195,29 @@ where
                 continue;
             }
         };
+        if open.get() >= MAX_HTTP_CONNECTIONS {
+            debug!(%peer, "http connection refused: {MAX_HTTP_CONNECTIONS} already open");
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let open = OpenGuard(open.clone());
         let state = state.clone();
         tokio::task::spawn_local(async move {
+            let _open = open;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handler(req, state).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc);
             // Bounded: a client may not hold a connection forever.
-            match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 Ok(Err(e)) => debug!(%peer, error = %e, "http connection error"),
                 Err(_) => debug!(%peer, "http connection timed out"),
                 Ok(Ok(())) => {}
@@ -109,15 +226,27 @@ where
     }
 }
 
+/// Counts one open HTTP connection until dropped.
+struct OpenGuard(Rc<std::cell::Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// `GET /metrics` in the Prometheus text format (version 0.0.4).
 pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Resp {
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
         return text(StatusCode::NOT_FOUND, "only /metrics here\n");
     }
+    let Ok(view) = gather(&state, false).await else {
+        return busy();
+    };
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render_metrics(&state, &gather(&state).await),
+        render_metrics(&state, &view),
     )
 }
 
@@ -139,17 +268,15 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             active.insert((t, f), 0);
         }
     }
-    let (mut permissions, mut channels) = (0usize, 0usize);
-    for a in &view.allocations {
-        let t = match a.transport {
+    let (permissions, channels) = (view.permissions, view.channels);
+    for ((transport, relay_is_ipv4), n) in &view.allocation_counts {
+        let t = match transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
         };
-        let f = if a.relay_is_ipv4 { "ipv4" } else { "ipv6" };
-        *active.entry((t, f)).or_insert(0) += 1;
-        permissions += a.permissions;
-        channels += a.channels;
+        let f = if *relay_is_ipv4 { "ipv4" } else { "ipv6" };
+        *active.entry((t, f)).or_insert(0) += *n as u64;
     }
     for ((t, f), n) in &active {
         let _ = writeln!(
@@ -178,14 +305,13 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(o, "# HELP turnd_requests_total Requests answered, by method and result code (200 is success).\n# TYPE turnd_requests_total counter");
-    let mut reqs: Vec<_> = view
-        .requests
-        .iter()
-        .map(|((m, c), n)| (*m, *c, *n))
-        .collect();
-    reqs.sort_by_key(|(m, c, _)| (m.0, *c));
-    for (m, c, n) in reqs {
-        let method = m.name().unwrap_or("unknown");
+    // Methods turnd does not know are added up under one label, so each
+    // label set is one series and a client cannot mint new series.
+    let mut reqs: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+    for ((m, c), n) in &view.requests {
+        *reqs.entry((method_label(*m), *c)).or_insert(0) += n;
+    }
+    for ((method, c), n) in reqs {
         let _ = writeln!(
             o,
             "turnd_requests_total{{method=\"{method}\",code=\"{c}\"}} {n}"
@@ -245,8 +371,13 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {
         let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");
-        let mut users: Vec<_> = view.user_bytes.clone().into_iter().collect();
-        users.sort();
+        let totals = state.user_totals.borrow();
+        let mut users: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for (u, (a, b)) in totals.users.iter().chain(&view.user_bytes) {
+            let e = users.entry(&**u).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
         for (u, (to_peer, to_client)) in users {
             let u = u
                 .replace('\\', "\\\\")
@@ -255,9 +386,39 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"client_to_peer\"}} {to_peer}");
             let _ = writeln!(o, "turnd_user_relayed_bytes_total{{user=\"{u}\",direction=\"peer_to_client\"}} {to_client}");
         }
+        let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_other_total Payload bytes of ended allocations whose users were dropped from the per-user counters (at most {USER_TOTALS_CAP} users are kept).\n# TYPE turnd_user_relayed_bytes_other_total counter");
+        let _ = writeln!(
+            o,
+            "turnd_user_relayed_bytes_other_total{{direction=\"client_to_peer\"}} {}",
+            totals.other.0
+        );
+        let _ = writeln!(
+            o,
+            "turnd_user_relayed_bytes_other_total{{direction=\"peer_to_client\"}} {}",
+            totals.other.1
+        );
     }
     let _ = writeln!(o, "# HELP turnd_uptime_seconds Seconds since start.\n# TYPE turnd_uptime_seconds gauge\nturnd_uptime_seconds {}", state.started.elapsed().as_secs());
     o
+}
+
+/// The `method` label of `turnd_requests_total`: the RFC name in snake_case,
+/// or `unknown` for every method turnd does not implement.
+fn method_label(m: crate::stun::Method) -> &'static str {
+    use crate::stun::Method as M;
+    match m {
+        M::BINDING => "binding",
+        M::ALLOCATE => "allocate",
+        M::REFRESH => "refresh",
+        M::SEND => "send",
+        M::DATA => "data",
+        M::CREATE_PERMISSION => "create_permission",
+        M::CHANNEL_BIND => "channel_bind",
+        M::CONNECT => "connect",
+        M::CONNECTION_BIND => "connection_bind",
+        M::CONNECTION_ATTEMPT => "connection_attempt",
+        _ => "unknown",
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -267,13 +428,14 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// True when `Authorization: Bearer` carries `token` (only that header: a
+/// token in the query string is not looked at).
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let given = req
         .headers()
         .get("authorization")
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .or_else(|| req.uri().query().and_then(|q| query_param(q, "token")));
+        .and_then(|h| h.strip_prefix("Bearer "));
     let Some(given) = given else { return false };
     // Constant time in the token's length.
     given.len() == token.len()
@@ -295,8 +457,19 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
         .unwrap_or_default();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    if method == Method::GET && path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        // Static pages without data: their script asks for the token.
+        (&Method::GET, "/") => {
+            return respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
+        }
+        (&Method::GET, "/selftest") => {
+            return respond(StatusCode::OK, "text/html; charset=utf-8", SELFTEST_PAGE)
+        }
+        (&Method::GET, "/admin.js") => {
+            return respond(StatusCode::OK, "text/javascript; charset=utf-8", ADMIN_JS)
+        }
+        _ => {}
     }
     if token.is_empty() || !authorized(&req, &token) {
         let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -314,12 +487,14 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
                 text(StatusCode::OK, "ready\n")
             }
         }
-        (Method::GET, "/api/status") => {
-            json(StatusCode::OK, &status_json(&state, &gather(&state).await))
-        }
-        (Method::GET, "/api/allocations") => {
-            json(StatusCode::OK, &allocations_json(&gather(&state).await))
-        }
+        (Method::GET, "/api/status") => match gather(&state, false).await {
+            Ok(view) => json(StatusCode::OK, &status_json(&state, &view)),
+            Err(Busy) => busy(),
+        },
+        (Method::GET, "/api/allocations") => match gather(&state, true).await {
+            Ok(view) => json(StatusCode::OK, &allocations_json(&view)),
+            Err(Busy) => busy(),
+        },
         (Method::DELETE, p) if p.starts_with("/api/allocations/") => {
             let Ok(id) = p["/api/allocations/".len()..].parse::<u64>() else {
                 return text(StatusCode::BAD_REQUEST, "allocation id must be a number\n");
@@ -339,10 +514,6 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
             }
         }
         (Method::POST, "/api/credentials") => credentials(&req, &state),
-        (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
-        (Method::GET, "/selftest") => {
-            respond(StatusCode::OK, "text/html; charset=utf-8", SELFTEST_PAGE)
-        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -400,7 +571,7 @@ fn status_json(state: &HttpState, view: &CoreView) -> serde_json::Value {
         "rest_credentials": !config.static_auth_secrets.is_empty(),
         "listening_port": udp.first().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()),
         "udp_listeners": udp,
-        "allocations": view.allocations.len(),
+        "allocations": view.allocation_total(),
         "connections": view.connections,
         "allocations_created": stats.allocations_created,
         "packets_to_peer": stats.packets_to_peer,
@@ -441,32 +612,60 @@ fn allocations_json(view: &CoreView) -> serde_json::Value {
     serde_json::Value::Array(list)
 }
 
+/// Shared by both pages: asks for the admin token (a password field), keeps
+/// it in `sessionStorage` and sends it as a bearer token; a 401 asks again.
+/// The page defines `start()` (run once a token is there) and calls `begin()`.
+const ADMIN_JS: &str = r#"// The token is asked for here and kept in sessionStorage (this tab only),
+// never put in the URL; the API gets it as a bearer token.
+function token() { return sessionStorage.getItem('turnd-admin-token') || ''; }
+function auth(extra) { return {...extra, headers: {Authorization: 'Bearer ' + token()}}; }
+async function api(path, extra) {
+  const r = await fetch(path, auth(extra));
+  if (r.status === 401) { sessionStorage.removeItem('turnd-admin-token'); askToken('wrong token'); throw new Error('unauthorized'); }
+  return r.json();
+}
+function askToken(why) {
+  const f = document.getElementById('login'); f.hidden = false;
+  document.getElementById('login-error').textContent = why || '';
+  document.getElementById('token').focus();
+}
+document.getElementById('login').onsubmit = (e) => {
+  e.preventDefault();
+  sessionStorage.setItem('turnd-admin-token', document.getElementById('token').value);
+  document.getElementById('token').value = '';
+  document.getElementById('login').hidden = true;
+  start();
+};
+function begin() { if (token()) start(); else askToken(); }
+"#;
+
 /// The status page: live counts from `/api/status`, the allocation table.
 const STATUS_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>turnd status</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}td,th{padding:.2em .8em;text-align:left}
 table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}.num{font-variant-numeric:tabular-nums}</style></head>
 <body><h1>turnd</h1>
+<form id="login" hidden><label>Admin token <input id="token" type="password" autocomplete="current-password"></label> <button id="login-button">Sign in</button> <span id="login-error"></span></form>
 <p><a id="selftest" href="selftest">Self-test this server from your browser</a></p>
 <h2>Now</h2><table id="status"></table>
 <h2>Allocations</h2><table id="allocs"><thead><tr><th>id</th><th>user</th><th>client</th><th>relay</th><th>transport</th><th>age (s)</th><th>bytes to peer</th><th>bytes to client</th></tr></thead><tbody></tbody></table>
+<script src="admin.js"></script>
 <script>
-const token = new URLSearchParams(location.search).get('token') || '';
-document.getElementById('selftest').href = 'selftest?token=' + encodeURIComponent(token);
-const h = {headers: {Authorization: 'Bearer ' + token}};
 function cell(tr, v) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
 async function refresh() {
-  const s = await (await fetch('api/status', h)).json();
+  const s = await api('api/status');
   const t = document.getElementById('status'); t.textContent = '';
   for (const [k, v] of Object.entries(s)) { const tr = document.createElement('tr'); tr.id = 'status-' + k; cell(tr, k); cell(tr, JSON.stringify(v)); t.appendChild(tr); }
-  const a = await (await fetch('api/allocations', h)).json();
+  const a = await api('api/allocations');
   const b = document.querySelector('#allocs tbody'); b.textContent = '';
   for (const x of a) { const tr = document.createElement('tr');
     for (const k of ['id','user','client','relay','transport','age_s','bytes_to_peer','bytes_to_client']) cell(tr, x[k]);
     b.appendChild(tr); }
   document.body.dataset.refreshed = String(Date.now());
 }
-refresh(); setInterval(refresh, 2000);
+let timer = null;
+function start() { refresh().catch(() => {}); if (!timer) timer = setInterval(() => { if (token()) refresh().catch(() => {}); }, 2000); }
+begin();
 </script></body></html>
 "#;
 
@@ -476,6 +675,7 @@ const SELFTEST_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>turnd self-test</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}td,th{padding:.2em .8em;text-align:left}.ok{color:#070}.bad{color:#a00}</style></head>
 <body><h1>turnd self-test</h1>
+<form id="login" hidden><label>Admin token <input id="token" type="password" autocomplete="current-password"></label> <button id="login-button">Sign in</button> <span id="login-error"></span></form>
 <p>Gathers ICE candidates against this server from your browser. A working server gives a <b>srflx</b> candidate (STUN) and a <b>relay</b> candidate (TURN).</p>
 <p><label>Host <input id="host"></label> <label>Port <input id="port" size="6"></label>
 <label>User <input id="user"></label> <label>Password <input id="password" type="password"></label>
@@ -483,15 +683,14 @@ const SELFTEST_PAGE: &str = r#"<!doctype html>
 <p id="verdict"></p>
 <table><thead><tr><th>type</th><th>protocol</th><th>address</th><th>port</th><th>url</th></tr></thead><tbody id="cands"></tbody></table>
 <pre id="errors"></pre>
+<script src="admin.js"></script>
 <script>
-const token = new URLSearchParams(location.search).get('token') || '';
-const h = {headers: {Authorization: 'Bearer ' + token}};
 document.getElementById('host').value = location.hostname;
 async function init() {
-  const s = await (await fetch('api/status', h)).json();
+  const s = await api('api/status');
   document.getElementById('port').value = s.listening_port || 3478;
   if (s.rest_credentials) {
-    const c = await (await fetch('api/credentials?user=selftest&ttl=600', {method: 'POST', ...h})).json();
+    const c = await api('api/credentials?user=selftest&ttl=600', {method: 'POST'});
     document.getElementById('user').value = c.username;
     document.getElementById('password').value = c.password;
   }
@@ -529,6 +728,44 @@ async function run() {
   document.body.dataset.srflx = String(srflx); document.body.dataset.relay = String(found.relay); document.body.dataset.done = '1';
 }
 document.getElementById('run').onclick = run;
-init();
+function start() { init().catch(() => {}); }
+begin();
 </script></body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(users: &[(&str, u64)], other: u64) -> EndedUserBytes {
+        EndedUserBytes {
+            users: users
+                .iter()
+                .map(|(u, n)| (Arc::from(*u), (*n, *n)))
+                .collect(),
+            other: (other, other),
+            other_allocations: u64::from(other > 0),
+        }
+    }
+
+    #[test]
+    fn user_totals_add_up_and_stay_under_the_cap() {
+        let mut t = UserTotals::new(10);
+        t.add(&ended(&[("a", 1), ("b", 2)], 0));
+        t.add(&ended(&[("a", 3)], 7));
+        assert_eq!(t.users[&Arc::from("a")], (4, 4));
+        assert_eq!(t.users[&Arc::from("b")], (2, 2));
+        assert_eq!(t.other, (7, 7));
+
+        // 20 more users: past the cap the smallest go, down to 9, their
+        // bytes into `other`; no byte is lost.
+        let many: Vec<(String, u64)> = (0..20).map(|i| (format!("u{i}"), 100 + i)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+        t.add(&ended(&many, 0));
+        assert_eq!(t.users.len(), 9);
+        assert!(t.users.contains_key("u19") && !t.users.contains_key("a"));
+        let kept: u64 = t.users.values().map(|v| v.0).sum();
+        let all: u64 = 4 + 2 + 7 + (100..120).sum::<u64>();
+        assert_eq!(kept + t.other.0, all);
+    }
+}

@@ -885,6 +885,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         config: config.clone(),
         workers: workers.clone(),
         started: Instant::now(),
+        user_totals: RefCell::new(http::UserTotals::new(http::USER_TOTALS_CAP)),
+        gather_lock: tokio::sync::Mutex::new(()),
     });
     if let Some(l) = metrics_listener {
         let local = l.local_addr()?;
@@ -928,7 +930,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let _ = notify::notify("STOPPING=1");
     if !drain.is_zero() {
         core.borrow_mut().start_draining();
-        workers.broadcast(|_| worker::Control::Drain);
+        workers.broadcast(|_| worker::Control::Drain).await;
         // The ledger counts every worker's allocations.
         let count = shared.quota.total();
         info!(
@@ -1042,7 +1044,9 @@ async fn userdb_task(
         let loaded = db.credentials(&config.borrow());
         match loaded {
             Ok(c) => {
-                workers.broadcast(|_| worker::Control::Credentials(Box::new(c.clone())));
+                workers
+                    .broadcast(|_| worker::Control::Credentials(Box::new(c.clone())))
+                    .await;
                 core.borrow_mut().set_credentials(c);
             }
             Err(e) => {

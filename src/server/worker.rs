@@ -37,11 +37,23 @@ use tracing::{debug, error, warn};
 use super::{new_shell, spawn_listeners, timer_task, Shell, ShellIo};
 use crate::auth::Credentials;
 use crate::stun::Method;
-use crate::turn::{AuthFailure, Server, ServerConfig, SharedState, Stats, Transport};
+use crate::turn::{
+    AuthFailure, EndedUserBytes, Server, ServerConfig, SharedState, Stats, Transport,
+};
 
 /// How long the main thread waits for a worker's answer before going on
 /// without it (a metrics scrape, an admin call).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Messages a worker's control channel holds; a sender waits (at most
+/// [`ANSWER_TIMEOUT`] for snapshots and deletes) while it is full. The HTTP
+/// listeners' connection caps keep snapshot requests far below it.
+const CONTROL_QUEUE: usize = 64;
+
+/// A worker's control channel stayed full for [`ANSWER_TIMEOUT`]: the
+/// request was not queued (HTTP answers 503).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Busy;
 
 /// A message from the main thread to a worker.
 pub(super) enum Control {
@@ -52,8 +64,9 @@ pub(super) enum Control {
     Credentials(Box<Credentials>),
     /// SIGTERM with `drain-timeout`: refuse new allocations.
     Drain,
-    /// A snapshot for metrics and the admin API.
-    View(oneshot::Sender<CoreView>),
+    /// A snapshot for metrics and the admin API; with the allocation list
+    /// when true (the admin API's list), else the counts only.
+    View(bool, oneshot::Sender<CoreView>),
     /// Admin API: end the allocation with this id, if it is here.
     Delete(u64, oneshot::Sender<bool>),
     /// Close every allocation and end the thread; answers with the counters.
@@ -69,7 +82,6 @@ pub(super) struct AllocationView {
     pub transport: Transport,
     /// The relay address as advertised (XOR-RELAYED-ADDRESS).
     pub relay: SocketAddr,
-    pub relay_is_ipv4: bool,
     pub additional_relay: Option<SocketAddr>,
     pub tcp_relay: bool,
     pub created: Instant,
@@ -87,12 +99,23 @@ pub(super) struct AllocationView {
 pub(super) struct CoreView {
     pub stats: Stats,
     pub draining: bool,
+    /// Every live allocation; empty unless asked for (see [`CoreView::of`]).
     pub allocations: Vec<AllocationView>,
+    /// Live allocations by (client transport, relay address is IPv4).
+    pub allocation_counts: HashMap<(Transport, bool), usize>,
+    /// Live permissions, summed over the allocations.
+    pub permissions: usize,
+    /// Live channel bindings, summed over the allocations.
+    pub channels: usize,
     /// (method, result code, count).
     pub requests: HashMap<(Method, u16), u64>,
     pub auth_failures: HashMap<AuthFailure, u64>,
     pub ports_free: HashMap<IpAddr, usize>,
+    /// Bytes per user of live allocations (with `prometheus-username-labels`).
     pub user_bytes: HashMap<Arc<str>, (u64, u64)>,
+    /// Per-user totals of allocations that ended since the last snapshot,
+    /// handed over by the core (which then forgets them).
+    pub ended_user_bytes: EndedUserBytes,
     /// Open TCP and TLS client connections.
     pub connections: usize,
     /// Workers that answered.
@@ -100,40 +123,60 @@ pub(super) struct CoreView {
 }
 
 impl CoreView {
-    /// A snapshot of one worker.
-    pub fn of(core: &Server, shell: &Shell) -> CoreView {
-        let allocations = core
-            .allocations()
-            .map(|a| AllocationView {
-                id: a.id,
-                user: a.username.clone(),
-                client: a.five_tuple.client,
-                transport: a.five_tuple.transport,
-                relay: core.advertised(a.relay),
-                relay_is_ipv4: a.relay.is_ipv4(),
-                additional_relay: a.additional_relay.map(|r| core.advertised(r)),
-                tcp_relay: a.tcp_relay,
-                created: a.created,
-                expires: a.expires,
-                bytes_to_peer: a.bytes_to_peer,
-                bytes_to_client: a.bytes_to_client,
-                packets_to_peer: a.packets_to_peer,
-                packets_to_client: a.packets_to_client,
-                permissions: a.permissions.len(),
-                channels: a.channels.len(),
-            })
-            .collect();
+    /// A snapshot of one worker: counters and per-allocation counts in one
+    /// pass over its allocations, the list of them only when `detail`, and
+    /// the ended users' byte totals taken from the core. O(live
+    /// allocations) plus O(users ended since the last snapshot).
+    pub fn of(core: &mut Server, shell: &Shell, detail: bool) -> CoreView {
+        let mut allocations = Vec::new();
+        let mut allocation_counts: HashMap<(Transport, bool), usize> = HashMap::new();
+        let (mut permissions, mut channels) = (0, 0);
+        for a in core.allocations() {
+            *allocation_counts
+                .entry((a.five_tuple.transport, a.relay.is_ipv4()))
+                .or_insert(0) += 1;
+            permissions += a.permissions.len();
+            channels += a.channels.len();
+            if detail {
+                allocations.push(AllocationView {
+                    id: a.id,
+                    user: a.username.clone(),
+                    client: a.five_tuple.client,
+                    transport: a.five_tuple.transport,
+                    relay: core.advertised(a.relay),
+                    additional_relay: a.additional_relay.map(|r| core.advertised(r)),
+                    tcp_relay: a.tcp_relay,
+                    created: a.created,
+                    expires: a.expires,
+                    bytes_to_peer: a.bytes_to_peer,
+                    bytes_to_client: a.bytes_to_client,
+                    packets_to_peer: a.packets_to_peer,
+                    packets_to_client: a.packets_to_client,
+                    permissions: a.permissions.len(),
+                    channels: a.channels.len(),
+                });
+            }
+        }
         CoreView {
             stats: core.stats(),
             draining: core.is_draining(),
             allocations,
+            allocation_counts,
+            permissions,
+            channels,
             requests: core.request_counts().map(|(m, c, n)| ((m, c), n)).collect(),
             auth_failures: core.auth_failure_counts().collect(),
             ports_free: core.relay_ports_free().into_iter().collect(),
-            user_bytes: core.user_bytes(),
+            user_bytes: core.live_user_bytes(),
+            ended_user_bytes: core.take_ended_user_bytes(),
             connections: shell.conns.borrow().len(),
             workers: 1,
         }
+    }
+
+    /// Live allocations in all.
+    pub fn allocation_total(&self) -> usize {
+        self.allocation_counts.values().sum()
     }
 
     /// Adds another worker's snapshot to this one.
@@ -141,6 +184,11 @@ impl CoreView {
         self.stats += other.stats;
         self.draining |= other.draining;
         self.allocations.extend(other.allocations);
+        for (k, n) in other.allocation_counts {
+            *self.allocation_counts.entry(k).or_insert(0) += n;
+        }
+        self.permissions += other.permissions;
+        self.channels += other.channels;
         for (k, n) in other.requests {
             *self.requests.entry(k).or_insert(0) += n;
         }
@@ -154,6 +202,15 @@ impl CoreView {
             e.0 += a;
             e.1 += b;
         }
+        let ended = other.ended_user_bytes;
+        for (k, (a, b)) in ended.users {
+            let e = self.ended_user_bytes.users.entry(k).or_insert((0, 0));
+            e.0 += a;
+            e.1 += b;
+        }
+        self.ended_user_bytes.other.0 += ended.other.0;
+        self.ended_user_bytes.other.1 += ended.other.1;
+        self.ended_user_bytes.other_allocations += ended.other_allocations;
         self.connections += other.connections;
         self.workers += other.workers;
     }
@@ -176,7 +233,7 @@ pub(super) struct WorkerSetup {
 
 struct Remote {
     index: usize,
-    tx: mpsc::UnboundedSender<Control>,
+    tx: mpsc::Sender<Control>,
     thread: RefCell<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -193,7 +250,7 @@ impl Workers {
     /// # Errors
     /// When the thread cannot be spawned.
     pub fn spawn(&mut self, setup: WorkerSetup) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         let index = setup.index;
         let thread = std::thread::Builder::new()
             .name(format!("turnd-worker-{index}"))
@@ -225,10 +282,12 @@ impl Workers {
         self.remote.len() + 1
     }
 
-    /// Sends `make(index)` to every worker but the main thread.
-    pub fn broadcast(&self, make: impl Fn(usize) -> Control) {
+    /// Sends `make(index)` to every worker but the main thread, waiting
+    /// while a worker's control channel is full (these messages must
+    /// arrive).
+    pub async fn broadcast(&self, make: impl Fn(usize) -> Control) {
         for r in &self.remote {
-            if r.tx.send(make(r.index)).is_err() {
+            if r.tx.send(make(r.index)).await.is_err() {
                 warn!(worker = r.index, "worker is gone");
             }
         }
@@ -237,15 +296,36 @@ impl Workers {
     /// Sends `make(index, reply)` to every worker 1..N and collects the
     /// replies of those that answer within [`ANSWER_TIMEOUT`]; `what` names
     /// the request in the warning about a worker that did not.
+    ///
+    /// # Errors
+    /// [`Busy`] when `impatient` and a worker's control channel stayed
+    /// full for [`ANSWER_TIMEOUT`] (the others got the request and their
+    /// answers are dropped). Without `impatient` it waits for room.
     async fn ask_all<T>(
         &self,
         make: impl Fn(usize, oneshot::Sender<T>) -> Control,
         what: &str,
-    ) -> Vec<T> {
+        impatient: bool,
+    ) -> Result<Vec<T>, Busy> {
         let mut waiting = Vec::with_capacity(self.remote.len());
         for r in &self.remote {
             let (tx, rx) = oneshot::channel();
-            if r.tx.send(make(r.index, tx)).is_ok() {
+            let send = r.tx.send(make(r.index, tx));
+            let sent = if impatient {
+                match tokio::time::timeout(ANSWER_TIMEOUT, send).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        warn!(
+                            worker = r.index,
+                            "worker's control channel is full: {what} refused"
+                        );
+                        return Err(Busy);
+                    }
+                }
+            } else {
+                send.await
+            };
+            if sent.is_ok() {
                 waiting.push((r.index, rx));
             }
         }
@@ -256,7 +336,7 @@ impl Workers {
                 _ => warn!(worker = index, "worker did not answer {what}"),
             }
         }
-        out
+        Ok(out)
     }
 
     /// Applies a reloaded configuration on workers 1..N; returns the sum of
@@ -264,24 +344,34 @@ impl Workers {
     pub async fn reconfigure(&self, config: &ServerConfig) -> (usize, usize) {
         let n = self.count();
         let make = |_, tx| Control::Reconfigure(Box::new(config.shard(n)), tx);
-        self.ask_all(make, "the reload")
+        self.ask_all(make, "the reload", false)
             .await
+            .unwrap_or_default()
             .into_iter()
             .fold((0, 0), |s, (a, r)| (s.0 + a, s.1 + r))
     }
 
-    /// Snapshots of workers 1..N (those that answer in time).
-    pub async fn views(&self) -> Vec<CoreView> {
-        self.ask_all(|_, tx| Control::View(tx), "a snapshot request")
-            .await
+    /// Snapshots of workers 1..N (those that answer in time), with the
+    /// allocation list when `detail`.
+    ///
+    /// # Errors
+    /// [`Busy`] when a worker's control channel stayed full.
+    pub async fn views(&self, detail: bool) -> Result<Vec<CoreView>, Busy> {
+        self.ask_all(
+            |_, tx| Control::View(detail, tx),
+            "a snapshot request",
+            true,
+        )
+        .await
     }
 
     /// Ends allocation `id` on whichever worker 1..N holds it.
     pub async fn delete(&self, id: u64) -> bool {
         for r in &self.remote {
             let (tx, rx) = oneshot::channel();
-            if r.tx.send(Control::Delete(id, tx)).is_err() {
-                continue;
+            match tokio::time::timeout(ANSWER_TIMEOUT, r.tx.send(Control::Delete(id, tx))).await {
+                Ok(Ok(())) => {}
+                _ => continue,
             }
             if let Ok(Ok(true)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
                 return true;
@@ -294,7 +384,8 @@ impl Workers {
     /// their counters.
     pub async fn stop(&self) -> Stats {
         let mut total = Stats::default();
-        for s in self.ask_all(|_, tx| Control::Stop(tx), "stop").await {
+        let stats = self.ask_all(|_, tx| Control::Stop(tx), "stop", false).await;
+        for s in stats.unwrap_or_default() {
             total += s;
         }
         for r in &self.remote {
@@ -308,7 +399,7 @@ impl Workers {
     }
 }
 
-async fn worker_main(setup: WorkerSetup, mut rx: mpsc::UnboundedReceiver<Control>) {
+async fn worker_main(setup: WorkerSetup, mut rx: mpsc::Receiver<Control>) {
     let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
     core.set_shard(setup.index, setup.count, &setup.shared);
     let core = Rc::new(RefCell::new(core));
@@ -341,8 +432,8 @@ async fn worker_main(setup: WorkerSetup, mut rx: mpsc::UnboundedReceiver<Control
             }
             Control::Credentials(c) => core.borrow_mut().set_credentials(*c),
             Control::Drain => core.borrow_mut().start_draining(),
-            Control::View(reply) => {
-                let _ = reply.send(CoreView::of(&core.borrow(), &shell));
+            Control::View(detail, reply) => {
+                let _ = reply.send(CoreView::of(&mut core.borrow_mut(), &shell, detail));
             }
             Control::Delete(id, reply) => {
                 let mut io = ShellIo {
@@ -383,7 +474,6 @@ mod tests {
             client: SocketAddr::from(([192, 0, 2, 1], 40000 + id as u16)),
             transport: Transport::Udp,
             relay: SocketAddr::from(([198, 51, 100, 1], 50000 + id as u16)),
-            relay_is_ipv4: true,
             additional_relay: None,
             tcp_relay: false,
             created: now,
@@ -412,10 +502,18 @@ mod tests {
             },
             draining,
             allocations: vec![allocation(id, "alice", now)],
+            allocation_counts: [((Transport::Udp, true), 1)].into(),
+            permissions: 2,
+            channels: 1,
             requests: [((Method::ALLOCATE, 200), 2), ((Method::REFRESH, 200), 1)].into(),
             auth_failures: [(AuthFailure::IntegrityMismatch, 1)].into(),
             ports_free: [(ip, ports_free)].into(),
             user_bytes: [(Arc::from("alice"), (10, 20))].into(),
+            ended_user_bytes: EndedUserBytes {
+                users: [(Arc::from("carol"), (1, 1))].into(),
+                other: (5, 6),
+                other_allocations: 1,
+            },
             connections: 1,
             workers: 1,
         }
@@ -447,6 +545,11 @@ mod tests {
         assert_eq!(all.ports_free.values().sum::<usize>(), 100);
         assert_eq!(all.user_bytes[&Arc::from("alice")], (20, 40));
         assert_eq!(all.user_bytes[&Arc::from("bob")], (1, 2));
+        assert_eq!(all.allocation_total(), 2);
+        assert_eq!((all.permissions, all.channels), (4, 2));
+        assert_eq!(all.ended_user_bytes.users[&Arc::from("carol")], (2, 2));
+        assert_eq!(all.ended_user_bytes.other, (10, 12));
+        assert_eq!(all.ended_user_bytes.other_allocations, 2);
         assert_eq!((all.connections, all.workers), (2, 2));
     }
 }

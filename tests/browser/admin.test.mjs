@@ -1,5 +1,6 @@
-// The admin pages in Chromium: the status page shows live counts (and an
-// allocation a WebRTC connection holds in another tab), and the self-test page
+// The admin pages in Chromium: they ask for the admin token (a password field,
+// kept in sessionStorage, never in the URL); the status page shows live counts
+// (and an allocation a WebRTC connection holds in another tab), and the self-test page
 // gathers srflx and relay candidates against turnd with REST credentials it
 // mints itself (POST /api/credentials, --static-auth-secret).
 //
@@ -64,18 +65,47 @@ async function waitRefreshed(page, since, timeout = 10_000) {
   return page.evaluate(() => Number(document.body.dataset.refreshed));
 }
 
-test('the admin API wants the token, /healthz does not', { timeout: 20_000 }, s.withTurndLog(async () => {
+/**
+ * Opens `path` of the admin listener in a new page and signs in the way a
+ * person does: the page asks for the token in a password field (the token
+ * is never put in the URL).
+ */
+async function openSignedIn(path) {
+  const page = await s.newPage({ helpers: false });
+  await page.goto(`${adminUrl}${path}`);
+  await page.waitForSelector('#login:not([hidden])', { timeout: 10_000 });
+  await page.fill('#token', TOKEN);
+  await page.click('#login-button');
+  return page;
+}
+
+test('the admin API wants the token, /healthz and the pages do not', { timeout: 20_000 }, s.withTurndLog(async () => {
   assert.match(adminUrl, /^http:\/\/127\.0\.0\.1:\d+\/$/);
   assert.equal((await get(`${adminUrl}healthz`)).status, 200);
-  assert.equal((await get(adminUrl)).status, 401);
-  assert.equal((await get(`${adminUrl}?token=wrong`)).status, 401);
-  assert.equal((await get(`${adminUrl}?token=${TOKEN}`)).status, 200);
+  // The pages hold no data: served to anyone, they ask for the token.
+  assert.equal((await get(adminUrl)).status, 200);
+  assert.equal((await get(`${adminUrl}selftest`)).status, 200);
+  assert.equal((await get(`${adminUrl}api/status`)).status, 401);
+  // A token in the query string is refused (browser history, proxy logs).
+  assert.equal((await get(`${adminUrl}api/status?token=wrong`)).status, 401);
+  assert.equal((await get(`${adminUrl}api/status?token=${TOKEN}`)).status, 401);
   assert.equal((await get(`${adminUrl}api/status`, { headers: { Authorization: `Bearer ${TOKEN}` } })).status, 200);
 }));
 
+test('a wrong token on the status page asks again and keeps nothing', { timeout: 20_000 }, s.withTurndLog(async () => {
+  const page = await s.newPage({ helpers: false });
+  await page.goto(adminUrl);
+  await page.waitForSelector('#login:not([hidden])', { timeout: 10_000 });
+  await page.fill('#token', 'not-the-admin-token');
+  await page.click('#login-button');
+  await page.waitForFunction(() => document.getElementById('login-error').textContent === 'wrong token', null, { timeout: 10_000 });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('turnd-admin-token')), null);
+  assert.ok(!page.url().includes('token'), page.url());
+}));
+
 test('the status page shows live counts and a WebRTC allocation', { timeout: 60_000 }, s.withTurndLog(async (t) => {
-  const status = await s.newPage({ helpers: false });
-  await status.goto(`${adminUrl}?token=${encodeURIComponent(TOKEN)}`);
+  const status = await openSignedIn('');
+  assert.ok(!status.url().includes(TOKEN), status.url());
   let stamp = await waitRefreshed(status, 0);
   assert.ok(await status.$('#status-allocations'), 'no #status-allocations row');
   assert.equal(await statusValue(status, 'draining'), 'false');
@@ -130,7 +160,10 @@ test('the self-test page gathers srflx and relay with credentials it mints', { t
   const page = await s.newPage({ helpers: false });
   const credentialCalls = [];
   page.on('request', (r) => { if (r.url().includes('/api/credentials')) credentialCalls.push(r.method()); });
-  await page.goto(`${adminUrl}selftest?token=${encodeURIComponent(TOKEN)}`);
+  await page.goto(`${adminUrl}selftest`);
+  await page.waitForSelector('#login:not([hidden])', { timeout: 10_000 });
+  await page.fill('#token', TOKEN);
+  await page.click('#login-button');
   await page.waitForFunction(() => document.body.dataset.ready === '1', null, { timeout: 10_000 });
   assert.deepEqual(credentialCalls, ['POST'], 'the page mints credentials with POST /api/credentials');
   const filled = await page.evaluate(() => ({

@@ -301,12 +301,10 @@ impl Server {
         let Some(a) = self.allocations.remove(&ft) else {
             return;
         };
-        let e = self
-            .ended_user_bytes
-            .entry(a.username.clone())
-            .or_insert((0, 0));
-        e.0 += a.bytes_to_peer;
-        e.1 += a.bytes_to_client;
+        if self.config.user_byte_totals {
+            self.ended_user_bytes
+                .add(&a.username, a.bytes_to_peer, a.bytes_to_client);
+        }
         let ids: Vec<u32> = self
             .tcp_connections
             .iter()

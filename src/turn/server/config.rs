@@ -72,6 +72,10 @@ pub struct ServerConfig {
     pub no_stun: bool,
     /// Ignore every TURN request (coturn's `stun-only`).
     pub stun_only: bool,
+    /// Keep per-user byte totals of ended allocations until the next
+    /// [`Server::take_ended_user_bytes`] (`prometheus-username-labels`);
+    /// when false, [`Server::user_bytes`] is empty and nothing is kept.
+    pub user_byte_totals: bool,
 }
 
 /// What the workers of one process share: allocation quotas, the relay port
@@ -154,6 +158,7 @@ impl Default for ServerConfig {
             external_ips: Vec::new(),
             no_stun: false,
             stun_only: false,
+            user_byte_totals: true,
         }
     }
 }

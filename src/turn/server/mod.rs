@@ -182,7 +182,42 @@ pub struct Server {
     draining: bool,
     requests: HashMap<(Method, u16), u64>,
     auth_failure_reasons: HashMap<AuthFailure, u64>,
-    ended_user_bytes: HashMap<Arc<str>, (u64, u64)>,
+    ended_user_bytes: EndedUserBytes,
+}
+
+/// Most users whose ended allocations' byte totals one core keeps between
+/// two calls of [`Server::take_ended_user_bytes`]; the bytes of more go to
+/// [`EndedUserBytes::other`]. REST usernames are unique per credential, so
+/// without a cap this would grow with every user ever seen.
+pub const ENDED_USERS_CAP: usize = 10_000;
+
+/// Per-user byte totals of allocations that ended since the last
+/// [`Server::take_ended_user_bytes`]; at most [`ENDED_USERS_CAP`] users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndedUserBytes {
+    /// Payload bytes (client to peer, peer to client) per user.
+    pub users: HashMap<Arc<str>, (u64, u64)>,
+    /// Payload bytes (client to peer, peer to client) of allocations whose
+    /// user did not fit under the cap.
+    pub other: (u64, u64),
+    /// How many ended allocations were added to `other`.
+    pub other_allocations: u64,
+}
+
+impl EndedUserBytes {
+    /// Adds an ended allocation's bytes to its user, or to `other` when the
+    /// table is full and the user is not in it.
+    pub fn add(&mut self, user: &Arc<str>, to_peer: u64, to_client: u64) {
+        if self.users.len() >= ENDED_USERS_CAP && !self.users.contains_key(user) {
+            self.other.0 += to_peer;
+            self.other.1 += to_client;
+            self.other_allocations += 1;
+            return;
+        }
+        let e = self.users.entry(user.clone()).or_insert((0, 0));
+        e.0 += to_peer;
+        e.1 += to_client;
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -221,7 +256,7 @@ impl Server {
             draining: false,
             requests: HashMap::new(),
             auth_failure_reasons: HashMap::new(),
-            ended_user_bytes: HashMap::new(),
+            ended_user_bytes: EndedUserBytes::default(),
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
             config,
             epoch: now,
@@ -492,16 +527,47 @@ impl Server {
         self.auth_failure_reasons.iter().map(|(r, n)| (*r, *n))
     }
 
-    /// Bytes relayed per user (client to peer, peer to client), live and
-    /// ended allocations together.
+    /// Bytes relayed per user (client to peer, peer to client): live
+    /// allocations and those that ended since the last
+    /// [`Server::take_ended_user_bytes`] together (users beyond
+    /// [`ENDED_USERS_CAP`] left out). Empty unless
+    /// [`ServerConfig::user_byte_totals`]. O(live allocations).
     pub fn user_bytes(&self) -> HashMap<Arc<str>, (u64, u64)> {
-        let mut m = self.ended_user_bytes.clone();
+        let mut m = self.live_user_bytes();
+        for (u, (to_peer, to_client)) in &self.ended_user_bytes.users {
+            let e = m.entry(u.clone()).or_insert((0, 0));
+            e.0 += to_peer;
+            e.1 += to_client;
+        }
+        m
+    }
+
+    /// Bytes relayed per user (client to peer, peer to client) by live
+    /// allocations only. Empty unless [`ServerConfig::user_byte_totals`].
+    /// O(live allocations).
+    pub fn live_user_bytes(&self) -> HashMap<Arc<str>, (u64, u64)> {
+        let mut m: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        if !self.config.user_byte_totals {
+            return m;
+        }
         for a in self.allocations.values() {
             let e = m.entry(a.username.clone()).or_insert((0, 0));
             e.0 += a.bytes_to_peer;
             e.1 += a.bytes_to_client;
         }
         m
+    }
+
+    /// Hands out the per-user byte totals of allocations that ended since
+    /// the last call and forgets them: the caller (the shell's metrics)
+    /// keeps the cumulative table. Call it with every snapshot.
+    pub fn take_ended_user_bytes(&mut self) -> EndedUserBytes {
+        let taken = std::mem::take(&mut self.ended_user_bytes);
+        if taken.users.capacity() > 64 {
+            // A fresh table: the old one's capacity goes with it.
+            self.ended_user_bytes.users = HashMap::new();
+        }
+        taken
     }
 
     /// Every live allocation.

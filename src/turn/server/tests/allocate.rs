@@ -323,3 +323,60 @@ fn reconfigure_keeps_allocations_and_revokes_denied_peers() {
         "old password no longer works"
     );
 }
+
+/// `n` users `u0`, `u1`... with password `pw`, each allocating and ending
+/// one allocation (Refresh with LIFETIME 0).
+fn allocate_and_end_as_many_users(n: usize) -> Harness {
+    let users: Vec<&'static str> = (0..n)
+        .map(|i| &*Box::leak(format!("u{i}").into_boxed_str()))
+        .collect();
+    let mut h = Harness::new(|c| {
+        c.unauth_rate = 0;
+        for u in &users {
+            c.credentials.add_user(u, REALM, "pw");
+        }
+    });
+    for (i, u) in users.iter().enumerate() {
+        let c = h.client(1000 + i as u16, u, "pw");
+        assert_eq!(h.allocate(&c).class(), Class::Success);
+        let r = h.request(&c, Method::REFRESH, |w| {
+            w.u32(AttributeType::LIFETIME, 0).unwrap()
+        });
+        assert_eq!(r.class(), Class::Success);
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    h
+}
+
+/// REST usernames are unique per credential, so the per-user byte totals of
+/// ended allocations must not grow with every user ever seen: the core keeps
+/// at most `ENDED_USERS_CAP` (10,000) of them until the next snapshot.
+#[test]
+fn ended_user_totals_stay_bounded() {
+    let h = allocate_and_end_as_many_users(10_100);
+    let n = h.server.user_bytes().len();
+    assert!(n <= 10_000, "{n} users' totals kept");
+}
+
+/// Ended users' totals are handed out once (to the shell's snapshot, which
+/// keeps the cumulative table) and then forgotten by the core.
+#[test]
+fn ended_user_totals_are_handed_out_once() {
+    let mut h = allocate_and_end_as_many_users(10_005);
+    let ended = h.server.take_ended_user_bytes();
+    assert_eq!(ended.users.len(), ENDED_USERS_CAP);
+    assert_eq!(ended.other, (0, 0), "no bytes were relayed");
+    assert_eq!(ended.other_allocations, 5);
+    assert!(h.server.user_bytes().is_empty());
+    let again = h.server.take_ended_user_bytes();
+    assert!(again.users.is_empty() && again.other_allocations == 0);
+
+    // Nothing is kept when no one asks for per-user totals.
+    let mut h = Harness::new(|c| c.user_byte_totals = false);
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    h.request(&c, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 0).unwrap()
+    });
+    assert!(h.server.take_ended_user_bytes().users.is_empty());
+}
