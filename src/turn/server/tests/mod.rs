@@ -15,6 +15,7 @@ pub(super) use crate::turn::*;
 
 mod allocate;
 mod authenticate;
+mod own_address;
 mod permission;
 mod relay;
 mod request;
