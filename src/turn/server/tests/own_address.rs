@@ -18,22 +18,6 @@ fn own_host(c: &mut ServerConfig) {
     c.host_ips = vec![LISTENING.parse().unwrap(), INTERFACE.parse().unwrap()];
 }
 
-fn send_indication(h: &mut Harness, c: &Client, peer: SocketAddr) -> ClientOutput {
-    let tid = h.tid();
-    let mut buf = vec![0u8; 200];
-    let mut w = MessageWriter::new(
-        &mut buf,
-        MessageType::new(Method::SEND, Class::Indication),
-        tid,
-    )
-    .unwrap();
-    w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
-        .unwrap();
-    w.attribute(AttributeType::DATA, b"x").unwrap();
-    let n = w.finish();
-    h.input(c.ft, &buf[..n])
-}
-
 #[test]
 fn own_addresses_are_refused_but_relayed_addresses_reach_each_other() {
     let mut h = Harness::new(own_host);
@@ -61,7 +45,7 @@ fn own_addresses_are_refused_but_relayed_addresses_reach_each_other() {
             "{port}"
         );
         assert_eq!(
-            send_indication(&mut h, &c, sa(RELAY, port)),
+            h.send_indication(&c, sa(RELAY, port), b"x"),
             ClientOutput::None
         );
         let relay = h.relay_of(&c);
@@ -75,7 +59,7 @@ fn own_addresses_are_refused_but_relayed_addresses_reach_each_other() {
         ClientOutput::ToPeer { peer, .. } if peer == other_relay
     ));
     assert!(matches!(
-        send_indication(&mut h, &c, other_relay),
+        h.send_indication(&c, other_relay, b"x"),
         ClientOutput::ToPeer { peer, .. } if peer == other_relay
     ));
     let relay = h.relay_of(&c);
@@ -147,31 +131,7 @@ fn allow_loopback_peers_opens_own_loopback_addresses_only() {
 #[test]
 fn connect_and_peer_connections_from_own_addresses_are_refused() {
     let mut h = Harness::new(own_host);
-    let tcp_ft = FiveTuple {
-        transport: Transport::Tcp,
-        ..ft(1)
-    };
-    let tid = h.tid();
-    let b = h.build(Method::ALLOCATE, tid, None, |w| {
-        w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
-    });
-    let nonce = h
-        .request_raw(tcp_ft, &b)
-        .unwrap()
-        .msg()
-        .get(AttributeType::NONCE)
-        .unwrap()
-        .to_vec();
-    let c = Client {
-        ft: tcp_ft,
-        user: "alice",
-        key: long_term_key("alice", REALM, "secret"),
-        nonce,
-    };
-    let a = h.request(&c, Method::ALLOCATE, |w| {
-        w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
-    });
-    assert_eq!(a.class(), Class::Success);
+    let c = h.tcp_relay_client(1);
     let relay = h.relay_of(&c);
     for peer in [
         sa(RELAY, 22),
