@@ -1,7 +1,6 @@
 //! Long-term credentials (RFC 8489 section 9.2), the 401/438 challenge and
 //! the per-source budget of unauthenticated answers.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -185,10 +184,29 @@ impl Server {
         })
     }
 
-    /// Takes a token from the per-source budget of unauthenticated answers;
-    /// false (counted as rate limited) when the source has none left.
-    pub(super) fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let allowed = self.unauth.allow(ip, now);
+    /// Takes a token from the per-source budget of unauthenticated answers
+    /// (`unauth-rate`, `unauth-burst`; IPv6 sources by their
+    /// `ipv6-source-prefix`); false (counted as rate limited) when the
+    /// source has none left. Every answer to a request that did not
+    /// authenticate (Binding, 400, 401, 420, 438, malformed requests) goes
+    /// through it, so turnd cannot be used as a reflector.
+    ///
+    /// Spared: a `signed` request (with MESSAGE-INTEGRITY or
+    /// MESSAGE-INTEGRITY-SHA256, so at least as large as its answer) on a
+    /// 5-tuple that holds an allocation. Its user is proven, and an
+    /// attacker spoofing the address of a carrier-grade NAT must not be able
+    /// to empty the budget its allocations need for their 438 Stale Nonce
+    /// challenges, as the failure limit spares them too.
+    pub(super) fn allow_unauthenticated(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        signed: bool,
+    ) -> bool {
+        if signed && self.allocations.contains_key(&ft) {
+            return true;
+        }
+        let allowed = self.unauth.allow(ft.client.ip(), now);
         if !allowed {
             self.stats.rate_limited += 1;
         }
@@ -207,7 +225,11 @@ impl Server {
         r: &Transaction<'_>,
         code: ErrorCode,
     ) -> ClientOutput {
-        if !self.allow_unauthenticated(ft.client.ip(), now) {
+        if !self.allow_unauthenticated(
+            now,
+            ft,
+            r.msg.has_integrity() || r.msg.has_integrity_sha256(),
+        ) {
             return ClientOutput::None;
         }
         if code != ErrorCode::UNAUTHENTICATED && code != ErrorCode::STALE_NONCE {

@@ -392,7 +392,7 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 trace!(target: "turnd::packet", client = %ft.client, error = %e, "undecodable stun message");
-                return self.reply_to_malformed(ft, input, out, e);
+                return self.reply_to_malformed(now, ft, input, out, e);
             }
         };
         match msg.class() {
@@ -425,7 +425,11 @@ impl Server {
             cache_until: None,
         };
         if !msg.unknown_attributes().is_empty() {
-            if !self.allow_unauthenticated(ft.client.ip(), now) {
+            if !self.allow_unauthenticated(
+                now,
+                ft,
+                r.msg.has_integrity() || r.msg.has_integrity_sha256(),
+            ) {
                 return ClientOutput::None;
             }
             let unknown = msg.unknown_attributes();
@@ -443,7 +447,7 @@ impl Server {
             Method::BINDING => {
                 // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only
                 // (and MAPPED-ADDRESS for RFC 3489-era clients when asked).
-                if !self.allow_unauthenticated(ft.client.ip(), now) {
+                if !self.allow_unauthenticated(now, ft, false) {
                     return ClientOutput::None;
                 }
                 return self.success(ft, out, &r, None, |w, config| {
