@@ -94,6 +94,7 @@ struct FileConfig {
     unauth_rate: Option<u64>,
     unauth_burst: Option<u64>,
     auth_failures_per_minute: Option<u64>,
+    ipv6_source_prefix: Option<u8>,
     peer_policy: Option<String>,
     tls_listening_port: Option<Ports>,
     cert: Option<PathBuf>,
@@ -159,6 +160,7 @@ pub const TOML_KEYS: &[&str] = &[
     "unauth-rate",
     "unauth-burst",
     "auth-failures-per-minute",
+    "ipv6-source-prefix",
     "peer-policy",
     "tls-listening-port",
     "cert",
@@ -290,6 +292,9 @@ pub struct Config {
     pub unauth_burst: u64,
     /// Failed authentications per minute per source (0 off).
     pub auth_failures_per_minute: u64,
+    /// Prefix length (bits, 0..=128) by which IPv6 sources share one budget
+    /// of the per-source limits (`ipv6-source-prefix`, default 64).
+    pub ipv6_source_prefix: u8,
     /// TLS ports.
     pub tls_listening_ports: Vec<u16>,
     /// TLS certificate chain (PEM).
@@ -504,6 +509,7 @@ impl Default for Config {
             unauth_rate: core.unauth_rate,
             unauth_burst: core.unauth_burst,
             auth_failures_per_minute: core.auth_failures_per_minute,
+            ipv6_source_prefix: core.ipv6_source_prefix,
             tls_listening_ports: vec![DEFAULT_TLS_LISTENING_PORT],
             cert: None,
             pkey: None,
@@ -828,6 +834,16 @@ impl Config {
         if self.unauth_burst == 0 {
             return Err(layers.file_error("option `unauth-burst`: must be at least 1".into()));
         }
+        layered!(self, layers, value: ipv6_source_prefix);
+        if self.ipv6_source_prefix > 128 {
+            return Err(layers.error(
+                cli.ipv6_source_prefix.is_some(),
+                format!(
+                    "option `ipv6-source-prefix`: {} bits is outside 0..=128",
+                    self.ipv6_source_prefix
+                ),
+            ));
+        }
 
         layered!(self, layers, seconds: max_allocate_lifetime, permission_lifetime);
         layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
@@ -990,6 +1006,7 @@ impl Config {
             unauth_rate: self.unauth_rate,
             unauth_burst: self.unauth_burst,
             auth_failures_per_minute: self.auth_failures_per_minute,
+            ipv6_source_prefix: self.ipv6_source_prefix,
             max_bps: self.max_bps,
             bps_capacity: self.bps_capacity,
             external_ips: self
@@ -1055,11 +1072,36 @@ mod tests {
             ("listening-ip = \"not-an-ip\"\n", "listening-ip"),
             ("stale-nonce = 0\n", "stale-nonce"),
             ("listening-port = 70000\n", "listening-port"),
+            ("ipv6-source-prefix = 129\n", "ipv6-source-prefix"),
+            ("ipv6-source-prefix = -1\n", "ipv6-source-prefix"),
         ] {
             let p = write(option, text);
             let e = Config::check_file(&p).unwrap_err().to_string();
             assert!(e.contains(option), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv6_source_prefix_reaches_the_core_and_is_checked() {
+        assert_eq!(Config::default().server_config().ipv6_source_prefix, 64);
+        let p = write("v6prefix", "ipv6-source-prefix = 56\n");
+        let cli = Cli::parse_from(["turnd", "--config", p.to_str().unwrap()]);
+        assert_eq!(
+            Config::load(&cli)
+                .unwrap()
+                .server_config()
+                .ipv6_source_prefix,
+            56
+        );
+        let cli = Cli::parse_from(["turnd", "--ipv6-source-prefix", "128"]);
+        assert_eq!(Config::load(&cli).unwrap().ipv6_source_prefix, 128);
+        let cli = Cli::parse_from(["turnd", "--ipv6-source-prefix", "200"]);
+        let e = Config::load(&cli).unwrap_err().to_string();
+        assert!(
+            e.contains("command line") && e.contains("ipv6-source-prefix"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from(["turnd", "--ipv6-source-prefix", "300"]).is_err());
     }
 
     #[test]
@@ -1157,6 +1199,7 @@ mod tests {
                 "auth-failures-per-minute",
                 d.auth_failures_per_minute.to_string(),
             ),
+            ("ipv6-source-prefix", d.ipv6_source_prefix.to_string()),
             ("tls-listening-port", d.tls_listening_ports[0].to_string()),
             ("stream-idle-timeout", secs(d.stream_idle_timeout)),
             ("tls-handshake-timeout", secs(d.tls_handshake_timeout)),
