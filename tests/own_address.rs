@@ -29,49 +29,21 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-fn ip(args: &str) {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .unwrap_or_else(|e| panic!("`ip {args}`: {e} (the test needs iproute2)"));
-    assert!(
-        out.status.success(),
-        "`ip {args}` failed (the test needs root in a private network namespace): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Creates the veth pair `a`/`b` with the test's addresses on `a`, once per
 /// test process; refuses to touch a namespace that is not private.
 fn veth() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // A private namespace (unshare --net) has loopback only.
-        // (Asked over netlink: /sys/class/net shows the namespace sysfs
-        // was mounted in.)
-        let links = Command::new("ip")
-            .args(["-o", "link", "show"])
-            .output()
-            .expect("`ip -o link show` (the test needs iproute2)");
-        let others: Vec<String> = String::from_utf8_lossy(&links.stdout)
-            .lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
-            .filter(|n| n != "lo" && !n.starts_with("ownaddr"))
-            .collect();
-        assert!(
-            others.is_empty(),
-            "run this test inside a private network namespace (unshare --net): it adds interfaces, and this one has {others:?}"
-        );
+        netns::assert_private_namespace("ownaddr");
         let _ = Command::new("ip")
             .args(["link", "del", "ownaddr0"])
             .output();
-        ip("link add ownaddr0 type veth peer name ownaddr1");
+        netns::ip("link add ownaddr0 type veth peer name ownaddr1");
         for a in [RELAY_IP, LISTEN_IP, OTHER_IP] {
-            ip(&format!("addr add {a}/24 dev ownaddr0"));
+            netns::ip(&format!("addr add {a}/24 dev ownaddr0"));
         }
-        ip("link set ownaddr0 up");
-        ip("link set ownaddr1 up");
+        netns::ip("link set ownaddr0 up");
+        netns::ip("link set ownaddr1 up");
     });
 }
 

@@ -95,7 +95,7 @@ const BLOCKS: &[Block] = &[
     block(Suite::InteropStream, 23500, 60, 7),    // 23500-23919
     block(Suite::BrowserTcpTls, 23920, 80, 1),    // 23920-23999
     block(Suite::OwnAddress, 24000, 20, 5),       // 24000-24099
-    block(Suite::Reflection, 24100, 100, 1),      // 24100-24199
+    block(Suite::Reflection, 24100, 50, 2),       // 24100-24199
     block(Suite::OpsSystemd, 25000, 10, 10),      // 25000-25099
     block(Suite::OpsMetricsAdmin, 25100, 10, 10), // 25100-25199
     block(Suite::OpsLogs, 25200, 10, 10),         // 25200-25299
