@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::Credentials;
 pub use crate::cli::{Cli, Command};
 use crate::turn::{IpRange, PeerPolicy, ServerConfig};
+use crate::untrusted::{opaque_string, LogSafe};
 
 /// Default STUN/TURN port over UDP and TCP (and of `turn:` and `stun:`
 /// URLs). See RFC 8489, section 9.
@@ -404,19 +405,42 @@ fn parse_ranges(origin: &str, option: &str, v: &[String]) -> Result<Vec<IpRange>
 }
 
 fn parse_user(origin: &str, s: &str) -> Result<StaticUser, ConfigError> {
-    match s.split_once(':') {
-        Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(StaticUser {
-            name: name.to_owned(),
-            password: password.to_owned(),
-        }),
-        _ => Err(err(
+    let Some((name, password)) = s
+        .split_once(':')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+    else {
+        return Err(err(
             origin,
             format!(
                 "option `user`: expected NAME:PASSWORD, got {:?}",
                 s.split_once(':').map_or(s, |(n, _)| n)
             ),
-        )),
-    }
+        ));
+    };
+    // RFC 8489 sections 9.2.2 and 14.3: names and passwords are prepared
+    // with the PRECIS OpaqueString profile, as USERNAME is when it comes.
+    let name = opaque_string(name).map_err(|e| {
+        err(
+            origin,
+            format!(
+                "option `user`: the name {:?} is refused: {e}",
+                LogSafe(name)
+            ),
+        )
+    })?;
+    let password = opaque_string(password).map_err(|e| {
+        err(
+            origin,
+            format!(
+                "option `user`: the password of {:?} is refused: {e}",
+                LogSafe(&name)
+            ),
+        )
+    })?;
+    Ok(StaticUser {
+        name: name.into_owned(),
+        password: password.into_owned(),
+    })
 }
 
 /// One `external-ip` value, `PUBLIC` or `PUBLIC/PRIVATE` (one family); None
@@ -1073,6 +1097,8 @@ mod tests {
             ("stale-nonce = 0\n", "stale-nonce"),
             ("listening-port = 70000\n", "listening-port"),
             ("ipv6-source-prefix = 129\n", "ipv6-source-prefix"),
+            ("user = [\"bad\\u0007name:pw\"]\n", "user"),
+            ("user = [\"name:pass\\u0000word\"]\n", "user"),
             ("ipv6-source-prefix = -1\n", "ipv6-source-prefix"),
         ] {
             let p = write(option, text);

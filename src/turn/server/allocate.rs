@@ -12,6 +12,7 @@ use crate::stun::{AddressFamily, AttributeType, ErrorCode};
 use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
 use crate::turn::limits::{bandwidth_burst, TokenBucket};
 use crate::turn::request::{AllocateRequest, RefreshRequest};
+use crate::untrusted::LogSafe;
 
 /// Why an allocation ended, for logs: [`AllocationEnd::as_str`] names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,7 +88,7 @@ impl Server {
             self.config.user_quota,
             self.config.total_quota,
         ) {
-            info!(client = %ft.client, user = %auth.username, "allocation quota reached: 486");
+            info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
             return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
         }
         // Every failure from here on gives the quota back.
@@ -123,7 +124,7 @@ impl Server {
                 }
                 Err(code) => {
                     if code == ErrorCode::INSUFFICIENT_CAPACITY {
-                        info!(client = %ft.client, user = %auth.username, ipv6 = want_v6, "no relay port left: 508");
+                        info!(client = %ft.client, user = %LogSafe(&auth.username), ipv6 = want_v6, "no relay port left: 508");
                     }
                     give_back(&auth.username);
                     return self.error(ft, out, r, code, key);
@@ -175,7 +176,7 @@ impl Server {
         }
         self.push_timer(expires, TimerKind::Allocation { ft, id });
         self.stats.allocations_created += 1;
-        info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
+        info!(user = %LogSafe(&auth.username), client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
         let advertised = self.advertised(relay);
         let advertised_additional = additional_relay.map(|a| self.advertised(a));
         self.success(ft, out, r, key, |w, _| {
@@ -324,7 +325,7 @@ impl Server {
         }
         self.quota.release(&a.username);
         info!(
-            user = %a.username, client = %ft.client, relay = %a.relay, reason = why.as_str(),
+            user = %LogSafe(&a.username), client = %ft.client, relay = %a.relay, reason = why.as_str(),
             packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
             "allocation deleted"
         );
@@ -360,7 +361,7 @@ impl Server {
             };
             a.expires = expires;
             let id = a.id;
-            info!(user = %auth.username, client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
             // Only a shorter lifetime needs an earlier timer (see `timer_at`).
             if expires < a.timer_at {
                 a.timer_at = expires;

@@ -10,6 +10,7 @@ use super::*;
 use crate::auth::{Key, LookupFailure, NonceCheck, PasswordAlgorithm, PASSWORD_ALGORITHMS_VALUE};
 use crate::stun::{AttributeType, ErrorCode};
 use crate::turn::allocation::FiveTuple;
+use crate::untrusted::{opaque_string, LogSafe};
 
 /// Why a request failed authentication (each answered 401 and counted).
 /// [`AuthFailure::as_str`] names it in logs and in the metric label.
@@ -119,7 +120,21 @@ impl Server {
             msg.get_str(AttributeType::USERNAME),
             msg.get(AttributeType::USERHASH),
         ) {
-            (Some(u), _) => u.to_owned(),
+            // RFC 8489 section 14.3: USERNAME is prepared with the PRECIS
+            // OpaqueString profile (RFC 8265 section 4.2), as configured
+            // names are; one it refuses (control characters...) gets 400.
+            (Some(u), _) => match opaque_string(u) {
+                Ok(prepared) => prepared.into_owned(),
+                Err(e) => {
+                    let answer =
+                        self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST);
+                    // Logged when answered: a flood logs no more than it draws.
+                    if answer != ClientOutput::None {
+                        info!(client = %ft.client, user = %LogSafe(u), error = %e, "username refused: 400");
+                    }
+                    return Err(answer);
+                }
+            },
             (None, Some(h)) => match self.config.credentials.username_for_userhash(h) {
                 Some(u) => u.to_owned(),
                 None => String::new(),
@@ -133,7 +148,7 @@ impl Server {
             this.stats.auth_failures += 1;
             *this.auth_failure_reasons.entry(why).or_insert(0) += 1;
             this.failures.record(ip, now);
-            info!(client = %ft.client, user = %username, reason = why.as_str(), "auth failure: {}", why.describe());
+            info!(client = %ft.client, user = %LogSafe(&username), reason = why.as_str(), "auth failure: {}", why.describe());
             this.unauthenticated_error(now, ft, out, r, ErrorCode::UNAUTHENTICATED)
         };
         if realm != self.config.realm {
@@ -170,7 +185,7 @@ impl Server {
         // The allocation's owner must keep using the same username (441).
         if let Some(a) = self.allocations.get(&ft) {
             if *a.username != *username {
-                info!(client = %ft.client, user = %username, owner = %a.username, "auth failure: wrong credentials for allocation");
+                info!(client = %ft.client, user = %LogSafe(&username), owner = %LogSafe(&a.username), "auth failure: wrong credentials for allocation");
                 return Err(self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, Some(&key)));
             }
             return Ok(Authenticated {

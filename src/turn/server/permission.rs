@@ -12,6 +12,7 @@ use crate::stun::ErrorCode;
 use crate::turn::allocation::{Allocation, ChannelBinding, FiveTuple};
 use crate::turn::policy::OwnAddressPath;
 use crate::turn::request::{ChannelBindRequest, CreatePermissionRequest};
+use crate::untrusted::LogSafe;
 
 impl Server {
     fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
@@ -36,7 +37,7 @@ impl Server {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
-            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
             return Err(ErrorCode::FORBIDDEN);
         }
         self.admit_own_address(ft, auth, peer, path)
@@ -60,7 +61,7 @@ impl Server {
             return Ok(());
         }
         self.stats.own_address_refused.count(path);
-        info!(user = %auth.username, client = %ft.client, %peer, ?path, "peer is an address of this host: 403");
+        info!(user = %LogSafe(&auth.username), client = %ft.client, %peer, ?path, "peer is an address of this host: 403");
         Err(ErrorCode::FORBIDDEN)
     }
 
@@ -102,7 +103,7 @@ impl Server {
         for peer in peers {
             a.permissions.insert(*peer, expires);
         }
-        debug!(user = %auth.username, client = %ft.client, ?peers, "permissions installed");
+        debug!(user = %LogSafe(&auth.username), client = %ft.client, ?peers, "permissions installed");
         self.arm_allocation_timer(ft, expires);
         self.success(ft, out, r, key, |_, _| Ok(()))
     }
@@ -162,7 +163,7 @@ impl Server {
         );
         a.channel_by_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), perm_expires);
-        debug!(user = %auth.username, client = %ft.client, channel = %number, %peer, "channel bound");
+        debug!(user = %LogSafe(&auth.username), client = %ft.client, channel = %number, %peer, "channel bound");
         self.arm_allocation_timer(ft, expires.min(perm_expires));
         self.success(ft, out, r, key, |_, _| Ok(()))
     }

@@ -13,6 +13,7 @@ use crate::stun::{
 use crate::turn::allocation::{FiveTuple, Transport};
 use crate::turn::policy::OwnAddressPath;
 use crate::turn::request::{ConnectRequest, ConnectionBindRequest};
+use crate::untrusted::LogSafe;
 
 /// RFC 6062: a TCP connection between a TCP relay and a peer.
 #[derive(Clone, Debug)]
@@ -75,7 +76,7 @@ impl Server {
             return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
-            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
             return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
         }
         if let Err(code) = self.admit_own_address(&ft, auth, peer, OwnAddressPath::Connect) {

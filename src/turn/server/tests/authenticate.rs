@@ -376,3 +376,22 @@ fn ipv6_sources_share_a_budget_by_prefix() {
         .count();
     assert_eq!(answered, 10, "one /48");
 }
+
+/// RFC 8489 section 14.3: USERNAME goes through the OpaqueString profile;
+/// one it refuses gets 400, out of the unauthenticated budget.
+#[test]
+fn username_refused_by_opaque_string_is_400() {
+    let mut h = Harness::new(|c| c.unauth_burst = 5);
+    let mut c = h.client(1, "alice", "secret");
+    for user in ["alice\n", "al\u{7}ice", "alice\u{202e}", "\u{2028}"] {
+        c.user = user;
+        assert_eq!(h.allocate(&c).code(), Some(400), "{user:?}");
+    }
+    assert_eq!(h.server.stats().auth_failures, 0);
+    // The burst (5: the 401 and four 400s) is spent.
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&c), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(h.request_raw(c.ft, &b).is_none());
+}
