@@ -83,28 +83,48 @@ impl Server {
             Ok(q) => q,
             Err(code) => return self.error(ft, out, r, code, key),
         };
-        if !self.quota.try_acquire(
-            &auth.username,
-            self.config.user_quota,
-            self.config.total_quota,
-        ) {
+        // Quota slots (RFC 8656 section 7.2, 486): one for the allocation
+        // and, with the EVEN-PORT R bit, one for the reserved port until it
+        // is claimed or lapses. A claimed reservation hands its slot on.
+        let (user_quota, total_quota) = (self.config.user_quota, self.config.total_quota);
+        let mut held: u32 = match (reservation_token, even_port) {
+            (Some(_), _) => 0,
+            (None, Some(true)) => 2,
+            (None, _) => 1,
+        };
+        if !self
+            .quota
+            .try_acquire_many(&auth.username, held, user_quota, total_quota)
+        {
             info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
             return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
         }
-        // Every failure from here on gives the quota back.
+        // Every failure from here on gives the slots held back.
         let quota = self.quota.clone();
-        let give_back = |user: &str| quota.release(user);
+        let give_back = |user: &str, held: u32| (0..held).for_each(|_| quota.release(user));
 
         let mut new_token = None;
         let relay = if let Some(t) = reservation_token {
-            let Some(reserved) = self.ports.claim_reservation(&t, now) else {
-                give_back(&auth.username);
+            let Some((reserved, owner)) = self.ports.claim_reservation(&t, now) else {
                 return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
             };
+            if owner != auth.username {
+                // Another user's reservation: its slot moves to this user.
+                let moved = self
+                    .quota
+                    .try_acquire(&auth.username, user_quota, total_quota);
+                self.quota.release(&owner);
+                if !moved {
+                    self.ports.release(reserved);
+                    info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
+                    return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+                }
+            }
+            held = 1;
             if let Err(e) = io.open(reserved) {
                 debug!(relay = %reserved, error = %e, "reserved relay port could not be bound");
                 self.ports.release(reserved);
-                give_back(&auth.username);
+                give_back(&auth.username, held);
                 return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
             }
             reserved
@@ -112,13 +132,16 @@ impl Server {
             let want_v6 = family == Some(AddressFamily::V6);
             match self.bind_relay_family(want_v6, even_port, tcp_relay, io) {
                 Ok((addr, reserved)) => {
-                    if let Some(next) = reserved {
-                        let mut t = [0u8; 8];
-                        self.rng.fill_bytes(&mut t);
-                        let expires = now + RESERVATION_LIFETIME;
-                        self.ports.reserve(t, next, expires);
-                        self.push_timer(expires, TimerKind::Reservation { token: t });
-                        new_token = Some(t);
+                    match reserved {
+                        Some(next) => {
+                            let mut t = [0u8; 8];
+                            self.rng.fill_bytes(&mut t);
+                            let expires = now + RESERVATION_LIFETIME;
+                            self.ports.reserve(t, next, expires, auth.username.clone());
+                            self.push_timer(expires, TimerKind::Reservation { token: t });
+                            new_token = Some(t);
+                        }
+                        None => give_back(&auth.username, held - 1),
                     }
                     addr
                 }
@@ -126,7 +149,7 @@ impl Server {
                     if code == ErrorCode::INSUFFICIENT_CAPACITY {
                         info!(client = %ft.client, user = %LogSafe(&auth.username), ipv6 = want_v6, "no relay port left: 508");
                     }
-                    give_back(&auth.username);
+                    give_back(&auth.username, held);
                     return self.error(ft, out, r, code, key);
                 }
             }
