@@ -24,6 +24,10 @@ const RELAY_IP: &str = "192.0.2.1";
 const LISTEN_IP: &str = "192.0.2.2";
 /// Another interface address of the host, neither listening nor relaying.
 const OTHER_IP: &str = "192.0.2.3";
+/// The IPv6 relay address (on veth `A`).
+const RELAY_IP6: &str = "2001:db8::1";
+/// Another IPv6 address of the host.
+const OTHER_IP6: &str = "2001:db8::3";
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
@@ -41,6 +45,9 @@ fn veth() {
         netns::ip("link add ownaddr0 type veth peer name ownaddr1");
         for a in [RELAY_IP, LISTEN_IP, OTHER_IP] {
             netns::ip(&format!("addr add {a}/24 dev ownaddr0"));
+        }
+        for a in [RELAY_IP6, OTHER_IP6] {
+            netns::ip(&format!("-6 addr add {a}/64 dev ownaddr0 nodad"));
         }
         netns::ip("link set ownaddr0 up");
         netns::ip("link set ownaddr1 up");
@@ -164,4 +171,25 @@ fn udp_relays_reach_each_other_but_not_the_host() {
     b.send_indication(relay_a, b"b to a");
     let (n, data) = a.expect_channel_data(RESPONSE_TIMEOUT);
     assert_eq!((n, data.as_slice()), (0x4001, &b"b to a"[..]));
+}
+
+#[test]
+fn ipv6_own_addresses_are_refused_too() {
+    let server = server(3, &["--relay-ip", RELAY_IP6]);
+    let service = UdpSocket::bind("[::]:0").unwrap();
+    let svc = service.local_addr().unwrap().port();
+    let v6 = Attr::Raw(AttributeType::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
+    let mut a = Client::new_on("0.0.0.0", server.addr, USER, PASSWORD);
+    let relay_a = Client::allocated(a.allocate_with(&[Attr::transport_udp(), v6.clone()])).relay;
+    let mut b = Client::new_on("0.0.0.0", server.addr, USER, PASSWORD);
+    let relay_b = Client::allocated(b.allocate_with(&[Attr::transport_udp(), v6])).relay;
+    assert_eq!(relay_a.ip().to_string(), RELAY_IP6);
+    a.create_permission(&[sa(OTHER_IP6, svc)]).expect_error(403);
+    a.create_permission(&[sa(RELAY_IP6, svc)]).expect_success();
+    a.channel_bind(0x4000, sa(RELAY_IP6, svc)).expect_error(403);
+    a.channel_bind(0x4000, relay_b).expect_success();
+    b.create_permission(&[relay_a]).expect_success();
+    a.channel_data(0x4000, b"a to b");
+    let (from, data) = b.expect_data(RESPONSE_TIMEOUT);
+    assert_eq!((from, data.as_slice()), (relay_a, &b"a to b"[..]));
 }
