@@ -12,51 +12,50 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
 use turnd::stun::{AttributeType, Method};
 
 /// The relay address (on veth `A`).
-const RELAY_IP: &str = "192.0.2.1";
+const RELAY_IP: &str = "192.0.2.201";
 /// The listening address (on veth `A` too).
-const LISTEN_IP: &str = "192.0.2.2";
+const LISTEN_IP: &str = "192.0.2.202";
 /// Another interface address of the host, neither listening nor relaying.
-const OTHER_IP: &str = "192.0.2.3";
+const OTHER_IP: &str = "192.0.2.203";
 /// The IPv6 relay address (on veth `A`).
-const RELAY_IP6: &str = "2001:db8::1";
+const RELAY_IP6: &str = "2001:db8:ff::1";
 /// Another IPv6 address of the host.
-const OTHER_IP6: &str = "2001:db8::3";
+const OTHER_IP6: &str = "2001:db8:ff::3";
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-/// Creates the veth pair `a`/`b` with the test's addresses on `a`, once per
-/// test process; refuses to touch a namespace that is not private.
-fn veth() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        netns::assert_private_namespace("ownaddr");
-        let _ = Command::new("ip")
-            .args(["link", "del", "ownaddr0"])
-            .output();
-        netns::ip("link add ownaddr0 type veth peer name ownaddr1");
-        for a in [RELAY_IP, LISTEN_IP, OTHER_IP] {
-            netns::ip(&format!("addr add {a}/24 dev ownaddr0"));
-        }
-        for a in [RELAY_IP6, OTHER_IP6] {
-            netns::ip(&format!("-6 addr add {a}/64 dev ownaddr0 nodad"));
-        }
-        netns::ip("link set ownaddr0 up");
-        netns::ip("link set ownaddr1 up");
-    });
+/// The veth pair `ownaddr0`/`ownaddr1` with the test's addresses on
+/// `ownaddr0`, while a test of this file runs; refuses to touch a namespace
+/// that is not private.
+static VETH: netns::SharedSetup = netns::SharedSetup::new(veth_up, veth_down);
+
+fn veth_up() {
+    netns::assert_private_namespace("ownaddr");
+    netns::ip("link add ownaddr0 type veth peer name ownaddr1");
+    for a in [RELAY_IP, LISTEN_IP, OTHER_IP] {
+        netns::ip(&format!("addr add {a}/24 dev ownaddr0"));
+    }
+    for a in [RELAY_IP6, OTHER_IP6] {
+        netns::ip(&format!("-6 addr add {a}/64 dev ownaddr0 nodad"));
+    }
+    netns::ip("link set ownaddr0 up");
+    netns::ip("link set ownaddr1 up");
+}
+
+fn veth_down() {
+    netns::ip_quiet("link del ownaddr0");
 }
 
 /// turnd listening on [`LISTEN_IP`] (UDP and TCP), relaying on [`RELAY_IP`].
 fn server(slot: u16, extra: &[&str]) -> TestServer {
-    veth();
     let (min, max) = relay_ports(Suite::OwnAddress, slot);
     Turnd::standard(min, max)
         .set("--listening-ip", LISTEN_IP)
@@ -91,6 +90,7 @@ fn tcp_client(server: &TestServer) -> StreamClient {
 
 #[test]
 fn connect_to_own_addresses_is_403() {
+    let _net = VETH.enter();
     let server = server(0, &[]);
     let service = tcp_service();
     let mut c = tcp_client(&server);
@@ -108,6 +108,7 @@ fn connect_to_own_addresses_is_403() {
 
 #[test]
 fn allowed_peer_ip_opens_an_own_address() {
+    let _net = VETH.enter();
     let server = server(1, &["--allowed-peer-ip", OTHER_IP]);
     let service = tcp_service();
     let mut c = tcp_client(&server);
@@ -124,6 +125,7 @@ fn allowed_peer_ip_opens_an_own_address() {
 
 #[test]
 fn udp_relays_reach_each_other_but_not_the_host() {
+    let _net = VETH.enter();
     let server = server(2, &[]);
     let service = UdpSocket::bind("0.0.0.0:0").unwrap();
     service
@@ -175,6 +177,7 @@ fn udp_relays_reach_each_other_but_not_the_host() {
 
 #[test]
 fn ipv6_own_addresses_are_refused_too() {
+    let _net = VETH.enter();
     let server = server(3, &["--relay-ip", RELAY_IP6]);
     let service = UdpSocket::bind("[::]:0").unwrap();
     let svc = service.local_addr().unwrap().port();

@@ -6,7 +6,7 @@
 //! rate in answers, and fewer bytes than it sent.
 //!
 //! The figures are printed (`cargo test --test reflection -- --nocapture`).
-//! The IPv6 floods add addresses of 2001:db8:N::/64 to loopback, so they
+//! The IPv6 floods add addresses of 2001:db8:fN::/64 to loopback, so they
 //! need root in a private network namespace (the suite runs in
 //! `unshare --net`).
 
@@ -149,17 +149,32 @@ fn floods_from_one_source_draw_the_burst_and_fewer_bytes() {
     }
 }
 
-#[test]
-fn floods_from_one_ipv6_64_draw_the_burst_and_fewer_bytes() {
-    netns::assert_private_namespace("ownaddr");
-    // Sixteen addresses in each of three /64s, on loopback.
+/// Sixteen addresses in each of three /64s (2001:db8:f1::/64 ...), on
+/// loopback, while the test runs.
+static ADDRESSES: netns::SharedSetup = netns::SharedSetup::new(
+    || {
+        netns::assert_private_namespace("ownaddr");
+        for_each_address(|a| netns::ip(&format!("-6 addr add {a}/128 dev lo nodad")));
+    },
+    || for_each_address(|a| netns::ip_quiet(&format!("-6 addr del {a}/128 dev lo"))),
+);
+
+/// Address `host` (1..=16) of /64 number `net` (1..=3).
+fn address(net: usize, host: usize) -> String {
+    format!("2001:db8:f{net}::{host:x}")
+}
+
+fn for_each_address(f: impl Fn(String)) {
     for net in 1..=3 {
         for host in 1..=16 {
-            netns::ip(&format!(
-                "-6 addr add 2001:db8:{net}::{host:x}/128 dev lo nodad"
-            ));
+            f(address(net, host));
         }
     }
+}
+
+#[test]
+fn floods_from_one_ipv6_64_draw_the_burst_and_fewer_bytes() {
+    let _net = ADDRESSES.enter();
     let (min, max) = relay_ports(Suite::Reflection, 1);
     let server = Turnd::standard(min, max)
         .set("--listening-ip", "::1")
@@ -167,7 +182,7 @@ fn floods_from_one_ipv6_64_draw_the_burst_and_fewer_bytes() {
         .start();
     for (n, (what, request)) in KINDS.iter().enumerate() {
         let sources: Vec<UdpSocket> = (1..=16)
-            .map(|host| connected(&format!("2001:db8:{}::{host:x}", n + 1), server.addr))
+            .map(|host| connected(&address(n + 1, host), server.addr))
             .collect();
         let f = flood(server.addr, &sources, *request);
         check(&format!("16 addresses of one IPv6 /64, {what}"), &f);

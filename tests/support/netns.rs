@@ -42,3 +42,62 @@ pub fn ip(args: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Network set-up shared by the tests of one file, which run in parallel
+/// threads: `up` runs when the first test enters, `down` when the last one
+/// leaves, so the namespace is left as it was found (the suite runs every
+/// test file in the same namespace, one after the other).
+pub struct SharedSetup {
+    users: std::sync::Mutex<usize>,
+    up: fn(),
+    down: fn(),
+}
+
+/// A test's hold on a [`SharedSetup`]; the last one dropped runs `down`.
+pub struct SetupGuard(&'static SharedSetup);
+
+impl SharedSetup {
+    /// A set-up made by `up` and undone by `down`.
+    pub const fn new(up: fn(), down: fn()) -> SharedSetup {
+        SharedSetup {
+            users: std::sync::Mutex::new(0),
+            up,
+            down,
+        }
+    }
+
+    /// Holds the set-up (making it when no test holds it) until the guard
+    /// is dropped. Declare the guard first in the test, so what uses the
+    /// network (a server) is dropped before it.
+    pub fn enter(&'static self) -> SetupGuard {
+        let mut n = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *n == 0 {
+            (self.down)(); // what a crashed earlier run left
+            (self.up)();
+        }
+        *n += 1;
+        SetupGuard(self)
+    }
+}
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        let mut n = self
+            .0
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *n -= 1;
+        if *n == 0 {
+            (self.0.down)();
+        }
+    }
+}
+
+/// Runs `ip ARGS` and ignores the outcome (undoing what may not be there).
+pub fn ip_quiet(args: &str) {
+    let _ = Command::new("ip").args(args.split_whitespace()).output();
+}

@@ -50,8 +50,10 @@ pub struct ServerConfig {
     /// Add MAPPED-ADDRESS to Binding responses for RFC 3489-era clients
     /// (coturn's `stun-backward-compatibility`).
     pub mapped_address: bool,
-    /// Answers to unauthenticated requests (Binding, 401, 438, 400) per
-    /// second per source IP; 0 disables the limit.
+    /// Answers to requests that did not authenticate (Binding, 400, 401,
+    /// 420, 438, and 400 to malformed requests) per second per source IP
+    /// (IPv6 sources by `ipv6_source_prefix`); 0 disables the limit. Signed
+    /// requests on a 5-tuple that holds an allocation are spared.
     pub unauth_rate: u64,
     /// Burst of `unauth_rate` (answers).
     pub unauth_burst: u64,
