@@ -8,6 +8,12 @@
 //! embed an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96,
 //! NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by the embedded address too.
 //!
+//! The addresses of this host are denied too ([`OwnAddresses`]): a relay
+//! reaching them would give clients a pipe from the host itself to services
+//! bound on `0.0.0.0`, and to turnd's own listeners. Only another
+//! allocation's relayed address (a relay address with a port in the relay
+//! range) passes.
+//!
 //! Ranges (`allowed-peer-ip`, `denied-peer-ip`) have a family: an IPv6 range,
 //! even `::/0`, never matches an IPv4 address, and an IPv4 range matches an
 //! IPv6 peer only through the embedded forms above.
@@ -181,7 +187,9 @@ impl FromStr for IpRange {
 /// The peer policy of a server: which addresses relays may reach.
 ///
 /// Checked on every path that names a peer: CreatePermission, ChannelBind,
-/// Send (RFC 8656, sections 9-12); a denied peer gets 403 Forbidden.
+/// Send (RFC 8656, sections 9-12) and Connect (RFC 6062 section 5.2); a
+/// denied peer gets 403 Forbidden. The host's own addresses are judged
+/// besides, by [`OwnAddresses`].
 #[derive(Clone, Debug, Default)]
 pub struct PeerPolicy {
     /// Opens 127.0.0.0/8 and ::1 (coturn's `allow-loopback-peers`). For tests.
