@@ -122,6 +122,12 @@ pub struct Cli {
     /// answers until the budget refills (default 10; 0 disables).
     #[arg(long = "auth-failures-per-minute", value_name = "N")]
     pub auth_failures_per_minute: Option<u64>,
+    /// IPv6 sources share the per-source limits (--unauth-rate,
+    /// --auth-failures-per-minute) by this prefix length in bits, 0 to 128
+    /// (default 64: one /64, what one host or subscriber usually gets; 128
+    /// counts each address on its own).
+    #[arg(long = "ipv6-source-prefix", value_name = "BITS")]
+    pub ipv6_source_prefix: Option<u8>,
     /// Peer policy preset: "default" (loopback, private, link-local,
     /// multicast... denied) or "recommended" (also every other IANA
     /// special-purpose range).

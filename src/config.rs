@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::Credentials;
 pub use crate::cli::{Cli, Command};
 use crate::turn::{IpRange, PeerPolicy, ServerConfig};
+use crate::untrusted::{opaque_string, LogSafe};
 
 /// Default STUN/TURN port over UDP and TCP (and of `turn:` and `stun:`
 /// URLs). See RFC 8489, section 9.
@@ -103,6 +104,7 @@ struct FileConfig {
     unauth_rate: Option<u64>,
     unauth_burst: Option<u64>,
     auth_failures_per_minute: Option<u64>,
+    ipv6_source_prefix: Option<u8>,
     peer_policy: Option<String>,
     tls_listening_port: Option<Ports>,
     cert: Option<PathBuf>,
@@ -168,6 +170,7 @@ pub const TOML_KEYS: &[&str] = &[
     "unauth-rate",
     "unauth-burst",
     "auth-failures-per-minute",
+    "ipv6-source-prefix",
     "peer-policy",
     "tls-listening-port",
     "cert",
@@ -299,6 +302,9 @@ pub struct Config {
     pub unauth_burst: u64,
     /// Failed authentications per minute per source (0 off).
     pub auth_failures_per_minute: u64,
+    /// Prefix length (bits, 0..=128) by which IPv6 sources share one budget
+    /// of the per-source limits (`ipv6-source-prefix`, default 64).
+    pub ipv6_source_prefix: u8,
     /// TLS ports.
     pub tls_listening_ports: Vec<u16>,
     /// TLS certificate chain (PEM).
@@ -408,19 +414,42 @@ fn parse_ranges(origin: &str, option: &str, v: &[String]) -> Result<Vec<IpRange>
 }
 
 fn parse_user(origin: &str, s: &str) -> Result<StaticUser, ConfigError> {
-    match s.split_once(':') {
-        Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(StaticUser {
-            name: name.to_owned(),
-            password: password.to_owned(),
-        }),
-        _ => Err(err(
+    let Some((name, password)) = s
+        .split_once(':')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+    else {
+        return Err(err(
             origin,
             format!(
                 "option `user`: expected NAME:PASSWORD, got {:?}",
                 s.split_once(':').map_or(s, |(n, _)| n)
             ),
-        )),
-    }
+        ));
+    };
+    // RFC 8489 sections 9.2.2 and 14.3: names and passwords are prepared
+    // with the PRECIS OpaqueString profile, as USERNAME is when it comes.
+    let name = opaque_string(name).map_err(|e| {
+        err(
+            origin,
+            format!(
+                "option `user`: the name {:?} is refused: {e}",
+                LogSafe(name)
+            ),
+        )
+    })?;
+    let password = opaque_string(password).map_err(|e| {
+        err(
+            origin,
+            format!(
+                "option `user`: the password of {:?} is refused: {e}",
+                LogSafe(&name)
+            ),
+        )
+    })?;
+    Ok(StaticUser {
+        name: name.into_owned(),
+        password: password.into_owned(),
+    })
 }
 
 /// One `external-ip` value, `PUBLIC` or `PUBLIC/PRIVATE` (one family); None
@@ -513,6 +542,7 @@ impl Default for Config {
             unauth_rate: core.unauth_rate,
             unauth_burst: core.unauth_burst,
             auth_failures_per_minute: core.auth_failures_per_minute,
+            ipv6_source_prefix: core.ipv6_source_prefix,
             tls_listening_ports: vec![DEFAULT_TLS_LISTENING_PORT],
             cert: None,
             pkey: None,
@@ -853,6 +883,16 @@ impl Config {
         if self.unauth_burst == 0 {
             return Err(layers.file_error("option `unauth-burst`: must be at least 1".into()));
         }
+        layered!(self, layers, value: ipv6_source_prefix);
+        if self.ipv6_source_prefix > 128 {
+            return Err(layers.error(
+                cli.ipv6_source_prefix.is_some(),
+                format!(
+                    "option `ipv6-source-prefix`: {} bits is outside 0..=128",
+                    self.ipv6_source_prefix
+                ),
+            ));
+        }
 
         layered!(self, layers, seconds: max_allocate_lifetime, permission_lifetime);
         layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
@@ -1044,6 +1084,7 @@ impl Config {
             unauth_rate: self.unauth_rate,
             unauth_burst: self.unauth_burst,
             auth_failures_per_minute: self.auth_failures_per_minute,
+            ipv6_source_prefix: self.ipv6_source_prefix,
             max_bps: self.max_bps,
             bps_capacity: self.bps_capacity,
             external_ips: self
@@ -1120,11 +1161,38 @@ mod tests {
             ("listening-ip = \"not-an-ip\"\n", "listening-ip"),
             ("stale-nonce = 0\n", "stale-nonce"),
             ("listening-port = 70000\n", "listening-port"),
+            ("ipv6-source-prefix = 129\n", "ipv6-source-prefix"),
+            ("user = [\"bad\\u0007name:pw\"]\n", "user"),
+            ("user = [\"name:pass\\u0000word\"]\n", "user"),
+            ("ipv6-source-prefix = -1\n", "ipv6-source-prefix"),
         ] {
             let p = write(option, text);
             let e = Config::check_file(&p).unwrap_err().to_string();
             assert!(e.contains(option), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv6_source_prefix_reaches_the_core_and_is_checked() {
+        assert_eq!(Config::default().server_config().ipv6_source_prefix, 64);
+        let p = write("v6prefix", "ipv6-source-prefix = 56\n");
+        let cli = Cli::parse_from(["turnd", "--config", p.to_str().unwrap()]);
+        assert_eq!(
+            Config::load(&cli)
+                .unwrap()
+                .server_config()
+                .ipv6_source_prefix,
+            56
+        );
+        let cli = Cli::parse_from(["turnd", "--ipv6-source-prefix", "128"]);
+        assert_eq!(Config::load(&cli).unwrap().ipv6_source_prefix, 128);
+        let cli = Cli::parse_from(["turnd", "--ipv6-source-prefix", "200"]);
+        let e = Config::load(&cli).unwrap_err().to_string();
+        assert!(
+            e.contains("command line") && e.contains("ipv6-source-prefix"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from(["turnd", "--ipv6-source-prefix", "300"]).is_err());
     }
 
     #[test]
@@ -1222,6 +1290,7 @@ mod tests {
                 "auth-failures-per-minute",
                 d.auth_failures_per_minute.to_string(),
             ),
+            ("ipv6-source-prefix", d.ipv6_source_prefix.to_string()),
             ("tls-listening-port", d.tls_listening_ports[0].to_string()),
             ("stream-idle-timeout", secs(d.stream_idle_timeout)),
             ("tls-handshake-timeout", secs(d.tls_handshake_timeout)),

@@ -240,6 +240,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("unauth-rate", Kind::Int),
     ("unauth-burst", Kind::Int),
     ("auth-failures-per-minute", Kind::Int),
+    ("ipv6-source-prefix", Kind::Int),
     ("stream-idle-timeout", Kind::Int),
     ("tls-handshake-timeout", Kind::Int),
     ("max-connections-per-ip", Kind::Int),

@@ -35,6 +35,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags};
 use tracing::{debug, warn};
 
+use crate::untrusted::{opaque_string, LogSafe};
+
 /// How long a statement waits for another connection's lock (a concurrent
 /// `turnd user add`, the server's reload) before failing with "database is
 /// locked": 2 s.
@@ -207,6 +209,15 @@ impl UserDb {
                     "skipping a user whose name is not text");
                 continue;
             };
+            // Prepared as USERNAME is when it comes (RFC 8489 section 14.3).
+            let name = match opaque_string(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(target: "turnd::userdb", path = %self.path.display(), realm = row_realm,
+                        user = %LogSafe(name), error = %e, "skipping a user whose name the OpaqueString profile refuses");
+                    continue;
+                }
+            };
             let key = match text(row.get_ref(1).map_err(|e| self.sql(OP, e))?) {
                 Some(hex) => parse_key(hex),
                 None => StoredKey::Invalid,
@@ -215,19 +226,19 @@ impl UserDb {
                 StoredKey::Md5(key) => key,
                 StoredKey::Sha256 => {
                     debug!(target: "turnd::userdb", path = %self.path.display(), realm = row_realm,
-                        user = name, "skipping a user with a SHA-256 key; only MD5 keys are supported");
+                        user = %LogSafe(&name), "skipping a user with a SHA-256 key; only MD5 keys are supported");
                     continue;
                 }
                 StoredKey::Invalid => {
                     warn!(target: "turnd::userdb", path = %self.path.display(), realm = row_realm,
-                        user = name, "skipping a user whose hmackey is not 32 hex digits");
+                        user = %LogSafe(&name), "skipping a user whose hmackey is not 32 hex digits");
                     continue;
                 }
             };
-            match users.get(name) {
+            match users.get(&*name) {
                 Some(&(_, true)) if !exact => {}
                 _ => {
-                    users.insert(name.to_owned(), (key, exact));
+                    users.insert(name.into_owned(), (key, exact));
                 }
             }
         }
@@ -695,6 +706,22 @@ CREATE TABLE turn_secret ( realm varchar(127) default '', value varchar(256), pr
         assert!(!db.delete_user("example.org", "carol").unwrap());
         assert_eq!(db.list_users("example.org").unwrap(), ["alice", "dave"]);
         assert_eq!(db.list_users("other.org").unwrap(), ["carol"]);
+    }
+
+    /// Issue 10: names are prepared with OpaqueString as USERNAME is; a
+    /// name it refuses (a control character) is skipped.
+    #[test]
+    fn user_names_are_prepared_with_opaque_string() {
+        let t = TempDb::new("precis");
+        let db = UserDb::open(&t.0).unwrap();
+        let key = [7u8; 16];
+        db.add_user_key("example.org", "bad\nname", key).unwrap();
+        db.add_user_key("example.org", "e\u{301}", key).unwrap();
+        db.add_user_key("example.org", "ok", key).unwrap();
+        assert_eq!(
+            db.users("example.org").unwrap(),
+            [("ok".to_owned(), key), ("\u{e9}".to_owned(), key)]
+        );
     }
 
     #[test]

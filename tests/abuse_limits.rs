@@ -178,14 +178,7 @@ fn unauthenticated_flood_from_one_source_is_rate_limited() {
         .map(|_| {
             let tid = new_tid();
             tids.insert(tid);
-            build(
-                Method::ALLOCATE,
-                Class::Request,
-                tid,
-                &[Attr::transport_udp()],
-                None,
-                false,
-            )
+            unauthenticated_allocate(tid)
         })
         .collect();
     let start = Instant::now();

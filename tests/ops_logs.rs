@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::*;
+use turnd::stun::Method;
 
 /// turnd with the standard arguments, the relay ports of `slot` and `extra`.
 fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
@@ -257,4 +258,38 @@ fn auth_failures_show_the_client_and_no_password() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Issue 10: strings from the wire cannot forge log lines. A USERNAME with
+/// a line break is refused (400, RFC 8489 section 14.3: OpaqueString) and
+/// logged once, escaped; a name the profile accepts reaches the auth
+/// failure line with its backslash escaped.
+#[test]
+fn client_strings_cannot_forge_log_lines() {
+    let mut server = relay_server(4, &[]).start();
+    let addr = server.udp();
+    let forged = "mallory\nINFO turnd: auth failure client=203.0.113.77:4242";
+    let mut c = Client::new(addr, forged, "x");
+    c.request(Method::ALLOCATE, &[Attr::transport_udp()])
+        .expect_error(400);
+    let backslash = r"eve\nINFO turnd: auth failure client=203.0.113.78:4242";
+    let mut d = Client::new(addr, backslash, "x");
+    d.request(Method::ALLOCATE, &[Attr::transport_udp()])
+        .expect_error(401);
+    assert!(server.wait_for_log("client=203.0.113.78", 1, Duration::from_secs(5)));
+    let log = server.log();
+    for (ip, escaped) in [
+        (
+            "203.0.113.77",
+            r"mallory\nINFO turnd: auth failure client=203.0.113.77",
+        ),
+        (
+            "203.0.113.78",
+            r"eve\\nINFO turnd: auth failure client=203.0.113.78",
+        ),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(ip)).collect();
+        assert_eq!(lines.len(), 1, "one line names {ip}:\n{log}");
+        assert!(lines[0].contains(escaped), "escaped in {:?}", lines[0]);
+    }
 }

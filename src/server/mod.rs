@@ -194,6 +194,29 @@ fn udp_listening_ips(configured: &[IpAddr], port: u16) -> Vec<IpAddr> {
     out
 }
 
+/// The addresses of this host the core must refuse as peers (besides the
+/// relay and `external-ip` addresses it knows): every address of the host's
+/// interfaces, read now (at start and on SIGHUP), and the listening
+/// addresses. See `OwnAddresses` in the core.
+fn host_ips(config: &Config) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list the host's interface addresses: only listening, relay and external addresses are refused as peers");
+            Vec::new()
+        }
+    };
+    ips.extend(
+        config
+            .listening_ips
+            .iter()
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    ips.sort_unstable();
+    ips.dedup();
+    ips
+}
+
 /// Fills in relay addresses when none are configured: the specific listening
 /// addresses, else the default route's interface address.
 ///
@@ -804,6 +827,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
     let mut server_config = config.server_config();
+    server_config.host_ips = host_ips(&config);
     if let Some(db) = &mut userdb {
         server_config.credentials = db.credentials(&config)?;
     }
@@ -1080,6 +1104,7 @@ fn reload(
     }
     drop(old);
     let mut server_config = fresh.server_config();
+    server_config.host_ips = host_ips(&fresh);
     if let Some(path) = &fresh.userdb {
         match UserDbWatch::open(path).and_then(|mut db| db.credentials(&fresh)) {
             Ok(c) => server_config.credentials = c,

@@ -16,13 +16,13 @@ mod server;
 
 pub use allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
 pub use limits::{SharedLimiter, SourceLimiter, TokenBucket};
-pub use policy::{IpRange, IpRangeError, PeerPolicy};
+pub use policy::{IpRange, IpRangeError, OwnAddressPath, OwnAddresses, PeerPolicy};
 pub use ports::RelayPorts;
 pub use quota::QuotaLedger;
 pub use server::{
-    AllocationEnd, AuthFailure, ClientOutput, ConnectionAttempt, EndedUserBytes, PeerOutput,
-    RelayIo, Reply, Server, ServerConfig, SharedState, Stats, CHANNEL_LIFETIME,
-    DEFAULT_ALLOCATION_LIFETIME, ENDED_USERS_CAP, MAX_ALLOCATION_LIFETIME, MAX_CACHED_RESPONSES,
-    MAX_CHANNELS, MAX_PERMISSIONS, MAX_TCP_CONNECTIONS, MIN_OUT_BUFFER, PERMISSION_LIFETIME,
-    RESERVATION_LIFETIME, TCP_CONNECTION_BIND_TIMEOUT, TRANSACTION_LIFETIME,
+    AllocationEnd, AuthFailure, ClientOutput, ConnectionAttempt, EndedUserBytes,
+    OwnAddressRefusals, PeerOutput, RelayIo, Reply, Server, ServerConfig, SharedState, Stats,
+    CHANNEL_LIFETIME, DEFAULT_ALLOCATION_LIFETIME, ENDED_USERS_CAP, MAX_ALLOCATION_LIFETIME,
+    MAX_CACHED_RESPONSES, MAX_CHANNELS, MAX_PERMISSIONS, MAX_TCP_CONNECTIONS, MIN_OUT_BUFFER,
+    PERMISSION_LIFETIME, RESERVATION_LIFETIME, TCP_CONNECTION_BIND_TIMEOUT, TRANSACTION_LIFETIME,
 };

@@ -8,12 +8,18 @@
 //! embed an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96,
 //! NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by the embedded address too.
 //!
+//! The addresses of this host are denied too ([`OwnAddresses`]): a relay
+//! reaching them would give clients a pipe from the host itself to services
+//! bound on `0.0.0.0`, and to turnd's own listeners. Only another
+//! allocation's relayed address (a relay address with a port in the relay
+//! range) passes.
+//!
 //! Ranges (`allowed-peer-ip`, `denied-peer-ip`) have a family: an IPv6 range,
 //! even `::/0`, never matches an IPv4 address, and an IPv4 range matches an
 //! IPv6 peer only through the embedded forms above.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 /// An inclusive range of addresses of one family: IPv4 or IPv6.
@@ -181,7 +187,9 @@ impl FromStr for IpRange {
 /// The peer policy of a server: which addresses relays may reach.
 ///
 /// Checked on every path that names a peer: CreatePermission, ChannelBind,
-/// Send (RFC 8656, sections 9-12); a denied peer gets 403 Forbidden.
+/// Send (RFC 8656, sections 9-12) and Connect (RFC 6062 section 5.2); a
+/// denied peer gets 403 Forbidden. The host's own addresses are judged
+/// besides, by [`OwnAddresses`].
 #[derive(Clone, Debug, Default)]
 pub struct PeerPolicy {
     /// Opens 127.0.0.0/8 and ::1 (coturn's `allow-loopback-peers`). For tests.
@@ -261,6 +269,14 @@ impl PeerPolicy {
         }
     }
 
+    /// True when `ip` is opened explicitly: inside an `allowed` range, or a
+    /// loopback address under `allow_loopback`. Such an address of this host
+    /// is a peer like any other (see [`OwnAddresses`]).
+    pub fn opens_explicitly(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        (self.allow_loopback && ip.is_loopback()) || self.allowed.iter().any(|r| r.contains(ip))
+    }
+
     /// The verdict on `ip` alone (canonical), without its embedded address.
     fn allows_one(&self, ip: IpAddr) -> bool {
         if self.allowed.iter().any(|r| r.contains_exact(ip)) {
@@ -273,6 +289,131 @@ impl PeerPolicy {
             IpAddr::V4(v4) => v4_denied_by_default(v4, self.allow_loopback),
             IpAddr::V6(v6) => v6_denied_by_default(v6, self.allow_loopback),
         }
+    }
+}
+
+/// The addresses of this host as the peer policy sees them (issue 10): a
+/// peer that is one of them would let a client reach services bound on this
+/// host (`0.0.0.0:22`, the admin API, turnd's own listeners: TURN in TURN,
+/// forwarding loops) from the host itself.
+///
+/// Every address of the host is denied as a peer on every path
+/// (CreatePermission, ChannelBind, Send, Connect, peer datagrams and RFC 6062
+/// peer connections) but for the one exception relaying needs: a relay
+/// address, or the public address it is advertised as (`external-ip`), with a
+/// port inside `min-port..=max-port`, that is another allocation's relayed
+/// address (two clients of this server relaying to each other). Permissions
+/// are per IP address (RFC 8656 section 9), so a permission to a relay
+/// address is allowed and the port rule falls on each relayed datagram.
+///
+/// Opened explicitly, and so not denied here: addresses inside an
+/// `allowed-peer-ip` range, and loopback addresses under
+/// `allow-loopback-peers` (the other defaults of [`PeerPolicy`] still apply
+/// to them). IPv4-mapped and other embedding forms of an own address (see
+/// [`embedded_ipv4`]) are own addresses too.
+///
+/// Lookups are a binary search in a small sorted `Vec`: no allocation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnAddresses {
+    /// Own addresses denied as peers: canonical, sorted, deduplicated.
+    denied: Vec<IpAddr>,
+    /// Relay addresses and their advertised public addresses: canonical,
+    /// sorted, deduplicated.
+    relay: Vec<IpAddr>,
+    /// Relay port range, inclusive.
+    min_port: u16,
+    /// Relay port range, inclusive.
+    max_port: u16,
+}
+
+/// Where an own address is checked: what a denial is counted as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnAddressPath {
+    /// CreatePermission (RFC 8656 section 9).
+    CreatePermission,
+    /// ChannelBind (RFC 8656 section 11).
+    ChannelBind,
+    /// Send indication (RFC 8656 section 10.2).
+    Send,
+    /// Connect (RFC 6062 section 5.2).
+    Connect,
+    /// A datagram arriving at a relay address (RFC 8656 section 10.3).
+    PeerDatagram,
+    /// An incoming RFC 6062 peer connection (section 5.3).
+    PeerConnection,
+}
+
+impl OwnAddresses {
+    /// The own addresses `host` (interfaces, listening addresses), `relay`
+    /// (relay addresses and their advertised public addresses: also own
+    /// addresses, open on `min_port..=max_port`) under `policy`'s explicit
+    /// openings. Unspecified addresses in either list are ignored.
+    pub fn new(
+        host: impl IntoIterator<Item = IpAddr>,
+        relay: impl IntoIterator<Item = IpAddr>,
+        min_port: u16,
+        max_port: u16,
+        policy: &PeerPolicy,
+    ) -> Self {
+        let mut relay: Vec<IpAddr> = relay
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        relay.sort_unstable();
+        relay.dedup();
+        let mut denied: Vec<IpAddr> = host
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .chain(relay.iter().copied())
+            .filter(|ip| !ip.is_unspecified())
+            .filter(|ip| !policy.opens_explicitly(*ip))
+            .collect();
+        denied.sort_unstable();
+        denied.dedup();
+        OwnAddresses {
+            denied,
+            relay,
+            min_port,
+            max_port,
+        }
+    }
+
+    /// True when `ip` (or the IPv4 address it embeds) is an address of this
+    /// host that is not opened explicitly.
+    #[inline]
+    pub fn is_own(&self, ip: IpAddr) -> bool {
+        if self.denied.is_empty() {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        self.denied.binary_search(&ip).is_ok()
+            || match ip {
+                IpAddr::V6(v6) => embedded_ipv4(v6)
+                    .is_some_and(|e| self.denied.binary_search(&IpAddr::V4(e)).is_ok()),
+                IpAddr::V4(_) => false,
+            }
+    }
+
+    /// True when a permission to `ip` may be installed (CreatePermission):
+    /// not an own address, or a relay address.
+    pub fn permits_ip(&self, ip: IpAddr) -> bool {
+        !self.is_own(ip) || self.relay.binary_search(&ip.to_canonical()).is_ok()
+    }
+
+    /// True when relaying to or from `peer` is allowed (ChannelBind, Send,
+    /// Connect, each relayed datagram): not an own address, or a relay
+    /// address with a port in `min-port..=max-port`.
+    #[inline]
+    pub fn permits(&self, peer: SocketAddr) -> bool {
+        !self.is_own(peer.ip())
+            || ((self.min_port..=self.max_port).contains(&peer.port())
+                && self.relay.binary_search(&peer.ip().to_canonical()).is_ok())
+    }
+
+    /// The own addresses denied as peers (sorted).
+    pub fn denied(&self) -> &[IpAddr] {
+        &self.denied
     }
 }
 
@@ -468,6 +609,55 @@ mod tests {
         };
         assert!(p.is_allowed(ip("64:ff9b::a00:1")));
         assert!(p.is_allowed(ip("::ffff:10.0.0.1")));
+    }
+
+    #[test]
+    fn own_addresses_in_every_form_but_relayed_addresses() {
+        let policy = PeerPolicy {
+            allow_loopback: true,
+            allowed: vec!["198.51.100.9".parse().unwrap()],
+            ..Default::default()
+        };
+        let own = OwnAddresses::new(
+            [
+                ip("192.0.2.1"),
+                ip("2001:db8::1"),
+                ip("127.0.0.1"),
+                ip("198.51.100.9"),
+                ip("0.0.0.0"),
+            ],
+            [ip("::ffff:192.0.2.2")],
+            50000,
+            50999,
+            &policy,
+        );
+        assert_eq!(
+            own.denied(),
+            &[ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")]
+        );
+        for a in [
+            "192.0.2.1",
+            "::ffff:192.0.2.1",
+            "64:ff9b::c000:201",
+            "2002:c000:201::1",
+            "2001:db8::1",
+            "192.0.2.2",
+        ] {
+            assert!(own.is_own(ip(a)), "{a}");
+        }
+        for a in ["127.0.0.1", "198.51.100.9", "192.0.2.3", "2001:db8::2"] {
+            assert!(!own.is_own(ip(a)), "{a}");
+        }
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!own.permits_ip(ip("192.0.2.1")));
+        assert!(own.permits_ip(ip("192.0.2.2")));
+        assert!(own.permits_ip(ip("::ffff:192.0.2.2")));
+        assert!(own.permits(sock("192.0.2.2:50000")));
+        assert!(own.permits(sock("[::ffff:192.0.2.2]:50999")));
+        assert!(!own.permits(sock("192.0.2.2:22")));
+        assert!(!own.permits(sock("192.0.2.2:51000")));
+        assert!(!own.permits(sock("192.0.2.1:50000")));
+        assert!(own.permits(sock("192.0.2.3:22")));
     }
 
     #[test]

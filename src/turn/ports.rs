@@ -155,12 +155,16 @@ mod tests {
 
 /// An EVEN-PORT R-bit reservation (RFC 8656 section 7.2): the relay address
 /// held for a later Allocate with this RESERVATION-TOKEN, until `expires`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Reservation {
     /// The reserved relay address (its port is taken from the pool).
     relay: SocketAddr,
     /// When the reservation lapses and the port returns to the pool.
     expires: Instant,
+    /// The user whose Allocate made it: a reservation holds one of that
+    /// user's `user-quota` slots (and one of `total-quota`) until claimed
+    /// or lapsed.
+    owner: Arc<str>,
 }
 
 /// The pools of every relay address and the EVEN-PORT reservations.
@@ -236,41 +240,52 @@ impl RelayPorts {
         self.lock().release(addr);
     }
 
-    /// Holds `relay` (its port already taken) for an Allocate with RESERVATION-TOKEN
-    /// `token` until `expires`. See RFC 8656, section 7.2.
-    pub fn reserve(&self, token: [u8; 8], relay: SocketAddr, expires: Instant) {
-        self.lock()
-            .reservations
-            .insert(token, Reservation { relay, expires });
+    /// Holds `relay` (its port already taken) for an Allocate with
+    /// RESERVATION-TOKEN `token` until `expires`, on behalf of `owner`. See
+    /// RFC 8656, section 7.2.
+    pub fn reserve(&self, token: [u8; 8], relay: SocketAddr, expires: Instant, owner: Arc<str>) {
+        self.lock().reservations.insert(
+            token,
+            Reservation {
+                relay,
+                expires,
+                owner,
+            },
+        );
     }
 
-    /// Claims the relay address reserved under `token`: `Some` while the
-    /// reservation stands at `now` (the port stays taken, now the
-    /// caller's). A lapsed reservation is removed and its port returned;
-    /// an unknown token gives `None`.
-    pub fn claim_reservation(&self, token: &[u8; 8], now: Instant) -> Option<SocketAddr> {
+    /// Claims the relay address reserved under `token`: `Some` (the address
+    /// and the user who reserved it) while the reservation stands at `now`
+    /// (the port stays taken, now the caller's). An unknown or lapsed token
+    /// gives `None`; a lapsed reservation is left for
+    /// [`RelayPorts::expire_reservation`] (its timer), which returns its port
+    /// and names its owner.
+    pub fn claim_reservation(
+        &self,
+        token: &[u8; 8],
+        now: Instant,
+    ) -> Option<(SocketAddr, Arc<str>)> {
         let mut inner = self.lock();
-        let res = inner.reservations.remove(token)?;
-        if res.expires > now {
-            return Some(res.relay);
+        if inner.reservations.get(token)?.expires <= now {
+            return None;
         }
-        inner.release(res.relay);
-        None
+        let res = inner.reservations.remove(token)?;
+        Some((res.relay, res.owner))
     }
 
     /// Ends the reservation under `token` if it lapsed at `now`, returning
-    /// its port; true when it did. A reservation claimed meanwhile (on any
+    /// its port to the pool; `Some(owner)` when it did, so the caller gives
+    /// back the owner's quota slot. A reservation claimed meanwhile (on any
     /// worker) is gone already.
-    pub fn expire_reservation(&self, token: &[u8; 8], now: Instant) -> bool {
+    pub fn expire_reservation(&self, token: &[u8; 8], now: Instant) -> Option<Arc<str>> {
         let mut inner = self.lock();
         match inner.reservations.get(token) {
             Some(r) if r.expires <= now => {
-                let relay = r.relay;
-                inner.reservations.remove(token);
-                inner.release(relay);
-                true
+                let r = inner.reservations.remove(token)?;
+                inner.release(r.relay);
+                Some(r.owner)
             }
-            _ => false,
+            _ => None,
         }
     }
 }

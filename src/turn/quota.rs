@@ -37,15 +37,32 @@ impl QuotaLedger {
     /// `user_quota` allocations for the user or `total_quota` in all (0 is
     /// unlimited). Returns false, counting nothing, when over quota.
     pub fn try_acquire(&self, user: &Arc<str>, user_quota: u32, total_quota: u32) -> bool {
+        self.try_acquire_many(user, 1, user_quota, total_quota)
+    }
+
+    /// Counts `slots` more for `user` at once (an Allocate with the EVEN-PORT
+    /// R bit holds two: its allocation and the reserved port, RFC 8656
+    /// section 7.2), or nothing when that would exceed either quota (0 is
+    /// unlimited). Returns whether they were counted. Each slot is given back
+    /// with one [`Self::release`].
+    pub fn try_acquire_many(
+        &self,
+        user: &Arc<str>,
+        slots: u32,
+        user_quota: u32,
+        total_quota: u32,
+    ) -> bool {
         let mut l = self.lock();
         let n = l.per_user.get(user).copied().unwrap_or(0);
-        if (user_quota > 0 && n >= user_quota)
-            || (total_quota > 0 && l.total >= total_quota as usize)
+        if (user_quota > 0 && n + slots > user_quota)
+            || (total_quota > 0 && l.total + slots as usize > total_quota as usize)
         {
             return false;
         }
-        l.per_user.insert(user.clone(), n + 1);
-        l.total += 1;
+        if slots > 0 {
+            l.per_user.insert(user.clone(), n + slots);
+            l.total += slots as usize;
+        }
         true
     }
 

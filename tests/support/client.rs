@@ -108,6 +108,19 @@ pub fn build(
     buf
 }
 
+/// An unauthenticated Allocate for a UDP relay (28 bytes: the header and
+/// REQUESTED-TRANSPORT), as a client's first request is: answered 401.
+pub fn unauthenticated_allocate(tid: TransactionId) -> Vec<u8> {
+    build(
+        Method::ALLOCATE,
+        Class::Request,
+        tid,
+        &[Attr::transport_udp()],
+        None,
+        false,
+    )
+}
+
 /// An owned STUN message received from the server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Response {

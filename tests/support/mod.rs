@@ -9,6 +9,8 @@
 //! - [`stream`]: the same client over TCP or TLS ([`StreamClient`]).
 //! - [`http`]: a plain HTTP/1.1 client and a Prometheus text parser.
 //! - [`cert`]: self-signed test certificates and a pinning TLS client config.
+//! - [`netns`]: interfaces and addresses in the test's own network
+//!   namespace (`ip`), only when it is private.
 //! - [`ports`]: the relay port ranges of every test file, from one table.
 //!
 //! Every loop here is bounded and every wait has a timeout: a test that hangs
@@ -23,6 +25,7 @@ use std::time::Duration;
 pub mod cert;
 pub mod client;
 pub mod http;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod stream;

@@ -49,6 +49,10 @@ pub enum Suite {
     ProbeTurnd,
     /// `tests/probe.rs`, the coturn servers.
     ProbeCoturn,
+    /// `tests/own_address.rs`.
+    OwnAddress,
+    /// `tests/reflection.rs` (no allocation is made).
+    Reflection,
     /// `tests/browser/tcp_tls.test.mjs` (reserved here; `RELAY_PORTS` in
     /// `tests/browser/harness.mjs` hands it out).
     BrowserTcpTls,
@@ -90,6 +94,8 @@ const BLOCKS: &[Block] = &[
     block(Suite::TlsReload, 23400, 100, 1),       // 23400-23499
     block(Suite::InteropStream, 23500, 60, 7),    // 23500-23919
     block(Suite::BrowserTcpTls, 23920, 80, 1),    // 23920-23999
+    block(Suite::OwnAddress, 24000, 20, 5),       // 24000-24099
+    block(Suite::Reflection, 24100, 50, 2),       // 24100-24199
     block(Suite::OpsSystemd, 25000, 10, 10),      // 25000-25099
     block(Suite::OpsMetricsAdmin, 25100, 10, 10), // 25100-25199
     block(Suite::OpsLogs, 25200, 10, 10),         // 25200-25299

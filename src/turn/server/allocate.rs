@@ -12,6 +12,7 @@ use crate::stun::{AddressFamily, AttributeType, ErrorCode};
 use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
 use crate::turn::limits::{bandwidth_burst, TokenBucket};
 use crate::turn::request::{AllocateRequest, RefreshRequest};
+use crate::untrusted::LogSafe;
 
 /// Why an allocation ended, for logs: [`AllocationEnd::as_str`] names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,28 +83,48 @@ impl Server {
             Ok(q) => q,
             Err(code) => return self.error(ft, out, r, code, key),
         };
-        if !self.quota.try_acquire(
-            &auth.username,
-            self.config.user_quota,
-            self.config.total_quota,
-        ) {
-            info!(client = %ft.client, user = %auth.username, "allocation quota reached: 486");
+        // Quota slots (RFC 8656 section 7.2, 486): one for the allocation
+        // and, with the EVEN-PORT R bit, one for the reserved port until it
+        // is claimed or lapses. A claimed reservation hands its slot on.
+        let (user_quota, total_quota) = (self.config.user_quota, self.config.total_quota);
+        let mut held: u32 = match (reservation_token, even_port) {
+            (Some(_), _) => 0,
+            (None, Some(true)) => 2,
+            (None, _) => 1,
+        };
+        if !self
+            .quota
+            .try_acquire_many(&auth.username, held, user_quota, total_quota)
+        {
+            info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
             return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
         }
-        // Every failure from here on gives the quota back.
+        // Every failure from here on gives the slots held back.
         let quota = self.quota.clone();
-        let give_back = |user: &str| quota.release(user);
+        let give_back = |user: &str, held: u32| (0..held).for_each(|_| quota.release(user));
 
         let mut new_token = None;
         let relay = if let Some(t) = reservation_token {
-            let Some(reserved) = self.ports.claim_reservation(&t, now) else {
-                give_back(&auth.username);
+            let Some((reserved, owner)) = self.ports.claim_reservation(&t, now) else {
                 return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
             };
+            if owner != auth.username {
+                // Another user's reservation: its slot moves to this user.
+                let moved = self
+                    .quota
+                    .try_acquire(&auth.username, user_quota, total_quota);
+                self.quota.release(&owner);
+                if !moved {
+                    self.ports.release(reserved);
+                    info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
+                    return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+                }
+            }
+            held = 1;
             if let Err(e) = io.open(reserved) {
                 debug!(relay = %reserved, error = %e, "reserved relay port could not be bound");
                 self.ports.release(reserved);
-                give_back(&auth.username);
+                give_back(&auth.username, held);
                 return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
             }
             reserved
@@ -111,21 +132,24 @@ impl Server {
             let want_v6 = family == Some(AddressFamily::V6);
             match self.bind_relay_family(want_v6, even_port, tcp_relay, io) {
                 Ok((addr, reserved)) => {
-                    if let Some(next) = reserved {
-                        let mut t = [0u8; 8];
-                        self.rng.fill_bytes(&mut t);
-                        let expires = now + RESERVATION_LIFETIME;
-                        self.ports.reserve(t, next, expires);
-                        self.push_timer(expires, TimerKind::Reservation { token: t });
-                        new_token = Some(t);
+                    match reserved {
+                        Some(next) => {
+                            let mut t = [0u8; 8];
+                            self.rng.fill_bytes(&mut t);
+                            let expires = now + RESERVATION_LIFETIME;
+                            self.ports.reserve(t, next, expires, auth.username.clone());
+                            self.push_timer(expires, TimerKind::Reservation { token: t });
+                            new_token = Some(t);
+                        }
+                        None => give_back(&auth.username, held - 1),
                     }
                     addr
                 }
                 Err(code) => {
                     if code == ErrorCode::INSUFFICIENT_CAPACITY {
-                        info!(client = %ft.client, user = %auth.username, ipv6 = want_v6, "no relay port left: 508");
+                        info!(client = %ft.client, user = %LogSafe(&auth.username), ipv6 = want_v6, "no relay port left: 508");
                     }
-                    give_back(&auth.username);
+                    give_back(&auth.username, held);
                     return self.error(ft, out, r, code, key);
                 }
             }
@@ -175,7 +199,7 @@ impl Server {
         }
         self.push_timer(expires, TimerKind::Allocation { ft, id });
         self.stats.allocations_created += 1;
-        info!(user = %auth.username, client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
+        info!(user = %LogSafe(&auth.username), client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
         let advertised = self.advertised(relay);
         let advertised_additional = additional_relay.map(|a| self.advertised(a));
         self.success(ft, out, r, key, |w, _| {
@@ -322,7 +346,7 @@ impl Server {
         }
         self.quota.release(&a.username);
         info!(
-            user = %a.username, client = %ft.client, relay = %a.relay, reason = why.as_str(),
+            user = %LogSafe(&a.username), client = %ft.client, relay = %a.relay, reason = why.as_str(),
             packets_to_peer = a.packets_to_peer, packets_to_client = a.packets_to_client,
             "allocation deleted"
         );
@@ -358,7 +382,7 @@ impl Server {
             };
             a.expires = expires;
             let id = a.id;
-            info!(user = %auth.username, client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, relay = %a.relay, lifetime_s = lifetime.as_secs(), "allocation refreshed");
             // Only a shorter lifetime needs an earlier timer (see `timer_at`).
             if expires < a.timer_at {
                 a.timer_at = expires;

@@ -1,7 +1,6 @@
 //! Long-term credentials (RFC 8489 section 9.2), the 401/438 challenge and
 //! the per-source budget of unauthenticated answers.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +10,7 @@ use super::*;
 use crate::auth::{Key, LookupFailure, NonceCheck, PasswordAlgorithm, PASSWORD_ALGORITHMS_VALUE};
 use crate::stun::{AttributeType, ErrorCode};
 use crate::turn::allocation::FiveTuple;
+use crate::untrusted::{opaque_string, LogSafe};
 
 /// Why a request failed authentication (each answered 401 and counted).
 /// [`AuthFailure::as_str`] names it in logs and in the metric label.
@@ -120,7 +120,21 @@ impl Server {
             msg.get_str(AttributeType::USERNAME),
             msg.get(AttributeType::USERHASH),
         ) {
-            (Some(u), _) => u.to_owned(),
+            // RFC 8489 section 14.3: USERNAME is prepared with the PRECIS
+            // OpaqueString profile (RFC 8265 section 4.2), as configured
+            // names are; one it refuses (control characters...) gets 400.
+            (Some(u), _) => match opaque_string(u) {
+                Ok(prepared) => prepared.into_owned(),
+                Err(e) => {
+                    let answer =
+                        self.unauthenticated_error(now, ft, out, r, ErrorCode::BAD_REQUEST);
+                    // Logged when answered: a flood logs no more than it draws.
+                    if answer != ClientOutput::None {
+                        info!(client = %ft.client, user = %LogSafe(u), error = %e, "username refused: 400");
+                    }
+                    return Err(answer);
+                }
+            },
             (None, Some(h)) => match self.config.credentials.username_for_userhash(h) {
                 Some(u) => u.to_owned(),
                 None => String::new(),
@@ -134,7 +148,7 @@ impl Server {
             this.stats.auth_failures += 1;
             *this.auth_failure_reasons.entry(why).or_insert(0) += 1;
             this.failures.record(ip, now);
-            info!(client = %ft.client, user = %username, reason = why.as_str(), "auth failure: {}", why.describe());
+            info!(client = %ft.client, user = %LogSafe(&username), reason = why.as_str(), "auth failure: {}", why.describe());
             this.unauthenticated_error(now, ft, out, r, ErrorCode::UNAUTHENTICATED)
         };
         if realm != self.config.realm {
@@ -171,7 +185,7 @@ impl Server {
         // The allocation's owner must keep using the same username (441).
         if let Some(a) = self.allocations.get(&ft) {
             if *a.username != *username {
-                info!(client = %ft.client, user = %username, owner = %a.username, "auth failure: wrong credentials for allocation");
+                info!(client = %ft.client, user = %LogSafe(&username), owner = %LogSafe(&a.username), "auth failure: wrong credentials for allocation");
                 return Err(self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, Some(&key)));
             }
             return Ok(Authenticated {
@@ -185,10 +199,29 @@ impl Server {
         })
     }
 
-    /// Takes a token from the per-source budget of unauthenticated answers;
-    /// false (counted as rate limited) when the source has none left.
-    pub(super) fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let allowed = self.unauth.allow(ip, now);
+    /// Takes a token from the per-source budget of unauthenticated answers
+    /// (`unauth-rate`, `unauth-burst`; IPv6 sources by their
+    /// `ipv6-source-prefix`); false (counted as rate limited) when the
+    /// source has none left. Every answer to a request that did not
+    /// authenticate (Binding, 400, 401, 420, 438, malformed requests) goes
+    /// through it, so turnd cannot be used as a reflector.
+    ///
+    /// Spared: a `signed` request (with MESSAGE-INTEGRITY or
+    /// MESSAGE-INTEGRITY-SHA256, so at least as large as its answer) on a
+    /// 5-tuple that holds an allocation. Its user is proven, and an
+    /// attacker spoofing the address of a carrier-grade NAT must not be able
+    /// to empty the budget its allocations need for their 438 Stale Nonce
+    /// challenges, as the failure limit spares them too.
+    pub(super) fn allow_unauthenticated(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        signed: bool,
+    ) -> bool {
+        if signed && self.allocations.contains_key(&ft) {
+            return true;
+        }
+        let allowed = self.unauth.allow(ft.client.ip(), now);
         if !allowed {
             self.stats.rate_limited += 1;
         }
@@ -207,7 +240,11 @@ impl Server {
         r: &Transaction<'_>,
         code: ErrorCode,
     ) -> ClientOutput {
-        if !self.allow_unauthenticated(ft.client.ip(), now) {
+        if !self.allow_unauthenticated(
+            now,
+            ft,
+            r.msg.has_integrity() || r.msg.has_integrity_sha256(),
+        ) {
             return ClientOutput::None;
         }
         if code != ErrorCode::UNAUTHENTICATED && code != ErrorCode::STALE_NONCE {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::auth::Credentials;
-use crate::turn::limits::{SharedLimiter, SourceLimiter};
-use crate::turn::policy::PeerPolicy;
+use crate::turn::limits::{SharedLimiter, SourceLimiter, DEFAULT_IPV6_SOURCE_PREFIX};
+use crate::turn::policy::{OwnAddresses, PeerPolicy};
 use crate::turn::ports::RelayPorts;
 use crate::turn::quota::QuotaLedger;
 
@@ -50,8 +50,10 @@ pub struct ServerConfig {
     /// Add MAPPED-ADDRESS to Binding responses for RFC 3489-era clients
     /// (coturn's `stun-backward-compatibility`).
     pub mapped_address: bool,
-    /// Answers to unauthenticated requests (Binding, 401, 438, 400) per
-    /// second per source IP; 0 disables the limit.
+    /// Answers to requests that did not authenticate (Binding, 400, 401,
+    /// 420, 438, and 400 to malformed requests) per second per source IP
+    /// (IPv6 sources by `ipv6_source_prefix`); 0 disables the limit. Signed
+    /// requests on a 5-tuple that holds an allocation are spared.
     pub unauth_rate: u64,
     /// Burst of `unauth_rate` (answers).
     pub unauth_burst: u64,
@@ -76,6 +78,15 @@ pub struct ServerConfig {
     /// [`Server::take_ended_user_bytes`] (`prometheus-username-labels`);
     /// when false, [`Server::user_bytes`] is empty and nothing is kept.
     pub user_byte_totals: bool,
+    /// Addresses of this host besides `relay_ips` and `external_ips`: its
+    /// interfaces' addresses and its listening addresses, gathered by the IO
+    /// shell at start and on reload. Every address of the host is denied as
+    /// a peer (see [`OwnAddresses`]).
+    pub host_ips: Vec<IpAddr>,
+    /// Prefix length (bits, 0..=128) by which IPv6 sources share one budget
+    /// in the per-source limiters (`ipv6-source-prefix`, default 64: one
+    /// /64, what one host or one customer usually gets).
+    pub ipv6_source_prefix: u8,
 }
 
 /// What the workers of one process share: allocation quotas, the relay port
@@ -101,21 +112,51 @@ impl SharedState {
         SharedState {
             quota: QuotaLedger::new(),
             ports: RelayPorts::new(&config.relay_ips, config.min_port, config.max_port),
-            unauth: SharedLimiter::new(SourceLimiter::new(
-                config.unauth_rate as f64,
-                config.unauth_burst,
-                config.max_tracked_sources,
-            )),
-            failures: SharedLimiter::new(SourceLimiter::new(
-                f as f64 / 60.0,
-                f,
-                config.max_tracked_sources,
-            )),
+            unauth: SharedLimiter::new(
+                SourceLimiter::new(
+                    config.unauth_rate as f64,
+                    config.unauth_burst,
+                    config.max_tracked_sources,
+                )
+                .with_ipv6_prefix(config.ipv6_source_prefix),
+            ),
+            failures: SharedLimiter::new(
+                SourceLimiter::new(f as f64 / 60.0, f, config.max_tracked_sources)
+                    .with_ipv6_prefix(config.ipv6_source_prefix),
+            ),
         }
     }
 }
 
 impl ServerConfig {
+    /// The addresses of this host a peer may not be (see [`OwnAddresses`]):
+    /// `host_ips`, the relay addresses and both parts of each `external-ip`;
+    /// relay addresses and the public addresses they are advertised as are
+    /// open on `min_port..=max_port`.
+    pub fn own_addresses(&self) -> OwnAddresses {
+        let relay = self.relay_ips.iter().copied().chain(
+            self.external_ips
+                .iter()
+                .filter(|(private, public)| {
+                    private.map_or_else(
+                        || {
+                            self.relay_ips
+                                .iter()
+                                .any(|r| r.is_ipv4() == public.is_ipv4())
+                        },
+                        |p| self.relay_ips.contains(&p),
+                    )
+                })
+                .map(|(_, public)| *public),
+        );
+        let host = self.host_ips.iter().copied().chain(
+            self.external_ips
+                .iter()
+                .flat_map(|(p, q)| p.iter().copied().chain([*q])),
+        );
+        OwnAddresses::new(host, relay, self.min_port, self.max_port, &self.policy)
+    }
+
     /// The configuration each of `count` workers runs with: an equal share
     /// of `bps_capacity` (bytes per second, rounded up). Everything else
     /// applies to every worker as is; quotas, relay ports and per-source
@@ -159,6 +200,8 @@ impl Default for ServerConfig {
             no_stun: false,
             stun_only: false,
             user_byte_totals: true,
+            host_ips: Vec::new(),
+            ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
         }
     }
 }

@@ -51,6 +51,7 @@ use crate::auth::{Credentials, Key, NonceIssuer};
 use crate::stun::{AttributeType, Class, ErrorCode, Message, Method, TransactionId};
 use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
 use crate::turn::limits::{bandwidth_burst, SharedLimiter, TokenBucket};
+use crate::turn::policy::{OwnAddressPath, OwnAddresses};
 use crate::turn::ports::RelayPorts;
 use crate::turn::quota::QuotaLedger;
 
@@ -133,6 +134,53 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Datagrams dropped by `max-bps` or `bps-capacity`.
     pub dropped_bandwidth: u64,
+    /// Requests, datagrams and connections refused because the peer is an
+    /// address of this host (see [`OwnAddresses`]), by path.
+    pub own_address_refused: OwnAddressRefusals,
+}
+
+/// Own-address refusals (see [`OwnAddresses`]) by path: requests answered
+/// 403, indications, datagrams and peer connections dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnAddressRefusals {
+    /// CreatePermission answered 403 (RFC 8656 section 9).
+    pub create_permission: u64,
+    /// ChannelBind answered 403 (RFC 8656 section 11).
+    pub channel_bind: u64,
+    /// Send indications dropped (RFC 8656 section 10.2).
+    pub send: u64,
+    /// Connect answered 403 (RFC 6062 section 5.2).
+    pub connect: u64,
+    /// Peer datagrams dropped (RFC 8656 section 10.3).
+    pub peer_datagram: u64,
+    /// Incoming RFC 6062 peer connections refused (section 5.3).
+    pub peer_connection: u64,
+}
+
+impl OwnAddressRefusals {
+    /// Counts one refusal on `path`.
+    pub fn count(&mut self, path: OwnAddressPath) {
+        *match path {
+            OwnAddressPath::CreatePermission => &mut self.create_permission,
+            OwnAddressPath::ChannelBind => &mut self.channel_bind,
+            OwnAddressPath::Send => &mut self.send,
+            OwnAddressPath::Connect => &mut self.connect,
+            OwnAddressPath::PeerDatagram => &mut self.peer_datagram,
+            OwnAddressPath::PeerConnection => &mut self.peer_connection,
+        } += 1;
+    }
+}
+
+impl std::ops::AddAssign for OwnAddressRefusals {
+    /// Adds another worker's counts.
+    fn add_assign(&mut self, o: OwnAddressRefusals) {
+        self.create_permission += o.create_permission;
+        self.channel_bind += o.channel_bind;
+        self.send += o.send;
+        self.connect += o.connect;
+        self.peer_datagram += o.peer_datagram;
+        self.peer_connection += o.peer_connection;
+    }
 }
 
 impl std::ops::AddAssign for Stats {
@@ -150,12 +198,15 @@ impl std::ops::AddAssign for Stats {
         self.auth_failures += o.auth_failures;
         self.rate_limited += o.rate_limited;
         self.dropped_bandwidth += o.dropped_bandwidth;
+        self.own_address_refused += o.own_address_refused;
     }
 }
 
 /// The TURN server state machine. See the module doc for the call protocol.
 pub struct Server {
     config: ServerConfig,
+    /// This host's addresses, denied as peers (from `config`).
+    own: OwnAddresses,
     epoch: Instant,
     rng: StdRng,
     nonces: NonceIssuer,
@@ -258,6 +309,7 @@ impl Server {
             auth_failure_reasons: HashMap::new(),
             ended_user_bytes: EndedUserBytes::default(),
             nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime),
+            own: config.own_addresses(),
             config,
             epoch: now,
             rng,
@@ -296,6 +348,12 @@ impl Server {
             *b ^= i;
         }
         self.rng = StdRng::from_seed(s);
+    }
+
+    /// This host's addresses as the peer policy sees them (from
+    /// [`ServerConfig::own_addresses`]).
+    pub fn own_addresses(&self) -> &OwnAddresses {
+        &self.own
     }
 
     /// The configuration in force.
@@ -369,7 +427,7 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 trace!(target: "turnd::packet", client = %ft.client, error = %e, "undecodable stun message");
-                return self.reply_to_malformed(ft, input, out, e);
+                return self.reply_to_malformed(now, ft, input, out, e);
             }
         };
         match msg.class() {
@@ -402,7 +460,11 @@ impl Server {
             cache_until: None,
         };
         if !msg.unknown_attributes().is_empty() {
-            if !self.allow_unauthenticated(ft.client.ip(), now) {
+            if !self.allow_unauthenticated(
+                now,
+                ft,
+                r.msg.has_integrity() || r.msg.has_integrity_sha256(),
+            ) {
                 return ClientOutput::None;
             }
             let unknown = msg.unknown_attributes();
@@ -420,7 +482,7 @@ impl Server {
             Method::BINDING => {
                 // RFC 8489 section 7.3.1: no state, XOR-MAPPED-ADDRESS only
                 // (and MAPPED-ADDRESS for RFC 3489-era clients when asked).
-                if !self.allow_unauthenticated(ft.client.ip(), now) {
+                if !self.allow_unauthenticated(now, ft, false) {
                     return ClientOutput::None;
                 }
                 return self.success(ft, out, &r, None, |w, config| {
@@ -494,6 +556,8 @@ impl Server {
             .set_rate(config.unauth_rate as f64, config.unauth_burst);
         let f = config.auth_failures_per_minute;
         self.failures.set_rate(f as f64 / 60.0, f);
+        self.unauth.set_ipv6_prefix(config.ipv6_source_prefix);
+        self.failures.set_ipv6_prefix(config.ipv6_source_prefix);
         self.capacity = (config.bps_capacity > 0).then(|| {
             TokenBucket::new(
                 config.bps_capacity as f64,
@@ -501,14 +565,21 @@ impl Server {
                 now,
             )
         });
+        self.own = config.own_addresses();
         self.config = config;
         let bucket = self.allocation_bucket(now);
         let mut revoked = 0usize;
         for a in self.allocations.values_mut() {
             a.bandwidth_to_peer = bucket;
             a.bandwidth_to_client = bucket;
-            let policy = &self.config.policy;
-            revoked += permission::revoke_denied_peers(a, |ip| policy.is_allowed(ip));
+            let (policy, own) = (&self.config.policy, &self.own);
+            revoked += permission::revoke_denied_peers(a, |ip, port| {
+                policy.is_allowed(ip)
+                    && port.map_or_else(
+                        || own.permits_ip(ip),
+                        |p| own.permits(SocketAddr::new(ip, p)),
+                    )
+            });
         }
         debug!(
             allocations = self.allocations.len(),

@@ -10,7 +10,9 @@ use tracing::{debug, info};
 use super::*;
 use crate::stun::ErrorCode;
 use crate::turn::allocation::{Allocation, ChannelBinding, FiveTuple};
+use crate::turn::policy::OwnAddressPath;
 use crate::turn::request::{ChannelBindRequest, CreatePermissionRequest};
+use crate::untrusted::LogSafe;
 
 impl Server {
     fn relay_family_matches(&self, ft: &FiveTuple, peer: SocketAddr) -> bool {
@@ -20,21 +22,47 @@ impl Server {
     }
 
     /// 443 when the allocation has no relay of `peer`'s family, 403 when the
-    /// peer policy denies it (RFC 8656 sections 9.2 and 11.2).
+    /// peer policy denies it or it is an address of this host (RFC 8656
+    /// sections 9.2 and 11.2). For CreatePermission (`path`) only the IP
+    /// address counts (permissions are per address, section 9), elsewhere
+    /// the port too (see [`OwnAddresses`]).
     fn admit_peer(
-        &self,
+        &mut self,
         ft: &FiveTuple,
         auth: &Authenticated,
         peer: SocketAddr,
+        path: OwnAddressPath,
     ) -> Result<(), ErrorCode> {
         if !self.relay_family_matches(ft, peer) {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
-            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
             return Err(ErrorCode::FORBIDDEN);
         }
-        Ok(())
+        self.admit_own_address(ft, auth, peer, path)
+    }
+
+    /// 403 (counted and logged) when `peer` is an address of this host that
+    /// `path` may not reach (see [`OwnAddresses`]).
+    pub(super) fn admit_own_address(
+        &mut self,
+        ft: &FiveTuple,
+        auth: &Authenticated,
+        peer: SocketAddr,
+        path: OwnAddressPath,
+    ) -> Result<(), ErrorCode> {
+        let ok = if path == OwnAddressPath::CreatePermission {
+            self.own.permits_ip(peer.ip())
+        } else {
+            self.own.permits(peer)
+        };
+        if ok {
+            return Ok(());
+        }
+        self.stats.own_address_refused.count(path);
+        info!(user = %LogSafe(&auth.username), client = %ft.client, %peer, ?path, "peer is an address of this host: 403");
+        Err(ErrorCode::FORBIDDEN)
     }
 
     /// CreatePermission. See RFC 8656, section 9.
@@ -50,8 +78,9 @@ impl Server {
         if !self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        let parsed =
-            CreatePermissionRequest::parse(&r.msg, |peer| self.admit_peer(&ft, auth, peer));
+        let parsed = CreatePermissionRequest::parse(&r.msg, |peer| {
+            self.admit_peer(&ft, auth, peer, OwnAddressPath::CreatePermission)
+        });
         let request = match parsed {
             Ok(q) => q,
             Err(code) => return self.error(ft, out, r, code, key),
@@ -74,7 +103,7 @@ impl Server {
         for peer in peers {
             a.permissions.insert(*peer, expires);
         }
-        debug!(user = %auth.username, client = %ft.client, ?peers, "permissions installed");
+        debug!(user = %LogSafe(&auth.username), client = %ft.client, ?peers, "permissions installed");
         self.arm_allocation_timer(ft, expires);
         self.success(ft, out, r, key, |_, _| Ok(()))
     }
@@ -92,8 +121,10 @@ impl Server {
         if !self.allocations.contains_key(&ft) {
             return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
         }
-        let parsed = ChannelBindRequest::parse(&r.msg)
-            .and_then(|q| self.admit_peer(&ft, auth, q.peer).map(|()| q));
+        let parsed = ChannelBindRequest::parse(&r.msg).and_then(|q| {
+            self.admit_peer(&ft, auth, q.peer, OwnAddressPath::ChannelBind)
+                .map(|()| q)
+        });
         let ChannelBindRequest {
             channel: number,
             peer,
@@ -132,7 +163,7 @@ impl Server {
         );
         a.channel_by_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), perm_expires);
-        debug!(user = %auth.username, client = %ft.client, channel = %number, %peer, "channel bound");
+        debug!(user = %LogSafe(&auth.username), client = %ft.client, channel = %number, %peer, "channel bound");
         self.arm_allocation_timer(ft, expires.min(perm_expires));
         self.success(ft, out, r, key, |_, _| Ok(()))
     }
@@ -167,14 +198,16 @@ pub(super) fn expire_permissions_and_channels(a: &mut Allocation, now: Instant) 
 }
 
 /// Removes the permissions and channel bindings of `a` to peers `allowed`
-/// now denies (a reloaded peer policy); returns how many went.
+/// now denies (a reloaded peer policy; called with the port for a channel's
+/// peer, without for a permission's address); returns how many went.
 pub(super) fn revoke_denied_peers(
     a: &mut Allocation,
-    allowed: impl Fn(std::net::IpAddr) -> bool,
+    allowed: impl Fn(std::net::IpAddr, Option<u16>) -> bool,
 ) -> usize {
     let before = a.permissions.len() + a.channels.len();
-    a.permissions.retain(|ip, _| allowed(*ip));
-    a.channels.retain(|_, c| allowed(c.peer.ip()));
+    a.permissions.retain(|ip, _| allowed(*ip, None));
+    a.channels
+        .retain(|_, c| allowed(c.peer.ip(), Some(c.peer.port())));
     let channels = &a.channels;
     a.channel_by_peer.retain(|_, n| channels.contains_key(n));
     before - a.permissions.len() - a.channels.len()

@@ -91,6 +91,13 @@ impl Server {
             self.stats.dropped_from_peer += 1;
             return PeerOutput::None;
         }
+        // From an address of this host only another relayed address may
+        // send (a binary search in a few addresses; see `OwnAddresses`).
+        if !self.own.permits(peer) {
+            self.stats.own_address_refused.peer_datagram += 1;
+            self.stats.dropped_from_peer += 1;
+            return PeerOutput::None;
+        }
         if !within_bandwidth(&mut alloc.bandwidth_to_client, &mut self.capacity, len, now) {
             self.stats.dropped_bandwidth += 1;
             self.stats.dropped_from_peer += 1;
@@ -158,6 +165,10 @@ impl Server {
             let a = self.allocations.get_mut(&ft)?;
             let SendIndication { peer, data } = SendIndication::parse(&msg).ok()?;
             if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
+                return None;
+            }
+            if !self.own.permits(peer) {
+                self.stats.own_address_refused.send += 1;
                 return None;
             }
             if !within_bandwidth(

@@ -37,10 +37,14 @@ pub(super) struct Transaction<'m> {
 const SUCCESS: u16 = 200;
 
 impl Server {
-    /// A request whose header is sound but whose attributes are not gets 400;
-    /// anything else (including a FINGERPRINT mismatch) is dropped silently.
+    /// A request whose header is sound but whose attributes are not gets 400
+    /// (an empty reason phrase unless `reason-phrases`, FINGERPRINT with
+    /// `fingerprint`), out of the source's budget of unauthenticated answers
+    /// like every answer to a request that did not authenticate; anything
+    /// else (including a FINGERPRINT mismatch) is dropped silently.
     pub(super) fn reply_to_malformed(
         &mut self,
+        now: Instant,
         ft: FiveTuple,
         input: &[u8],
         out: &mut [u8],
@@ -65,21 +69,28 @@ impl Server {
         if !header_ok || t.class != Class::Request || !answerable {
             return ClientOutput::None;
         }
+        // Malformed: whatever it claims, it proved nothing.
+        if !self.allow_unauthenticated(now, ft, false) {
+            return ClientOutput::None;
+        }
         let mut tid = [0u8; 12];
         tid.copy_from_slice(&input[8..20]);
+        let (phrases, fingerprint) = (self.config.reason_phrases, self.config.fingerprint);
         let written = (|| {
             let mut w =
                 MessageWriter::new(out, MessageType::new(t.method, Class::Error), tid).ok()?;
-            w.error_code(ErrorCode::BAD_REQUEST).ok()?;
-            if self.config.fingerprint {
+            w.error_code_with_reason(ErrorCode::BAD_REQUEST, phrases)
+                .ok()?;
+            if fingerprint {
                 w.fingerprint().ok()?;
             }
             Some(w.finish())
         })();
-        written.map_or(ClientOutput::None, |len| ClientOutput::Reply {
-            to: ft,
-            len,
-        })
+        let Some(len) = written else {
+            return ClientOutput::None;
+        };
+        self.count_answer(t.method, ErrorCode::BAD_REQUEST.0);
+        ClientOutput::Reply { to: ft, len }
     }
 
     /// A success response with the attributes `body` adds, then SOFTWARE,

@@ -11,7 +11,9 @@ use crate::stun::{
     AttributeType, Class, ErrorCode, MessageType, MessageWriter, Method, TransactionId,
 };
 use crate::turn::allocation::{FiveTuple, Transport};
+use crate::turn::policy::OwnAddressPath;
 use crate::turn::request::{ConnectRequest, ConnectionBindRequest};
+use crate::untrusted::LogSafe;
 
 /// RFC 6062: a TCP connection between a TCP relay and a peer.
 #[derive(Clone, Debug)]
@@ -74,8 +76,11 @@ impl Server {
             return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
-            info!(user = %auth.username, client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
+            info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
             return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+        }
+        if let Err(code) = self.admit_own_address(&ft, auth, peer, OwnAddressPath::Connect) {
+            return self.error(ft, out, r, code, key);
         }
         let mine = self
             .tcp_connections
@@ -225,6 +230,11 @@ impl Server {
         let a = self.allocations.get(&ft)?;
         if !a.tcp_relay || !a.has_permission(peer.ip(), now) {
             debug!(%relay, %peer, "tcp connection from a peer without permission: closed");
+            return None;
+        }
+        if !self.own.permits(peer) {
+            self.stats.own_address_refused.peer_connection += 1;
+            debug!(%relay, %peer, "tcp connection from an address of this host: closed");
             return None;
         }
         let alloc_id = a.id;

@@ -119,8 +119,11 @@ impl Server {
                     self.push_timer(next, TimerKind::Allocation { ft, id });
                 }
                 TimerKind::Reservation { token } => {
-                    // Gone when an Allocate (on any worker) claimed it.
-                    self.ports.expire_reservation(&token, now);
+                    // Gone when an Allocate (on any worker) claimed it;
+                    // lapsed, it gives its owner's quota slot back.
+                    if let Some(owner) = self.ports.expire_reservation(&token, now) {
+                        self.quota.release(&owner);
+                    }
                 }
                 TimerKind::TcpConnection { id } => {
                     if self.tcp_connections.get(&id).is_some_and(|c| {

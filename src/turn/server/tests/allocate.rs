@@ -380,3 +380,86 @@ fn ended_user_totals_are_handed_out_once() {
     });
     assert!(h.server.take_ended_user_bytes().users.is_empty());
 }
+
+/// Issue 10: an EVEN-PORT reservation (R bit) holds a quota slot of its
+/// user until it is claimed (the claiming Allocate takes that slot over) or
+/// lapses (the slot comes back).
+#[test]
+fn even_port_reservations_count_toward_quotas() {
+    fn allocate_reserving(h: &mut Harness, c: &Client) -> (Answer, Vec<u8>) {
+        let a = h.request(c, Method::ALLOCATE, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+            w.attribute(AttributeType::EVEN_PORT, &[0x80]).unwrap();
+        });
+        let token = a
+            .msg()
+            .get(AttributeType::RESERVATION_TOKEN)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        (a, token)
+    }
+    fn claim(h: &mut Harness, c: &Client, token: &[u8]) -> Answer {
+        h.request(c, Method::ALLOCATE, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+            w.attribute(AttributeType::RESERVATION_TOKEN, token)
+                .unwrap();
+        })
+    }
+
+    // user-quota 1: the allocation and its reservation need two slots.
+    let mut h = Harness::new(|c| c.user_quota = 1);
+    let c = h.client(1, "alice", "secret");
+    assert_eq!(allocate_reserving(&mut h, &c).0.code(), Some(486));
+    assert_eq!(h.allocate(&c).class(), Class::Success);
+
+    // user-quota 2: the reservation holds the second slot until it lapses.
+    let mut h = Harness::new(|c| c.user_quota = 2);
+    let c = h.client(1, "alice", "secret");
+    let (a, _) = allocate_reserving(&mut h, &c);
+    assert_eq!(a.class(), Class::Success);
+    let d = h.client(2, "alice", "secret");
+    assert_eq!(
+        h.allocate(&d).code(),
+        Some(486),
+        "the reservation holds a slot"
+    );
+    h.advance(RESERVATION_LIFETIME + Duration::from_secs(1));
+    let d = h.client(2, "alice", "secret");
+    assert_eq!(h.allocate(&d).class(), Class::Success, "lapsed: slot back");
+
+    // total-quota 2: claiming takes the reservation's slot over, once.
+    let mut h = Harness::new(|c| c.total_quota = 2);
+    let c = h.client(1, "alice", "secret");
+    let (a, token) = allocate_reserving(&mut h, &c);
+    assert_eq!(a.class(), Class::Success);
+    let bob = h.client(2, "bob", "hunter2");
+    assert_eq!(h.allocate(&bob).code(), Some(486));
+    let d = h.client(3, "alice", "secret");
+    assert_eq!(claim(&mut h, &d, &token).class(), Class::Success);
+    assert_eq!(h.allocate(&bob).code(), Some(486), "two allocations now");
+    h.advance(RESERVATION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(
+        h.allocate(&bob).code(),
+        Some(486),
+        "a claimed token frees nothing"
+    );
+    let r = h.request(&d, Method::REFRESH, |w| {
+        w.u32(AttributeType::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(r.class(), Class::Success);
+    let bob = h.client(2, "bob", "hunter2");
+    assert_eq!(h.allocate(&bob).class(), Class::Success);
+
+    // Another user's token: the slot moves to the claimer.
+    let mut h = Harness::new(|c| c.user_quota = 2);
+    let c = h.client(1, "alice", "secret");
+    let (_, token) = allocate_reserving(&mut h, &c);
+    let bob = h.client(2, "bob", "hunter2");
+    assert_eq!(claim(&mut h, &bob, &token).class(), Class::Success);
+    let d = h.client(3, "alice", "secret");
+    assert_eq!(
+        h.allocate(&d).class(),
+        Class::Success,
+        "alice's slot came back"
+    );
+}

@@ -245,3 +245,158 @@ fn failure_block_spares_existing_allocations() {
         Class::Success
     );
 }
+
+/// Issue 10: 300 twenty-byte Allocate headers declaring 4 bytes of
+/// attributes drew 256 answers (twice their size) past the budget that
+/// 300 well-formed unauthenticated Allocates could not pass.
+#[test]
+fn malformed_and_mixed_floods_share_the_unauthenticated_budget() {
+    let mut h = Harness::new(|_| {});
+    let malformed = {
+        let tid = h.tid();
+        let mut b = h.build(Method::ALLOCATE, tid, None, |_| {});
+        b[2..4].copy_from_slice(&4u16.to_be_bytes());
+        b
+    };
+    assert_eq!(malformed.len(), 20);
+    let tid = h.tid();
+    let well_formed = h.build(Method::ALLOCATE, tid, None, |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    // From one source at one instant: at most the burst (100) is answered.
+    let flood = |h: &mut Harness, port: u16, mix: &dyn Fn(usize) -> bool| {
+        let source = FiveTuple {
+            client: SocketAddr::new([198, 51, 100, port as u8].into(), port),
+            ..ft(port)
+        };
+        let (mut answers, mut bytes_in, mut bytes_out) = (0, 0, 0);
+        for i in 0..300 {
+            let b = if mix(i) { &malformed } else { &well_formed };
+            bytes_in += b.len();
+            if let Some(a) = h.request_raw(source, b) {
+                answers += 1;
+                bytes_out += a.bytes.len();
+                if mix(i) {
+                    assert_eq!(a.code(), Some(400));
+                    assert_eq!(a.bytes.len(), 28, "no reason phrase by default");
+                }
+            }
+        }
+        (answers, bytes_in, bytes_out)
+    };
+    let (answers, bytes_in, bytes_out) = flood(&mut h, 1, &|_| true);
+    assert_eq!(answers, 100, "malformed");
+    assert!(bytes_out < bytes_in, "{bytes_out} bytes out, {bytes_in} in");
+    let (answers, _, _) = flood(&mut h, 2, &|i| i % 2 == 0);
+    assert_eq!(answers, 100, "mixed");
+    let (answers, _, _) = flood(&mut h, 3, &|_| false);
+    assert_eq!(answers, 100, "well-formed");
+    // Reason phrases only when asked for.
+    let mut h = Harness::new(|c| c.reason_phrases = true);
+    let a = h.request_raw(ft(1), &malformed).unwrap();
+    assert_eq!(a.bytes.len(), 40);
+}
+
+/// Issue 10: a spoofer at 50 packets/s empties the unauthenticated budget
+/// of a carrier-grade NAT's address; the allocations behind it must still
+/// get their 438 Stale Nonce challenges (and any signed request's answer).
+#[test]
+fn allocations_keep_their_challenges_when_their_address_is_flooded() {
+    let mut h = Harness::new(|c| c.nonce_lifetime = Duration::from_secs(60));
+    let mut held = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&held).class(), Class::Success);
+    h.advance(Duration::from_secs(61));
+    // The spoofer, from the same address (another port), empties the budget.
+    let tid = h.tid();
+    let b = h.build(Method::BINDING, tid, None, |_| {});
+    let spoofed = (0..200)
+        .filter(|_| h.request_raw(ft(9), &b).is_some())
+        .count();
+    assert_eq!(spoofed, 100);
+    assert!(h.request_raw(held.ft, &b).is_none(), "unsigned: not spared");
+    // A signed Refresh with a stale nonce from the allocation: 438, then
+    // Refresh with the new nonce succeeds.
+    let a = h.request(&held, Method::REFRESH, |_| {});
+    assert_eq!(a.code(), Some(438));
+    let stale = std::mem::replace(
+        &mut held.nonce,
+        a.msg().get(AttributeType::NONCE).unwrap().to_vec(),
+    );
+    assert_eq!(
+        h.request(&held, Method::REFRESH, |_| {}).class(),
+        Class::Success
+    );
+    // A signed request with a stale nonce from a 5-tuple without an
+    // allocation is not spared.
+    let other = Client {
+        ft: ft(3),
+        user: "alice",
+        key: held.key,
+        nonce: stale,
+    };
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&other), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(h.request_raw(other.ft, &b).is_none());
+}
+
+#[test]
+fn ipv6_sources_share_a_budget_by_prefix() {
+    let v6 = |n: u16, prefix_bits_vary_at: u8| -> FiveTuple {
+        let mut s = [0x2001, 0xdb8, 0, 0, 0, 0, 0, n];
+        if prefix_bits_vary_at == 48 {
+            s[3] = n;
+        }
+        FiveTuple {
+            client: SocketAddr::new(std::net::Ipv6Addr::from(s).into(), 4000),
+            ..ft(1)
+        }
+    };
+    let tid = [1; 12];
+    for (prefix, burst_answers) in [(64u8, 10usize), (128, 40)] {
+        let mut h = Harness::new(|c| {
+            c.unauth_burst = 10;
+            c.ipv6_source_prefix = prefix;
+        });
+        let b = h.build(Method::BINDING, tid, None, |_| {});
+        let answered = (0..40)
+            .filter(|&i| h.request_raw(v6(i, 0), &b).is_some())
+            .count();
+        assert_eq!(answered, burst_answers, "/{prefix}");
+    }
+    // Live reload changes the prefix: /48 keys 2001:db8:0::/48 as one source.
+    let mut h = Harness::new(|c| c.unauth_burst = 10);
+    let b = h.build(Method::BINDING, tid, None, |_| {});
+    let answered = (0..40)
+        .filter(|&i| h.request_raw(v6(i, 48), &b).is_some())
+        .count();
+    assert_eq!(answered, 40, "a /64 each");
+    let mut config = h.server.config().clone();
+    config.ipv6_source_prefix = 48;
+    let now = h.now;
+    h.server.reconfigure(now, config);
+    let answered = (0..40)
+        .filter(|&i| h.request_raw(v6(i, 48), &b).is_some())
+        .count();
+    assert_eq!(answered, 10, "one /48");
+}
+
+/// RFC 8489 section 14.3: USERNAME goes through the OpaqueString profile;
+/// one it refuses gets 400, out of the unauthenticated budget.
+#[test]
+fn username_refused_by_opaque_string_is_400() {
+    let mut h = Harness::new(|c| c.unauth_burst = 5);
+    let mut c = h.client(1, "alice", "secret");
+    for user in ["alice\n", "al\u{7}ice", "alice\u{202e}", "\u{2028}"] {
+        c.user = user;
+        assert_eq!(h.allocate(&c).code(), Some(400), "{user:?}");
+    }
+    assert_eq!(h.server.stats().auth_failures, 0);
+    // The burst (5: the 401 and four 400s) is spent.
+    let tid = h.tid();
+    let b = h.build(Method::ALLOCATE, tid, Some(&c), |w| {
+        w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap()
+    });
+    assert!(h.request_raw(c.ft, &b).is_none());
+}

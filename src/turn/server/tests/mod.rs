@@ -15,6 +15,7 @@ pub(super) use crate::turn::*;
 
 mod allocate;
 mod authenticate;
+mod own_address;
 mod permission;
 mod relay;
 mod request;
@@ -222,6 +223,49 @@ impl Harness {
             key: long_term_key(user, REALM, password),
             nonce,
         }
+    }
+
+    /// A client on a TCP connection (port `port`) holding an RFC 6062 TCP
+    /// relay allocation.
+    fn tcp_relay_client(&mut self, port: u16) -> Client {
+        let tcp_ft = FiveTuple {
+            transport: Transport::Tcp,
+            ..ft(port)
+        };
+        let tid = self.tid();
+        let b = self.build(Method::ALLOCATE, tid, None, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
+        });
+        let challenge = self.request_raw(tcp_ft, &b).unwrap();
+        let c = Client {
+            ft: tcp_ft,
+            user: "alice",
+            key: long_term_key("alice", REALM, "secret"),
+            nonce: challenge.msg().get(AttributeType::NONCE).unwrap().to_vec(),
+        };
+        let a = self.request(&c, Method::ALLOCATE, |w| {
+            w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
+        });
+        assert_eq!(a.class(), Class::Success);
+        assert!(self.server.allocation(&c.ft).unwrap().tcp_relay);
+        c
+    }
+
+    /// A Send indication from `c` to `peer` carrying `data`.
+    fn send_indication(&mut self, c: &Client, peer: SocketAddr, data: &[u8]) -> ClientOutput {
+        let tid = self.tid();
+        let mut buf = vec![0u8; 200 + data.len()];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::SEND, Class::Indication),
+            tid,
+        )
+        .unwrap();
+        w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
+            .unwrap();
+        w.attribute(AttributeType::DATA, data).unwrap();
+        let n = w.finish();
+        self.input(c.ft, &buf[..n])
     }
 
     fn allocate(&mut self, c: &Client) -> Answer {

@@ -115,22 +115,8 @@ fn peer_policy_on_every_path() {
     assert_eq!(r.code(), Some(403));
     assert!(h.server.allocation(&c.ft).unwrap().permissions.is_empty());
     // Send to a denied peer is dropped.
-    let tid = h.tid();
-    let mut buf = vec![0u8; 200];
-    let mut w = MessageWriter::new(
-        &mut buf,
-        MessageType::new(Method::SEND, Class::Indication),
-        tid,
-    )
-    .unwrap();
-    w.xor_address(
-        AttributeType::XOR_PEER_ADDRESS,
-        "127.0.0.1:9".parse().unwrap(),
-    )
-    .unwrap();
-    w.attribute(AttributeType::DATA, b"x").unwrap();
-    let n = w.finish();
-    assert_eq!(h.input(c.ft, &buf[..n]), ClientOutput::None);
+    let denied = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(h.send_indication(&c, denied, b"x"), ClientOutput::None);
 }
 
 #[test]

@@ -6,33 +6,8 @@ use super::*;
 fn tcp_relay_connect_attempt_and_bind() {
     let mut h = Harness::new(|_| {});
     // RFC 6062 needs a TCP or TLS client connection.
-    let tcp_ft = FiveTuple {
-        transport: Transport::Tcp,
-        ..ft(1)
-    };
-    let tid = h.tid();
-    let b = h.build(Method::ALLOCATE, tid, None, |w| {
-        w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
-    });
-    let nonce = h
-        .request_raw(tcp_ft, &b)
-        .unwrap()
-        .msg()
-        .get(AttributeType::NONCE)
-        .unwrap()
-        .to_vec();
-    let c = Client {
-        ft: tcp_ft,
-        user: "alice",
-        key: long_term_key("alice", REALM, "secret"),
-        nonce,
-    };
-    let a = h.request(&c, Method::ALLOCATE, |w| {
-        w.u32(AttributeType::REQUESTED_TRANSPORT, 6 << 24).unwrap()
-    });
-    assert_eq!(a.class(), Class::Success);
+    let c = h.tcp_relay_client(1);
     let relay = h.relay_of(&c);
-    assert!(h.server.allocation(&c.ft).unwrap().tcp_relay);
 
     // Connect: no answer until the shell reports the TCP outcome.
     let tid = h.tid();

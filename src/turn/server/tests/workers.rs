@@ -17,7 +17,7 @@ fn sharded_pair(tweak: impl Fn(&mut ServerConfig)) -> (Harness, Harness) {
 
 #[test]
 fn workers_share_nonces_quotas_ports_and_reservations() {
-    let (mut w0, mut w1) = sharded_pair(|c| c.user_quota = 3);
+    let (mut w0, mut w1) = sharded_pair(|c| c.user_quota = 4);
     let free = w0.server.free_ports("203.0.113.1".parse().unwrap());
     // A nonce from worker 0 is accepted by worker 1 (same key and epoch).
     let c = w0.client(1, "alice", "secret");
@@ -34,8 +34,9 @@ fn workers_share_nonces_quotas_ports_and_reservations() {
         w1.server.free_ports("203.0.113.1".parse().unwrap()),
         free - 2
     );
-    // EVEN-PORT R on worker 0; the token is claimed on worker 1. That makes
-    // three allocations of alice: the quota is reached on both workers.
+    // EVEN-PORT R on worker 0; the token is claimed on worker 1. Three
+    // allocations of alice and the reservation: the quota is reached on
+    // both workers.
     let e = w0.client(3, "alice", "secret");
     let a = w0.request(&e, Method::ALLOCATE, |w| {
         w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
@@ -51,11 +52,7 @@ fn workers_share_nonces_quotas_ports_and_reservations() {
     let f = w1.client(4, "alice", "secret");
     let over = w1.allocate(&f);
     assert_eq!(over.code(), Some(486), "user quota counts both workers");
-    // Free one of alice's on worker 1; worker 1 can now claim the token.
-    let r = w1.request(&c, Method::REFRESH, |w| {
-        w.u32(AttributeType::LIFETIME, 0).unwrap()
-    });
-    assert_eq!(r.class(), Class::Success);
+    // Claiming the token takes the reservation's slot, not another one.
     let b = w1.request(&f, Method::ALLOCATE, |w| {
         w.u32(AttributeType::REQUESTED_TRANSPORT, 17 << 24).unwrap();
         w.attribute(AttributeType::RESERVATION_TOKEN, &token)
@@ -63,6 +60,8 @@ fn workers_share_nonces_quotas_ports_and_reservations() {
     });
     assert_eq!(b.class(), Class::Success, "token claimed on another worker");
     assert_eq!(w1.relay_of(&f).port(), relay.port() + 1);
+    let g = w1.client(5, "alice", "secret");
+    assert_eq!(w1.allocate(&g).code(), Some(486));
     // Worker 0's reservation timer finds the token claimed and frees nothing.
     let before = w0.server.free_ports(relay.ip());
     w0.advance(Duration::from_secs(31));
