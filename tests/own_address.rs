@@ -91,7 +91,16 @@ fn tcp_client(server: &TestServer) -> StreamClient {
 #[test]
 fn connect_to_own_addresses_is_403() {
     let _net = VETH.enter();
-    let server = server(0, &[]);
+    let mut server = server(
+        0,
+        &[
+            "--prometheus",
+            "--prometheus-port",
+            "0",
+            "--prometheus-address",
+            "127.0.0.1",
+        ],
+    );
     let service = tcp_service();
     let mut c = tcp_client(&server);
     for peer in [
@@ -104,6 +113,11 @@ fn connect_to_own_addresses_is_403() {
             .expect_error(403);
     }
     assert!(server.wait_for_log("peer is an address of this host: 403", 4, SILENCE));
+    let m = scrape_metrics(server.prometheus());
+    assert_eq!(
+        m.get("turnd_own_address_refused_total", &[("path", "connect")]),
+        4.0
+    );
 }
 
 #[test]

@@ -359,6 +359,19 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     for (r, n) in drops {
         let _ = writeln!(o, "turnd_dropped_packets_total{{reason=\"{r}\"}} {n}");
     }
+    let _ = writeln!(o, "# HELP turnd_own_address_refused_total Attempts to relay to an address of this host (outside the relay port range) refused, by path.\n# TYPE turnd_own_address_refused_total counter");
+    let own = stats.own_address_refused;
+    let refused = [
+        ("create_permission", own.create_permission),
+        ("channel_bind", own.channel_bind),
+        ("send", own.send),
+        ("connect", own.connect),
+        ("peer_datagram", own.peer_datagram),
+        ("peer_connection", own.peer_connection),
+    ];
+    for (p, n) in refused {
+        let _ = writeln!(o, "turnd_own_address_refused_total{{path=\"{p}\"}} {n}");
+    }
     let _ = writeln!(o, "# HELP turnd_permissions Live permissions.\n# TYPE turnd_permissions gauge\nturnd_permissions {permissions}");
     let _ = writeln!(o, "# HELP turnd_channels Live channel bindings.\n# TYPE turnd_channels gauge\nturnd_channels {channels}");
     let _ = writeln!(o, "# HELP turnd_relay_ports_free Relay ports still free, by relay address.\n# TYPE turnd_relay_ports_free gauge");
