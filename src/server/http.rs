@@ -250,6 +250,10 @@ pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Res
     )
 }
 
+/// A counter family written by `render_metrics`: name, help, label name,
+/// and the value of each label value.
+type CounterFamily<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+
 fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     let stats = view.stats;
     let mut o = String::with_capacity(4096);
@@ -327,50 +331,56 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     for (r, n) in reasons {
         let _ = writeln!(o, "turnd_auth_failures_total{{reason=\"{r}\"}} {n}");
     }
-    let _ = writeln!(o, "# HELP turnd_relayed_packets_total Packets relayed, by direction.\n# TYPE turnd_relayed_packets_total counter");
-    let _ = writeln!(
-        o,
-        "turnd_relayed_packets_total{{direction=\"client_to_peer\"}} {}",
-        stats.packets_to_peer
-    );
-    let _ = writeln!(
-        o,
-        "turnd_relayed_packets_total{{direction=\"peer_to_client\"}} {}",
-        stats.packets_to_client
-    );
-    let _ = writeln!(o, "# HELP turnd_relayed_bytes_total Payload bytes relayed, by direction.\n# TYPE turnd_relayed_bytes_total counter");
-    let _ = writeln!(
-        o,
-        "turnd_relayed_bytes_total{{direction=\"client_to_peer\"}} {}",
-        stats.bytes_to_peer
-    );
-    let _ = writeln!(
-        o,
-        "turnd_relayed_bytes_total{{direction=\"peer_to_client\"}} {}",
-        stats.bytes_to_client
-    );
-    let _ = writeln!(o, "# HELP turnd_dropped_packets_total Packets dropped, by reason.\n# TYPE turnd_dropped_packets_total counter");
-    let drops = [
-        ("from_client", stats.dropped_from_client),
-        ("from_peer", stats.dropped_from_peer),
-        ("bandwidth", stats.dropped_bandwidth),
-        ("rate_limited", stats.rate_limited),
-    ];
-    for (r, n) in drops {
-        let _ = writeln!(o, "turnd_dropped_packets_total{{reason=\"{r}\"}} {n}");
-    }
-    let _ = writeln!(o, "# HELP turnd_own_address_refused_total Attempts to relay to an address of this host (outside the relay port range) refused, by path.\n# TYPE turnd_own_address_refused_total counter");
     let own = stats.own_address_refused;
-    let refused = [
-        ("create_permission", own.create_permission),
-        ("channel_bind", own.channel_bind),
-        ("send", own.send),
-        ("connect", own.connect),
-        ("peer_datagram", own.peer_datagram),
-        ("peer_connection", own.peer_connection),
+    let labelled: [CounterFamily<'_>; 4] = [
+        (
+            "turnd_relayed_packets_total",
+            "Packets relayed, by direction.",
+            "direction",
+            &[
+                ("client_to_peer", stats.packets_to_peer),
+                ("peer_to_client", stats.packets_to_client),
+            ],
+        ),
+        (
+            "turnd_relayed_bytes_total",
+            "Payload bytes relayed, by direction.",
+            "direction",
+            &[
+                ("client_to_peer", stats.bytes_to_peer),
+                ("peer_to_client", stats.bytes_to_client),
+            ],
+        ),
+        (
+            "turnd_dropped_packets_total",
+            "Packets dropped, by reason.",
+            "reason",
+            &[
+                ("from_client", stats.dropped_from_client),
+                ("from_peer", stats.dropped_from_peer),
+                ("bandwidth", stats.dropped_bandwidth),
+                ("rate_limited", stats.rate_limited),
+            ],
+        ),
+        (
+            "turnd_own_address_refused_total",
+            "Attempts to relay to an address of this host (outside the relay port range) refused, by path.",
+            "path",
+            &[
+                ("create_permission", own.create_permission),
+                ("channel_bind", own.channel_bind),
+                ("send", own.send),
+                ("connect", own.connect),
+                ("peer_datagram", own.peer_datagram),
+                ("peer_connection", own.peer_connection),
+            ],
+        ),
     ];
-    for (p, n) in refused {
-        let _ = writeln!(o, "turnd_own_address_refused_total{{path=\"{p}\"}} {n}");
+    for (name, help, label, values) in labelled {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (v, n) in values {
+            let _ = writeln!(o, "{name}{{{label}=\"{v}\"}} {n}");
+        }
     }
     let _ = writeln!(o, "# HELP turnd_permissions Live permissions.\n# TYPE turnd_permissions gauge\nturnd_permissions {permissions}");
     let _ = writeln!(o, "# HELP turnd_channels Live channel bindings.\n# TYPE turnd_channels gauge\nturnd_channels {channels}");
