@@ -7,8 +7,10 @@
 //! current-thread runtime, no UDP socket) accepts on every TCP and TLS
 //! listener, applies `max-connections` and `max-connections-per-ip` (a
 //! refused connection is closed before anything is read from it; see
-//! [`ConnectionGate`]) and runs the TLS handshakes. A finished connection is
-//! handed to worker 0 over a channel: its socket leaves the acceptor's
+//! [`ConnectionGate`]), runs the TLS handshakes and reads until the
+//! connection holds its first complete frame, so a client that trickles
+//! bytes or stays silent never wakes a UDP worker. The connection and what
+//! was read are then handed to worker 0 over a channel: its socket leaves the acceptor's
 //! reactor (`into_std`) and joins worker 0's (`from_std`), for TLS inside the
 //! same `TlsStream` ([`MovableTcp`]), so rustls state is kept. Worker 0 then
 //! reads frames into its core, which holds the TCP/TLS allocations beside
@@ -346,10 +348,12 @@ impl AsyncWrite for MovableTcp {
     }
 }
 
-/// A connection the acceptor thread admitted (and, for TLS, handshook),
-/// on its way to worker 0.
+/// A connection the acceptor thread admitted (for TLS, handshook) and read
+/// a first complete frame from, on its way to worker 0.
 pub(super) struct Accepted {
     stream: Handed,
+    /// What was read: one complete frame, maybe the start of the next.
+    first: BytesMut,
     peer: SocketAddr,
     server: SocketAddr,
     /// `stream-auth-timeout` after the accept.
@@ -358,15 +362,16 @@ pub(super) struct Accepted {
 }
 
 enum Handed {
-    Tcp(std::net::TcpStream),
+    Tcp(MovableTcp),
     Tls(Box<tokio_rustls::server::TlsStream<MovableTcp>>),
 }
 
 /// Starts the acceptor thread, `turnd-accept`, with its own current-thread
 /// runtime: it accepts on every TCP and TLS listener (`Some` acceptor for
 /// TLS), applies `max-connections` and `max-connections-per-ip` (a refused
-/// connection is closed before any read), runs the TLS handshakes, and sends
-/// each ready connection on `to_worker`. So neither accepting nor a
+/// connection is closed before any read), runs the TLS handshakes, reads
+/// each connection's first complete frame, and sends the connection on
+/// `to_worker`. So neither accepting nor a
 /// handshake (CPU work, and a slow client's round trips) ever runs on a UDP
 /// worker thread.
 ///
@@ -417,7 +422,7 @@ async fn accept_loop(
     to_worker: mpsc::UnboundedSender<Accepted>,
 ) {
     let local = listener.local_addr().ok();
-    loop {
+    while !to_worker.is_closed() {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -443,44 +448,84 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Some(acceptor) = tls.clone() else {
-            let Ok(stream) = stream.into_std() else {
-                continue;
-            };
-            let accepted = Accepted {
-                stream: Handed::Tcp(stream),
-                peer,
-                server,
-                deadline,
-                permit,
-            };
-            if to_worker.send(accepted).is_err() {
-                return;
-            }
-            continue;
-        };
+        let tls = tls.clone();
         let to_worker = to_worker.clone();
         tokio::spawn(async move {
-            let limit = limits.handshake_timeout.min(limits.auth_timeout);
-            let handshake = acceptor.accept(MovableTcp::Registered(stream));
-            match tokio::time::timeout(limit, handshake).await {
-                Ok(Ok(mut tls_stream)) => {
-                    if let Err(e) = tls_stream.get_mut().0.detach() {
-                        debug!(%peer, error = %e, "cannot hand the connection over");
-                        return;
+            let stream = MovableTcp::Registered(stream);
+            let ready = match tls {
+                None => until_first_frame(stream, deadline, limits.idle_timeout)
+                    .await
+                    .map(|(mut s, first)| s.detach().map(|()| (Handed::Tcp(s), first))),
+                Some(acceptor) => {
+                    let limit = limits.handshake_timeout.min(limits.auth_timeout);
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            until_first_frame(tls_stream, deadline, limits.idle_timeout)
+                                .await
+                                .map(|(mut s, first)| {
+                                    s.get_mut()
+                                        .0
+                                        .detach()
+                                        .map(|()| (Handed::Tls(Box::new(s)), first))
+                                })
+                        }
+                        Ok(Err(e)) => Err(format!("tls handshake failed: {e}")),
+                        Err(_) => Err("tls handshake timed out".into()),
                     }
+                }
+            };
+            match ready {
+                Ok(Ok((stream, first))) => {
                     let _ = to_worker.send(Accepted {
-                        stream: Handed::Tls(Box::new(tls_stream)),
+                        stream,
+                        first,
                         peer,
                         server,
                         deadline,
                         permit,
                     });
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => debug!(%peer, "tls handshake timed out"),
+                Ok(Err(e)) => debug!(%peer, error = %e, "cannot hand the connection over"),
+                Err(reason) => debug!(%peer, %reason, "connection closed before its first request"),
             }
         });
+    }
+}
+
+/// Reads from a new connection until it holds one complete frame (a STUN
+/// message or ChannelData), within `deadline` and without a silence of
+/// `idle`, on the acceptor thread: a client that trickles bytes or sends
+/// nothing never costs a UDP worker anything. Returns the stream and what
+/// was read.
+///
+/// # Errors
+/// Why the connection is to be closed: it closed, failed, sent bytes that
+/// are no frame, or ran out of time.
+async fn until_first_frame<S: AsyncRead + Unpin>(
+    mut stream: S,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<(S, BytesMut), String> {
+    let mut buf = BytesMut::new();
+    loop {
+        match stream_frame_len(&buf) {
+            Ok(Some(_)) => return Ok((stream, buf)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+        if buf.capacity() - buf.len() < PREAUTH_READ_CHUNK {
+            buf.reserve(PREAUTH_READ_CHUNK);
+        }
+        let limit = (Instant::now() + idle).min(deadline);
+        match tokio::time::timeout_at(limit.into(), stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed by client".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("read error: {e}")),
+            Err(_) if Instant::now() >= deadline => {
+                return Err("no allocation within stream-auth-timeout".into())
+            }
+            Err(_) => return Err("idle without an allocation".into()),
+        }
     }
 }
 
@@ -497,6 +542,7 @@ pub(super) async fn serve_accepted(
         tokio::task::spawn_local(async move {
             let Accepted {
                 stream,
+                first,
                 peer,
                 server,
                 deadline,
@@ -512,16 +558,16 @@ pub(super) async fn serve_accepted(
                 transport,
             };
             let moved = match stream {
-                Handed::Tcp(s) => match TcpStream::from_std(s) {
-                    Ok(s) => {
-                        serve(s, ft, deadline, &shell, &core).await;
+                Handed::Tcp(mut s) => match s.attach() {
+                    Ok(()) => {
+                        serve(s, ft, first, deadline, &shell, &core).await;
                         Ok(())
                     }
                     Err(e) => Err(e),
                 },
                 Handed::Tls(mut s) => match s.get_mut().0.attach() {
                     Ok(()) => {
-                        serve(*s, ft, deadline, &shell, &core).await;
+                        serve(*s, ft, first, deadline, &shell, &core).await;
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -535,7 +581,8 @@ pub(super) async fn serve_accepted(
     }
 }
 
-/// Serves one client connection until it closes, then deletes its
+/// Serves one client connection, starting with the bytes `first` read on
+/// the acceptor thread, until it closes, then deletes its
 /// allocation. Until the connection has an allocation (or is bound as an
 /// RFC 6062 data connection) it must get one by `deadline` and may not be
 /// silent for `stream-idle-timeout`; until then it reads a little at a time
@@ -544,6 +591,7 @@ pub(super) async fn serve_accepted(
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     stream: S,
     ft: FiveTuple,
+    first: BytesMut,
     deadline: Instant,
     shell: &Rc<Shell>,
     core: &Rc<RefCell<Server>>,
@@ -554,7 +602,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let writer_task = tokio::task::spawn_local(writer(write_half, conn.clone()));
     debug!(client = %ft.client, transport = ?ft.transport, "connection opened");
 
-    let mut buf = BytesMut::new();
+    let mut buf = first;
     let mut authenticated = false;
     let reason: String = 'conn: loop {
         loop {
