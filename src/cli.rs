@@ -168,6 +168,14 @@ pub struct Cli {
     /// Concurrent TCP/TLS connections per source IP address (default 256).
     #[arg(long = "max-connections-per-ip", value_name = "N")]
     pub max_connections_per_ip: Option<u32>,
+    /// Seconds a TCP/TLS connection has, from accept, to get an allocation
+    /// or bind an RFC 6062 data connection before it is closed (default 10).
+    #[arg(long = "stream-auth-timeout", value_name = "SECONDS")]
+    pub stream_auth_timeout: Option<u64>,
+    /// Concurrent TCP/TLS client connections in all; more are closed at
+    /// accept (default 10000).
+    #[arg(long = "max-connections", value_name = "N")]
+    pub max_connections: Option<u32>,
     /// Seconds to keep relaying existing allocations after SIGTERM while
     /// refusing new ones (0: close at once). Default 0.
     #[arg(long = "drain-timeout", value_name = "SECONDS")]

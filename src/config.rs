@@ -28,6 +28,11 @@ pub const DEFAULT_LISTENING_PORT: u16 = 3478;
 /// Default STUN/TURN port over TLS (and of `turns:` URLs). See RFC 8489,
 /// section 9.
 pub const DEFAULT_TLS_LISTENING_PORT: u16 = 5349;
+/// Default `max-connections`: concurrent TCP/TLS client connections in all.
+/// Each holds a file descriptor and, until it authenticates, a few KiB
+/// (TLS state and a small read buffer); ten thousand stay far below the
+/// systemd unit's `LimitNOFILE` and cost tens of MiB at most.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Default `socket-buffer`: 4 MiB per UDP listener socket and direction.
 pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 /// Default `rest-api-separator`, between expiry time and user id in TURN
@@ -117,6 +122,8 @@ struct FileConfig {
     stream_idle_timeout: Option<u64>,
     tls_handshake_timeout: Option<u64>,
     max_connections_per_ip: Option<u32>,
+    stream_auth_timeout: Option<u64>,
+    max_connections: Option<u32>,
     server_name: Option<String>,
     no_multicast_peers: Option<bool>,
     no_cli: Option<bool>,
@@ -183,6 +190,8 @@ pub const TOML_KEYS: &[&str] = &[
     "stream-idle-timeout",
     "tls-handshake-timeout",
     "max-connections-per-ip",
+    "stream-auth-timeout",
+    "max-connections",
     "server-name",
     "no-multicast-peers",
     "no-cli",
@@ -325,6 +334,13 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     /// Concurrent connections per source IP.
     pub max_connections_per_ip: u32,
+    /// A TCP/TLS connection must get an allocation (or, as an RFC 6062 data
+    /// connection, a successful ConnectionBind) within this long of being
+    /// accepted, handshake included, or it is closed.
+    pub stream_auth_timeout: Duration,
+    /// Concurrent TCP/TLS client connections in all; beyond, new ones are
+    /// closed at accept.
+    pub max_connections: u32,
     /// Relay existing allocations this long after SIGTERM.
     pub drain_timeout: Duration,
     /// Relay workers (`relay-threads`); 0 means one per CPU the process may use.
@@ -553,6 +569,8 @@ impl Default for Config {
             stream_idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections_per_ip: 256,
+            stream_auth_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::ZERO,
             relay_threads: 0,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
@@ -898,6 +916,14 @@ impl Config {
         layered!(self, layers, seconds: channel_lifetime, stream_idle_timeout);
         layered!(self, layers, value: max_connections_per_ip);
         self.max_connections_per_ip = self.max_connections_per_ip.max(1);
+        layered!(self, layers, seconds: stream_auth_timeout);
+        layered!(self, layers, value: max_connections);
+        self.max_connections = self.max_connections.max(1);
+        if self.stream_auth_timeout.is_zero() {
+            return Err(
+                layers.file_error("option `stream-auth-timeout`: must be at least 1".into())
+            );
+        }
         self.drain_timeout = layers.seconds_in(
             cli.drain_timeout,
             file.drain_timeout,
@@ -1298,6 +1324,8 @@ mod tests {
                 "max-connections-per-ip",
                 d.max_connections_per_ip.to_string(),
             ),
+            ("stream-auth-timeout", secs(d.stream_auth_timeout)),
+            ("max-connections", d.max_connections.to_string()),
             ("drain-timeout", secs(d.drain_timeout)),
             ("prometheus-port", prometheus.port().to_string()),
             ("prometheus-address", prometheus.ip().to_string()),

@@ -244,6 +244,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("stream-idle-timeout", Kind::Int),
     ("tls-handshake-timeout", Kind::Int),
     ("max-connections-per-ip", Kind::Int),
+    ("stream-auth-timeout", Kind::Int),
+    ("max-connections", Kind::Int),
     ("log-format", Kind::Str),
     ("drain-timeout", Kind::Int),
     ("socket-buffer", Kind::Int),

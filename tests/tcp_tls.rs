@@ -345,18 +345,9 @@ fn connections_per_address_are_limited() {
         c.binding();
     }
     // The 4th is accepted by the kernel, then closed by turnd unanswered.
-    let mut fourth = StreamClient::connect_tcp(l.tcp());
-    let (tid, b) = fourth.build_request(Method::BINDING, &[], false);
-    let _ = fourth.try_send_raw(&b);
     assert!(
-        fourth
-            .await_response(tid, Duration::from_millis(500))
-            .is_none(),
+        StreamClient::refused_at_accept(l.tcp(), WAIT),
         "a 4th connection was served with --max-connections-per-ip 3"
-    );
-    assert!(
-        fourth.wait_closed(WAIT),
-        "the 4th connection was not closed"
     );
     for c in &mut held {
         c.binding();
@@ -365,18 +356,10 @@ fn connections_per_address_are_limited() {
     let gone = held.pop().unwrap();
     gone.shutdown(Shutdown::Both);
     drop(gone);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut c = StreamClient::connect_tcp(l.tcp());
-        let (tid, b) = c.build_request(Method::BINDING, &[], false);
-        if c.try_send_raw(&b) && c.await_response(tid, Duration::from_millis(300)).is_some() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no room for a new connection after one closed"
-        );
-    }
+    assert!(
+        StreamClient::wait_for_room(l.tcp(), WAIT),
+        "no room for a new connection after one closed"
+    );
 }
 
 // ---------------------------------------------------------------- TLS

@@ -391,6 +391,19 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
         let _ = writeln!(o, "turnd_relay_ports_free{{relay_ip=\"{ip}\"}} {n}");
     }
     let _ = writeln!(o, "# HELP turnd_connections Open TCP and TLS client connections.\n# TYPE turnd_connections gauge\nturnd_connections {}", view.connections);
+    if let Some(gate) = state.shell.gate.get() {
+        let (total, per_ip) = gate.refused();
+        let _ = writeln!(o, "# HELP turnd_connections_admitted TCP and TLS connections admitted and not yet closed, TLS handshakes included.\n# TYPE turnd_connections_admitted gauge\nturnd_connections_admitted {}", gate.open());
+        let _ = writeln!(o, "# HELP turnd_connections_refused_total TCP and TLS connections closed at accept, by the limit that refused them.\n# TYPE turnd_connections_refused_total counter");
+        let _ = writeln!(
+            o,
+            "turnd_connections_refused_total{{limit=\"max-connections\"}} {total}"
+        );
+        let _ = writeln!(
+            o,
+            "turnd_connections_refused_total{{limit=\"max-connections-per-ip\"}} {per_ip}"
+        );
+    }
     let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {
         let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");

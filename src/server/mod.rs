@@ -261,8 +261,13 @@ struct Shell {
     listeners: HashMap<SocketAddr, Rc<UdpFd>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
-    per_ip: RefCell<HashMap<IpAddr, u32>>,
     limits: stream::StreamLimits,
+    /// Output buffer of every TCP/TLS connection on this worker (replies),
+    /// shared like `relay_out`; sized on first use.
+    stream_out: RefCell<Vec<u8>>,
+    /// `max-connections` and `max-connections-per-ip`, on the worker that
+    /// serves TCP and TLS (for metrics).
+    gate: std::cell::OnceCell<std::sync::Arc<stream::ConnectionGate>>,
     /// Receive batch of every relay task (each slot has headroom for the
     /// ChannelData header and room for padding over streams), shared: a task
     /// holds it only inside one poll and the synchronous handling after it,
@@ -364,27 +369,6 @@ impl Shell {
             }
         }
         pending.clear();
-    }
-
-    /// Counts a new connection from `ip`; false when it has too many.
-    fn admit_connection(&self, ip: IpAddr) -> bool {
-        let mut m = self.per_ip.borrow_mut();
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.limits.max_per_ip {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn release_connection(&self, ip: IpAddr) {
-        let mut m = self.per_ip.borrow_mut();
-        if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
-            }
-        }
     }
 }
 
@@ -660,7 +644,8 @@ fn new_shell(listeners: HashMap<SocketAddr, Rc<UdpFd>>, limits: stream::StreamLi
         listeners,
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
-        per_ip: RefCell::new(HashMap::new()),
+        stream_out: RefCell::new(Vec::new()),
+        gate: std::cell::OnceCell::new(),
         relay_batch: RefCell::new(crate::sys::RecvBatch::new(RELAY_BATCH, RECV_BUFFER)),
         relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
         send_batch: RefCell::new(crate::sys::SendBatch::default()),
@@ -786,7 +771,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             }
             if config.tcp {
                 let addr = SocketAddr::new(*ip, port);
-                match stream::bind_tcp(addr) {
+                match stream::bind_tcp_std(addr) {
                     Ok(l) => tcp_listeners.push(l),
                     Err(e) if attempt < tries && e.kind() == io::ErrorKind::AddrInUse => continue,
                     Err(e) => return Err(listen_error(addr, "tcp")(e)),
@@ -801,7 +786,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         if config.tls {
             for p in &config.tls_listening_ports {
                 let addr = SocketAddr::new(*ip, *p);
-                tls_listeners.push(stream::bind_tcp(addr).map_err(listen_error(addr, "tls"))?);
+                tls_listeners.push(stream::bind_tcp_std(addr).map_err(listen_error(addr, "tls"))?);
             }
         }
     }
@@ -835,6 +820,8 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         idle_timeout: config.stream_idle_timeout,
         handshake_timeout: config.tls_handshake_timeout,
         max_per_ip: config.max_connections_per_ip,
+        auth_timeout: config.stream_auth_timeout,
+        max_total: config.max_connections,
     };
     let (epoch, unix_epoch) = (Instant::now(), unix_now());
     let shared = SharedState::new(&server_config);
@@ -864,9 +851,10 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         println!("turnd: listening on udp {local}");
         info!(%local, "listening on udp");
     }
+    let mut stream_listeners = Vec::new();
     for l in tcp_listeners {
         let local = l.local_addr()?;
-        tokio::task::spawn_local(stream::accept_loop(l, None, shell.clone(), core.clone()));
+        stream_listeners.push((l, None));
         println!("turnd: listening on tcp {local}");
         info!(%local, "listening on tcp");
     }
@@ -874,15 +862,20 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         let acceptor = tls::acceptor(cert.clone());
         for l in tls_listeners {
             let local = l.local_addr()?;
-            tokio::task::spawn_local(stream::accept_loop(
-                l,
-                Some(acceptor.clone()),
-                shell.clone(),
-                core.clone(),
-            ));
+            stream_listeners.push((l, Some(acceptor.clone())));
             println!("turnd: listening on tls {local}");
             info!(%local, "listening on tls");
         }
+    }
+    if !stream_listeners.is_empty() {
+        let gate = std::sync::Arc::new(stream::ConnectionGate::new(
+            limits.max_total,
+            limits.max_per_ip,
+        ));
+        let _ = shell.gate.set(gate.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        stream::spawn_acceptor(stream_listeners, gate, limits, tx)?;
+        tokio::task::spawn_local(stream::serve_accepted(rx, shell.clone(), core.clone()));
     }
     {
         use std::io::Write;

@@ -3,24 +3,52 @@
 //! section 12.5) into the core; a second task writes what the core and the
 //! relay sockets queue for the client.
 //!
+//! Where it runs: a dedicated acceptor thread (`turnd-accept`, its own
+//! current-thread runtime, no UDP socket) accepts on every TCP and TLS
+//! listener, applies `max-connections` and `max-connections-per-ip` (a
+//! refused connection is closed before anything is read from it; see
+//! [`ConnectionGate`]), runs the TLS handshakes and reads until the
+//! connection holds its first complete frame, so a client that trickles
+//! bytes or stays silent never wakes a UDP worker. The connection and what
+//! was read are then handed to worker 0 over a channel: its socket leaves the acceptor's
+//! reactor (`into_std`) and joins worker 0's (`from_std`), for TLS inside the
+//! same `TlsStream` ([`MovableTcp`]), so rustls state is kept. Worker 0 then
+//! reads frames into its core, which holds the TCP/TLS allocations beside
+//! its UDP ones and shares the process's quotas, ports and limiters. Moving
+//! only the accept and the handshake (not a whole extra worker) keeps one
+//! core per worker, the metrics and admin views unchanged, and puts the
+//! CPU-heavy, attacker-paced part of a connection off every UDP thread.
+//!
 //! A connection is the allocation's 5-tuple: closing it deletes the
 //! allocation. Garbage or an oversized frame closes that connection only.
-//! A connection without an allocation is closed after `stream-idle-timeout`;
-//! TLS handshakes must finish within `tls-handshake-timeout`; each source
-//! address has at most `max-connections-per-ip` connections; what waits to be
-//! written to a slow client is capped at [`MAX_PENDING_BYTES`] (beyond, relayed
-//! datagrams for it are dropped, as UDP would be), so a slow or hostile
-//! client never stalls anyone else.
+//! Before it has an allocation (or, as an RFC 6062 data connection, a
+//! successful ConnectionBind), a connection must get one within
+//! `stream-auth-timeout` of its accept, handshake included, however it
+//! trickles bytes, and is also closed after `stream-idle-timeout` of silence;
+//! until then it reads at most [`PREAUTH_READ_CHUNK`] bytes at a time and
+//! answers through the worker's shared output buffer, so it costs a few KiB.
+//! TLS handshakes must finish within `tls-handshake-timeout`. What waits to
+//! be written to a slow client is capped at [`MAX_PENDING_BYTES`] (beyond,
+//! relayed datagrams for it are dropped, as UDP would be), so a slow or
+//! hostile client never stalls anyone else. RFC 6062 pipes count their bytes
+//! in the core's statistics and are throttled by `max-bps` and
+//! `bps-capacity` ([`Server::account_tcp_pipe`]).
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -30,8 +58,16 @@ use crate::turn::{FiveTuple, Server, Transport};
 
 /// Most bytes queued for one client before relayed data for it is dropped.
 pub const MAX_PENDING_BYTES: usize = 512 * 1024;
-/// Bytes read from a stream at a time.
+/// Bytes read from a stream at a time (and the chunk an RFC 6062 pipe
+/// accounts at once: below the smallest bandwidth burst, 64 KiB).
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read at a time from a connection that has no allocation yet: a
+/// STUN request is a few hundred bytes, and a connection that never
+/// authenticates should hold no more than this.
+const PREAUTH_READ_CHUNK: usize = 1024;
+/// How long an RFC 6062 pipe over its bandwidth budget waits before asking
+/// again.
+const PIPE_THROTTLE_WAIT: Duration = Duration::from_millis(10);
 
 /// Limits of stream connections.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +78,11 @@ pub struct StreamLimits {
     pub handshake_timeout: Duration,
     /// Concurrent connections per source IP address.
     pub max_per_ip: u32,
+    /// A connection must get an allocation (or bind as an RFC 6062 data
+    /// connection) within this long of its accept (`stream-auth-timeout`).
+    pub auth_timeout: Duration,
+    /// Concurrent connections in all (`max-connections`).
+    pub max_total: u32,
 }
 
 /// The write side of one client connection, shared with relay tasks.
@@ -124,15 +165,264 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, conn: Rc<StreamConn>) -> Option
     None
 }
 
-/// Accepts TCP (or, with `tls`, TLS) connections on `listener` forever.
-pub(super) async fn accept_loop(
+/// Why [`ConnectionGate::admit`] refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// `max-connections` connections are open.
+    Total,
+    /// `max-connections-per-ip` connections are open from this address.
+    PerIp,
+}
+
+/// The connection limits shared by the acceptor thread (which admits) and
+/// worker 0 (where a connection ends): `max-connections` in all and
+/// `max-connections-per-ip`, with counters of what was refused.
+#[derive(Debug)]
+pub(super) struct ConnectionGate {
+    max_total: usize,
+    max_per_ip: u32,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    open: AtomicUsize,
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+}
+
+impl ConnectionGate {
+    /// A gate for at most `max_total` connections, `max_per_ip` per address.
+    pub(super) fn new(max_total: u32, max_per_ip: u32) -> Self {
+        ConnectionGate {
+            max_total: max_total as usize,
+            max_per_ip,
+            per_ip: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            refused_total: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a new connection from `ip`: a permit that releases it when
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`Refused`] (and counts it) when either limit is reached.
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max_total {
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Total);
+        }
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionPermit {
+            gate: self.clone(),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections admitted and not yet ended (handshakes included).
+    pub(super) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept: (by `max-connections`, by
+    /// `max-connections-per-ip`).
+    pub(super) fn refused(&self) -> (u64, u64) {
+        (
+            self.refused_total.load(Ordering::Relaxed),
+            self.refused_per_ip.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One admitted connection; dropping it gives its place back.
+#[derive(Debug)]
+pub(super) struct ConnectionPermit {
+    gate: Arc<ConnectionGate>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.gate.release(self.ip);
+    }
+}
+
+/// A TCP stream that can leave the runtime it was accepted on: the TLS
+/// handshake runs over it on the acceptor thread, then [`detach`] takes the
+/// socket off that thread's reactor and, on worker 0, [`attach`] registers
+/// it with worker 0's, inside the same `TlsStream` (whose rustls state,
+/// including any data read past the handshake, comes along).
+///
+/// [`detach`]: MovableTcp::detach
+/// [`attach`]: MovableTcp::attach
+#[derive(Debug)]
+pub(super) enum MovableTcp {
+    /// Registered with the current thread's reactor.
+    Registered(TcpStream),
+    /// Between runtimes.
+    Detached(std::net::TcpStream),
+    /// A failed move left nothing.
+    Gone,
+}
+
+impl MovableTcp {
+    /// Deregisters the socket from this thread's reactor.
+    fn detach(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, MovableTcp::Gone) {
+            MovableTcp::Registered(s) => *self = MovableTcp::Detached(s.into_std()?),
+            other => *self = other,
+        }
+        Ok(())
+    }
+
+    /// Registers the socket with this thread's reactor (call inside it).
+    fn attach(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, MovableTcp::Gone) {
+            MovableTcp::Detached(s) => *self = MovableTcp::Registered(TcpStream::from_std(s)?),
+            other => *self = other,
+        }
+        Ok(())
+    }
+
+    fn registered(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self {
+            MovableTcp::Registered(s) => Ok(Pin::new(s)),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl AsyncRead for MovableTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().registered() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for MovableTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().registered() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().registered() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().registered() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// A connection the acceptor thread admitted (for TLS, handshook) and read
+/// a first complete frame from, on its way to worker 0.
+pub(super) struct Accepted {
+    stream: Handed,
+    /// What was read: one complete frame, maybe the start of the next.
+    first: BytesMut,
+    peer: SocketAddr,
+    server: SocketAddr,
+    /// `stream-auth-timeout` after the accept.
+    deadline: Instant,
+    permit: ConnectionPermit,
+}
+
+enum Handed {
+    Tcp(MovableTcp),
+    Tls(Box<tokio_rustls::server::TlsStream<MovableTcp>>),
+}
+
+/// Starts the acceptor thread, `turnd-accept`, with its own current-thread
+/// runtime: it accepts on every TCP and TLS listener (`Some` acceptor for
+/// TLS), applies `max-connections` and `max-connections-per-ip` (a refused
+/// connection is closed before any read), runs the TLS handshakes, reads
+/// each connection's first complete frame, and sends the connection on
+/// `to_worker`. So neither accepting nor a
+/// handshake (CPU work, and a slow client's round trips) ever runs on a UDP
+/// worker thread.
+///
+/// # Errors
+/// When the thread or its runtime cannot be started.
+pub(super) fn spawn_acceptor(
+    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
+    gate: Arc<ConnectionGate>,
+    limits: StreamLimits,
+    to_worker: mpsc::UnboundedSender<Accepted>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("turnd-accept".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (listener, tls) in listeners {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            tasks.spawn(accept_loop(
+                                l,
+                                tls,
+                                gate.clone(),
+                                limits,
+                                to_worker.clone(),
+                            ));
+                        }
+                        Err(e) => warn!(error = %e, "cannot register a tcp listener"),
+                    }
+                }
+                drop(to_worker);
+                while tasks.join_next().await.is_some() {}
+            });
+        })?;
+    Ok(())
+}
+
+/// Accepts TCP (or, with `tls`, TLS) connections on `listener` until worker
+/// 0 is gone. Runs on the acceptor thread.
+async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    shell: Rc<Shell>,
-    core: Rc<RefCell<Server>>,
+    gate: Arc<ConnectionGate>,
+    limits: StreamLimits,
+    to_worker: mpsc::UnboundedSender<Accepted>,
 ) {
     let local = listener.local_addr().ok();
-    loop {
+    while !to_worker.is_closed() {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -142,57 +432,167 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        if !shell.admit_connection(peer.ip()) {
-            debug!(%peer, "too many connections from this address: refused");
-            continue;
-        }
+        let deadline = Instant::now() + limits.auth_timeout;
+        let permit = match gate.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(Refused::Total) => {
+                debug!(%peer, "max-connections reached: refused");
+                continue;
+            }
+            Err(Refused::PerIp) => {
+                debug!(%peer, "too many connections from this address: refused");
+                continue;
+            }
+        };
         let Ok(server) = stream.local_addr() else {
-            shell.release_connection(peer.ip());
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shell = shell.clone();
-        let core = core.clone();
         let tls = tls.clone();
-        tokio::task::spawn_local(async move {
-            match tls {
-                None => {
-                    let ft = FiveTuple {
-                        client: peer,
-                        server,
-                        transport: Transport::Tcp,
-                    };
-                    serve(stream, ft, &shell, &core).await;
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(
-                        shell.limits.handshake_timeout,
-                        acceptor.accept(stream),
-                    )
+        let to_worker = to_worker.clone();
+        tokio::spawn(async move {
+            let stream = MovableTcp::Registered(stream);
+            let ready = match tls {
+                None => until_first_frame(stream, deadline, limits.idle_timeout)
                     .await
-                    {
+                    .map(|(mut s, first)| s.detach().map(|()| (Handed::Tcp(s), first))),
+                Some(acceptor) => {
+                    let limit = limits.handshake_timeout.min(limits.auth_timeout);
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let ft = FiveTuple {
-                                client: peer,
-                                server,
-                                transport: Transport::Tls,
-                            };
-                            serve(tls_stream, ft, &shell, &core).await;
+                            until_first_frame(tls_stream, deadline, limits.idle_timeout)
+                                .await
+                                .map(|(mut s, first)| {
+                                    s.get_mut()
+                                        .0
+                                        .detach()
+                                        .map(|()| (Handed::Tls(Box::new(s)), first))
+                                })
                         }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
-                        Err(_) => debug!(%peer, "tls handshake timed out"),
+                        Ok(Err(e)) => Err(format!("tls handshake failed: {e}")),
+                        Err(_) => Err("tls handshake timed out".into()),
                     }
                 }
+            };
+            match ready {
+                Ok(Ok((stream, first))) => {
+                    let _ = to_worker.send(Accepted {
+                        stream,
+                        first,
+                        peer,
+                        server,
+                        deadline,
+                        permit,
+                    });
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "cannot hand the connection over"),
+                Err(reason) => debug!(%peer, %reason, "connection closed before its first request"),
             }
-            shell.release_connection(peer.ip());
         });
     }
 }
 
-/// Serves one client connection until it closes, then deletes its allocation.
+/// Reads from a new connection until it holds one complete frame (a STUN
+/// message or ChannelData), within `deadline` and without a silence of
+/// `idle`, on the acceptor thread: a client that trickles bytes or sends
+/// nothing never costs a UDP worker anything. Returns the stream and what
+/// was read.
+///
+/// # Errors
+/// Why the connection is to be closed: it closed, failed, sent bytes that
+/// are no frame, or ran out of time.
+async fn until_first_frame<S: AsyncRead + Unpin>(
+    mut stream: S,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<(S, BytesMut), String> {
+    let mut buf = BytesMut::new();
+    loop {
+        match stream_frame_len(&buf) {
+            Ok(Some(_)) => return Ok((stream, buf)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+        if buf.capacity() - buf.len() < PREAUTH_READ_CHUNK {
+            buf.reserve(PREAUTH_READ_CHUNK);
+        }
+        let limit = (Instant::now() + idle).min(deadline);
+        match tokio::time::timeout_at(limit.into(), stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed by client".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("read error: {e}")),
+            Err(_) if Instant::now() >= deadline => {
+                return Err("no allocation within stream-auth-timeout".into())
+            }
+            Err(_) => return Err("idle without an allocation".into()),
+        }
+    }
+}
+
+/// Worker 0's side of the acceptor: serves each connection it hands over
+/// until the acceptor thread is gone.
+pub(super) async fn serve_accepted(
+    mut from_acceptor: mpsc::UnboundedReceiver<Accepted>,
+    shell: Rc<Shell>,
+    core: Rc<RefCell<Server>>,
+) {
+    while let Some(a) = from_acceptor.recv().await {
+        let shell = shell.clone();
+        let core = core.clone();
+        tokio::task::spawn_local(async move {
+            let Accepted {
+                stream,
+                first,
+                peer,
+                server,
+                deadline,
+                permit,
+            } = a;
+            let transport = match &stream {
+                Handed::Tcp(_) => Transport::Tcp,
+                Handed::Tls(_) => Transport::Tls,
+            };
+            let ft = FiveTuple {
+                client: peer,
+                server,
+                transport,
+            };
+            let moved = match stream {
+                Handed::Tcp(mut s) => match s.attach() {
+                    Ok(()) => {
+                        serve(s, ft, first, deadline, &shell, &core).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Handed::Tls(mut s) => match s.get_mut().0.attach() {
+                    Ok(()) => {
+                        serve(*s, ft, first, deadline, &shell, &core).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = moved {
+                debug!(%peer, error = %e, "cannot take the connection over");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one client connection, starting with the bytes `first` read on
+/// the acceptor thread, until it closes, then deletes its
+/// allocation. Until the connection has an allocation (or is bound as an
+/// RFC 6062 data connection) it must get one by `deadline` and may not be
+/// silent for `stream-idle-timeout`; until then it reads a little at a time
+/// into a small buffer and writes its answers through the worker's shared
+/// output buffer, so a connection that never authenticates costs little.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     stream: S,
     ft: FiveTuple,
+    first: BytesMut,
+    deadline: Instant,
     shell: &Rc<Shell>,
     core: &Rc<RefCell<Server>>,
 ) {
@@ -202,24 +602,31 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     let writer_task = tokio::task::spawn_local(writer(write_half, conn.clone()));
     debug!(client = %ft.client, transport = ?ft.transport, "connection opened");
 
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = vec![0u8; OUT_BUFFER];
+    let mut buf = first;
+    let mut authenticated = false;
     let reason: String = 'conn: loop {
         loop {
             match stream_frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n);
-                    let output = {
-                        let mut io = ShellIo { shell, core };
-                        core.borrow_mut().handle_client_input(
-                            Instant::now(),
-                            ft,
-                            &frame,
-                            &mut out,
-                            &mut io,
-                        )
+                    let bound = {
+                        let mut out = shell.stream_out.borrow_mut();
+                        if out.len() < OUT_BUFFER {
+                            out.resize(OUT_BUFFER, 0);
+                        }
+                        let output = {
+                            let mut io = ShellIo { shell, core };
+                            core.borrow_mut().handle_client_input(
+                                Instant::now(),
+                                ft,
+                                &frame,
+                                &mut out,
+                                &mut io,
+                            )
+                        };
+                        shell.perform(output, &frame, &out)
                     };
-                    if let Some(id) = shell.perform(output, &frame, &out) {
+                    if let Some(id) = bound {
                         // RFC 6062 section 5.4: from now on raw bytes to and from the peer.
                         shell.conns.borrow_mut().remove(&ft);
                         conn.handover.set(true);
@@ -229,7 +636,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                         match (write_half, peer_stream) {
                             (Some(w), Some(peer)) => {
                                 let client = reader.unsplit(w);
-                                pipe(id, client, peer, buf, shell).await;
+                                pipe(id, client, peer, buf, shell, core).await;
                             }
                             _ => debug!(
                                 connection_id = id,
@@ -247,21 +654,37 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         if conn.closed.get() {
             break "write failed".into();
         }
-        if buf.capacity() - buf.len() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
-        }
         let has_allocation = core.borrow().allocation(&ft).is_some();
+        authenticated |= has_allocation;
+        // Small reads until authenticated: a frame is read in pieces.
+        let chunk = if authenticated {
+            READ_CHUNK
+        } else {
+            PREAUTH_READ_CHUNK
+        };
+        if buf.capacity() - buf.len() < chunk {
+            buf.reserve(chunk);
+        }
         let read = reader.read_buf(&mut buf);
         let result = if has_allocation {
             Ok(read.await)
         } else {
-            tokio::time::timeout(shell.limits.idle_timeout, read).await
+            let idle = Instant::now() + shell.limits.idle_timeout;
+            let limit = if authenticated {
+                idle
+            } else {
+                idle.min(deadline)
+            };
+            tokio::time::timeout_at(limit.into(), read)
+                .await
+                .map_err(|_| Instant::now() >= deadline && !authenticated)
         };
         match result {
             Ok(Ok(0)) => break "closed by client".into(),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => break format!("read error: {e}"),
-            Err(_) => break "idle without an allocation".into(),
+            Err(true) => break "no allocation within stream-auth-timeout".into(),
+            Err(false) => break "idle without an allocation".into(),
         }
     };
 
@@ -280,28 +703,78 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 }
 
 /// Pipes raw bytes between a client data connection and its peer (RFC 6062)
-/// until either side closes or the allocation goes. Back-pressure, not loss:
-/// a side that does not read stops the other side's reads.
+/// until both sides have closed, either fails, or the allocation goes.
+/// Back-pressure, not loss: a side that does not read stops the other
+/// side's reads, and so does `max-bps` or `bps-capacity` (each chunk is
+/// accounted with [`Server::account_tcp_pipe`] before it is written; over
+/// budget, the chunk waits and nothing more is read from that side).
 async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     id: u32,
-    mut client: S,
-    mut peer: tokio::net::TcpStream,
+    client: S,
+    peer: TcpStream,
     leftover: BytesMut,
     shell: &Rc<Shell>,
+    core: &Rc<RefCell<Server>>,
 ) {
     let cut = Rc::new(Notify::new());
     shell.tcp_piped.borrow_mut().insert(id, cut.clone());
-    if !leftover.is_empty() && peer.write_all(&leftover).await.is_err() {
-        shell.tcp_piped.borrow_mut().remove(&id);
-        return;
-    }
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut peer_read, mut peer_write) = peer.into_split();
+    let up = pipe_half(id, true, &mut client_read, &mut peer_write, leftover, core);
+    let down = pipe_half(
+        id,
+        false,
+        &mut peer_read,
+        &mut client_write,
+        BytesMut::new(),
+        core,
+    );
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut peer) => {
+        r = async { tokio::try_join!(up, down) } => {
             debug!(connection_id = id, result = ?r, "tcp relay connection ended");
         }
         _ = cut.notified() => debug!(connection_id = id, "tcp relay connection cut: allocation gone"),
     }
     shell.tcp_piped.borrow_mut().remove(&id);
+}
+
+/// One direction of an RFC 6062 pipe: `first` (bytes the client sent after
+/// its ConnectionBind), then everything `from` sends, to `to`, accounted
+/// and throttled chunk by chunk; at the end of `from`, shuts `to` down.
+/// Returns the bytes moved.
+async fn pipe_half<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    id: u32,
+    to_peer: bool,
+    from: &mut R,
+    to: &mut W,
+    first: BytesMut,
+    core: &Rc<RefCell<Server>>,
+) -> io::Result<u64> {
+    let mut moved = 0u64;
+    let mut buf = first;
+    loop {
+        while !buf.is_empty() {
+            let n = buf.len().min(READ_CHUNK);
+            while !core
+                .borrow_mut()
+                .account_tcp_pipe(Instant::now(), id, to_peer, n)
+            {
+                tokio::time::sleep(PIPE_THROTTLE_WAIT).await;
+            }
+            to.write_all(&buf[..n]).await?;
+            let _ = buf.split_to(n);
+            moved += n as u64;
+        }
+        buf.clear();
+        if buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let mut limited = (&mut *from).take(READ_CHUNK as u64);
+        if limited.read_buf(&mut buf).await? == 0 {
+            to.shutdown().await?;
+            return Ok(moved);
+        }
+    }
 }
 
 /// Binds the listener of an RFC 6062 TCP relay. `SO_REUSEPORT` lets the
@@ -415,6 +888,12 @@ pub(super) async fn tcp_relay_connect(
 /// Binds a TCP listener with `SO_REUSEADDR` (restarts while old connections
 /// linger in TIME_WAIT).
 pub(super) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_tcp_std(addr)?)
+}
+
+/// [`bind_tcp`], not yet registered with any runtime (for the acceptor
+/// thread).
+pub(super) fn bind_tcp_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
         Domain::IPV4
@@ -429,5 +908,5 @@ pub(super) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }

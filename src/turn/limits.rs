@@ -49,6 +49,12 @@ impl TokenBucket {
         }
     }
 
+    /// True when `n` tokens are available (nothing is taken).
+    pub fn has(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= n as f64
+    }
+
     /// True when fewer than one token is available.
     pub fn is_empty(&mut self, now: Instant) -> bool {
         self.refill(now);

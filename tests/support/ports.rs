@@ -45,6 +45,8 @@ pub enum Suite {
     AbuseLimits,
     /// `tests/reload_sighup.rs`.
     ReloadSighup,
+    /// `tests/stream_hostile.rs`.
+    StreamHostile,
     /// `tests/probe.rs`, the turnd servers (they share one slot).
     ProbeTurnd,
     /// `tests/probe.rs`, the coturn servers.
@@ -102,6 +104,7 @@ const BLOCKS: &[Block] = &[
     block(Suite::OpsCoturnConf, 25300, 10, 10),   // 25300-25399
     block(Suite::BrowserAdmin, 25900, 100, 1),    // 25900-25999
     block(Suite::Workers, 26000, 100, 5),         // 26000-26499
+    block(Suite::StreamHostile, 26500, 20, 10),   // 26500-26699
     block(Suite::BrowserWebrtc, 40000, 1000, 1),  // 40000-40999
     block(Suite::BrowserRest, 41000, 1000, 1),    // 41000-41999
     block(Suite::AuthRestSecret, 42000, 100, 10), // 42000-42999

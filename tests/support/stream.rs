@@ -177,6 +177,41 @@ impl StreamClient {
         }
     }
 
+    /// True when a new TCP connection to `server` is closed unanswered (a
+    /// Binding on it gets no response within 500 ms, then it is closed
+    /// within `timeout`): a connection limit refused it.
+    pub fn refused_at_accept(server: SocketAddr, timeout: Duration) -> bool {
+        let mut c = StreamClient::connect_tcp(server);
+        let (tid, b) = c.build_request(Method::BINDING, &[], false);
+        let _ = c.try_send_raw(&b);
+        c.await_response(tid, Duration::from_millis(500)).is_none() && c.wait_closed(timeout)
+    }
+
+    /// True when, within `timeout`, a new TCP connection to `server` gets
+    /// its Binding answered (a connection limit made room again).
+    pub fn wait_for_room(server: SocketAddr, timeout: Duration) -> bool {
+        super::wait_until(timeout, || {
+            let mut c = StreamClient::connect_tcp(server);
+            let (tid, b) = c.build_request(Method::BINDING, &[], false);
+            c.try_send_raw(&b) && c.await_response(tid, Duration::from_millis(300)).is_some()
+        })
+    }
+
+    /// The plain TCP socket under a TCP client, for raw bytes (an RFC 6062
+    /// data connection after its ConnectionBind). Panics over TLS or when
+    /// bytes were read but not yet framed.
+    #[track_caller]
+    pub fn into_raw_tcp(self) -> TcpStream {
+        assert!(
+            self.inbuf.is_empty() && self.pending.is_empty(),
+            "unread bytes"
+        );
+        match self.link {
+            Link::Tcp(s) => s,
+            Link::Tls(_) => panic!("into_raw_tcp on a TLS client"),
+        }
+    }
+
     /// Half-closes (write side) or fully closes the socket.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = self.sock.shutdown(how);

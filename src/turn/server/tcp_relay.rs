@@ -329,4 +329,61 @@ impl Server {
             other => other,
         }
     }
+
+    /// Accounts `bytes` that an RFC 6062 pipe (a bound TCP relay
+    /// connection `id`, section 5.4) is about to forward: towards the peer
+    /// when `to_peer`, else towards the client. Call it once per chunk read,
+    /// before writing the chunk on.
+    ///
+    /// Returns true when the chunk may go now: it is then counted in
+    /// [`Stats`] (one packet per chunk) and in the allocation's byte
+    /// counters, which feed the per-user totals. Returns false when
+    /// `max-bps` or `bps-capacity` has not `bytes` left: nothing is taken or
+    /// counted, and the shell holds the chunk (reading no more from that
+    /// side) and asks again a little later; TCP is throttled, never dropped.
+    /// A chunk larger than a bucket's burst (at least 64 KiB) is never
+    /// allowed, so the shell reads less than that at a time.
+    /// An unknown `id` or a gone allocation is allowed and not counted
+    /// (the shell is about to cut that pipe).
+    pub fn account_tcp_pipe(&mut self, now: Instant, id: u32, to_peer: bool, bytes: usize) -> bool {
+        let Some(c) = self.tcp_connections.get(&id) else {
+            return true;
+        };
+        let Some(alloc) = self
+            .allocations
+            .get_mut(&c.control)
+            .filter(|a| a.id == c.allocation_id)
+        else {
+            return true;
+        };
+        let n = bytes as u64;
+        let bucket = if to_peer {
+            &mut alloc.bandwidth_to_peer
+        } else {
+            &mut alloc.bandwidth_to_client
+        };
+        let fits = bucket.as_mut().is_none_or(|b| b.has(n, now))
+            && self.capacity.as_mut().is_none_or(|b| b.has(n, now));
+        if !fits {
+            return false;
+        }
+        if let Some(b) = bucket {
+            b.take(n, now);
+        }
+        if let Some(b) = &mut self.capacity {
+            b.take(n, now);
+        }
+        if to_peer {
+            alloc.packets_to_peer += 1;
+            alloc.bytes_to_peer += n;
+            self.stats.packets_to_peer += 1;
+            self.stats.bytes_to_peer += n;
+        } else {
+            alloc.packets_to_client += 1;
+            alloc.bytes_to_client += n;
+            self.stats.packets_to_client += 1;
+            self.stats.bytes_to_client += n;
+        }
+        true
+    }
 }
