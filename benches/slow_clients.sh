@@ -15,14 +15,24 @@
 # refused connections from /metrics. Environment: DURATION (20), SETTLE (12),
 # CONNECTIONS (2000), ALLOCS (20), RATE (1000), SIZE (200), TURND (the binary,
 # default target/release/turnd), EXTRA (more turnd arguments), OUT (raw
-# results, default target/slow-clients/DATE). Every process it starts is
+# results, default target/slow-clients/DATE), TURND_CPUS / CLIENT_CPUS
+# (taskset CPU lists for turnd and for the load tool and attacker, e.g. 1 and
+# 0, so the attacker's own work does not run on turnd's core; default: no
+# pinning), LOAD_NICE / ATTACK_NICE (nice values of the load tool and the
+# attacker; default -15 as root, else 0, and 19: sharing a core with the
+# load tool, the attacker must not delay the load tool's own sends and
+# receives, or the RTT measures the load tool, not turnd; a plain CPU hog
+# on the load tool's core at equal priority raises its p99 about 9x with
+# no traffic to turnd at all). Every process it starts is
 # stopped by PID on exit. Raise `ulimit -n` as root if the hard limit is low.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 : "${DURATION:=20}" "${SETTLE:=12}" "${CONNECTIONS:=2000}" "${ALLOCS:=20}" "${RATE:=1000}" "${SIZE:=200}"
-: "${TURND:=target/release/turnd}" "${EXTRA:=}"
+: "${TURND:=target/release/turnd}" "${EXTRA:=}" "${TURND_CPUS:=}" "${CLIENT_CPUS:=}"
+if [ "$(id -u)" -eq 0 ]; then : "${LOAD_NICE:=-15}"; else : "${LOAD_NICE:=0}"; fi
+: "${ATTACK_NICE:=19}"
 : "${OUT:=target/slow-clients/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
@@ -42,8 +52,17 @@ trap cleanup EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
     -subj /CN=turnd-bench -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 
+# pin CPUS CMD...: becomes CMD on the CPU list CPUS (taskset), or CMD as is
+# when empty. Only in a subshell (a background job or a pipeline), so $! is
+# CMD's own PID.
+pin() {
+    local cpus=$1
+    shift
+    if [ -n "$cpus" ]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
+
 # shellcheck disable=SC2086 # EXTRA is a list of words
-"$TURND" -L 127.0.0.1 -p 3478 -E 127.0.0.1 --min-port 61000 --max-port 62999 \
+pin "$TURND_CPUS" "$TURND" -L 127.0.0.1 -p 3478 -E 127.0.0.1 --min-port 61000 --max-port 62999 \
     -u bench:bench -r bench --allow-loopback-peers --relay-threads 1 \
     --cert "$TMP/cert.pem" --pkey "$TMP/key.pem" --tls-listening-port 5349 \
     --prometheus --prometheus-address 127.0.0.1 --prometheus-port 9641 $EXTRA \
@@ -64,14 +83,14 @@ point() {
     local label=$1 attacker=
     shift
     if [ $# -gt 0 ]; then
-        python3 benches/slow_clients.py --connections "$CONNECTIONS" \
+        pin "$CLIENT_CPUS" nice -n "$ATTACK_NICE" python3 benches/slow_clients.py --connections "$CONNECTIONS" \
             --duration "$((SETTLE + DURATION + 8))" "$@" >"$OUT/attacker-$label.log" 2>&1 &
         attacker=$!
         PIDS+=("$attacker")
         sleep "$SETTLE"
     fi
     local line
-    line=$("$BENCH" --server 127.0.0.1:3478 --user bench --password bench \
+    line=$(pin "$CLIENT_CPUS" nice -n "$LOAD_NICE" "$BENCH" --server 127.0.0.1:3478 --user bench --password bench \
         --allocations "$ALLOCS" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
         --warmup 2 --server-pid "$TURND_PID" --label "$label" 2>>"$OUT/bench.stderr" |
         tee -a "$OUT/bench.log" | grep '^RESULT ' | sed 's/^RESULT //' || true)
