@@ -54,23 +54,18 @@ impl Server {
             .max(self.config.default_lifetime.min(self.config.max_lifetime))
     }
 
-    /// Allocate. See RFC 8656, section 7.2.
+    /// Allocate. See RFC 8656, section 7.2. The 5-tuple has no allocation
+    /// yet (`handle_request` answered 437 otherwise).
     pub(super) fn allocate(
         &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         out: &mut [u8],
         io: &mut impl RelayIo,
     ) -> ClientOutput {
-        let key = Some(&auth.key);
-        if self.allocations.contains_key(&ft) {
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
-        }
+        let Request { now, ft, auth, .. } = *q;
         if self.draining {
             // Shutting down: clients move on to another server of the fleet.
-            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let AllocateRequest {
             tcp_relay,
@@ -79,9 +74,9 @@ impl Server {
             family,
             dual,
             lifetime: requested_lifetime,
-        } = match AllocateRequest::parse(&r.msg, ft.transport) {
-            Ok(q) => q,
-            Err(code) => return self.error(ft, out, r, code, key),
+        } = match AllocateRequest::parse(&q.tx.msg, ft.transport) {
+            Ok(request) => request,
+            Err(code) => return self.error(q, out, code),
         };
         // Quota slots (RFC 8656 section 7.2, 486): one for the allocation
         // and, with the EVEN-PORT R bit, one for the reserved port until it
@@ -97,7 +92,7 @@ impl Server {
             .try_acquire_many(&auth.username, held, user_quota, total_quota)
         {
             info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+            return self.error(q, out, ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         // Every failure from here on gives the slots held back.
         let quota = self.quota.clone();
@@ -106,7 +101,7 @@ impl Server {
         let mut new_token = None;
         let relay = if let Some(t) = reservation_token {
             let Some((reserved, owner)) = self.ports.claim_reservation(&t, now) else {
-                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
             };
             if owner != auth.username {
                 // Another user's reservation: its slot moves to this user.
@@ -117,7 +112,7 @@ impl Server {
                 if !moved {
                     self.ports.release(reserved);
                     info!(client = %ft.client, user = %LogSafe(&auth.username), "allocation quota reached: 486");
-                    return self.error(ft, out, r, ErrorCode::ALLOCATION_QUOTA_REACHED, key);
+                    return self.error(q, out, ErrorCode::ALLOCATION_QUOTA_REACHED);
                 }
             }
             held = 1;
@@ -125,7 +120,7 @@ impl Server {
                 debug!(relay = %reserved, error = %e, "reserved relay port could not be bound");
                 self.ports.release(reserved);
                 give_back(&auth.username, held);
-                return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+                return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
             }
             reserved
         } else {
@@ -150,7 +145,7 @@ impl Server {
                         info!(client = %ft.client, user = %LogSafe(&auth.username), ipv6 = want_v6, "no relay port left: 508");
                     }
                     give_back(&auth.username, held);
-                    return self.error(ft, out, r, code, key);
+                    return self.error(q, out, code);
                 }
             }
         };
@@ -202,7 +197,7 @@ impl Server {
         info!(user = %LogSafe(&auth.username), client = %ft.client, relay = %relay, lifetime_s = lifetime.as_secs(), "allocation created");
         let advertised = self.advertised(relay);
         let advertised_additional = additional_relay.map(|a| self.advertised(a));
-        self.success(ft, out, r, key, |w, _| {
+        self.success(q, out, |w, _| {
             w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, advertised)?;
             if let Some(a) = advertised_additional {
                 w.xor_address(AttributeType::XOR_RELAYED_ADDRESS, a)?;
@@ -352,23 +347,18 @@ impl Server {
         );
     }
 
-    /// Refresh. See RFC 8656, section 7.3.
+    /// Refresh. See RFC 8656, section 7.3. The 5-tuple has an allocation
+    /// (`handle_request` answered 437 otherwise).
     pub(super) fn refresh(
         &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         out: &mut [u8],
         io: &mut impl RelayIo,
     ) -> ClientOutput {
-        let key = Some(&auth.key);
-        if !self.allocations.contains_key(&ft) {
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
-        }
-        let request = match RefreshRequest::parse(&r.msg) {
-            Ok(q) => q,
-            Err(code) => return self.error(ft, out, r, code, key),
+        let Request { now, ft, auth, .. } = *q;
+        let request = match RefreshRequest::parse(&q.tx.msg) {
+            Ok(request) => request,
+            Err(code) => return self.error(q, out, code),
         };
         let granted = if request.deletes() {
             self.delete_allocation(ft, io, AllocationEnd::Refreshed);
@@ -390,6 +380,6 @@ impl Server {
             }
             lifetime.as_secs() as u32
         };
-        self.success(ft, out, r, key, |w, _| w.lifetime(granted))
+        self.success(q, out, |w, _| w.lifetime(granted))
     }
 }

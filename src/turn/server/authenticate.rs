@@ -186,7 +186,14 @@ impl Server {
         if let Some(a) = self.allocations.get(&ft) {
             if *a.username != *username {
                 info!(client = %ft.client, user = %LogSafe(&username), owner = %LogSafe(&a.username), "auth failure: wrong credentials for allocation");
-                return Err(self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, Some(&key)));
+                return Err(self.error_with(
+                    ft,
+                    out,
+                    r,
+                    ErrorCode::WRONG_CREDENTIALS,
+                    Some(&key),
+                    |_, _| Ok(()),
+                ));
             }
             return Ok(Authenticated {
                 username: a.username.clone(),
@@ -248,7 +255,7 @@ impl Server {
             return ClientOutput::None;
         }
         if code != ErrorCode::UNAUTHENTICATED && code != ErrorCode::STALE_NONCE {
-            return self.error(ft, out, r, code, None);
+            return self.error_with(ft, out, r, code, None, |_, _| Ok(()));
         }
         let nonce = self.nonces.issue(self.now_secs(now), ft.client);
         self.error_with(ft, out, r, code, None, |w, config| {

@@ -485,7 +485,7 @@ impl Server {
                 if !self.allow_unauthenticated(now, ft, false) {
                     return ClientOutput::None;
                 }
-                return self.success(ft, out, &r, None, |w, config| {
+                return self.respond(ft, out, &r, None, None, |w, config| {
                     if config.mapped_address {
                         w.address(AttributeType::MAPPED_ADDRESS, ft.client)?;
                     }
@@ -511,13 +511,33 @@ impl Server {
         };
         // From here on each answer is kept for retransmissions.
         r.cache_until = Some(now + TRANSACTION_LIFETIME);
+        let q = Request {
+            now,
+            ft,
+            tx: &r,
+            auth: &auth,
+        };
+        // 437 when the 5-tuple's allocation is not as the method needs:
+        // Allocate makes one (RFC 8656 section 7.2); Refresh,
+        // CreatePermission, ChannelBind and Connect act on it (sections 7.3,
+        // 9.2, 11.2; RFC 6062 section 5.2). ConnectionBind comes on a new
+        // connection and checks its own (RFC 6062 section 5.4).
+        let has_allocation = self.allocations.contains_key(&ft);
+        let mismatch = match msg.method() {
+            Method::ALLOCATE => has_allocation,
+            Method::CONNECTION_BIND => false,
+            _ => !has_allocation,
+        };
+        if mismatch {
+            return self.error(&q, out, ErrorCode::ALLOCATION_MISMATCH);
+        }
         match msg.method() {
-            Method::ALLOCATE => self.allocate(now, ft, &r, &auth, out, io),
-            Method::REFRESH => self.refresh(now, ft, &r, &auth, out, io),
-            Method::CREATE_PERMISSION => self.create_permission(now, ft, &r, &auth, out),
-            Method::CONNECT => self.connect(now, ft, &r, &auth, out, io),
-            Method::CONNECTION_BIND => self.connection_bind(now, ft, &r, &auth, out),
-            _ => self.channel_bind(now, ft, &r, &auth, out),
+            Method::ALLOCATE => self.allocate(&q, out, io),
+            Method::REFRESH => self.refresh(&q, out, io),
+            Method::CREATE_PERMISSION => self.create_permission(&q, out),
+            Method::CONNECT => self.connect(&q, out, io),
+            Method::CONNECTION_BIND => self.connection_bind(&q, out),
+            _ => self.channel_bind(&q, out),
         }
     }
 

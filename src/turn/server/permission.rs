@@ -28,30 +28,30 @@ impl Server {
     /// the port too (see [`OwnAddresses`]).
     fn admit_peer(
         &mut self,
-        ft: &FiveTuple,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         peer: SocketAddr,
         path: OwnAddressPath,
     ) -> Result<(), ErrorCode> {
-        if !self.relay_family_matches(ft, peer) {
+        let Request { ft, auth, .. } = *q;
+        if !self.relay_family_matches(&ft, peer) {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
             info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
             return Err(ErrorCode::FORBIDDEN);
         }
-        self.admit_own_address(ft, auth, peer, path)
+        self.admit_own_address(q, peer, path)
     }
 
     /// 403 (counted and logged) when `peer` is an address of this host that
     /// `path` may not reach (see [`OwnAddresses`]).
     pub(super) fn admit_own_address(
         &mut self,
-        ft: &FiveTuple,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         peer: SocketAddr,
         path: OwnAddressPath,
     ) -> Result<(), ErrorCode> {
+        let Request { ft, auth, .. } = *q;
         let ok = if path == OwnAddressPath::CreatePermission {
             self.own.permits_ip(peer.ip())
         } else {
@@ -65,25 +65,20 @@ impl Server {
         Err(ErrorCode::FORBIDDEN)
     }
 
-    /// CreatePermission. See RFC 8656, section 9.
+    /// CreatePermission. See RFC 8656, section 9. The 5-tuple has an
+    /// allocation (`handle_request` answered 437 otherwise).
     pub(super) fn create_permission(
         &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         out: &mut [u8],
     ) -> ClientOutput {
-        let key = Some(&auth.key);
-        if !self.allocations.contains_key(&ft) {
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
-        }
-        let parsed = CreatePermissionRequest::parse(&r.msg, |peer| {
-            self.admit_peer(&ft, auth, peer, OwnAddressPath::CreatePermission)
+        let Request { now, ft, auth, .. } = *q;
+        let parsed = CreatePermissionRequest::parse(&q.tx.msg, |peer| {
+            self.admit_peer(q, peer, OwnAddressPath::CreatePermission)
         });
         let request = match parsed {
-            Ok(q) => q,
-            Err(code) => return self.error(ft, out, r, code, key),
+            Ok(request) => request,
+            Err(code) => return self.error(q, out, code),
         };
         let peers = request.peers();
         let lifetime = self.config.permission_lifetime;
@@ -95,7 +90,7 @@ impl Server {
             .filter(|p| !a.permissions.contains_key(p))
             .count();
         if a.permissions.len() + new > MAX_PERMISSIONS {
-            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let expires = now + lifetime;
         // Permissions expire through the allocation's one timer; a refreshed
@@ -105,34 +100,25 @@ impl Server {
         }
         debug!(user = %LogSafe(&auth.username), client = %ft.client, ?peers, "permissions installed");
         self.arm_allocation_timer(ft, expires);
-        self.success(ft, out, r, key, |_, _| Ok(()))
+        self.success(q, out, |_, _| Ok(()))
     }
 
-    /// ChannelBind. See RFC 8656, section 11.
-    pub(super) fn channel_bind(
-        &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
-        out: &mut [u8],
-    ) -> ClientOutput {
-        let key = Some(&auth.key);
-        if !self.allocations.contains_key(&ft) {
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
-        }
-        let parsed = ChannelBindRequest::parse(&r.msg).and_then(|q| {
-            self.admit_peer(&ft, auth, q.peer, OwnAddressPath::ChannelBind)
-                .map(|()| q)
+    /// ChannelBind. See RFC 8656, section 11. The 5-tuple has an allocation
+    /// (`handle_request` answered 437 otherwise).
+    pub(super) fn channel_bind(&mut self, q: &Request<'_, '_>, out: &mut [u8]) -> ClientOutput {
+        let Request { now, ft, auth, .. } = *q;
+        let parsed = ChannelBindRequest::parse(&q.tx.msg).and_then(|bind| {
+            self.admit_peer(q, bind.peer, OwnAddressPath::ChannelBind)
+                .map(|()| bind)
         });
         let ChannelBindRequest {
             channel: number,
             peer,
         } = match parsed {
-            Ok(q) => q,
+            Ok(request) => request,
             Err(code) => {
                 debug!(client = %ft.client, %code, "channel bind refused");
-                return self.error(ft, out, r, code, key);
+                return self.error(q, out, code);
             }
         };
         let channel_lifetime = self.config.channel_lifetime;
@@ -145,11 +131,11 @@ impl Server {
         let number_ok = a.channels.get(&number).is_none_or(|c| c.peer == peer);
         let peer_ok = a.channel_by_peer.get(&peer).is_none_or(|&n| n == number);
         if a.channels.len() >= MAX_CHANNELS && !a.channels.contains_key(&number) {
-            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
         }
         if !number_ok || !peer_ok {
             debug!(client = %ft.client, channel = %number, %peer, number_ok, peer_ok, "channel rebinding rule violated: 400");
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            return self.error(q, out, ErrorCode::BAD_REQUEST);
         }
         let expires = now + channel_lifetime;
         let perm_expires = now + permission_lifetime;
@@ -165,7 +151,7 @@ impl Server {
         a.permissions.insert(peer.ip(), perm_expires);
         debug!(user = %LogSafe(&auth.username), client = %ft.client, channel = %number, %peer, "channel bound");
         self.arm_allocation_timer(ft, expires.min(perm_expires));
-        self.success(ft, out, r, key, |_, _| Ok(()))
+        self.success(q, out, |_, _| Ok(()))
     }
 }
 

@@ -33,6 +33,21 @@ pub(super) struct Transaction<'m> {
     pub(super) cache_until: Option<Instant>,
 }
 
+/// An authenticated TURN request being answered: what every handler of a
+/// TURN method (Allocate, Refresh, CreatePermission, ChannelBind, Connect,
+/// ConnectionBind) is given, besides the `out` buffer its answer is written
+/// into (and the relay sockets, where it opens or closes some).
+pub(super) struct Request<'a, 'm> {
+    /// When it arrived.
+    pub(super) now: Instant,
+    /// The 5-tuple it came on.
+    pub(super) ft: FiveTuple,
+    /// The message and how its answer is written.
+    pub(super) tx: &'a Transaction<'m>,
+    /// Its user and key (the answer's MESSAGE-INTEGRITY key).
+    pub(super) auth: &'a Authenticated,
+}
+
 /// Result code of a success response in the request counts.
 const SUCCESS: u16 = 200;
 
@@ -93,22 +108,38 @@ impl Server {
         ClientOutput::Reply { to: ft, len }
     }
 
-    /// A success response with the attributes `body` adds, then SOFTWARE,
-    /// MESSAGE-INTEGRITY (when `key`) and FINGERPRINT (when due). Counted
-    /// as 200.
+    /// A success response to the authenticated request `q` with the
+    /// attributes `body` adds, then SOFTWARE, MESSAGE-INTEGRITY (with the
+    /// user's key) and FINGERPRINT (when due). Counted as 200.
     pub(super) fn success(
         &mut self,
-        ft: FiveTuple,
+        q: &Request<'_, '_>,
         out: &mut [u8],
-        r: &Transaction<'_>,
-        key: Option<&Key>,
         body: impl FnOnce(&mut MessageWriter<'_>, &ServerConfig) -> Result<(), BufferFull>,
     ) -> ClientOutput {
-        self.respond(ft, out, r, None, key, body)
+        self.respond(q.ft, out, q.tx, None, Some(&q.auth.key), body)
+    }
+
+    /// An error response to the authenticated request `q` with ERROR-CODE
+    /// `code` only, then as [`Server::success`]. Counted as `code`.
+    pub(super) fn error(
+        &mut self,
+        q: &Request<'_, '_>,
+        out: &mut [u8],
+        code: ErrorCode,
+    ) -> ClientOutput {
+        self.respond(
+            q.ft,
+            out,
+            q.tx,
+            Some(code),
+            Some(&q.auth.key),
+            |_, _| Ok(()),
+        )
     }
 
     /// An error response: ERROR-CODE `code`, the attributes `body` adds, then
-    /// as [`Server::success`]. Counted as `code`.
+    /// as [`Server::respond`]. Counted as `code`.
     pub(super) fn error_with(
         &mut self,
         ft: FiveTuple,
@@ -121,19 +152,11 @@ impl Server {
         self.respond(ft, out, r, Some(code), key, body)
     }
 
-    /// An error response with ERROR-CODE `code` only.
-    pub(super) fn error(
-        &mut self,
-        ft: FiveTuple,
-        out: &mut [u8],
-        r: &Transaction<'_>,
-        code: ErrorCode,
-        key: Option<&Key>,
-    ) -> ClientOutput {
-        self.respond(ft, out, r, Some(code), key, |_, _| Ok(()))
-    }
-
-    fn respond(
+    /// Any response to `r`: success, or an error with ERROR-CODE `code`; the
+    /// attributes `body` adds, then SOFTWARE, MESSAGE-INTEGRITY (when `key`)
+    /// and FINGERPRINT (when due). Counted as `code` (200 for success) and
+    /// kept for retransmissions when `r` says so.
+    pub(super) fn respond(
         &mut self,
         ft: FiveTuple,
         out: &mut [u8],

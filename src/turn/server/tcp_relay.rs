@@ -47,40 +47,39 @@ pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 impl Server {
     /// Connect (RFC 6062 section 5.2): the server connects from the TCP relay
-    /// to the peer; the answer comes when the shell reports the outcome.
+    /// to the peer; the answer comes when the shell reports the outcome. The
+    /// 5-tuple has an allocation (`handle_request` answered 437 otherwise).
     pub(super) fn connect(
         &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
+        q: &Request<'_, '_>,
         out: &mut [u8],
         io: &mut impl RelayIo,
     ) -> ClientOutput {
-        let key = Some(&auth.key);
+        let Request { now, ft, auth, .. } = *q;
         let Some((tcp_relay, alloc_id, relay)) = self
             .allocations
             .get(&ft)
             .map(|a| (a.tcp_relay, a.id, a.relay))
         else {
-            return self.error(ft, out, r, ErrorCode::ALLOCATION_MISMATCH, key);
+            // Unreachable: `handle_request` answered 437.
+            return ClientOutput::None;
         };
         if !tcp_relay {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            return self.error(q, out, ErrorCode::BAD_REQUEST);
         }
-        let ConnectRequest { peer } = match ConnectRequest::parse(&r.msg) {
-            Ok(q) => q,
-            Err(code) => return self.error(ft, out, r, code, key),
+        let ConnectRequest { peer } = match ConnectRequest::parse(&q.tx.msg) {
+            Ok(request) => request,
+            Err(code) => return self.error(q, out, code),
         };
         if peer.is_ipv4() != relay.is_ipv4() {
-            return self.error(ft, out, r, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH, key);
+            return self.error(q, out, ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         if !self.config.policy.is_allowed(peer.ip()) {
             info!(user = %LogSafe(&auth.username), client = %ft.client, peer = %peer.ip(), "peer address not allowed: 403");
-            return self.error(ft, out, r, ErrorCode::FORBIDDEN, key);
+            return self.error(q, out, ErrorCode::FORBIDDEN);
         }
-        if let Err(code) = self.admit_own_address(&ft, auth, peer, OwnAddressPath::Connect) {
-            return self.error(ft, out, r, code, key);
+        if let Err(code) = self.admit_own_address(q, peer, OwnAddressPath::Connect) {
+            return self.error(q, out, code);
         }
         let mine = self
             .tcp_connections
@@ -89,17 +88,17 @@ impl Server {
         let mut count = 0;
         for c in mine {
             if c.peer == peer {
-                return self.error(ft, out, r, ErrorCode::CONNECTION_ALREADY_EXISTS, key);
+                return self.error(q, out, ErrorCode::CONNECTION_ALREADY_EXISTS);
             }
             count += 1;
         }
         if count >= MAX_TCP_CONNECTIONS {
-            return self.error(ft, out, r, ErrorCode::INSUFFICIENT_CAPACITY, key);
+            return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let state = TcpConnectionState::Connecting {
-            tid: r.msg.transaction_id(),
-            fingerprint: r.fingerprint,
-            sha256: r.sha256,
+            tid: q.tx.msg.transaction_id(),
+            fingerprint: q.tx.fingerprint,
+            sha256: q.tx.sha256,
         };
         let id = self.new_tcp_connection(now, ft, alloc_id, peer, state);
         let mut perm_timer_needed = true;
@@ -276,33 +275,26 @@ impl Server {
     /// ConnectionBind (RFC 6062 section 5.4) on a new client connection: on
     /// success the shell pipes that connection to the peer's
     /// ([`ClientOutput::ConnectionBound`]).
-    pub(super) fn connection_bind(
-        &mut self,
-        now: Instant,
-        ft: FiveTuple,
-        r: &Transaction<'_>,
-        auth: &Authenticated,
-        out: &mut [u8],
-    ) -> ClientOutput {
-        let key = Some(&auth.key);
+    pub(super) fn connection_bind(&mut self, q: &Request<'_, '_>, out: &mut [u8]) -> ClientOutput {
+        let Request { now, ft, auth, .. } = *q;
         let bound_here = TcpConnectionState::Bound { data: ft };
         if ft.transport == Transport::Udp
             || self.allocations.contains_key(&ft)
             || self.tcp_connections.values().any(|c| c.state == bound_here)
         {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            return self.error(q, out, ErrorCode::BAD_REQUEST);
         }
-        let ConnectionBindRequest { connection_id: id } = match ConnectionBindRequest::parse(&r.msg)
-        {
-            Ok(q) => q,
-            Err(code) => return self.error(ft, out, r, code, key),
-        };
+        let ConnectionBindRequest { connection_id: id } =
+            match ConnectionBindRequest::parse(&q.tx.msg) {
+                Ok(request) => request,
+                Err(code) => return self.error(q, out, code),
+            };
         let Some(c) = self
             .tcp_connections
             .get(&id)
             .filter(|c| c.state == TcpConnectionState::Ready && c.expires > now)
         else {
-            return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key);
+            return self.error(q, out, ErrorCode::BAD_REQUEST);
         };
         let owner = self
             .allocations
@@ -311,10 +303,10 @@ impl Server {
             .map(|a| a.username.clone());
         match owner {
             Some(u) if u == auth.username => {}
-            Some(_) => return self.error(ft, out, r, ErrorCode::WRONG_CREDENTIALS, key),
-            None => return self.error(ft, out, r, ErrorCode::BAD_REQUEST, key),
+            Some(_) => return self.error(q, out, ErrorCode::WRONG_CREDENTIALS),
+            None => return self.error(q, out, ErrorCode::BAD_REQUEST),
         }
-        match self.success(ft, out, r, key, |_, _| Ok(())) {
+        match self.success(q, out, |_, _| Ok(())) {
             ClientOutput::Reply { to, len } => {
                 if let Some(c) = self.tcp_connections.get_mut(&id) {
                     c.state = bound_here;
