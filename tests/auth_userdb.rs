@@ -53,13 +53,17 @@ fn secret_cmd(db: &Path, args: &[&str]) -> String {
 }
 
 /// One Allocate attempt from a fresh socket: `Some(true)` allocated,
-/// `Some(false)` 401, panics on anything else.
+/// `Some(false)` 401, panics on anything else. A granted allocation is
+/// deleted again (Refresh 0) before the socket closes: the OS may give its
+/// port to a later attempt, whose Allocate on a 5-tuple that still had an
+/// allocation would rightly get 437.
 fn try_allocate(server: &TestServer, user: &str, password: &str) -> bool {
     let mut c = Client::new(server.addr, user, password);
     let r = c.allocate_with(&[Attr::transport_udp()]);
     match r.error_code() {
         None => {
             Client::allocated(r);
+            c.refresh(Some(0)).expect_success();
             true
         }
         Some(401) => false,
