@@ -55,6 +55,10 @@ pub enum Suite {
     OwnAddress,
     /// `tests/reflection.rs` (no allocation is made).
     Reflection,
+    /// `tests/faults.rs` (fault injection).
+    Faults,
+    /// `tests/soak.rs` (the short soak).
+    Soak,
     /// `tests/browser/tcp_tls.test.mjs` (reserved here; `RELAY_PORTS` in
     /// `tests/browser/harness.mjs` hands it out).
     BrowserTcpTls,
@@ -113,6 +117,8 @@ const BLOCKS: &[Block] = &[
     block(Suite::ReloadSighup, 45000, 100, 1),    // 45000-45099
     block(Suite::ProbeTurnd, 46000, 100, 1),      // 46000-46099
     block(Suite::ProbeCoturn, 46100, 25, 4),      // 46100-46199
+    block(Suite::Faults, 47000, 50, 20),          // 47000-47999
+    block(Suite::Soak, 48000, 1000, 2),           // 48000-49999
 ];
 
 /// True when the blocks are in port order, none overlaps the next, none
