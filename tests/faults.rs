@@ -1,0 +1,273 @@
+//! Fault injection against the real turnd binary over real sockets: a peer
+//! that answers with ICMP port unreachable, a client that vanishes, relay
+//! ports running out, file descriptors running out, a broken TLS
+//! certificate before SIGHUP, a log file on a full file system and a panic
+//! inside a worker. (The SQLite user database faults are in
+//! `tests/faults_userdb.rs`.)
+//!
+//! Each fault is checked for what must hold while it lasts (relaying of the
+//! allocations it does not touch, an error answer instead of a hang) and
+//! for recovery once it is gone.
+//!
+//! Runs as root in a private network namespace with loopback up (the
+//! full-file-system test mounts a tmpfs): `unshare --net -- sh -c 'ip link
+//! set lo up && exec cargo test --offline --test faults'`.
+//!
+//! Relay ports: `Suite::Faults` slots 0-13 in `support::ports` (slots
+//! 14-19 are `tests/faults_userdb.rs`'s).
+
+#![allow(clippy::disallowed_methods)] // real-time tests: they read the clock
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(2);
+
+/// turnd with the standard arguments, the relay ports of `slot`, loopback
+/// peers, a Prometheus listener on 127.0.0.1, then `extra`.
+fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
+    let (min, max) = relay_ports(Suite::Faults, slot);
+    relay_server_ports(min, max, extra)
+}
+
+/// [`relay_server`] with the relay ports `min..=max` (within a slot of
+/// `Suite::Faults`).
+fn relay_server_ports(min: u16, max: u16, extra: &[&str]) -> Turnd {
+    Turnd::standard(min, max)
+        .args([
+            "--allow-loopback-peers",
+            "--prometheus",
+            "--prometheus-port",
+            "0",
+            "--prometheus-address",
+            "127.0.0.1",
+        ])
+        .args(extra)
+}
+
+/// A UDP port on 127.0.0.1 that nothing listens on (bound a moment ago and
+/// closed): datagrams sent there get ICMP port unreachable.
+fn closed_udp_port() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let a = s.local_addr().unwrap();
+    drop(s);
+    a
+}
+
+/// Sends `data` through `c` to `echo` (a Send indication) and waits for the
+/// echo as a Data indication from it; panics otherwise.
+#[track_caller]
+fn indication_round_trip(c: &mut Client, echo: SocketAddr, data: &[u8]) {
+    c.send_indication(echo, data);
+    let (from, back) = c.expect_data(WAIT);
+    assert_eq!(from, echo, "Data indication from another peer");
+    assert_eq!(back, data, "echo differs");
+}
+
+#[test]
+fn icmp_port_unreachable_from_one_peer_does_not_stop_relaying() {
+    let mut server = relay_server(0, &[]).start();
+    let addr = server.udp();
+    let echo = EchoPeer::start();
+    let closed = closed_udp_port();
+    assert_eq!(closed.ip(), echo.addr.ip());
+
+    // Send indications: the permission for 127.0.0.1 covers both peers.
+    let mut c = Client::new(addr, USER, PASSWORD);
+    c.allocate();
+    c.create_permission(&[echo.addr, closed]).expect_success();
+    // Channels: one to the closed port, one to the echo peer.
+    let mut ch = Client::new(addr, USER, PASSWORD);
+    ch.allocate();
+    ch.channel_bind(0x4000, closed).expect_success();
+    ch.channel_bind(0x4001, echo.addr).expect_success();
+
+    for round in 0..20u8 {
+        // Each datagram to the closed port draws an ICMP port unreachable
+        // back to the relay socket; a relay socket that saw the error would
+        // report it on its next receive or send.
+        for _ in 0..5 {
+            c.send_indication(closed, b"to nobody");
+            ch.channel_data(0x4000, b"to nobody");
+        }
+        indication_round_trip(&mut c, echo.addr, &[round; 40]);
+        channel_round_trip(&mut ch, 0x4001, &[round; 41]);
+    }
+
+    // The worker is healthy: a fresh allocation relays too, and the ones
+    // that met the ICMP errors refresh.
+    let mut fresh = Client::new(addr, USER, PASSWORD);
+    fresh.allocate();
+    fresh.create_permission(&[echo.addr]).expect_success();
+    indication_round_trip(&mut fresh, echo.addr, b"fresh");
+    c.refresh(None).expect_success();
+    ch.refresh(None).expect_success();
+    assert!(server.is_running(), "turnd died");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// Seconds, for the lifetimes below.
+const PERMISSION_LIFETIME: u64 = 2;
+const CHANNEL_LIFETIME: u64 = 3;
+const ALLOCATION_LIFETIME: u64 = 5;
+/// How early an expiry may be seen: the lifetimes start when the server
+/// handled the request, a little before the client had its answer.
+const EARLY: Duration = Duration::from_millis(300);
+/// How late an expiry may be seen: the server's timer and this test's
+/// 100 ms metrics polling.
+const LATE: Duration = Duration::from_millis(1500);
+
+/// The gauges of an allocation's state, from `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Gauges {
+    allocations: f64,
+    permissions: f64,
+    channels: f64,
+    ports_free: f64,
+}
+
+fn gauges(prom: SocketAddr) -> Gauges {
+    let m = scrape_metrics(prom);
+    Gauges {
+        allocations: m
+            .find("turnd_allocations", &[])
+            .iter()
+            .map(|s| s.value)
+            .sum(),
+        permissions: m.get("turnd_permissions", &[]),
+        channels: m.get("turnd_channels", &[]),
+        ports_free: m.get("turnd_relay_ports_free", &[("relay_ip", "127.0.0.1")]),
+    }
+}
+
+/// Panics unless `seen` (when something was first seen gone, from the
+/// start of the lifetimes) is within [`EARLY`] before and [`LATE`] after
+/// `lifetime` seconds.
+#[track_caller]
+fn assert_on_time(what: &str, seen: Option<Duration>, lifetime: u64) {
+    let lifetime = Duration::from_secs(lifetime);
+    let seen = seen.unwrap_or_else(|| panic!("{what} never expired"));
+    assert!(
+        seen + EARLY >= lifetime && seen <= lifetime + LATE,
+        "{what} expired after {seen:?}, configured {lifetime:?} (allowed {EARLY:?} early, {LATE:?} late)"
+    );
+}
+
+#[test]
+fn a_vanished_client_expires_on_time_and_its_port_returns_to_the_pool() {
+    // One relay port: the port coming back is seen by a new Allocate.
+    let (min, _) = relay_ports(Suite::Faults, 1);
+    let perm = PERMISSION_LIFETIME.to_string();
+    let chan = CHANNEL_LIFETIME.to_string();
+    let alloc = ALLOCATION_LIFETIME.to_string();
+    let mut server = relay_server_ports(
+        min,
+        min,
+        &[
+            "--permission-lifetime",
+            &perm,
+            "--channel-lifetime",
+            &chan,
+            "--max-allocate-lifetime",
+            &alloc,
+        ],
+    )
+    .start();
+    let addr = server.udp();
+    let prom = server.prometheus();
+    let echo = EchoPeer::start();
+    let other = Peer::bind("127.0.0.2");
+
+    let mut c = Client::new(addr, USER, PASSWORD);
+    let a = c.allocate();
+    assert_eq!(a.lifetime as u64, ALLOCATION_LIFETIME, "LIFETIME capped");
+    let start = Instant::now();
+    c.create_permission(&[other.addr()]).expect_success();
+    c.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut c, 0x4000, b"before vanishing");
+    assert_eq!(
+        gauges(prom),
+        Gauges {
+            allocations: 1.0,
+            permissions: 2.0,
+            channels: 1.0,
+            ports_free: 0.0
+        }
+    );
+    // A second client meanwhile gets 508: the one port is taken.
+    let mut second = Client::new(addr, USER, PASSWORD);
+    second
+        .allocate_with(&[Attr::transport_udp()])
+        .expect_error(508);
+
+    // The client vanishes: its socket closes without a Refresh 0.
+    drop(c);
+    let (mut perms_gone, mut chans_gone, mut alloc_gone) = (None, None, None);
+    let deadline = Duration::from_secs(ALLOCATION_LIFETIME) + LATE + Duration::from_secs(1);
+    while start.elapsed() < deadline && alloc_gone.is_none() {
+        let g = gauges(prom);
+        let t = start.elapsed();
+        if g.permissions == 0.0 {
+            perms_gone.get_or_insert(t);
+        }
+        if g.channels == 0.0 {
+            chans_gone.get_or_insert(t);
+        }
+        if g.allocations == 0.0 && g.ports_free == 1.0 {
+            alloc_gone.get_or_insert(t);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "expired after: permissions {perms_gone:?}, channel {chans_gone:?}, allocation {alloc_gone:?}"
+    );
+    assert_on_time("the permissions", perms_gone, PERMISSION_LIFETIME);
+    assert_on_time("the channel", chans_gone, CHANNEL_LIFETIME);
+    assert_on_time("the allocation", alloc_gone, ALLOCATION_LIFETIME);
+
+    // The port is back: the second client gets it.
+    let b = second.allocate();
+    assert_eq!(b.relay, a.relay, "the one relay port again");
+    second.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut second, 0x4000, b"after");
+}
+
+#[test]
+fn relay_ports_running_out_is_508_and_recovers_as_soon_as_one_is_freed() {
+    let (min, _) = relay_ports(Suite::Faults, 2);
+    let mut server = relay_server_ports(min, min + 1, &[]).start();
+    let addr = server.udp();
+    let prom = server.prometheus();
+    let echo = EchoPeer::start();
+
+    let mut holders: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::new(addr, USER, PASSWORD);
+            c.allocate();
+            c.channel_bind(0x4000, echo.addr).expect_success();
+            c
+        })
+        .collect();
+    assert_eq!(gauges(prom).ports_free, 0.0);
+    let mut late = Client::new(addr, USER, PASSWORD);
+    for _ in 0..3 {
+        late.allocate_with(&[Attr::transport_udp()])
+            .expect_error(508);
+    }
+    // Those holding ports keep relaying.
+    for c in &mut holders {
+        channel_round_trip(c, 0x4000, b"still relaying");
+    }
+    // One port freed: the very next Allocate gets it.
+    holders[0].refresh(Some(0)).expect_success();
+    let a = late.allocate();
+    server.assert_relay_in_range(a.relay);
+    late.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut late, 0x4000, b"recovered");
+    channel_round_trip(&mut holders[1], 0x4000, b"still relaying");
+    assert_eq!(gauges(prom).ports_free, 0.0);
+}
