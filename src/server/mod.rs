@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
+pub mod fault;
 mod http;
 pub mod logging;
 mod stream;
@@ -258,6 +259,8 @@ struct RelaySocket {
 
 /// Sockets and connections owned by the shell.
 struct Shell {
+    /// The worker this shell belongs to (0: the main thread).
+    worker: usize,
     listeners: HashMap<SocketAddr, Rc<UdpFd>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
@@ -573,6 +576,9 @@ async fn listener_task(
             guard.clear_ready();
         }
         drop(guard);
+        if n > 0 {
+            fault::on_datagram(shell.worker);
+        }
         let now = Instant::now();
         for i in 0..n {
             let Some((from, len, slot)) = batch.slot_mut(i) else {
@@ -639,8 +645,13 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
 }
 
 /// A worker's shell around its UDP listeners.
-fn new_shell(listeners: HashMap<SocketAddr, Rc<UdpFd>>, limits: stream::StreamLimits) -> Rc<Shell> {
+fn new_shell(
+    worker: usize,
+    listeners: HashMap<SocketAddr, Rc<UdpFd>>,
+    limits: stream::StreamLimits,
+) -> Rc<Shell> {
     Rc::new(Shell {
+        worker,
         listeners,
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
@@ -678,6 +689,7 @@ fn spawn_listeners(shell: &Rc<Shell>, core: &Rc<RefCell<Server>>) {
 /// # Errors
 /// [`StartError`] when a listener cannot be bound or no relay address exists.
 pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
+    fault::arm();
     resolve_relay_ips(&mut config)?;
     if config.users.is_empty() && !config.use_auth_secret && config.userdb.is_none() {
         return Err(StartError::NoUsers);
@@ -843,7 +855,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let mut core = Server::new(server_config.shard(workers_wanted), epoch, unix_epoch, seed);
     core.set_shard(0, workers_wanted, &shared);
     let core = Rc::new(RefCell::new(core));
-    let shell = new_shell(listeners, limits);
+    let shell = new_shell(0, listeners, limits);
     spawn_listeners(&shell, &core);
     let mut udp_locals: Vec<_> = shell.listeners.keys().collect();
     udp_locals.sort();
@@ -1141,6 +1153,10 @@ async fn wait_for_shutdown(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(config.borrow().drain_timeout); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(Duration::ZERO); }
+            n = workers.first_gone() => {
+                // Never half-alive: its clients' datagrams would go unserved.
+                return Err(io::Error::other(format!("relay worker {n} stopped unexpectedly")));
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading configuration");
                 if let Some(Err(e)) = logging::reopen_log_file() {
