@@ -271,3 +271,57 @@ fn relay_ports_running_out_is_508_and_recovers_as_soon_as_one_is_freed() {
     channel_round_trip(&mut holders[1], 0x4000, b"still relaying");
     assert_eq!(gauges(prom).ports_free, 0.0);
 }
+
+/// How long turnd may take to exit after a panic.
+const EXIT_AFTER_PANIC: Duration = Duration::from_secs(5);
+
+/// turnd with two relay workers and `TURND_FAULT_INJECT=panic-worker:N`
+/// (the test-only hook: worker `N` panics on its first datagram): fresh
+/// client sockets send until one lands on worker `N` (the kernel spreads
+/// them by 4-tuple); the process must then exit promptly with status 101,
+/// never stay half-alive.
+fn a_worker_panic_exits_the_process(slot: u16, worker: usize) {
+    let mut server = relay_server(slot, &["--relay-threads", "2"])
+        .env("TURND_FAULT_INJECT", format!("panic-worker:{worker}"))
+        .start();
+    let addr = server.udp();
+    let mut sent = 0;
+    let mut status = None;
+    // 64 sockets: all of them missing worker N has odds of 2^-64.
+    for _ in 0..64 {
+        let c = Client::new(addr, USER, PASSWORD);
+        c.send_raw(&unauthenticated_allocate(new_tid()));
+        sent += 1;
+        status = server.wait_exit(Duration::from_millis(100));
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = status
+        .or_else(|| server.wait_exit(EXIT_AFTER_PANIC))
+        .unwrap_or_else(|| {
+            panic!("turnd still runs {EXIT_AFTER_PANIC:?} after {sent} datagrams, worker {worker} armed to panic")
+        });
+    assert_eq!(status.code(), Some(101), "exit status after a panic");
+    let log = server.log();
+    assert!(
+        log.contains(&format!("injected panic in relay worker {worker}")),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("a thread panicked: exiting").count(),
+        1,
+        "one error line:\n{log}"
+    );
+    eprintln!("worker {worker} panicked after {sent} datagram(s): turnd exited with {status}");
+}
+
+#[test]
+fn a_panic_in_a_worker_thread_exits_the_process() {
+    a_worker_panic_exits_the_process(3, 1);
+}
+
+#[test]
+fn a_panic_on_the_main_thread_exits_the_process() {
+    a_worker_panic_exits_the_process(4, 0);
+}
