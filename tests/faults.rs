@@ -21,6 +21,7 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -324,4 +325,143 @@ fn a_panic_in_a_worker_thread_exits_the_process() {
 #[test]
 fn a_panic_on_the_main_thread_exits_the_process() {
     a_worker_panic_exits_the_process(4, 0);
+}
+
+/// Open descriptors of process `pid` (entries of `/proc/PID/fd`).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// CPU time process `pid` used so far (user + system, `/proc/PID/stat`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at 3.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// `prlimit --pid PID --nofile=N:N`: lowers the open-file limit of the
+/// running turnd (util-linux; a missing prlimit fails the test).
+fn limit_open_files(pid: u32, n: usize) {
+    let out = run_with_timeout(
+        Command::new("prlimit").args(["--pid", &pid.to_string(), &format!("--nofile={n}:{n}")]),
+        Duration::from_secs(5),
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "prlimit --nofile={n}:{n}: {out:?}"
+    );
+}
+
+/// A fresh client's Allocate: its allocation, or the error code.
+fn try_allocate(addr: SocketAddr) -> Result<Client, u16> {
+    let mut c = Client::new(addr, USER, PASSWORD);
+    let r = c.allocate_with(&[Attr::transport_udp()]);
+    match r.error_code() {
+        None => {
+            Client::allocated(r);
+            Ok(c)
+        }
+        Some(code) => Err(code),
+    }
+}
+
+/// Descriptors left above turnd's idle count before the limit bites.
+const FD_HEADROOM: usize = 6;
+/// How long descriptors stay out while turnd's CPU time is watched.
+const EMFILE_WATCH: Duration = Duration::from_secs(3);
+/// Most CPU time turnd may use meanwhile: a bound on a busy loop, not a
+/// performance figure (an accept loop spinning on EMFILE uses a whole core).
+const EMFILE_CPU_BOUND: Duration = Duration::from_millis(500);
+
+#[test]
+fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
+    let mut server = relay_server(5, &["--relay-threads", "1"])
+        .listen_implied()
+        .start();
+    let addr = server.udp();
+    let tcp = server.listeners.tcp();
+    let prom = server.prometheus();
+    let pid = server.pid();
+    let echo = EchoPeer::start();
+
+    // An allocation made before the limit, relaying on a channel.
+    let mut old = Client::new(addr, USER, PASSWORD);
+    old.allocate();
+    old.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut old, 0x4000, b"before");
+    let idle = open_fds(pid);
+    let limit = idle + FD_HEADROOM;
+    limit_open_files(pid, limit);
+
+    // Fill the descriptors with allocations (one relay socket each).
+    let mut fillers = Vec::new();
+    let refused = loop {
+        match try_allocate(addr) {
+            Ok(c) => fillers.push(c),
+            Err(code) => break code,
+        }
+        // Descriptor numbers, not counts, meet the limit: a gap below it
+        // (a descriptor closed since) gives one more.
+        assert!(
+            fillers.len() <= 2 * FD_HEADROOM,
+            "the limit of {limit} never bit"
+        );
+    };
+    assert_eq!(refused, 508, "Allocate without a descriptor left");
+    eprintln!(
+        "turnd: {idle} descriptors at idle with one allocation; limit {limit}: {} more allocations, then 508",
+        fillers.len()
+    );
+    // Still at the limit: every new Allocate gets 508, at once.
+    for _ in 0..3 {
+        assert_eq!(try_allocate(addr).err(), Some(508));
+    }
+    // A TCP connection is closed unanswered, not left hanging, and the
+    // allocation made before keeps relaying.
+    let cpu_before = cpu_time(pid);
+    let watch = Instant::now();
+    let mut shed = 0;
+    while watch.elapsed() < EMFILE_WATCH {
+        assert!(
+            StreamClient::refused_at_accept(tcp, Duration::from_secs(2)),
+            "a TCP connection at EMFILE was served or left open"
+        );
+        shed += 1;
+        channel_round_trip(&mut old, 0x4000, b"during");
+    }
+    let cpu = cpu_time(pid) - cpu_before;
+    eprintln!(
+        "at EMFILE for {:?}: {shed} TCP connections closed unserved, turnd used {cpu:?} of CPU",
+        watch.elapsed()
+    );
+    assert!(
+        cpu < EMFILE_CPU_BOUND,
+        "turnd used {cpu:?} of CPU in {EMFILE_WATCH:?} at EMFILE: a busy loop?"
+    );
+    let log = server.log();
+    let warnings = log.matches("accept failed: backing off").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} accept warnings in {EMFILE_WATCH:?} (one per listener per 10 s at most):\n{log}"
+    );
+
+    // Descriptors free again: everything works.
+    for mut c in fillers {
+        c.refresh(Some(0)).expect_success();
+    }
+    let mut fresh = try_allocate(addr).expect("Allocate after descriptors were freed");
+    fresh.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut fresh, 0x4000, b"after");
+    assert!(
+        StreamClient::wait_for_room(tcp, Duration::from_secs(2)),
+        "TCP not served after descriptors were freed"
+    );
+    assert_eq!(gauges(prom).allocations, 2.0);
+    channel_round_trip(&mut old, 0x4000, b"after");
 }
