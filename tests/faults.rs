@@ -21,6 +21,7 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -464,4 +465,136 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
     );
     assert_eq!(gauges(prom).allocations, 2.0);
     channel_round_trip(&mut old, 0x4000, b"after");
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted (lazily, so a
+/// busy mount goes too) and removed on drop, also when the test fails.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts it; needs root (a failure, never a skip, without).
+    fn mount(name: &str, size: &str) -> Tmpfs {
+        let dir = TempDir::new(name);
+        let out = run_with_timeout(
+            Command::new("mount").args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "turnd-test",
+                dir.path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(5),
+        );
+        assert!(
+            out.status.is_some_and(|s| s.success()),
+            "mount tmpfs on {} (root needed): {out:?}",
+            dir.path.display()
+        );
+        Tmpfs { dir }
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run_with_timeout(
+            Command::new("umount").args(["-l", self.dir.path.to_str().unwrap()]),
+            Duration::from_secs(5),
+        );
+    }
+}
+
+/// Fills the file system of `path` (a new file there) until ENOSPC.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create filler");
+    let chunk = [0x55u8; 4096];
+    for _ in 0..100_000 {
+        match f.write(&chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    panic!("{} never filled up", path.display());
+}
+
+#[test]
+fn a_full_file_system_under_log_file_does_not_stop_relaying() {
+    let fs = Tmpfs::mount("full-log", "64k");
+    let log_file = fs.join("turnd.log");
+    let lf = log_file.to_str().unwrap().to_owned();
+    let mut server = relay_server(6, &["--log-file", &lf, "--verbose"]).start();
+    let addr = server.udp();
+    let pid = server.pid();
+    let echo = EchoPeer::start();
+    let mut c = Client::new(addr, USER, PASSWORD);
+    c.allocate();
+    c.channel_bind(0x4000, echo.addr).expect_success();
+    channel_round_trip(&mut c, 0x4000, b"log space left");
+    assert!(read_or_empty(&log_file).contains("allocation created"));
+
+    fill(&fs.join("filler"));
+    let before = std::fs::metadata(&log_file).unwrap().len();
+    // Plenty of log lines that cannot be written: allocations, requests.
+    let cpu_before = cpu_time(pid);
+    let mut others = Vec::new();
+    for i in 0..20u8 {
+        let mut o = Client::new(addr, USER, PASSWORD);
+        o.allocate();
+        o.channel_bind(0x4000, echo.addr).expect_success();
+        channel_round_trip(&mut o, 0x4000, &[i; 30]);
+        channel_round_trip(&mut c, 0x4000, &[i; 31]);
+        others.push(o);
+    }
+    for mut o in others {
+        o.refresh(Some(0)).expect_success();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = cpu_time(pid) - cpu_before;
+    eprintln!("log file on a full tmpfs: 20 allocations relayed; turnd used {cpu:?} of CPU");
+    assert!(server.is_running(), "turnd died on a full file system");
+    assert!(
+        cpu < Duration::from_secs(1),
+        "turnd used {cpu:?} of CPU with its log file on a full file system"
+    );
+    let after = std::fs::metadata(&log_file).unwrap().len();
+    assert!(
+        after <= before + 4096,
+        "the log grew from {before} to {after} bytes on a full fs"
+    );
+    // One line on stderr says so, not one per dropped line.
+    let stderr = server.log();
+    assert_eq!(
+        stderr.matches("cannot write log file").count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+
+    // Space again: the log goes on, saying how many lines were dropped.
+    std::fs::remove_file(fs.join("filler")).unwrap();
+    let mut again = Client::new(addr, USER, PASSWORD);
+    again.allocate();
+    channel_round_trip(&mut c, 0x4000, b"log space again");
+    assert!(
+        wait_until(WAIT, || read_or_empty(&log_file)
+            .contains("log line(s) dropped")),
+        "no note of the dropped lines in the log:\n{}",
+        read_or_empty(&log_file)
+    );
+    let text = read_or_empty(&log_file);
+    let tail = &text[text.find("log line(s) dropped").unwrap()..];
+    assert!(tail.contains("allocation created"), "{tail}");
+    server.signal("TERM");
+    let st = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit after SIGTERM");
+    assert!(st.success(), "{st}");
 }
