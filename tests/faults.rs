@@ -598,3 +598,68 @@ fn a_full_file_system_under_log_file_does_not_stop_relaying() {
         .expect("exit after SIGTERM");
     assert!(st.success(), "{st}");
 }
+
+/// SIGHUP with the certificate file `cert` broken by `break_it`: the log
+/// says the certificate was not reloaded and why (naming the file), and a
+/// new TLS connection still gets the certificate `der`.
+fn broken_certificate_is_refused(
+    server: &mut TestServer,
+    cert: &Path,
+    der: &[u8],
+    n: usize,
+    why: &str,
+    break_it: impl FnOnce(),
+) {
+    break_it();
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log("TLS certificate not reloaded", n, Duration::from_secs(5)),
+        "SIGHUP with a broken certificate not reported:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("TLS certificate not reloaded"))
+        .nth(n - 1)
+        .unwrap();
+    assert!(
+        line.contains(&cert.display().to_string()) && line.contains(why),
+        "the line does not say why ({why}, {}): {line}",
+        cert.display()
+    );
+    let trust = tls_client_config(&[der], &[], &[ALPN_STUN_TURN]);
+    let mut c = StreamClient::connect_tls(server.listeners.tls(), trust)
+        .expect("TLS after a refused reload");
+    assert_eq!(
+        c.peer_cert_der().as_deref(),
+        Some(der),
+        "the old certificate"
+    );
+    c.binding();
+}
+
+#[test]
+fn a_broken_or_removed_certificate_before_sighup_keeps_the_old_one() {
+    let cert = TestCert::generate("faults-tls", "turnd-faults");
+    let (min, max) = relay_ports(Suite::Faults, 7);
+    let mut server = Turnd::standard(min, max)
+        .args(cert.args())
+        .args(["--tls-listening-port", "0"])
+        .listen_implied()
+        .start();
+    // Garbage in the certificate file (the key stays good).
+    broken_certificate_is_refused(
+        &mut server,
+        &cert.cert,
+        &cert.der,
+        1,
+        "no CERTIFICATE found",
+        || std::fs::write(&cert.cert, [0xde, 0xad, 0xbe, 0xef].repeat(64)).unwrap(),
+    );
+    // The certificate file removed.
+    broken_certificate_is_refused(&mut server, &cert.cert, &cert.der, 2, "cannot read", || {
+        std::fs::remove_file(&cert.cert).unwrap()
+    });
+    assert!(server.is_running(), "turnd died");
+}
