@@ -1017,47 +1017,107 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The user database and the last `data_version` seen.
+/// Users `(name, long-term key)` and REST secrets, as read from the user
+/// database.
+type UserDbRows = (Vec<(String, [u8; 16])>, Vec<String>);
+
+/// The user database as the server polls it: the path, the connection
+/// (none after a failed poll), the identity (device, inode) of the file it
+/// was opened on, and the last `data_version` seen.
 struct UserDbWatch {
-    db: crate::userdb::UserDb,
+    path: std::path::PathBuf,
+    db: Option<crate::userdb::UserDb>,
+    identity: Option<(u64, u64)>,
     version: Option<u64>,
+}
+
+/// (device, inode) of the regular file at `path`.
+fn file_identity(path: &std::path::Path) -> Result<(u64, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !m.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    Ok((m.dev(), m.ino()))
 }
 
 impl UserDbWatch {
     fn open(path: &std::path::Path) -> Result<Self, StartError> {
+        let identity = file_identity(path).ok();
         let db = crate::userdb::UserDb::open_existing(path)
             .map_err(|e| StartError::UserDb(e.to_string()))?;
-        Ok(UserDbWatch { db, version: None })
+        Ok(UserDbWatch {
+            path: path.to_owned(),
+            db: Some(db),
+            identity,
+            version: None,
+        })
     }
 
     /// Credentials from the config plus the database's users and secrets.
     fn credentials(&mut self, config: &Config) -> Result<crate::auth::Credentials, StartError> {
-        let e = |e: crate::userdb::UserDbError| StartError::UserDb(e.to_string());
-        self.version = Some(self.db.data_version().map_err(e)?);
-        let users = self.db.users(&config.realm).map_err(e)?;
-        let secrets = if config.use_auth_secret {
-            self.db.secrets(&config.realm).map_err(e)?
-        } else {
-            Vec::new()
-        };
-        info!(users = users.len(), secrets = secrets.len(), path = %self.db.path().display(), "user database loaded");
+        let (users, secrets) = self
+            .read(&config.realm, config.use_auth_secret)
+            .map_err(StartError::UserDb)?;
+        info!(users = users.len(), secrets = secrets.len(), path = %self.path.display(), "user database loaded");
         Ok(config.credentials(&users, &secrets))
     }
 
-    /// True when another connection committed since the last load.
-    fn changed(&self) -> bool {
-        match self.db.data_version() {
-            Ok(v) => Some(v) != self.version,
-            Err(e) => {
-                warn!(error = %e, "cannot poll the user database");
-                false
-            }
+    /// Reads the users of `realm` (and the secrets, when `secrets`) and
+    /// notes the `data_version` they were read at.
+    fn read(&mut self, realm: &str, secrets: bool) -> Result<UserDbRows, String> {
+        let db = self.db.as_ref().ok_or("user database not open")?;
+        let e = |e: crate::userdb::UserDbError| e.to_string();
+        let version = db.data_version().map_err(e)?;
+        let users = db.users(realm).map_err(e)?;
+        let secrets = if secrets {
+            db.secrets(realm).map_err(e)?
+        } else {
+            Vec::new()
+        };
+        self.version = Some(version);
+        Ok((users, secrets))
+    }
+
+    /// One poll, blocking (SQLite waits up to its busy timeout, 2 s, for a
+    /// lock): `Ok(None)` when nothing changed, `Ok(Some(rows))` when the
+    /// file changed (another connection committed, or another file now
+    /// stands at the path), `Err` (naming the file) when it cannot be read
+    /// (missing, not a regular file, not a database, locked). After an
+    /// error the connection is dropped: the next poll opens the file anew
+    /// and reads it whole.
+    fn poll(&mut self, realm: &str, secrets: bool) -> Result<Option<UserDbRows>, String> {
+        let polled = self.poll_once(realm, secrets);
+        if polled.is_err() {
+            self.db = None;
+            self.version = None;
         }
+        polled
+    }
+
+    fn poll_once(&mut self, realm: &str, secrets: bool) -> Result<Option<UserDbRows>, String> {
+        let identity = file_identity(&self.path)?;
+        if self.db.is_none() || self.identity != Some(identity) {
+            let db = crate::userdb::UserDb::open_existing(&self.path).map_err(|e| e.to_string())?;
+            self.db = Some(db);
+            self.identity = Some(identity);
+            self.version = None;
+        }
+        let db = self.db.as_ref().ok_or("user database not open")?;
+        let version = db.data_version().map_err(|e| e.to_string())?;
+        if Some(version) == self.version {
+            return Ok(None);
+        }
+        self.read(realm, secrets).map(Some)
     }
 }
 
-/// Polls the user database once a second and swaps the credentials in when
-/// it changed (`turnd user add` from another process).
+/// Polls the user database once a second, on a blocking thread (never on
+/// the worker's), and swaps the credentials in when it changed (`turnd
+/// user add` from another process, a new file put in place). While it
+/// cannot be read (locked, deleted, garbage, a directory), the last users
+/// read stay in force: one warning when that starts, one info line when it
+/// is readable again.
 async fn userdb_task(
     mut db: UserDbWatch,
     config: Rc<RefCell<Config>>,
@@ -1065,22 +1125,46 @@ async fn userdb_task(
     workers: Rc<worker::Workers>,
 ) {
     let mut tick = tokio::time::interval(USERDB_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let path = db.path.clone();
+    let mut failing = false;
     loop {
         tick.tick().await;
-        if !db.changed() {
-            continue;
-        }
-        let loaded = db.credentials(&config.borrow());
-        match loaded {
-            Ok(c) => {
+        let (realm, secrets) = {
+            let c = config.borrow();
+            (c.realm.clone(), c.use_auth_secret)
+        };
+        let polled = tokio::task::spawn_blocking(move || {
+            let r = db.poll(&realm, secrets);
+            (db, r)
+        })
+        .await;
+        let Ok((back, result)) = polled else {
+            error!(path = %path.display(), "user database poll failed; no more polls");
+            return;
+        };
+        db = back;
+        match result {
+            Ok(None) => {}
+            Ok(Some((users, secrets))) => {
+                info!(users = users.len(), secrets = secrets.len(), path = %path.display(), "user database loaded");
+                let c = config.borrow().credentials(&users, &secrets);
                 workers
                     .broadcast(|_| worker::Control::Credentials(Box::new(c.clone())))
                     .await;
                 core.borrow_mut().set_credentials(c);
             }
             Err(e) => {
-                warn!(error = %e, "user database changed but could not be read; keeping the old users")
+                if !failing {
+                    warn!(path = %path.display(), error = %e, "user database unreadable: keeping the last users read until it is fixed");
+                }
+                failing = true;
+                continue;
             }
+        }
+        if failing {
+            info!(path = %path.display(), "user database readable again");
+            failing = false;
         }
     }
 }
