@@ -38,22 +38,6 @@ fn user_cmd(db: &Path, args: &[&str]) {
     run_turnd_ok(&all);
 }
 
-/// One Allocate from a fresh socket: true when granted (then deleted
-/// again), false on 401; panics on anything else.
-fn allocates(addr: std::net::SocketAddr, user: &str, password: &str) -> bool {
-    let mut c = Client::new(addr, user, password);
-    let r = c.allocate_with(&[Attr::transport_udp()]);
-    match r.error_code() {
-        None => {
-            Client::allocated(r);
-            c.refresh(Some(0)).expect_success();
-            true
-        }
-        Some(401) => false,
-        Some(code) => panic!("{user}: Allocate answered {code}: {r:?}"),
-    }
-}
-
 /// A running turnd on a database holding dave:pw1, one worker (which also
 /// polls the database), and a client relaying through an echo peer.
 struct Setup {
