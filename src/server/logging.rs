@@ -77,7 +77,8 @@ impl Write for LogFile {
                 g.dropped += 1;
                 return Ok(buf.len());
             }
-            eprintln!(
+            let _ = writeln!(
+                io::stderr(),
                 "turnd: log file {} written again ({} line(s) dropped)",
                 self.path.display(),
                 g.dropped
@@ -86,7 +87,11 @@ impl Write for LogFile {
         }
         if let Err(e) = g.file.write_all(buf) {
             if g.dropped == 0 {
-                eprintln!(
+                // Not eprintln!, which panics when stderr is gone: a panic
+                // here, with the lock held, would deadlock the panic hook's
+                // log line.
+                let _ = writeln!(
+                    io::stderr(),
                     "turnd: cannot write log file {}: {e}; log lines are dropped (and counted) until it can be written again",
                     self.path.display()
                 );
