@@ -193,10 +193,12 @@ where
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                failures.on_error(&listener, local, e).await;
+                failures.on_error(&listener, local, e);
+                tokio::time::sleep(super::stream::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(local);
         if open.get() >= MAX_HTTP_CONNECTIONS {
             debug!(%peer, "http connection refused: {MAX_HTTP_CONNECTIONS} already open");
             drop(stream);

@@ -413,14 +413,15 @@ pub(super) fn spawn_acceptor(
 }
 
 /// How long an accept loop sleeps after a failed `accept`.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// An accept loop logs its failures at most this often.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How an accept loop weathers a failed `accept` (EMFILE, ENFILE, ENOBUFS,
-/// ENOMEM, ...): it sleeps [`ACCEPT_BACKOFF`] instead of spinning on a
-/// listener that stays readable, and logs one warning per
-/// [`ACCEPT_LOG_EVERY`] at most, with the failures since the last one.
+/// ENOMEM, ...): the loop sleeps [`ACCEPT_BACKOFF`] instead of spinning on
+/// a listener that stays readable, and this logs one warning per
+/// [`ACCEPT_LOG_EVERY`] at most, with the failures since the last one, and
+/// one info line when an accept works again ([`AcceptFailures::on_success`]).
 ///
 /// With a spare descriptor ([`AcceptFailures::with_spare`]), when
 /// descriptors ran out (EMFILE, ENFILE) it also sheds the oldest pending
@@ -461,11 +462,28 @@ impl AcceptFailures {
         }
     }
 
+    /// After a successful accept: ends a run of failures, with one info
+    /// line counting those not yet logged.
+    pub(super) fn on_success(&mut self, local: Option<SocketAddr>) {
+        if self.last_log.is_some() {
+            info!(
+                listener = self.what,
+                ?local,
+                failures = self.failures,
+                shed = self.shed,
+                "accept works again (failures and shed connections since the last warning)"
+            );
+            self.last_log = None;
+            self.failures = 0;
+            self.shed = 0;
+        }
+    }
+
     /// Handles `accept`'s error `e` on `listener` (at `local`): sheds a
     /// pending connection when descriptors ran out and a spare is held,
-    /// logs when [`ACCEPT_LOG_EVERY`] has passed since the last warning,
-    /// then sleeps [`ACCEPT_BACKOFF`].
-    pub(super) async fn on_error(
+    /// logs when [`ACCEPT_LOG_EVERY`] has passed since the last warning.
+    /// The caller then sleeps [`ACCEPT_BACKOFF`].
+    pub(super) fn on_error(
         &mut self,
         listener: &TcpListener,
         local: Option<SocketAddr>,
@@ -502,7 +520,6 @@ impl AcceptFailures {
             self.failures = 0;
             self.shed = 0;
         }
-        tokio::time::sleep(ACCEPT_BACKOFF).await;
     }
 }
 
@@ -528,10 +545,12 @@ async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                failures.on_error(&listener, local, e).await;
+                failures.on_error(&listener, local, e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(local);
         let deadline = Instant::now() + limits.auth_timeout;
         let permit = match gate.admit(peer.ip()) {
             Ok(p) => p,
@@ -919,10 +938,13 @@ pub(super) async fn tcp_relay_accept(
             Some(Ok(x)) => x,
             Some(Err(e)) => {
                 let Some(l) = listener.upgrade() else { return };
-                failures.on_error(&l, Some(relay), e).await;
+                failures.on_error(&l, Some(relay), e);
+                drop(l);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(Some(relay));
         let attempt =
             core.borrow_mut()
                 .handle_peer_connection(Instant::now(), relay, peer, &mut out);
