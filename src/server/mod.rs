@@ -1169,9 +1169,10 @@ async fn userdb_task(
     }
 }
 
-/// SIGHUP: re-reads the configuration (and the user database) and applies
-/// it while allocations keep relaying. A bad file is logged and ignored.
-fn reload(
+/// SIGHUP: re-reads the configuration (and the user database, on a
+/// blocking thread) and applies it while allocations keep relaying. A bad
+/// file is logged and ignored.
+async fn reload(
     cli: &Cli,
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
@@ -1184,19 +1185,36 @@ fn reload(
             return;
         }
     };
-    let old = config.borrow();
-    fresh.relay_ips = old.relay_ips.clone();
-    if fresh.listening_ips != old.listening_ips || fresh.listening_port != old.listening_port {
-        warn!(
-            "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
-        );
+    {
+        let old = config.borrow();
+        fresh.relay_ips = old.relay_ips.clone();
+        if fresh.listening_ips != old.listening_ips || fresh.listening_port != old.listening_port {
+            warn!(
+                "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
+            );
+        }
     }
-    drop(old);
     let mut server_config = fresh.server_config();
     server_config.host_ips = host_ips(&fresh);
-    if let Some(path) = &fresh.userdb {
-        match UserDbWatch::open(path).and_then(|mut db| db.credentials(&fresh)) {
-            Ok(c) => server_config.credentials = c,
+    if let Some(path) = fresh.userdb.clone() {
+        let (realm, secrets) = (fresh.realm.clone(), fresh.use_auth_secret);
+        // Off this thread (worker 0): a locked database is waited for up to
+        // SQLite's busy timeout.
+        let read = tokio::task::spawn_blocking(move || {
+            let mut db = UserDbWatch::open(&path).map_err(|e| e.to_string())?;
+            db.read(&realm, secrets)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match read {
+            Ok((users, secrets)) => {
+                info!(
+                    users = users.len(),
+                    secrets = secrets.len(),
+                    "user database loaded"
+                );
+                server_config.credentials = fresh.credentials(&users, &secrets);
+            }
             Err(e) => {
                 error!(error = %e, "SIGHUP: user database unreadable; configuration not reloaded");
                 return;
@@ -1246,7 +1264,7 @@ async fn wait_for_shutdown(
                 if let Some(Err(e)) = logging::reopen_log_file() {
                     error!(error = %e, "SIGHUP: log file not reopened");
                 }
-                reload(cli, config, core, workers);
+                reload(cli, config, core, workers).await;
                 if let Some(cert) = cert {
                     match cert.reload() {
                         Ok(()) => info!("SIGHUP: TLS certificate reloaded; existing connections keep theirs"),
