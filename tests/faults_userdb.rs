@@ -200,3 +200,31 @@ fn an_unreadable_database_keeps_the_last_users_until_fixed() {
     std::fs::rename(&aside, &s.db).unwrap();
     s.recovers(true);
 }
+
+#[test]
+fn sighup_with_a_locked_database_keeps_the_configuration_without_stalling() {
+    let mut s = Setup::start(18, "sighup-locked");
+    let mut conn = rusqlite::Connection::open(&s.db).expect("open db");
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .expect("BEGIN EXCLUSIVE");
+    s.server.signal("HUP");
+    // SQLite waits up to 2 s for the lock: not on the worker.
+    s.holds_through_the_fault(1);
+    let refused = "SIGHUP: user database unreadable; configuration not reloaded";
+    assert!(
+        s.server.wait_for_log(refused, 1, PROPAGATION),
+        "{}",
+        s.server.log()
+    );
+    assert_eq!(s.server.log().matches(refused).count(), 1);
+    tx.rollback().expect("ROLLBACK");
+    s.server.signal("HUP");
+    assert!(
+        s.server
+            .wait_for_log("configuration reloaded", 1, PROPAGATION),
+        "{}",
+        s.server.log()
+    );
+    assert!(allocates(s.server.addr, "dave", "pw1"));
+}
