@@ -108,6 +108,9 @@ impl Setup {
             "a round trip took {slowest:?} while the database was broken: a stall"
         );
         assert!(self.server.is_running(), "turnd died");
+        // A poll of a locked file waits out SQLite's 2 s busy timeout before
+        // it warns: give the warning that long (and the pipe a moment).
+        self.server.wait_for_log(WARNING, warnings, PROPAGATION);
         let log = self.server.log();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(WARNING)).collect();
         assert_eq!(lines.len(), warnings, "warnings:\n{log}");
