@@ -10,9 +10,13 @@
 //!
 //! **Test-only**: the environment variable `TURND_FAULT_INJECT`, read once,
 //! injects faults for `tests/faults.rs`. It is inert unless set; no
-//! deployment should set it. Its one form today is `panic-worker:N`: relay
-//! worker `N` (0 is the main thread) panics on the first datagram its UDP
-//! listener receives.
+//! deployment should set it. Its forms:
+//!
+//! - `panic-worker:N`: relay worker `N` (0 is the main thread) panics on
+//!   the first datagram its UDP listener receives;
+//! - `end-worker:N`: relay worker `N` (1 or more) ends its thread as it
+//!   starts, without a panic (the main thread notices within 500 ms and
+//!   turnd exits with status 1).
 
 use std::sync::OnceLock;
 
@@ -45,12 +49,19 @@ pub fn exit_on_panic() {
 enum Fault {
     /// `panic-worker:N`.
     PanicWorker(usize),
+    /// `end-worker:N`.
+    EndWorker(usize),
 }
 
 /// Parses the hook's value; `None` for an empty or unknown one.
 fn parse(value: &str) -> Option<Fault> {
-    let n = value.strip_prefix("panic-worker:")?;
-    n.parse().ok().map(Fault::PanicWorker)
+    let (kind, n) = value.split_once(':')?;
+    let n = n.parse().ok()?;
+    match kind {
+        "panic-worker" => Some(Fault::PanicWorker(n)),
+        "end-worker" => Some(Fault::EndWorker(n)),
+        _ => None,
+    }
 }
 
 fn injected() -> Option<Fault> {
@@ -80,14 +91,21 @@ pub fn on_datagram(worker: usize) {
     }
 }
 
+/// Test-only: true when `TURND_FAULT_INJECT=end-worker:N` names `worker`,
+/// which then ends its thread at once.
+pub fn ends_worker(worker: usize) -> bool {
+    injected() == Some(Fault::EndWorker(worker))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_panic_worker_only() {
+    fn parses_the_two_faults_only() {
         assert_eq!(parse("panic-worker:1"), Some(Fault::PanicWorker(1)));
         assert_eq!(parse("panic-worker:0"), Some(Fault::PanicWorker(0)));
+        assert_eq!(parse("end-worker:2"), Some(Fault::EndWorker(2)));
         assert_eq!(parse("panic-worker:"), None);
         assert_eq!(parse("panic-worker:x"), None);
         assert_eq!(parse(""), None);

@@ -413,6 +413,10 @@ impl Workers {
 }
 
 async fn worker_main(setup: WorkerSetup, mut rx: mpsc::Receiver<Control>) {
+    if super::fault::ends_worker(setup.index) {
+        warn!("TURND_FAULT_INJECT: this worker ends now");
+        return;
+    }
     let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
     core.set_shard(setup.index, setup.count, &setup.shared);
     let core = Rc::new(RefCell::new(core));
