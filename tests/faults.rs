@@ -1,8 +1,9 @@
 //! Fault injection against the real turnd binary over real sockets: a peer
 //! that answers with ICMP port unreachable, a client that vanishes, relay
 //! ports running out, file descriptors running out, a broken TLS
-//! certificate before SIGHUP, a log file on a full file system and a panic
-//! inside a worker. (The SQLite user database faults are in
+//! certificate before SIGHUP, a log file on a full file system, and a panic
+//! inside a worker or a worker thread ending (the test-only hook
+//! `TURND_FAULT_INJECT`). (The SQLite user database faults are in
 //! `tests/faults_userdb.rs`.)
 //!
 //! Each fault is checked for what must hold while it lasts (relaying of the
@@ -690,4 +691,19 @@ fn a_broken_or_removed_certificate_before_sighup_keeps_the_old_one() {
         std::fs::remove_file(&cert.cert).unwrap()
     });
     assert!(server.is_running(), "turnd died");
+}
+
+#[test]
+fn a_worker_thread_that_ends_without_a_panic_exits_the_process() {
+    // TURND_FAULT_INJECT=end-worker:1 (test-only): worker 1 returns as it
+    // starts; the main thread looks every 500 ms.
+    let mut server = relay_server(8, &["--relay-threads", "2"])
+        .env("TURND_FAULT_INJECT", "end-worker:1")
+        .start();
+    let status = server
+        .wait_exit(EXIT_AFTER_PANIC)
+        .unwrap_or_else(|| panic!("turnd still runs {EXIT_AFTER_PANIC:?} after worker 1 ended"));
+    assert_eq!(status.code(), Some(1), "exit status after a worker ended");
+    let log = server.log();
+    assert!(log.contains("relay worker 1 stopped unexpectedly"), "{log}");
 }
