@@ -275,15 +275,16 @@ impl Server {
                     break;
                 }
                 Err(e) => {
-                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
                     busy.push(addr);
                     if let Some(next) = reserved {
                         self.ports.release(next);
                     }
                     // Out of descriptors or memory: another port won't help.
                     if e.kind() != std::io::ErrorKind::AddrInUse {
+                        info!(relay = %addr, error = %e, "cannot open a relay socket");
                         break;
                     }
+                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
                 }
             }
         }
