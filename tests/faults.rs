@@ -431,6 +431,12 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
         );
     };
     assert_eq!(refused, 508, "Allocate without a descriptor left");
+    assert!(
+        server.wait_for_log("cannot open a relay socket", 1, WAIT)
+            && server.log().contains("Too many open files"),
+        "the 508's cause is not logged:\n{}",
+        server.log()
+    );
     eprintln!(
         "turnd: {idle} descriptors at idle with one allocation; limit {limit}: {} more allocations, then 508",
         fillers.len()
