@@ -389,6 +389,14 @@ fn http_closed_unanswered(addr: SocketAddr) -> bool {
     }
 }
 
+/// Sends `data` on channel 0x4000 of `c` and waits for its echo.
+#[track_caller]
+fn stream_round_trip(c: &mut StreamClient, data: &[u8]) {
+    c.channel_data(0x4000, data);
+    let (ch, back) = c.expect_channel_data(WAIT);
+    assert_eq!((ch, back.as_slice()), (0x4000, data), "echo over TCP");
+}
+
 /// Descriptors left above turnd's idle count before the limit bites.
 const FD_HEADROOM: usize = 6;
 /// How long descriptors stay out while turnd's CPU time is watched.
@@ -413,6 +421,11 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
     old.allocate();
     old.channel_bind(0x4000, echo.addr).expect_success();
     channel_round_trip(&mut old, 0x4000, b"before");
+    // And one over TCP.
+    let mut old_tcp = StreamClient::connect_tcp(tcp);
+    old_tcp.allocate();
+    old_tcp.channel_bind(0x4000, echo.addr).expect_success();
+    stream_round_trip(&mut old_tcp, b"before");
     let idle = open_fds(pid);
     let limit = idle + FD_HEADROOM;
     limit_open_files(pid, limit);
@@ -439,7 +452,7 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
         server.log()
     );
     eprintln!(
-        "turnd: {idle} descriptors at idle with one allocation; limit {limit}: {} more allocations, then 508",
+        "turnd: {idle} descriptors at idle with two allocations (UDP, TCP); limit {limit}: {} more allocations, then 508",
         fillers.len()
     );
     // Still at the limit: every new Allocate gets 508, at once.
@@ -458,6 +471,7 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
         );
         shed += 1;
         channel_round_trip(&mut old, 0x4000, b"during");
+        stream_round_trip(&mut old_tcp, b"during");
     }
     let cpu = cpu_time(pid) - cpu_before;
     eprintln!(
@@ -499,8 +513,9 @@ fn file_descriptors_running_out_refuse_new_work_keep_old_and_recover() {
         "the end of the failures is not logged:\n{}",
         server.log()
     );
-    assert_eq!(gauges(prom).allocations, 2.0);
+    assert_eq!(gauges(prom).allocations, 3.0);
     channel_round_trip(&mut old, 0x4000, b"after");
+    stream_round_trip(&mut old_tcp, b"after");
 }
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted (lazily, so a
