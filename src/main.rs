@@ -130,6 +130,9 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // A panic on any thread or in any task ends the process (status 101)
+    // rather than leaving a half-alive server: systemd restarts it.
+    turnd::server::fault::exit_on_panic();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,7 +149,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("turnd: {e}");
-            tracing::error!(error = %e, "turnd failed to start");
+            tracing::error!(error = %e, "turnd failed");
             ExitCode::FAILURE
         }
     }

@@ -52,23 +52,9 @@ fn secret_cmd(db: &Path, args: &[&str]) -> String {
     run_turnd_ok(&all)
 }
 
-/// One Allocate attempt from a fresh socket: `Some(true)` allocated,
-/// `Some(false)` 401, panics on anything else. A granted allocation is
-/// deleted again (Refresh 0) before the socket closes: the OS may give its
-/// port to a later attempt, whose Allocate on a 5-tuple that still had an
-/// allocation would rightly get 437.
+/// [`allocates`] on `server`'s address.
 fn try_allocate(server: &TestServer, user: &str, password: &str) -> bool {
-    let mut c = Client::new(server.addr, user, password);
-    let r = c.allocate_with(&[Attr::transport_udp()]);
-    match r.error_code() {
-        None => {
-            Client::allocated(r);
-            c.refresh(Some(0)).expect_success();
-            true
-        }
-        Some(401) => false,
-        Some(code) => panic!("{user}: Allocate answered {code}: {r:?}"),
-    }
+    allocates(server.addr, user, password)
 }
 
 /// Polls `try_allocate` until it returns `want`, for at most [`PROPAGATION`];

@@ -186,15 +186,19 @@ where
     Fut: std::future::Future<Output = Resp> + 'static,
 {
     let open = Rc::new(std::cell::Cell::new(0usize));
+    let local = listener.local_addr().ok();
+    let mut failures = super::stream::AcceptFailures::with_spare("http");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                debug!(error = %e, "http accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // EMFILE and friends: back off instead of spinning.
+                failures.on_error(&listener, local, e);
+                tokio::time::sleep(super::stream::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(local);
         if open.get() >= MAX_HTTP_CONNECTIONS {
             debug!(%peer, "http connection refused: {MAX_HTTP_CONNECTIONS} already open");
             drop(stream);

@@ -9,10 +9,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tracing_subscriber::EnvFilter;
 
 /// A log file shared by every writer; [`LogFile::reopen`] swaps the handle.
+///
+/// A line that cannot be written (a full file system: ENOSPC, EIO) is
+/// dropped, never an error for the caller: the first failure of a run is
+/// said once on stderr, the lines dropped are counted, and the first line
+/// written again is preceded by a line saying how many were dropped.
+/// Logging never stops relaying, and never floods stderr.
 #[derive(Clone, Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    /// Lines dropped since the last successful write.
+    dropped: u64,
 }
 
 static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
@@ -29,7 +42,10 @@ impl LogFile {
     pub fn open(path: &Path) -> io::Result<Self> {
         Ok(LogFile {
             path: path.to_owned(),
-            file: Arc::new(Mutex::new(open(path)?)),
+            inner: Arc::new(Mutex::new(Inner {
+                file: open(path)?,
+                dropped: 0,
+            })),
         })
     }
 
@@ -39,20 +55,54 @@ impl LogFile {
     /// The OS error; logging goes on to the old handle.
     pub fn reopen(&self) -> io::Result<()> {
         let f = open(&self.path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
+        self.lock().file = f;
         Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Write for LogFile {
+    /// Writes all of `buf` (one log line) or drops it; always `Ok`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(buf)
+        let mut g = self.lock();
+        if g.dropped > 0 {
+            let note = format!(
+                "turnd: {} log line(s) dropped: the log file could not be written\n",
+                g.dropped
+            );
+            if g.file.write_all(note.as_bytes()).is_err() {
+                g.dropped += 1;
+                return Ok(buf.len());
+            }
+            let _ = writeln!(
+                io::stderr(),
+                "turnd: log file {} written again ({} line(s) dropped)",
+                self.path.display(),
+                g.dropped
+            );
+            g.dropped = 0;
+        }
+        if let Err(e) = g.file.write_all(buf) {
+            if g.dropped == 0 {
+                // Not eprintln!, which panics when stderr is gone: a panic
+                // here, with the lock held, would deadlock the panic hook's
+                // log line.
+                let _ = writeln!(
+                    io::stderr(),
+                    "turnd: cannot write log file {}: {e}; log lines are dropped (and counted) until it can be written again",
+                    self.path.display()
+                );
+            }
+            g.dropped += 1;
+        }
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        let _ = self.lock().file.flush();
+        Ok(())
     }
 }
 

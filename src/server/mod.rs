@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
+pub mod fault;
 mod http;
 pub mod logging;
 mod stream;
@@ -258,6 +259,8 @@ struct RelaySocket {
 
 /// Sockets and connections owned by the shell.
 struct Shell {
+    /// The worker this shell belongs to (0: the main thread).
+    worker: usize,
     listeners: HashMap<SocketAddr, Rc<UdpFd>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
@@ -573,6 +576,9 @@ async fn listener_task(
             guard.clear_ready();
         }
         drop(guard);
+        if n > 0 {
+            fault::on_datagram(shell.worker);
+        }
         let now = Instant::now();
         for i in 0..n {
             let Some((from, len, slot)) = batch.slot_mut(i) else {
@@ -639,8 +645,13 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
 }
 
 /// A worker's shell around its UDP listeners.
-fn new_shell(listeners: HashMap<SocketAddr, Rc<UdpFd>>, limits: stream::StreamLimits) -> Rc<Shell> {
+fn new_shell(
+    worker: usize,
+    listeners: HashMap<SocketAddr, Rc<UdpFd>>,
+    limits: stream::StreamLimits,
+) -> Rc<Shell> {
     Rc::new(Shell {
+        worker,
         listeners,
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
@@ -678,6 +689,7 @@ fn spawn_listeners(shell: &Rc<Shell>, core: &Rc<RefCell<Server>>) {
 /// # Errors
 /// [`StartError`] when a listener cannot be bound or no relay address exists.
 pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
+    fault::arm();
     resolve_relay_ips(&mut config)?;
     if config.users.is_empty() && !config.use_auth_secret && config.userdb.is_none() {
         return Err(StartError::NoUsers);
@@ -843,7 +855,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let mut core = Server::new(server_config.shard(workers_wanted), epoch, unix_epoch, seed);
     core.set_shard(0, workers_wanted, &shared);
     let core = Rc::new(RefCell::new(core));
-    let shell = new_shell(listeners, limits);
+    let shell = new_shell(0, listeners, limits);
     spawn_listeners(&shell, &core);
     let mut udp_locals: Vec<_> = shell.listeners.keys().collect();
     udp_locals.sort();
@@ -1005,47 +1017,107 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The user database and the last `data_version` seen.
+/// Users `(name, long-term key)` and REST secrets, as read from the user
+/// database.
+type UserDbRows = (Vec<(String, [u8; 16])>, Vec<String>);
+
+/// The user database as the server polls it: the path, the connection
+/// (none after a failed poll), the identity (device, inode) of the file it
+/// was opened on, and the last `data_version` seen.
 struct UserDbWatch {
-    db: crate::userdb::UserDb,
+    path: std::path::PathBuf,
+    db: Option<crate::userdb::UserDb>,
+    identity: Option<(u64, u64)>,
     version: Option<u64>,
+}
+
+/// (device, inode) of the regular file at `path`.
+fn file_identity(path: &std::path::Path) -> Result<(u64, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !m.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    Ok((m.dev(), m.ino()))
 }
 
 impl UserDbWatch {
     fn open(path: &std::path::Path) -> Result<Self, StartError> {
+        let identity = file_identity(path).ok();
         let db = crate::userdb::UserDb::open_existing(path)
             .map_err(|e| StartError::UserDb(e.to_string()))?;
-        Ok(UserDbWatch { db, version: None })
+        Ok(UserDbWatch {
+            path: path.to_owned(),
+            db: Some(db),
+            identity,
+            version: None,
+        })
     }
 
     /// Credentials from the config plus the database's users and secrets.
     fn credentials(&mut self, config: &Config) -> Result<crate::auth::Credentials, StartError> {
-        let e = |e: crate::userdb::UserDbError| StartError::UserDb(e.to_string());
-        self.version = Some(self.db.data_version().map_err(e)?);
-        let users = self.db.users(&config.realm).map_err(e)?;
-        let secrets = if config.use_auth_secret {
-            self.db.secrets(&config.realm).map_err(e)?
-        } else {
-            Vec::new()
-        };
-        info!(users = users.len(), secrets = secrets.len(), path = %self.db.path().display(), "user database loaded");
+        let (users, secrets) = self
+            .read(&config.realm, config.use_auth_secret)
+            .map_err(StartError::UserDb)?;
+        info!(users = users.len(), secrets = secrets.len(), path = %self.path.display(), "user database loaded");
         Ok(config.credentials(&users, &secrets))
     }
 
-    /// True when another connection committed since the last load.
-    fn changed(&self) -> bool {
-        match self.db.data_version() {
-            Ok(v) => Some(v) != self.version,
-            Err(e) => {
-                warn!(error = %e, "cannot poll the user database");
-                false
-            }
+    /// Reads the users of `realm` (and the secrets, when `secrets`) and
+    /// notes the `data_version` they were read at.
+    fn read(&mut self, realm: &str, secrets: bool) -> Result<UserDbRows, String> {
+        let db = self.db.as_ref().ok_or("user database not open")?;
+        let e = |e: crate::userdb::UserDbError| e.to_string();
+        let version = db.data_version().map_err(e)?;
+        let users = db.users(realm).map_err(e)?;
+        let secrets = if secrets {
+            db.secrets(realm).map_err(e)?
+        } else {
+            Vec::new()
+        };
+        self.version = Some(version);
+        Ok((users, secrets))
+    }
+
+    /// One poll, blocking (SQLite waits up to its busy timeout, 2 s, for a
+    /// lock): `Ok(None)` when nothing changed, `Ok(Some(rows))` when the
+    /// file changed (another connection committed, or another file now
+    /// stands at the path), `Err` (naming the file) when it cannot be read
+    /// (missing, not a regular file, not a database, locked). After an
+    /// error the connection is dropped: the next poll opens the file anew
+    /// and reads it whole.
+    fn poll(&mut self, realm: &str, secrets: bool) -> Result<Option<UserDbRows>, String> {
+        let polled = self.poll_once(realm, secrets);
+        if polled.is_err() {
+            self.db = None;
+            self.version = None;
         }
+        polled
+    }
+
+    fn poll_once(&mut self, realm: &str, secrets: bool) -> Result<Option<UserDbRows>, String> {
+        let identity = file_identity(&self.path)?;
+        if self.db.is_none() || self.identity != Some(identity) {
+            let db = crate::userdb::UserDb::open_existing(&self.path).map_err(|e| e.to_string())?;
+            self.db = Some(db);
+            self.identity = Some(identity);
+            self.version = None;
+        }
+        let db = self.db.as_ref().ok_or("user database not open")?;
+        let version = db.data_version().map_err(|e| e.to_string())?;
+        if Some(version) == self.version {
+            return Ok(None);
+        }
+        self.read(realm, secrets).map(Some)
     }
 }
 
-/// Polls the user database once a second and swaps the credentials in when
-/// it changed (`turnd user add` from another process).
+/// Polls the user database once a second, on a blocking thread (never on
+/// the worker's), and swaps the credentials in when it changed (`turnd
+/// user add` from another process, a new file put in place). While it
+/// cannot be read (locked, deleted, garbage, a directory), the last users
+/// read stay in force: one warning when that starts, one info line when it
+/// is readable again.
 async fn userdb_task(
     mut db: UserDbWatch,
     config: Rc<RefCell<Config>>,
@@ -1053,29 +1125,54 @@ async fn userdb_task(
     workers: Rc<worker::Workers>,
 ) {
     let mut tick = tokio::time::interval(USERDB_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let path = db.path.clone();
+    let mut failing = false;
     loop {
         tick.tick().await;
-        if !db.changed() {
-            continue;
-        }
-        let loaded = db.credentials(&config.borrow());
-        match loaded {
-            Ok(c) => {
+        let (realm, secrets) = {
+            let c = config.borrow();
+            (c.realm.clone(), c.use_auth_secret)
+        };
+        let polled = tokio::task::spawn_blocking(move || {
+            let r = db.poll(&realm, secrets);
+            (db, r)
+        })
+        .await;
+        let Ok((back, result)) = polled else {
+            error!(path = %path.display(), "user database poll failed; no more polls");
+            return;
+        };
+        db = back;
+        match result {
+            Ok(None) => {}
+            Ok(Some((users, secrets))) => {
+                info!(users = users.len(), secrets = secrets.len(), path = %path.display(), "user database loaded");
+                let c = config.borrow().credentials(&users, &secrets);
                 workers
                     .broadcast(|_| worker::Control::Credentials(Box::new(c.clone())))
                     .await;
                 core.borrow_mut().set_credentials(c);
             }
             Err(e) => {
-                warn!(error = %e, "user database changed but could not be read; keeping the old users")
+                if !failing {
+                    warn!(path = %path.display(), error = %e, "user database unreadable: keeping the last users read until it is fixed");
+                }
+                failing = true;
+                continue;
             }
+        }
+        if failing {
+            info!(path = %path.display(), "user database readable again");
+            failing = false;
         }
     }
 }
 
-/// SIGHUP: re-reads the configuration (and the user database) and applies
-/// it while allocations keep relaying. A bad file is logged and ignored.
-fn reload(
+/// SIGHUP: re-reads the configuration (and the user database, on a
+/// blocking thread) and applies it while allocations keep relaying. A bad
+/// file is logged and ignored.
+async fn reload(
     cli: &Cli,
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
@@ -1088,19 +1185,36 @@ fn reload(
             return;
         }
     };
-    let old = config.borrow();
-    fresh.relay_ips = old.relay_ips.clone();
-    if fresh.listening_ips != old.listening_ips || fresh.listening_port != old.listening_port {
-        warn!(
-            "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
-        );
+    {
+        let old = config.borrow();
+        fresh.relay_ips = old.relay_ips.clone();
+        if fresh.listening_ips != old.listening_ips || fresh.listening_port != old.listening_port {
+            warn!(
+                "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
+            );
+        }
     }
-    drop(old);
     let mut server_config = fresh.server_config();
     server_config.host_ips = host_ips(&fresh);
-    if let Some(path) = &fresh.userdb {
-        match UserDbWatch::open(path).and_then(|mut db| db.credentials(&fresh)) {
-            Ok(c) => server_config.credentials = c,
+    if let Some(path) = fresh.userdb.clone() {
+        let (realm, secrets) = (fresh.realm.clone(), fresh.use_auth_secret);
+        // Off this thread (worker 0): a locked database is waited for up to
+        // SQLite's busy timeout.
+        let read = tokio::task::spawn_blocking(move || {
+            let mut db = UserDbWatch::open(&path).map_err(|e| e.to_string())?;
+            db.read(&realm, secrets)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match read {
+            Ok((users, secrets)) => {
+                info!(
+                    users = users.len(),
+                    secrets = secrets.len(),
+                    "user database loaded"
+                );
+                server_config.credentials = fresh.credentials(&users, &secrets);
+            }
             Err(e) => {
                 error!(error = %e, "SIGHUP: user database unreadable; configuration not reloaded");
                 return;
@@ -1141,12 +1255,16 @@ async fn wait_for_shutdown(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(config.borrow().drain_timeout); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(Duration::ZERO); }
+            n = workers.first_gone() => {
+                // Never half-alive: its clients' datagrams would go unserved.
+                return Err(io::Error::other(format!("relay worker {n} stopped unexpectedly")));
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading configuration");
                 if let Some(Err(e)) = logging::reopen_log_file() {
                     error!(error = %e, "SIGHUP: log file not reopened");
                 }
-                reload(cli, config, core, workers);
+                reload(cli, config, core, workers).await;
                 if let Some(cert) = cert {
                     match cert.reload() {
                         Ok(()) => info!("SIGHUP: TLS certificate reloaded; existing connections keep theirs"),

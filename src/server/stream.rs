@@ -412,6 +412,122 @@ pub(super) fn spawn_acceptor(
     Ok(())
 }
 
+/// How long an accept loop sleeps after a failed `accept`.
+pub(super) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// An accept loop logs its failures at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How an accept loop weathers a failed `accept` (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM, ...): the loop sleeps [`ACCEPT_BACKOFF`] instead of spinning on
+/// a listener that stays readable, and this logs one warning per
+/// [`ACCEPT_LOG_EVERY`] at most, with the failures since the last one, and
+/// one info line when an accept works again ([`AcceptFailures::on_success`]).
+///
+/// With a spare descriptor ([`AcceptFailures::with_spare`]), when
+/// descriptors ran out (EMFILE, ENFILE) it also sheds the oldest pending
+/// connection: it closes the spare, accepts and closes that connection at
+/// once, then opens the spare again. The client sees its connection closed
+/// instead of waiting unserved in the backlog.
+pub(super) struct AcceptFailures {
+    /// Which listener, for the log.
+    what: &'static str,
+    /// `/dev/null`, held to be given up for one accept.
+    spare: Option<std::fs::File>,
+    /// Failed accepts since the last warning.
+    failures: u64,
+    /// Connections shed since the last warning.
+    shed: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Back-off and rate-limited logging only (an RFC 6062 relay listener:
+    /// one per allocation, so no spare descriptor each).
+    pub(super) fn new(what: &'static str) -> Self {
+        AcceptFailures {
+            what,
+            spare: None,
+            failures: 0,
+            shed: 0,
+            last_log: None,
+        }
+    }
+
+    /// [`AcceptFailures::new`] holding one spare descriptor to shed pending
+    /// connections with when descriptors run out.
+    pub(super) fn with_spare(what: &'static str) -> Self {
+        AcceptFailures {
+            spare: open_spare(),
+            ..Self::new(what)
+        }
+    }
+
+    /// After a successful accept: ends a run of failures, with one info
+    /// line counting those not yet logged.
+    pub(super) fn on_success(&mut self, local: Option<SocketAddr>) {
+        if self.last_log.is_some() {
+            info!(
+                listener = self.what,
+                ?local,
+                failures = self.failures,
+                shed = self.shed,
+                "accept works again (failures and shed connections since the last warning)"
+            );
+            self.last_log = None;
+            self.failures = 0;
+            self.shed = 0;
+        }
+    }
+
+    /// Handles `accept`'s error `e` on `listener` (at `local`): sheds a
+    /// pending connection when descriptors ran out and a spare is held,
+    /// logs when [`ACCEPT_LOG_EVERY`] has passed since the last warning.
+    /// The caller then sleeps [`ACCEPT_BACKOFF`].
+    pub(super) fn on_error(
+        &mut self,
+        listener: &TcpListener,
+        local: Option<SocketAddr>,
+        e: io::Error,
+    ) {
+        self.failures += 1;
+        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        if out_of_fds {
+            if let Some(spare) = self.spare.take() {
+                drop(spare);
+                // Non-blocking: WouldBlock when the backlog is empty.
+                if let Ok((conn, _)) = socket2::SockRef::from(listener).accept() {
+                    drop(conn);
+                    self.shed += 1;
+                }
+                self.spare = open_spare();
+            }
+        }
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY)
+        {
+            warn!(
+                listener = self.what,
+                ?local,
+                error = %e,
+                failures = self.failures,
+                shed = self.shed,
+                "accept failed: backing off (logged at most every {} s; `shed` connections were closed unserved)",
+                ACCEPT_LOG_EVERY.as_secs()
+            );
+            self.last_log = Some(now);
+            self.failures = 0;
+            self.shed = 0;
+        }
+    }
+}
+
+/// The spare descriptor of [`AcceptFailures`]: `/dev/null`, read-only.
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 /// Accepts TCP (or, with `tls`, TLS) connections on `listener` until worker
 /// 0 is gone. Runs on the acceptor thread.
 async fn accept_loop(
@@ -422,16 +538,19 @@ async fn accept_loop(
     to_worker: mpsc::UnboundedSender<Accepted>,
 ) {
     let local = listener.local_addr().ok();
+    let what = if tls.is_some() { "tls" } else { "tcp" };
+    let mut failures = AcceptFailures::with_spare(what);
     while !to_worker.is_closed() {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!(?local, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                failures.on_error(&listener, local, e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(local);
         let deadline = Instant::now() + limits.auth_timeout;
         let permit = match gate.admit(peer.ip()) {
             Ok(p) => p,
@@ -807,6 +926,7 @@ pub(super) async fn tcp_relay_accept(
     core: Rc<RefCell<Server>>,
 ) {
     let mut out = vec![0u8; 512];
+    let mut failures = AcceptFailures::new("tcp relay");
     loop {
         let accepted = std::future::poll_fn(|cx| match listener.upgrade() {
             None => std::task::Poll::Ready(None),
@@ -817,11 +937,14 @@ pub(super) async fn tcp_relay_accept(
             None => return,
             Some(Ok(x)) => x,
             Some(Err(e)) => {
-                warn!(%relay, error = %e, "tcp relay accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(l) = listener.upgrade() else { return };
+                failures.on_error(&l, Some(relay), e);
+                drop(l);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        failures.on_success(Some(relay));
         let attempt =
             core.borrow_mut()
                 .handle_peer_connection(Instant::now(), relay, peer, &mut out);

@@ -277,6 +277,19 @@ impl Workers {
         Ok(())
     }
 
+    /// Resolves with the index of the first worker 1..N whose thread has
+    /// ended (its control channel closed) although it was not stopped;
+    /// looks every 500 ms. Never resolves without worker threads.
+    pub async fn first_gone(&self) -> usize {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Some(r) = self.remote.iter().find(|r| r.tx.is_closed()) {
+                return r.index;
+            }
+        }
+    }
+
     /// Workers in all, the main thread included.
     pub fn count(&self) -> usize {
         self.remote.len() + 1
@@ -400,6 +413,10 @@ impl Workers {
 }
 
 async fn worker_main(setup: WorkerSetup, mut rx: mpsc::Receiver<Control>) {
+    if super::fault::ends_worker(setup.index) {
+        warn!("TURND_FAULT_INJECT: this worker ends now");
+        return;
+    }
     let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
     core.set_shard(setup.index, setup.count, &setup.shared);
     let core = Rc::new(RefCell::new(core));
@@ -415,7 +432,7 @@ async fn worker_main(setup: WorkerSetup, mut rx: mpsc::Receiver<Control>) {
             Err(e) => error!(error = %e, "worker cannot use its listener socket"),
         }
     }
-    let shell = new_shell(listeners, setup.limits);
+    let shell = new_shell(setup.index, listeners, setup.limits);
     spawn_listeners(&shell, &core);
     let timers = tokio::task::spawn_local(timer_task(shell.clone(), core.clone()));
     debug!(

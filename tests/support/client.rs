@@ -896,3 +896,23 @@ pub fn channel_round_trip(c: &mut Client, n: u16, data: &[u8]) {
     assert_eq!(ch, n, "echo on another channel");
     assert_eq!(back, data, "echo differs");
 }
+
+/// One Allocate as `user`/`password` from a fresh socket to `server`: true
+/// when granted, false on 401; panics on anything else. A granted
+/// allocation is deleted again (Refresh 0) before the socket closes: the OS
+/// may give its port to a later attempt, whose Allocate on a 5-tuple that
+/// still had an allocation would rightly get 437.
+#[track_caller]
+pub fn allocates(server: SocketAddr, user: &str, password: &str) -> bool {
+    let mut c = Client::new(server, user, password);
+    let r = c.allocate_with(&[Attr::transport_udp()]);
+    match r.error_code() {
+        None => {
+            Client::allocated(r);
+            c.refresh(Some(0)).expect_success();
+            true
+        }
+        Some(401) => false,
+        Some(code) => panic!("{user}: Allocate answered {code}: {r:?}"),
+    }
+}

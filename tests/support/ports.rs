@@ -55,7 +55,8 @@ pub enum Suite {
     OwnAddress,
     /// `tests/reflection.rs` (no allocation is made).
     Reflection,
-    /// `tests/faults.rs` (fault injection).
+    /// `tests/faults.rs` (fault injection; slots 0-13) and
+    /// `tests/faults_userdb.rs` (slots 14-19).
     Faults,
     /// `tests/soak.rs` (the short soak).
     Soak,

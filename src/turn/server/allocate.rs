@@ -245,7 +245,8 @@ impl Server {
     }
 
     /// Picks a free port on `ip` and binds it; a few tries when a port is
-    /// already used by another program. Returns the address and, for the
+    /// already used by another program (`AddrInUse`), none after any other
+    /// error (EMFILE: the caller answers 508). Returns the address and, for the
     /// EVEN-PORT R bit, the reserved next address.
     pub(super) fn bind_relay(
         &mut self,
@@ -274,11 +275,16 @@ impl Server {
                     break;
                 }
                 Err(e) => {
-                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
                     busy.push(addr);
                     if let Some(next) = reserved {
                         self.ports.release(next);
                     }
+                    // Out of descriptors or memory: another port won't help.
+                    if e.kind() != std::io::ErrorKind::AddrInUse {
+                        info!(relay = %addr, error = %e, "cannot open a relay socket");
+                        break;
+                    }
+                    debug!(relay = %addr, error = %e, "relay port busy, trying another");
                 }
             }
         }
