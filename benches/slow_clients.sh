@@ -23,7 +23,9 @@
 # load tool, the attacker must not delay the load tool's own sends and
 # receives, or the RTT measures the load tool, not turnd; a plain CPU hog
 # on the load tool's core at equal priority raises its p99 about 9x with
-# no traffic to turnd at all). Every process it starts is
+# no traffic to turnd at all), LOAD_RT (a SCHED_FIFO priority for the load
+# tool, e.g. 50, in place of LOAD_NICE: it then preempts the attacker on
+# its core at once, so only turnd's delays are left in the RTT). Every process it starts is
 # stopped by PID on exit. Raise `ulimit -n` as root if the hard limit is low.
 set -euo pipefail
 
@@ -32,7 +34,8 @@ cd "$(dirname "$0")/.."
 : "${DURATION:=20}" "${SETTLE:=12}" "${CONNECTIONS:=2000}" "${ALLOCS:=20}" "${RATE:=1000}" "${SIZE:=200}"
 : "${TURND:=target/release/turnd}" "${EXTRA:=}" "${TURND_CPUS:=}" "${CLIENT_CPUS:=}"
 if [ "$(id -u)" -eq 0 ]; then : "${LOAD_NICE:=-15}"; else : "${LOAD_NICE:=0}"; fi
-: "${ATTACK_NICE:=19}"
+: "${ATTACK_NICE:=19}" "${LOAD_RT:=}"
+if [ -n "$LOAD_RT" ]; then LOAD_SCHED=(chrt -f "$LOAD_RT"); else LOAD_SCHED=(nice -n "$LOAD_NICE"); fi
 : "${OUT:=target/slow-clients/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
@@ -90,7 +93,7 @@ point() {
         sleep "$SETTLE"
     fi
     local line
-    line=$(pin "$CLIENT_CPUS" nice -n "$LOAD_NICE" "$BENCH" --server 127.0.0.1:3478 --user bench --password bench \
+    line=$(pin "$CLIENT_CPUS" "${LOAD_SCHED[@]}" "$BENCH" --server 127.0.0.1:3478 --user bench --password bench \
         --allocations "$ALLOCS" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
         --warmup 2 --server-pid "$TURND_PID" --label "$label" 2>>"$OUT/bench.stderr" |
         tee -a "$OUT/bench.log" | grep '^RESULT ' | sed 's/^RESULT //' || true)
