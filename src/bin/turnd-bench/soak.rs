@@ -119,7 +119,9 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 90)]
     hold_max: u64,
     /// With --turnd: max-allocate-lifetime, permission-lifetime and
-    /// channel-lifetime, seconds (clients refresh every third of it).
+    /// channel-lifetime, seconds (clients refresh every third of it). With
+    /// --attach-pid give the server's max-allocate-lifetime: abandoned
+    /// allocations must expire within the drain.
     #[arg(long, default_value_t = 30)]
     lifetime: u32,
     /// Seconds between SIGHUPs (0: none).
