@@ -205,6 +205,8 @@ struct Shared {
     hold: (u64, u64),
     lifetime: u32,
     stop: AtomicBool,
+    /// The start of the churn (loss reports give times from it).
+    t0: tokio::time::Instant,
     stats: Stats,
     first_errors: Mutex<Vec<String>>,
 }
@@ -486,6 +488,8 @@ enum Link {
     Udp(UdpSocket),
     /// A stream and the bytes read from it not yet framed.
     Stream(StreamIo, Vec<u8>),
+    /// Handed over (an abandoned UDP socket kept bound elsewhere).
+    Closed,
 }
 
 impl Link {
@@ -524,6 +528,7 @@ impl Link {
                 s.write_all(frame).await?;
                 s.flush().await
             }
+            Link::Closed => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 
@@ -551,6 +556,7 @@ impl Link {
                 }
                 rx.extend_from_slice(&tmp[..n]);
             },
+            Link::Closed => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 }
@@ -576,6 +582,8 @@ struct Client<'a> {
     key: [u8; 16],
     sent: u64,
     echoed: u64,
+    /// Packets not echoed yet: sequence number -> when sent.
+    pending: std::collections::BTreeMap<u64, tokio::time::Instant>,
     buf: Vec<u8>,
 }
 
@@ -610,7 +618,11 @@ impl Client<'_> {
             Some(b) if b >> 6 == 1 => ChannelData::parse(frame).ok().map(|c| c.data()),
             _ => proto::data_indication(frame),
         };
-        if data.is_some_and(|d| d.len() >= 4 && d[..4] == self.id.to_be_bytes()) {
+        let Some(d) = data.filter(|d| d.len() >= 12 && d[..4] == self.id.to_be_bytes()) else {
+            return;
+        };
+        let seq = u64::from_be_bytes(d[4..12].try_into().expect("8 bytes"));
+        if self.pending.remove(&seq).is_some() {
             self.echoed += 1;
         }
     }
@@ -708,6 +720,7 @@ impl Client<'_> {
             .send(&frame)
             .await
             .map_err(|e| format!("traffic: send: {e}"))?;
+        self.pending.insert(self.sent, tokio::time::Instant::now());
         self.sent += 1;
         Ok(())
     }
@@ -766,6 +779,7 @@ async fn life(sh: &Shared, via: Via, id: u32, rng: &mut SmallRng) -> Result<(), 
         key: [0; 16],
         sent: 0,
         echoed: 0,
+        pending: Default::default(),
         buf: vec![0u8; 1500],
     };
     c.transact(Req::Allocate).await?; // the 401
@@ -841,7 +855,8 @@ async fn live_allocation(c: &mut Client<'_>, via: Via, rng: &mut SmallRng) -> Re
         c.pump(wake).await?;
     }
     // The last echoes: up to 2 s.
-    let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+    let traffic_end = tokio::time::Instant::now();
+    let grace = traffic_end + Duration::from_secs(2);
     while c.echoed < c.sent && tokio::time::Instant::now() < grace {
         c.pump((tokio::time::Instant::now() + Duration::from_millis(20)).min(grace))
             .await?;
@@ -853,13 +868,34 @@ async fn live_allocation(c: &mut Client<'_>, via: Via, rng: &mut SmallRng) -> Re
             c.transact(Req::Refresh(0)).await?;
             bump(&st.deleted);
         }
-        Fate::Abandon => bump(&st.abandoned),
+        Fate::Abandon => {
+            bump(&st.abandoned);
+            // The socket stays bound (unread) until the allocation has
+            // expired: a new client on the same port would get 441 from
+            // the old allocation's 5-tuple.
+            let link = std::mem::replace(&mut c.link, Link::Closed);
+            let linger = Duration::from_secs(u64::from(sh.lifetime) + 5);
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                drop(link);
+            });
+        }
         Fate::Close => bump(&st.closed),
     }
     if lost > 0 {
+        let at: Vec<String> = c
+            .pending
+            .values()
+            .take(8)
+            .map(|t| format!("{:.1}", t.duration_since(sh.t0).as_secs_f64()))
+            .collect();
         return Err(format!(
-            "client {} over {via:?}: {lost} of {} packets lost",
-            c.id, c.sent
+            "client {} over {via:?} ({}): {lost} of {} packets lost, sent at t = {} s; traffic ended at {:.1} s",
+            c.id,
+            if via_send { "Send" } else { "ChannelData" },
+            c.sent,
+            at.join(", "),
+            traffic_end.duration_since(sh.t0).as_secs_f64()
         ));
     }
     Ok(())
@@ -888,7 +924,7 @@ async fn slot(sh: Arc<Shared>, i: usize, start_after: Duration) {
             bump(&sh.stats.errors);
             {
                 let mut first = sh.first_errors.lock().expect("errors");
-                if first.len() < 10 {
+                if first.len() < 100 {
                     first.push(e);
                 }
             }
@@ -991,10 +1027,11 @@ async fn soak(a: &SoakArgs, server: &Server) -> Result<ExitCode, String> {
         hold: (a.hold_min, a.hold_max),
         lifetime: a.lifetime,
         stop: AtomicBool::new(false),
+        t0: tokio::time::Instant::now(),
         stats: Stats::default(),
         first_errors: Mutex::new(Vec::new()),
     });
-    let t0 = tokio::time::Instant::now();
+    let t0 = sh.t0;
     let base = sample(server, range, 0.0, "start", 0).await;
     println!(
         "turnd-bench soak: {} client slots, {} pkt/s x {} B each, lives of {}..={} s, lifetime {} s, SIGHUP every {} s, {} min of churn",
@@ -1032,6 +1069,7 @@ async fn soak(a: &SoakArgs, server: &Server) -> Result<ExitCode, String> {
         if next_hup.is_some_and(|t| now >= t) {
             if server.signal("HUP") {
                 hups += 1;
+                println!("  t={:>7.1}s SIGHUP", now.duration_since(t0).as_secs_f64());
             }
             next_hup = next_hup.map(|t| t + hup_every);
         }
@@ -1103,6 +1141,9 @@ async fn soak(a: &SoakArgs, server: &Server) -> Result<ExitCode, String> {
         format!("loss: {} of {} packets lost", get(&st.lost), get(&st.sent)),
     );
     let errors = sh.first_errors.lock().expect("errors").clone();
+    let errors_path = a.out.join("soak-errors.txt");
+    let _ = std::fs::write(&errors_path, errors.join("\n") + "\n");
+    let errors = &errors[..errors.len().min(10)];
     check(
         get(&st.errors) == 0,
         format!("errors: {} lives failed {:?}", get(&st.errors), errors),
