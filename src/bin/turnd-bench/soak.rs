@@ -244,6 +244,8 @@ struct Metrics {
     permissions: u64,
     channels: u64,
     connections: u64,
+    /// Packets relayed client to peer and peer to client (counters).
+    relayed: (u64, u64),
 }
 
 /// Runs the soak; the exit code says whether every check passed.
@@ -468,6 +470,8 @@ async fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
             "turnd_permissions" => m.permissions = v,
             "turnd_channels" => m.channels = v,
             "turnd_connections" => m.connections = v,
+            "turnd_relayed_packets_total" if name.contains("client_to_peer") => m.relayed.0 = v,
+            "turnd_relayed_packets_total" if name.contains("peer_to_client") => m.relayed.1 = v,
             _ => {}
         }
     }
@@ -934,13 +938,14 @@ async fn slot(sh: Arc<Shared>, i: usize, start_after: Duration) {
     }
 }
 
-/// A UDP echo peer on `ip`.
-async fn echo_peer(ip: [u8; 4]) -> io::Result<SocketAddr> {
+/// A UDP echo peer on `ip`; `echoes` counts the datagrams it answered.
+async fn echo_peer(ip: [u8; 4], echoes: Arc<AtomicU64>) -> io::Result<SocketAddr> {
     let s = UdpSocket::bind(SocketAddr::from((ip, 0))).await?;
     let addr = s.local_addr()?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            bump(&echoes);
             let _ = s.send_to(&buf[..n], from).await;
         }
     });
@@ -1008,10 +1013,11 @@ async fn soak(a: &SoakArgs, server: &Server) -> Result<ExitCode, String> {
             m0.allocations
         ));
     }
-    let peer_a = echo_peer([127, 0, 0, 1])
+    let peer_echoes = Arc::new(AtomicU64::new(0));
+    let peer_a = echo_peer([127, 0, 0, 1], peer_echoes.clone())
         .await
         .map_err(|e| format!("echo peer: {e}"))?;
-    let peer_b = echo_peer([127, 0, 0, 2])
+    let peer_b = echo_peer([127, 0, 0, 2], peer_echoes.clone())
         .await
         .map_err(|e| format!("echo peer on 127.0.0.2: {e}"))?;
     let sh = Arc::new(Shared {
@@ -1208,6 +1214,16 @@ async fn soak(a: &SoakArgs, server: &Server) -> Result<ExitCode, String> {
         get(&st.deleted), get(&st.abandoned), get(&st.closed),
         get(&st.refreshes), get(&st.stale_nonces), hups, get(&st.sent), get(&st.echoed)
     );
+    if let Ok(m) = scrape(server.metrics).await {
+        println!(
+            "turnd-bench soak: where packets went: {} sent by the clients, {} relayed to the peers by turnd (from its start), {} answered by the echo peers, {} relayed back to the clients, {} echoes received",
+            get(&st.sent),
+            m.relayed.0,
+            get(&peer_echoes),
+            m.relayed.1,
+            get(&st.echoed)
+        );
+    }
     for o in &ok {
         println!("  PASS {o}");
     }
