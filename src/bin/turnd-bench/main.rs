@@ -7,6 +7,7 @@
 //! turnd-bench --server 127.0.0.1:3478 --user U --password P --allocations-only --allocations 5000
 //! turnd-bench forwarder --listen 127.0.0.1:40000 &
 //! turnd-bench --bare --server 127.0.0.1:40000 --rate 20000 --server-pid $!
+//! turnd-bench soak --turnd target/release/turnd --minutes 30 --out soak-out
 //! ```
 //!
 //! Each allocation is a client socket (or TCP/TLS connection with
@@ -28,9 +29,11 @@
 
 mod engine;
 mod forwarder;
+mod plot;
 mod procstat;
 mod proto;
 mod report;
+mod soak;
 mod stream;
 
 use std::net::SocketAddr;
@@ -65,6 +68,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Runs turnd (or attaches to one) for --minutes under churn, samples
+    /// its RSS, descriptors, allocations and relay ports into soak.csv and
+    /// soak.png, and checks that nothing leaked (exit 1 when a check fails).
+    Soak(Box<soak::SoakArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -133,14 +140,26 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Forwarder { listen }) = cli.command {
-        return match forwarder::run(listen) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("turnd-bench forwarder: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Command::Forwarder { listen }) => {
+            return match forwarder::run(listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("turnd-bench forwarder: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Soak(args)) => {
+            return match soak::run(*args) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("turnd-bench soak: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match run(cli.run) {
         Ok(code) => code,

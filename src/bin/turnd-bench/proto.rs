@@ -64,17 +64,72 @@ pub fn channel_bind(
     auth: &Auth<'_>,
     peer: SocketAddr,
 ) -> Result<usize, BufferFull> {
+    channel_bind_number(buf, tid, auth, CHANNEL, peer)
+}
+
+/// ChannelBind of `channel` (0x4000..=0x4FFF) to `peer`; binding it again
+/// refreshes the binding and the permission.
+pub fn channel_bind_number(
+    buf: &mut [u8],
+    tid: TransactionId,
+    auth: &Auth<'_>,
+    channel: u16,
+    peer: SocketAddr,
+) -> Result<usize, BufferFull> {
     let mut w = request(Method::CHANNEL_BIND, buf, tid)?;
-    w.u32(AttributeType::CHANNEL_NUMBER, u32::from(CHANNEL) << 16)?;
+    w.u32(AttributeType::CHANNEL_NUMBER, u32::from(channel) << 16)?;
     w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)?;
+    sign(w, auth)
+}
+
+/// CreatePermission for the IP of `peer` (installs or refreshes it).
+pub fn create_permission(
+    buf: &mut [u8],
+    tid: TransactionId,
+    auth: &Auth<'_>,
+    peer: SocketAddr,
+) -> Result<usize, BufferFull> {
+    let mut w = request(Method::CREATE_PERMISSION, buf, tid)?;
+    w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)?;
+    sign(w, auth)
+}
+
+/// Refresh asking for `lifetime` seconds (0 deletes the allocation).
+pub fn refresh(
+    buf: &mut [u8],
+    tid: TransactionId,
+    auth: &Auth<'_>,
+    lifetime: u32,
+) -> Result<usize, BufferFull> {
+    let mut w = request(Method::REFRESH, buf, tid)?;
+    w.u32(AttributeType::LIFETIME, lifetime)?;
     sign(w, auth)
 }
 
 /// Refresh with LIFETIME 0: deletes the allocation.
 pub fn release(buf: &mut [u8], tid: TransactionId, auth: &Auth<'_>) -> Result<usize, BufferFull> {
-    let mut w = request(Method::REFRESH, buf, tid)?;
-    w.u32(AttributeType::LIFETIME, 0)?;
-    sign(w, auth)
+    refresh(buf, tid, auth, 0)
+}
+
+/// Send indication carrying `data` to `peer` (needs a permission for its IP).
+pub fn send_indication(
+    buf: &mut [u8],
+    tid: TransactionId,
+    peer: SocketAddr,
+    data: &[u8],
+) -> Result<usize, BufferFull> {
+    let mut w = MessageWriter::new(buf, MessageType::new(Method::SEND, Class::Indication), tid)?;
+    w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)?;
+    w.attribute(AttributeType::DATA, data)?;
+    Ok(w.finish())
+}
+
+/// The DATA of a Data indication; `None` for anything else.
+pub fn data_indication(bytes: &[u8]) -> Option<&[u8]> {
+    let m = Message::parse(bytes).ok()?;
+    (m.class() == Class::Indication && m.method() == Method::DATA)
+        .then(|| m.get(AttributeType::DATA))
+        .flatten()
 }
 
 /// What an answer to one of our requests said.
