@@ -181,6 +181,25 @@ pub fn stun_message(data: &[u8]) {
     } else {
         assert!(!msg.check_integrity_sha256(FUZZ_KEY));
     }
+    // Visibility (RFC 8489, sections 14.5-14.7): attributes after
+    // MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 are ignored.
+    let mut visible = Vec::new();
+    for o in attribute_offsets(bytes) {
+        let t = u16::from_be_bytes([bytes[o], bytes[o + 1]]);
+        if t == AttributeType::MESSAGE_INTEGRITY.0 || t == AttributeType::MESSAGE_INTEGRITY_SHA256.0
+        {
+            break;
+        }
+        if t != AttributeType::FINGERPRINT.0 {
+            visible.push(t);
+        }
+    }
+    let seen: Vec<u16> = msg
+        .attributes()
+        .map(|(t, _)| t.0)
+        .filter(|&t| !is_trailer(t))
+        .collect();
+    assert_eq!(seen, visible, "visible attributes");
     // FINGERPRINT: present exactly when the last attribute is one, and
     // then its CRC is right.
     let last = attribute_offsets(bytes).last().copied();
@@ -362,7 +381,7 @@ pub fn stream_framer(data: &[u8]) {
         i += 1;
     }
     let mut bytewise = StreamFramer::default();
-    if stream.len() <= 4096 {
+    if stream.len() <= 1024 {
         for b in stream {
             bytewise.push(std::slice::from_ref(b));
         }
