@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh [SECONDS-PER-TARGET] [TARGET...]
 #
 # SECONDS-PER-TARGET defaults to 60; no TARGET runs every target. Each run
-# starts from the committed corpus (fuzz/corpus/TARGET, read only) and keeps
+# starts from the committed corpus (fuzz/corpus/TARGET, and the crash inputs
+# in fuzz/regressions/TARGET, both read only) and keeps
 # what it finds in fuzz/target/fuzz-corpus/TARGET (ignored by git). A crash
 # leaves its input in fuzz/artifacts/TARGET/ and fails the script; commit a
 # minimised copy to fuzz/regressions/TARGET/ with the fix. Longer campaigns:
@@ -35,7 +36,10 @@ for t in "${targets[@]}"; do
   work="target/fuzz-corpus/$t"
   mkdir -p "$work"
   echo "==> fuzz $t for ${seconds}s"
-  if ! cargo fuzz run -a "$t" "$work" "corpus/$t" -- \
+  # Crash regressions run first among the inputs (a regression fails).
+  extra=()
+  [ -d "regressions/$t" ] && extra=("regressions/$t")
+  if ! cargo fuzz run -a "$t" "$work" "corpus/$t" "${extra[@]}" -- \
       -max_total_time="$seconds" -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
       -print_final_stats=1 2>&1 | tail -n 25; then
     failed+=("$t")
