@@ -1625,7 +1625,8 @@ pub fn server_sequence(data: &[u8]) {
 ///
 /// Asserts: no panic; what parses converts to TOML
 /// ([`crate::coturn_conf::to_toml`], what `turnd convert-config` prints)
-/// that is valid TOML; loading the text as a `*.conf` file
+/// that is valid TOML and reads back as exactly the table
+/// [`crate::coturn_conf::split_supported`] keeps; loading the text as a `*.conf` file
 /// ([`crate::config::Config::from_file_text`]) gives a configuration or an
 /// error, never a panic.
 pub fn coturn_conf(data: &[u8]) {
@@ -1634,10 +1635,14 @@ pub fn coturn_conf(data: &[u8]) {
     };
     if let Ok(conf) = crate::coturn_conf::parse(text) {
         let toml_text = crate::coturn_conf::to_toml(&conf, crate::config::TOML_KEYS);
-        if let Err(e) = toml_text.parse::<toml::Table>() {
-            panic!("convert-config printed invalid TOML: {e}\n{toml_text}");
-        }
-        let _ = crate::coturn_conf::split_supported(&conf, crate::config::TOML_KEYS);
+        let table = match toml_text.parse::<toml::Table>() {
+            Ok(table) => table,
+            Err(e) => panic!("convert-config printed invalid TOML: {e}\n{toml_text}"),
+        };
+        // `to_toml`'s promise: it reads back as exactly what
+        // `split_supported` keeps.
+        let (kept, _) = crate::coturn_conf::split_supported(&conf, crate::config::TOML_KEYS);
+        assert_eq!(table, kept, "convert-config output reads back differently");
     }
     if let Ok(config) = crate::config::Config::from_file_text("fuzz.conf", text, true) {
         let _ = config.server_config();
