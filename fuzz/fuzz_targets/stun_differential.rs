@@ -103,6 +103,23 @@ fuzz_target!(|data: &[u8]| {
             }
             continue;
         }
+        // Address attributes are 8 bytes for IPv4 and 20 for IPv6 (RFC
+        // 8489 sections 14.1, 14.2); stun-rs reads the start of a longer
+        // value, turnd refuses it. Compare exact lengths only.
+        let address = [
+            AttributeType::XOR_MAPPED_ADDRESS.0,
+            AttributeType::XOR_PEER_ADDRESS.0,
+            AttributeType::XOR_RELAYED_ADDRESS.0,
+            AttributeType::MAPPED_ADDRESS.0,
+            AttributeType::ALTERNATE_SERVER.0,
+        ];
+        if address.contains(&t.0) {
+            let exact = v.len() >= 2 && matches!((v[1], v.len()), (1, 8) | (2, 20));
+            if !exact {
+                assert!(decode_address(v).is_err() && decode_xor_address(v, &tid).is_err());
+                continue;
+            }
+        }
         match attr {
             StunAttribute::UserName(a) => {
                 assert_eq!(Ok(a.as_str()), std::str::from_utf8(v), "USERNAME")
