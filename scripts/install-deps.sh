@@ -8,6 +8,7 @@
 #   - systemd (systemd-analyze, to verify systemd/turnd.service)
 #   - nodejs and npm, unless node and npm are already on PATH
 #   - tests/browser/node_modules (npm ci from the lockfile)
+#   - cargo-fuzz 0.13.2 (the fuzz targets in fuzz/, run by scripts/fuzz.sh)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -120,6 +121,14 @@ fi
   fi
 )
 
+# cargo-fuzz for the fuzz targets (scripts/fuzz.sh), from crates.io, pinned.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz 0.13.2"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+else
+  log "cargo-fuzz already installed: $(cargo fuzz --version 2>/dev/null || echo unknown)"
+fi
+
 # Everything the tests need must be there now.
 fail=0
 need() {
@@ -137,6 +146,7 @@ need command -v npm
 need command -v unshare
 need command -v ip
 need command -v systemd-analyze
+need command -v cargo-fuzz
 need test -f tests/browser/node_modules/playwright-core/package.json
 [ "$fail" -eq 0 ] || die "dependencies missing (see above)"
 node_major=$(node -p 'process.versions.node.split(".")[0]')

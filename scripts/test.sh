@@ -6,7 +6,8 @@
 # checks formatting and lints, builds the benches, then runs every test:
 #   - cargo test (unit, scenario, loopback integration and turnutils interop tests)
 #     inside a private network namespace that has only loopback;
-#   - the Chromium WebRTC tests (scripts/browser-tests.sh), in their own namespace.
+#   - the Chromium WebRTC tests (scripts/browser-tests.sh), in their own namespace;
+#   - every fuzz target built and run briefly (scripts/fuzz.sh; a crash fails).
 # Any missing tool is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,5 +32,8 @@ unshare --net -- sh -c 'ip link set lo up && exec cargo test --locked --offline 
 
 step "Chromium WebRTC tests (private network namespace, loopback only)"
 scripts/browser-tests.sh
+
+step "fuzz targets: build and run each briefly (scripts/fuzz.sh; longer campaigns by hand)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 step "all tests passed"

@@ -497,19 +497,30 @@ fn read_file(path: &Path) -> Result<(FileConfig, Vec<String>), ConfigError> {
     let origin = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| err(&origin, format!("cannot read: {e}")))?;
-    if is_coturn_file(path) {
-        let conf = crate::coturn_conf::parse(&text).map_err(|e| err(&origin, e.to_string()))?;
+    parse_file_text(&origin, &text, is_coturn_file(path))
+}
+
+/// Reads the text of a config file named `origin`: TOML, or coturn's
+/// format when `coturn`. The second value lists coturn options turnd
+/// ignores (each a warning).
+fn parse_file_text(
+    origin: &str,
+    text: &str,
+    coturn: bool,
+) -> Result<(FileConfig, Vec<String>), ConfigError> {
+    if coturn {
+        let conf = crate::coturn_conf::parse(text).map_err(|e| err(origin, e.to_string()))?;
         let (table, warnings) = crate::coturn_conf::split_supported(&conf, TOML_KEYS);
         let file = FileConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| err(&origin, e.to_string().trim_end().replace('\n', " ")))?;
+            .map_err(|e| err(origin, e.to_string().trim_end().replace('\n', " ")))?;
         let warnings = warnings
             .into_iter()
             .map(|w| format!("{origin}: {w}"))
             .collect();
         return Ok((file, warnings));
     }
-    let file = toml::from_str(&text)
-        .map_err(|e| err(&origin, e.to_string().trim_end().replace('\n', " ")))?;
+    let file = toml::from_str(text)
+        .map_err(|e| err(origin, e.to_string().trim_end().replace('\n', " ")))?;
     Ok((file, Vec::new()))
 }
 
@@ -703,13 +714,37 @@ impl Config {
             Some(p) if !cli.no_config_file => read_file(p)?,
             _ => (FileConfig::default(), Vec::new()),
         };
+        let file_origin = cli
+            .config
+            .as_ref()
+            .map_or("defaults".to_owned(), |p| p.display().to_string());
+        Config::resolve(cli, file, file_origin, warnings)
+    }
+
+    /// Resolves the configuration a file of text `text` gives with no
+    /// command-line flags, as [`Config::load`] would for a file named
+    /// `origin` (TOML, or coturn's format when `coturn`), without reading
+    /// any file: the config fuzz targets call it.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `origin`, the option and why.
+    pub fn from_file_text(origin: &str, text: &str, coturn: bool) -> Result<Config, ConfigError> {
+        let (file, warnings) = parse_file_text(origin, text, coturn)?;
+        Config::resolve(&Cli::default(), file, origin.to_owned(), warnings)
+    }
+
+    /// The configuration from the flags `cli` over the parsed `file` (named
+    /// `file_origin` in errors), with the file's `warnings`.
+    fn resolve(
+        cli: &Cli,
+        file: FileConfig,
+        file_origin: String,
+        warnings: Vec<String>,
+    ) -> Result<Config, ConfigError> {
         let layers = Layers {
             cli,
             file,
-            file_origin: cli
-                .config
-                .as_ref()
-                .map_or("defaults".to_owned(), |p| p.display().to_string()),
+            file_origin,
         };
         let mut config = Config {
             warnings,

@@ -690,7 +690,9 @@ pub fn to_toml(conf: &CoturnConf, supported: &[&str]) -> String {
     if !conf.unknown.is_empty() {
         out.push_str("\n# lines that name no coturn option (ignored):\n");
         for (line, key) in &conf.unknown {
-            let _ = writeln!(out, "# line {line}: `{key}`");
+            // Escaped: the line is any text, and TOML comments may not
+            // hold control characters.
+            let _ = writeln!(out, "# line {line}: `{}`", key.escape_debug());
         }
     }
     out
@@ -1175,5 +1177,17 @@ mod tests {
             );
             assert!(kind_of(key).is_some(), "`{key}` is not an option");
         }
+    }
+
+    /// A line naming no option with control characters in it (NUL here)
+    /// is listed in a comment escaped, so the output stays TOML (found by
+    /// the coturn_conf fuzz target).
+    #[test]
+    fn unknown_lines_with_control_characters_stay_valid_toml() {
+        let conf = parse("/\0\0 and edited\nrealm=example.org\nfoo\rbar\n").unwrap();
+        let text = to_toml(&conf, &["realm"]);
+        let table: toml::Table = text.parse().expect("convert-config prints TOML");
+        assert_eq!(table, split_supported(&conf, &["realm"]).0);
+        assert!(text.contains("# line 1: `/\\0\\0`"), "{text}");
     }
 }

@@ -35,6 +35,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod coturn_conf;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod probe;
 pub mod server;
 pub mod stun;

@@ -169,7 +169,11 @@ impl<'a> Message<'a> {
                     return Err(DecodeError::BadMessageIntegrity);
                 }
                 msg.integrity_sha256 = Some((off, l as u8));
-                msg.visible_end = off + 4 + l;
+                // After MESSAGE-INTEGRITY, what came between stays hidden
+                // (RFC 8489, section 14.5).
+                if msg.integrity_offset.is_none() {
+                    msg.visible_end = off + 4 + l;
+                }
             } else if msg.integrity_offset.is_none() {
                 if at == AttributeType::MESSAGE_INTEGRITY {
                     if l != 20 {
@@ -949,5 +953,27 @@ mod tests {
                 proptest::prop_assert_eq!(decode_address(m.get(AttributeType::MAPPED_ADDRESS).unwrap()), Ok(addr));
             }
         }
+    }
+
+    /// RFC 8489 section 14.5: after MESSAGE-INTEGRITY only
+    /// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT count, so an attribute
+    /// between the two stays invisible (found by the stun_differential
+    /// fuzz target against stun-rs).
+    #[test]
+    fn attributes_between_message_integrity_and_sha256_are_ignored() {
+        let mut out = [0u8; 200];
+        let mut w = writer(&mut out, Method::BINDING, Class::Request, [1; 12]);
+        w.attribute(AttributeType::USERNAME, b"alice").unwrap();
+        w.message_integrity(b"key").unwrap();
+        w.attribute(AttributeType::SOFTWARE, b"after").unwrap();
+        w.message_integrity_sha256(b"key").unwrap();
+        let n = w.finish();
+        let m = Message::parse(&out[..n]).unwrap();
+        assert!(m.has_integrity() && m.has_integrity_sha256());
+        assert!(m.check_integrity(b"key"));
+        assert!(m.check_integrity_sha256(b"key"));
+        assert_eq!(m.get_str(AttributeType::USERNAME), Some("alice"));
+        assert_eq!(m.get(AttributeType::SOFTWARE), None);
+        assert!(m.attributes().all(|(t, _)| t != AttributeType::SOFTWARE));
     }
 }

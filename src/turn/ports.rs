@@ -273,6 +273,19 @@ impl RelayPorts {
         Some((res.relay, res.owner))
     }
 
+    /// The EVEN-PORT reservations standing (RFC 8656, section 7.2): each
+    /// reserved relay address and the user whose quota slot it holds, in no
+    /// order. Read-only; for checks of the quota and port accounting (the
+    /// fuzz targets), O(reservations).
+    pub fn reservations(&self) -> Vec<(SocketAddr, Arc<str>)> {
+        let inner = self.lock();
+        inner
+            .reservations
+            .values()
+            .map(|r| (r.relay, r.owner.clone()))
+            .collect()
+    }
+
     /// Ends the reservation under `token` if it lapsed at `now`, returning
     /// its port to the pool; `Some(owner)` when it did, so the caller gives
     /// back the owner's quota slot. A reservation claimed meanwhile (on any

@@ -29,6 +29,10 @@ impl Server {
         let routed = (|| {
             let cd = ChannelData::parse(input).ok()?;
             let alloc = self.allocations.get_mut(&ft)?;
+            // A TCP relay (RFC 6062) has no UDP socket to send from.
+            if alloc.tcp_relay {
+                return None;
+            }
             let ch = *alloc.channels.get(&cd.channel_number())?;
             if ch.expires <= now || !alloc.has_permission(ch.peer.ip(), now) {
                 return None;
@@ -163,6 +167,11 @@ impl Server {
     ) -> ClientOutput {
         let routed = (|| {
             let a = self.allocations.get_mut(&ft)?;
+            // A TCP relay (RFC 6062) has no UDP socket to send from: its
+            // peers are reached by Connect and ConnectionBind.
+            if a.tcp_relay {
+                return None;
+            }
             let SendIndication { peer, data } = SendIndication::parse(&msg).ok()?;
             if !self.config.policy.is_allowed(peer.ip()) || !a.has_permission(peer.ip(), now) {
                 return None;

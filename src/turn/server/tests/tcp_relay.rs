@@ -201,3 +201,25 @@ fn tcp_pipe_is_throttled_by_bps_capacity() {
     }
     assert_eq!(allowed, 98_304);
 }
+
+/// A TCP relay has no UDP socket: a Send indication or ChannelData on its
+/// control connection is dropped, never routed as a datagram from the TCP
+/// relay's address (found by the server_sequence fuzz target).
+#[test]
+fn tcp_relay_sends_no_datagrams() {
+    let mut h = Harness::new(|_| {});
+    let c = h.tcp_relay_client(1);
+    assert_eq!(h.permit(&c, peer()).class(), Class::Success);
+    let before = h.server.stats();
+    assert_eq!(
+        h.send_indication(&c, peer(), b"datagram"),
+        ClientOutput::None
+    );
+    let bound = h.bind(&c, 0x4001, peer());
+    if bound.class() == Class::Success {
+        assert_eq!(h.channel_data(&c, 0x4001, b"datagram"), ClientOutput::None);
+    }
+    let after = h.server.stats();
+    assert_eq!(after.packets_to_peer, before.packets_to_peer);
+    assert_eq!(after.bytes_to_peer, before.bytes_to_peer);
+}
