@@ -25,7 +25,11 @@
 # on the load tool's core at equal priority raises its p99 about 9x with
 # no traffic to turnd at all), LOAD_RT (a SCHED_FIFO priority for the load
 # tool, e.g. 50, in place of LOAD_NICE: it then preempts the attacker on
-# its core at once, so only turnd's delays are left in the RTT). Every process it starts is
+# its core at once, so only turnd's delays are left in the RTT), ACCEPT_CPUS
+# (a CPU list for turnd's acceptor thread, `turnd-accept`, alone, moved there
+# after start: on a many-core host the scheduler gives the acceptor and the
+# UDP worker separate cores; on 2 cores, TURND_CPUS=1 ACCEPT_CPUS=0 does that
+# by hand). Every process it starts is
 # stopped by PID on exit. Raise `ulimit -n` as root if the hard limit is low.
 set -euo pipefail
 
@@ -34,7 +38,7 @@ cd "$(dirname "$0")/.."
 : "${DURATION:=20}" "${SETTLE:=12}" "${CONNECTIONS:=2000}" "${ALLOCS:=20}" "${RATE:=1000}" "${SIZE:=200}"
 : "${TURND:=target/release/turnd}" "${EXTRA:=}" "${TURND_CPUS:=}" "${CLIENT_CPUS:=}"
 if [ "$(id -u)" -eq 0 ]; then : "${LOAD_NICE:=-15}"; else : "${LOAD_NICE:=0}"; fi
-: "${ATTACK_NICE:=19}" "${LOAD_RT:=}"
+: "${ATTACK_NICE:=19}" "${LOAD_RT:=}" "${ACCEPT_CPUS:=}"
 if [ -n "$LOAD_RT" ]; then LOAD_SCHED=(chrt -f "$LOAD_RT"); else LOAD_SCHED=(nice -n "$LOAD_NICE"); fi
 : "${OUT:=target/slow-clients/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
@@ -76,6 +80,12 @@ for _ in $(seq 50); do
     grep -q "listening on tls" "$OUT/turnd.log" && break
     sleep 0.1
 done
+
+if [ -n "$ACCEPT_CPUS" ]; then
+    for t in /proc/"$TURND_PID"/task/*; do
+        if [ "$(cat "$t/comm")" = turnd-accept ]; then taskset -p -c "$ACCEPT_CPUS" "${t##*/}" >&2; fi
+    done
+fi
 
 metric() {
     curl -s http://127.0.0.1:9641/metrics | awk -v m="$1" '$1 == m { print $2 }' | head -1
