@@ -41,14 +41,8 @@ fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
 /// `Suite::Faults`).
 fn relay_server_ports(min: u16, max: u16, extra: &[&str]) -> Turnd {
     Turnd::standard(min, max)
-        .args([
-            "--allow-loopback-peers",
-            "--prometheus",
-            "--prometheus-port",
-            "0",
-            "--prometheus-address",
-            "127.0.0.1",
-        ])
+        .arg("--allow-loopback-peers")
+        .args(PROMETHEUS)
         .args(extra)
 }
 

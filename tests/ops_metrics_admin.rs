@@ -25,14 +25,6 @@ fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
     Turnd::standard(min, max).args(extra)
 }
 
-const PROMETHEUS: &[&str] = &[
-    "--prometheus",
-    "--prometheus-port",
-    "0",
-    "--prometheus-address",
-    "127.0.0.1",
-];
-
 const ADMIN: &[&str] = &["--admin-token", TOKEN, "--admin-listen", "127.0.0.1:0"];
 
 /// Prometheus naming and format conventions on a whole page.

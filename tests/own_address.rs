@@ -91,16 +91,7 @@ fn tcp_client(server: &TestServer) -> StreamClient {
 #[test]
 fn connect_to_own_addresses_is_403() {
     let _net = VETH.enter();
-    let mut server = server(
-        0,
-        &[
-            "--prometheus",
-            "--prometheus-port",
-            "0",
-            "--prometheus-address",
-            "127.0.0.1",
-        ],
-    );
+    let mut server = server(0, PROMETHEUS);
     let service = tcp_service();
     let mut c = tcp_client(&server);
     for peer in [

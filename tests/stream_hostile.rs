@@ -15,14 +15,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use turnd::stun::{AttributeType, Method};
 
-const PROMETHEUS: &[&str] = &[
-    "--prometheus",
-    "--prometheus-port",
-    "0",
-    "--prometheus-address",
-    "127.0.0.1",
-];
-
 const WAIT: Duration = Duration::from_secs(3);
 
 /// turnd with the standard arguments, the relay ports of `slot` and

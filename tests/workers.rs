@@ -31,16 +31,12 @@ fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
             "--relay-threads",
             WORKERS,
             "--allow-loopback-peers",
-            "--prometheus",
-            "--prometheus-port",
-            "0",
-            "--prometheus-address",
-            "127.0.0.1",
             "--admin-token",
             TOKEN,
             "--admin-listen",
             "127.0.0.1:0",
         ])
+        .args(PROMETHEUS)
         .args(extra)
 }
 

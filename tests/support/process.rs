@@ -140,6 +140,16 @@ fn is_documentation(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// The arguments that serve `/metrics` on an ephemeral port of 127.0.0.1
+/// (turnd prints the port it got).
+pub const PROMETHEUS: &[&str] = &[
+    "--prometheus",
+    "--prometheus-port",
+    "0",
+    "--prometheus-address",
+    "127.0.0.1",
+];
+
 /// How to start `turnd`: its arguments, its environment and the listeners to
 /// wait for. Every test server is started through this builder.
 ///
