@@ -1,6 +1,7 @@
 //! The `turnd` binary: parses the command line, loads the configuration and
-//! runs the server: worker 0 on this thread's tokio current-thread runtime, the
-//! other relay workers on threads of their own (see `turnd::server`).
+//! runs the server: TCP, TLS, HTTP and signals on this thread's tokio
+//! current-thread runtime, the UDP relay workers on threads of their own with
+//! plain epoll loops (see `turnd::server`).
 
 #![allow(clippy::disallowed_methods)] // the binary is IO shell: it reads the clock
 

@@ -1,6 +1,6 @@
 //! The small unsafe part of turnd and turnd-bench: batched UDP receive and
 //! send (`recvmmsg`/`sendmmsg`), epoll with a nanosecond timeout ([`Epoll`],
-//! for turnd-bench), the open-file limit, CPU time and timer slack, plain
+//! the UDP workers' event loop) and its wake-up ([`EventFd`]), the open-file limit, CPU time and timer slack, plain
 //! libc calls that std and socket2 do not expose, and the registration of
 //! UDP sockets with tokio's reactor ([`register_udp`]) and heap trimming
 //! ([`trim_heap`]). Nothing else in the library or its binaries uses
@@ -26,6 +26,7 @@
 //!   are not used after it returns.
 //! - [`Epoll`] passes its own `Vec<epoll_event>` (length fixed at creation)
 //!   and its own descriptor (an `OwnedFd`, closed on drop).
+//! - [`EventFd`] reads and writes one `u64` of its own on its own descriptor.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -285,8 +286,9 @@ impl SendBatch {
     }
 }
 
-/// An epoll instance (level-triggered) with its event buffer. Used by
-/// turnd-bench, whose load generator and forwarder are plain event loops.
+/// An epoll instance (level-triggered) with its event buffer: the event
+/// loop of turnd's UDP relay workers, and of turnd-bench's load generator
+/// and forwarder.
 pub struct Epoll {
     fd: OwnedFd,
     events: Vec<libc::epoll_event>,
@@ -431,6 +433,66 @@ impl Epoll {
     pub fn event(&self, i: usize) -> (u64, u32) {
         let e = self.events[i];
         (e.u64, e.events)
+    }
+}
+
+/// An `eventfd` used as a wake-up for an [`Epoll`] loop on another thread:
+/// [`EventFd::wake`] makes its descriptor readable, [`EventFd::reset`]
+/// (on the loop's thread) makes it unreadable again. Nonblocking, counter
+/// semantics: many wakes before one reset are one wake-up.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// A new eventfd, nonblocking and close-on-exec.
+    ///
+    /// # Errors
+    /// When the kernel refuses a new descriptor (descriptor limit).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(EventFd {
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The descriptor, to watch with [`Epoll::add`] for [`EPOLL_IN`].
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable (adds 1 to its counter; a counter at
+    /// its maximum is already readable, so EAGAIN is ignored).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, alive for the call.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                size_of::<u64>(),
+            );
+        }
+    }
+
+    /// Clears the counter: the descriptor is unreadable until the next
+    /// [`EventFd::wake`].
+    pub fn reset(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `n`, alive for the call.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast::<libc::c_void>(),
+                size_of::<u64>(),
+            );
+        }
     }
 }
 

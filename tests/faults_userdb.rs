@@ -27,8 +27,8 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 const FAULT: Duration = Duration::from_millis(3500);
 /// The warning turnd gives once per fault.
 const WARNING: &str = "keeping the last users read";
-/// Longest channel round trip while the database is broken: worker 0 polls
-/// the database, and must not stall on it (SQLite's busy timeout is 2 s).
+/// Longest channel round trip while the database is broken: the main thread
+/// polls the database, and neither it nor a UDP worker may stall on it (SQLite's busy timeout is 2 s).
 const MAX_ROUND_TRIP: Duration = Duration::from_millis(500);
 
 fn user_cmd(db: &Path, args: &[&str]) {

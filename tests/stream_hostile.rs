@@ -176,8 +176,8 @@ fn tls_handshakes_run_off_the_udp_worker() {
     c.allocate();
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
 
-    // Handshakes cost their CPU on the acceptor thread, not on worker 0
-    // (the main thread, whose tid is the pid).
+    // Handshakes cost their CPU on the acceptor thread, not on the main
+    // thread (whose tid is the pid), which serves TCP and TLS clients.
     let before = thread_cpu(pid);
     assert!(
         before.iter().any(|(_, name, _)| name == "turnd-accept"),
@@ -201,10 +201,10 @@ fn tls_handshakes_run_off_the_udp_worker() {
         sum(&after) - sum(&before)
     };
     let acceptor = delta(&|_, n| n == "turnd-accept");
-    let worker0 = delta(&|t, _| t == pid);
+    let main_thread = delta(&|t, _| t == pid);
     assert!(
-        acceptor > worker0,
-        "{handshakes} handshakes: acceptor thread {acceptor} ticks, worker 0 {worker0} ticks"
+        acceptor > main_thread,
+        "{handshakes} handshakes: acceptor thread {acceptor} ticks, main thread {main_thread} ticks"
     );
     // The stalled ones did not stop the others and UDP still answers.
     c.refresh(Some(600)).expect_success();

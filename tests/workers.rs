@@ -40,8 +40,8 @@ fn relay_server(slot: u16, extra: &[&str]) -> Turnd {
         .args(extra)
 }
 
-/// Workers that logged an allocation ("worker{n=K}" spans; worker 0 logs
-/// without a span).
+/// Workers that logged an allocation ("worker{n=K}" spans; the main
+/// thread, which holds TCP and TLS clients, logs without a span).
 fn workers_that_allocated(log: &str) -> HashSet<String> {
     log.lines()
         .filter(|l| l.contains("allocation created"))

@@ -12,9 +12,9 @@
 //! injects faults for `tests/faults.rs`. It is inert unless set; no
 //! deployment should set it. Its forms:
 //!
-//! - `panic-worker:N`: relay worker `N` (0 is the main thread) panics on
+//! - `panic-worker:N`: UDP relay worker `N` (0-based) panics on
 //!   the first datagram its UDP listener receives;
-//! - `end-worker:N`: relay worker `N` (1 or more) ends its thread as it
+//! - `end-worker:N`: UDP relay worker `N` ends its thread as it
 //!   starts, without a panic (the main thread notices within 500 ms and
 //!   turnd exits with status 1).
 
@@ -84,7 +84,7 @@ pub fn arm() {
 }
 
 /// Test-only: panics when `TURND_FAULT_INJECT=panic-worker:N` names
-/// `worker`. Called by a UDP listener task on each received batch.
+/// `worker`. Called by a UDP worker on each batch its listeners receive.
 pub fn on_datagram(worker: usize) {
     if injected() == Some(Fault::PanicWorker(worker)) {
         panic!("{FAULT_INJECT_ENV}: injected panic in relay worker {worker}");

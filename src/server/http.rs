@@ -59,6 +59,8 @@ pub(super) struct HttpState {
     pub shell: Rc<Shell>,
     pub config: Rc<RefCell<Config>>,
     pub workers: Rc<Workers>,
+    /// The UDP listening addresses (served by the UDP workers), sorted.
+    pub udp_listeners: Vec<std::net::SocketAddr>,
     pub started: Instant,
     /// Cumulative per-user byte totals of ended allocations.
     pub user_totals: RefCell<UserTotals>,
@@ -120,7 +122,10 @@ impl UserTotals {
 /// [`Busy`] when a worker's control channel stayed full.
 async fn gather(state: &HttpState, detail: bool) -> Result<CoreView, Busy> {
     let _one_at_a_time = state.gather_lock.lock().await;
-    let mut view = CoreView::of(&mut state.core.borrow_mut(), &state.shell, detail);
+    let connections = state.shell.conns.borrow().len();
+    let mut view = CoreView::of(&mut state.core.borrow_mut(), connections, detail);
+    // The main thread's core (TCP and TLS clients) is not a UDP worker.
+    view.workers = 0;
     for v in state.workers.views(detail).await? {
         view.merge(v);
     }
@@ -597,12 +602,7 @@ fn credentials(req: &Request<Incoming>, state: &HttpState) -> Resp {
 fn status_json(state: &HttpState, view: &CoreView) -> serde_json::Value {
     let stats = view.stats;
     let config = state.config.borrow();
-    let udp: Vec<String> = state
-        .shell
-        .listeners
-        .keys()
-        .map(|a| a.to_string())
-        .collect();
+    let udp: Vec<String> = state.udp_listeners.iter().map(|a| a.to_string()).collect();
     serde_json::json!({
         "uptime_s": state.started.elapsed().as_secs(),
         "draining": view.draining,

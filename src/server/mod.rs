@@ -1,14 +1,15 @@
-//! The IO shell: UDP listeners, relay sockets, the timer and signals, around
-//! the sans-IO [`Server`].
+//! The IO shell around the sans-IO [`Server`]: UDP workers, TCP and TLS
+//! clients, the timers, HTTP and signals.
 //!
-//! Each worker (see [`worker`]) runs on one thread (a tokio current-thread
-//! runtime with a `LocalSet`): its core sits in an `Rc<RefCell<_>>` that each
-//! task borrows for the length of one `handle_*` call, never across an
-//! `.await`, so there is no lock and no channel hop between receiving a packet
-//! and sending it on. The main thread is worker 0 and also runs TCP/TLS, HTTP,
-//! signals and the user database.
-//! UDP sends go straight to the kernel: a full socket buffer drops the datagram, as UDP
-//! would, instead of stalling every other flow.
+//! UDP clients are served by the UDP workers (see `worker.rs` and
+//! `udp.rs`): one thread each, a plain epoll loop, no async runtime. The
+//! main thread runs a tokio current-thread runtime with a `LocalSet` for
+//! everything else: TCP and TLS clients with a core of their own (in an
+//! `Rc<RefCell<_>>` that each task borrows for the length of one `handle_*`
+//! call, never across an `.await`) and their relay sockets, HTTP, signals,
+//! reloads and the user database.
+//! UDP sends go straight to the kernel: a full socket buffer drops the
+//! datagram, as UDP would, instead of stalling every other flow.
 
 #![allow(clippy::disallowed_methods)] // the shell is where the clock is read
 
@@ -22,6 +23,7 @@ mod http;
 pub mod logging;
 mod stream;
 mod tls;
+mod udp;
 mod worker;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -34,20 +36,18 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Cli, Config};
 
 pub mod notify;
-use crate::turn::{ClientOutput, FiveTuple, PeerOutput, RelayIo, Server, SharedState, Transport};
+use crate::turn::{ClientOutput, FiveTuple, PeerOutput, RelayIo, Server, SharedState};
 
 /// Largest datagram received from a client or a peer (bytes; above the
 /// largest UDP payload, 65,527).
 const RECV_BUFFER: usize = 65_536;
-/// Datagrams one `recvmmsg` takes from a UDP listener socket.
-const LISTENER_BATCH: usize = 32;
 /// Datagrams one `recvmmsg` takes from a relay socket (one allocation's peers).
 const RELAY_BATCH: usize = 16;
 /// Output buffer for replies and Data indications (bytes).
 const OUT_BUFFER: usize = 65_600;
 /// How often the user database is polled for changes.
 const USERDB_POLL: Duration = Duration::from_secs(1);
-/// Longest the timer task sleeps between checks.
+/// Longest the main thread's timer task sleeps between checks.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
 /// Why the server could not start.
@@ -123,10 +123,10 @@ fn bind_udp_group(addr: SocketAddr, buffer: usize, count: usize) -> io::Result<V
         .collect()
 }
 
-/// Workers to run: `relay-threads`, or `cpus`, the CPUs this process may run
-/// on (`available_parallelism`: its affinity mask, so `taskset` and
-/// systemd's `CPUAffinity` count). One
-/// when UDP is off: TCP and TLS are served by the main thread only.
+/// UDP workers to run: `relay-threads`, or `cpus`, the CPUs this process
+/// may run on (`available_parallelism`: its affinity mask, so `taskset` and
+/// systemd's `CPUAffinity` count). None when UDP is off: TCP and TLS are
+/// served by the main thread.
 fn worker_count(config: &Config, cpus: usize) -> usize {
     let n = match config.relay_threads {
         0 => cpus,
@@ -135,7 +135,7 @@ fn worker_count(config: &Config, cpus: usize) -> usize {
     if config.udp {
         n.max(1)
     } else {
-        1
+        0
     }
 }
 
@@ -257,19 +257,16 @@ struct RelaySocket {
     task: JoinHandle<()>,
 }
 
-/// Sockets and connections owned by the shell.
+/// Sockets and connections owned by the main thread's shell: TCP and TLS
+/// clients and the relays of their allocations.
 struct Shell {
-    /// The worker this shell belongs to (0: the main thread).
-    worker: usize,
-    listeners: HashMap<SocketAddr, Rc<UdpFd>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
     conns: RefCell<HashMap<FiveTuple, Rc<stream::StreamConn>>>,
     limits: stream::StreamLimits,
-    /// Output buffer of every TCP/TLS connection on this worker (replies),
-    /// shared like `relay_out`; sized on first use.
+    /// Output buffer of every TCP/TLS connection (replies), shared like
+    /// `relay_out`; sized on first use.
     stream_out: RefCell<Vec<u8>>,
-    /// `max-connections` and `max-connections-per-ip`, on the worker that
-    /// serves TCP and TLS (for metrics).
+    /// `max-connections` and `max-connections-per-ip` (for metrics).
     gate: std::cell::OnceCell<std::sync::Arc<stream::ConnectionGate>>,
     /// Receive batch of every relay task (each slot has headroom for the
     /// ChannelData header and room for padding over streams), shared: a task
@@ -278,11 +275,6 @@ struct Shell {
     relay_batch: RefCell<crate::sys::RecvBatch>,
     /// Output buffer of every relay task (Data indications).
     relay_out: RefCell<Vec<u8>>,
-    /// `sendmmsg` headers, reused.
-    send_batch: RefCell<crate::sys::SendBatch>,
-    /// ChannelData framed in `relay_batch` slots, waiting to leave in one
-    /// `sendmmsg` towards the client: (client, slot, range in the slot).
-    to_client: RefCell<Vec<(FiveTuple, usize, std::ops::Range<usize>)>>,
     /// RFC 6062 peer connections waiting for their ConnectionBind.
     tcp_pending: RefCell<HashMap<u32, tokio::net::TcpStream>>,
     /// RFC 6062 connects in progress.
@@ -299,17 +291,11 @@ fn send_udp(socket: &UdpFd, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
 }
 
 impl Shell {
+    /// Queues `bytes` on the client's TCP or TLS connection (every client
+    /// of the main thread's core has one).
     fn send_to_client(&self, to: &FiveTuple, bytes: &[u8]) {
-        if to.transport != Transport::Udp {
-            if let Some(c) = self.conns.borrow().get(to) {
-                c.queue(bytes);
-            }
-            return;
-        }
-        if let Some(s) = self.listeners.get(&to.server) {
-            if let Err(e) = send_udp(s, bytes, to.client) {
-                debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
-            }
+        if let Some(c) = self.conns.borrow().get(to) {
+            c.queue(bytes);
         }
     }
 
@@ -326,7 +312,7 @@ impl Shell {
     /// Performs what [`Server::handle_client_input`] asked for: `input` is
     /// the bytes given to it, `out` its answer buffer. Returns the TCP relay
     /// connection to pipe the client's connection to after a successful
-    /// ConnectionBind (RFC 6062 section 5.4), which only a stream asks for.
+    /// ConnectionBind (RFC 6062 section 5.4).
     fn perform(&self, output: ClientOutput, input: &[u8], out: &[u8]) -> Option<u32> {
         match output {
             ClientOutput::None => None,
@@ -348,54 +334,6 @@ impl Shell {
             }
         }
     }
-
-    /// Sends the ChannelData messages framed in `batch` slots to their UDP
-    /// clients: one `sendmmsg` per run of messages leaving from the same
-    /// listener socket (a relay socket's batch has one client), a plain
-    /// `sendto` for a single message.
-    fn flush_to_client(&self, batch: &crate::sys::RecvBatch, pending: &mut Vec<PendingToClient>) {
-        use std::os::fd::AsFd;
-        for run in runs_by_listener(pending) {
-            let run = &pending[run];
-            let Some(s) = self.listeners.get(&run[0].0.server) else {
-                continue;
-            };
-            if let [(to, i, range)] = run {
-                if let Err(e) = send_udp(s, &batch.slot(*i)[range.clone()], to.client) {
-                    debug!(target: "turnd::packet", client = %to.client, error = %e, "send to client failed");
-                }
-            } else {
-                let msgs = run
-                    .iter()
-                    .map(|(to, i, range)| (&batch.slot(*i)[range.clone()], to.client));
-                self.send_batch.borrow_mut().send(s.get_ref().as_fd(), msgs);
-            }
-        }
-        pending.clear();
-    }
-}
-
-/// A ChannelData message framed in place in a relay batch, waiting to go
-/// to its UDP client: (client, batch slot, the message within the slot).
-type PendingToClient = (FiveTuple, usize, std::ops::Range<usize>);
-
-/// The runs of consecutive `pending` messages that leave from the same
-/// listener (`FiveTuple::server`), as index ranges, in order: each run is
-/// one `sendmmsg`.
-fn runs_by_listener(
-    pending: &[PendingToClient],
-) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        let first = pending.get(start)?;
-        let end = pending[start..]
-            .iter()
-            .position(|(to, _, _)| to.server != first.0.server)
-            .map_or(pending.len(), |k| start + k);
-        let run = start..end;
-        start = end;
-        Some(run)
-    })
 }
 
 /// [`RelayIo`] for the shell: binds relay sockets and spawns their readers.
@@ -520,7 +458,6 @@ async fn relay_task(
         let now = Instant::now();
         let mut batch = shell.relay_batch.borrow_mut();
         let mut out = shell.relay_out.borrow_mut();
-        let mut pending = shell.to_client.borrow_mut();
         for i in 0..n {
             let Some((peer, len, slot)) = batch.slot_mut(i) else {
                 continue;
@@ -529,87 +466,17 @@ async fn relay_task(
                 .borrow_mut()
                 .handle_peer_input(now, relay, peer, slot, len, &mut out);
             match output {
-                PeerOutput::ChannelData { to, range } if to.transport == Transport::Udp => {
-                    pending.push((to, i, range));
-                }
                 PeerOutput::ChannelData { to, range } => shell.send_to_client(&to, &slot[range]),
-                PeerOutput::DataIndication { to, len } => {
-                    // Built in `out`: whatever was framed before it leaves
-                    // first, in order.
-                    shell.flush_to_client(&batch, &mut pending);
-                    shell.send_to_client(&to, &out[..len]);
-                }
+                PeerOutput::DataIndication { to, len } => shell.send_to_client(&to, &out[..len]),
                 PeerOutput::None => {}
             }
         }
-        shell.flush_to_client(&batch, &mut pending);
     }
 }
 
-async fn listener_task(
-    local: SocketAddr,
-    socket: Rc<UdpFd>,
-    shell: Rc<Shell>,
-    core: Rc<RefCell<Server>>,
-) {
-    use std::os::fd::AsFd;
-    let mut batch = crate::sys::RecvBatch::new(LISTENER_BATCH, RECV_BUFFER);
-    let mut out = vec![0u8; OUT_BUFFER];
-    loop {
-        let mut guard = match socket.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(%local, error = %e, "listener socket failed");
-                return;
-            }
-        };
-        // One `recvmmsg` per wake-up; a short batch drained the queue, so
-        // readiness is cleared without a read that would return EAGAIN.
-        let n = match batch.recv(socket.get_ref().as_fd()) {
-            Ok(n) => n,
-            Err(e) => {
-                debug!(%local, error = %e, "listener receive error");
-                continue;
-            }
-        };
-        if n < batch.capacity() {
-            guard.clear_ready();
-        }
-        drop(guard);
-        if n > 0 {
-            fault::on_datagram(shell.worker);
-        }
-        let now = Instant::now();
-        for i in 0..n {
-            let Some((from, len, slot)) = batch.slot_mut(i) else {
-                continue;
-            };
-            let data = &slot[crate::sys::HEADROOM..crate::sys::HEADROOM + len];
-            let ft = FiveTuple {
-                client: from,
-                server: local,
-                transport: Transport::Udp,
-            };
-            let output = {
-                let mut io = ShellIo {
-                    shell: &shell,
-                    core: &core,
-                };
-                core.borrow_mut()
-                    .handle_client_input(now, ft, data, &mut out, &mut io)
-            };
-            // Over UDP nothing binds a TCP relay connection.
-            let _ = shell.perform(output, data, &out);
-        }
-    }
-}
+use udp::{TRIM_AFTER_ENDED, TRIM_INTERVAL};
 
-/// Allocations that must have ended since the last trim before the heap is
-/// trimmed again (checked every [`TRIM_INTERVAL`]).
-const TRIM_AFTER_ENDED: usize = 1024;
-/// How often a worker looks for memory to give back.
-const TRIM_INTERVAL: Duration = Duration::from_secs(10);
-
+/// The main thread's core's timers (the UDP workers' loops run their own).
 async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
     // Memory comes back after a peak: every TRIM_INTERVAL, sparse tables of
     // the core are shrunk, and when that freed something or many allocations
@@ -644,40 +511,20 @@ async fn timer_task(shell: Rc<Shell>, core: Rc<RefCell<Server>>) {
     }
 }
 
-/// A worker's shell around its UDP listeners.
-fn new_shell(
-    worker: usize,
-    listeners: HashMap<SocketAddr, Rc<UdpFd>>,
-    limits: stream::StreamLimits,
-) -> Rc<Shell> {
+/// The main thread's shell.
+fn new_shell(limits: stream::StreamLimits) -> Rc<Shell> {
     Rc::new(Shell {
-        worker,
-        listeners,
         relays: RefCell::new(HashMap::new()),
         conns: RefCell::new(HashMap::new()),
         stream_out: RefCell::new(Vec::new()),
         gate: std::cell::OnceCell::new(),
         relay_batch: RefCell::new(crate::sys::RecvBatch::new(RELAY_BATCH, RECV_BUFFER)),
         relay_out: RefCell::new(vec![0u8; OUT_BUFFER]),
-        send_batch: RefCell::new(crate::sys::SendBatch::default()),
-        to_client: RefCell::new(Vec::with_capacity(RELAY_BATCH)),
         tcp_pending: RefCell::new(HashMap::new()),
         tcp_connecting: RefCell::new(HashMap::new()),
         tcp_piped: RefCell::new(HashMap::new()),
         limits,
     })
-}
-
-/// Spawns a receive task for each of the shell's UDP listeners.
-fn spawn_listeners(shell: &Rc<Shell>, core: &Rc<RefCell<Server>>) {
-    for (local, socket) in &shell.listeners {
-        tokio::task::spawn_local(listener_task(
-            *local,
-            socket.clone(),
-            shell.clone(),
-            core.clone(),
-        ));
-    }
 }
 
 /// Binds every listener and runs the server until SIGINT or SIGTERM.
@@ -732,20 +579,20 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             cpus, "relay-threads is more than the CPUs this process may use: workers share cores"
         );
     }
-    let mut listeners = HashMap::new();
-    // The other workers' members of each listener's SO_REUSEPORT group.
+    // The UDP listening addresses, and each worker's members of their
+    // SO_REUSEPORT groups.
+    let mut udp_locals = Vec::new();
     let mut worker_sockets: Vec<Vec<StdUdpSocket>> =
-        (1..workers_wanted).map(|_| Vec::new()).collect();
-    let mut add_group = |group: Vec<StdUdpSocket>| -> io::Result<(SocketAddr, UdpFd)> {
-        let mut group = group.into_iter();
-        let first = group
-            .next()
-            .ok_or_else(|| io::Error::other("empty socket group"))?;
-        for (i, s) in group.enumerate() {
+        (0..workers_wanted).map(|_| Vec::new()).collect();
+    let mut add_group = |group: Vec<StdUdpSocket>| -> io::Result<SocketAddr> {
+        let local = group
+            .first()
+            .ok_or_else(|| io::Error::other("empty socket group"))?
+            .local_addr()?;
+        for (i, s) in group.into_iter().enumerate() {
             worker_sockets[i].push(s);
         }
-        let local = first.local_addr()?;
-        Ok((local, crate::sys::register_udp(first)?))
+        Ok(local)
     };
     let mut tcp_listeners = Vec::new();
     let mut tls_listeners = Vec::new();
@@ -758,8 +605,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             let addr = SocketAddr::new(*ip, config.listening_port);
             let group = bind_udp_group(addr, config.socket_buffer, workers_wanted)
                 .map_err(listen_error(addr, "udp"))?;
-            let (local, socket) = add_group(group)?;
-            listeners.insert(local, Rc::new(socket));
+            udp_locals.push(add_group(group)?);
         }
     }
     for ip in &config.listening_ips {
@@ -790,8 +636,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
                 }
             }
             if let Some(group) = udp {
-                let (local, socket) = add_group(group)?;
-                listeners.insert(local, Rc::new(socket));
+                udp_locals.push(add_group(group)?);
             }
             break;
         }
@@ -837,29 +682,31 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     };
     let (epoch, unix_epoch) = (Instant::now(), unix_now());
     let shared = SharedState::new(&server_config);
+    // Cores: one per UDP worker, and the main thread's (TCP and TLS), the
+    // last. `bps-capacity` is split over the UDP workers; the main thread's
+    // core gets a worker's share too.
+    let cores = workers_wanted + 1;
+    let shares = workers_wanted.max(1);
     let mut workers = worker::Workers::default();
-    for (i, sockets) in worker_sockets.into_iter().enumerate() {
+    for (index, sockets) in worker_sockets.into_iter().enumerate() {
         workers.spawn(worker::WorkerSetup {
-            index: i + 1,
-            count: workers_wanted,
+            index,
+            count: cores,
             sockets,
-            config: server_config.shard(workers_wanted),
+            config: server_config.shard(shares),
             epoch,
             unix_now: unix_epoch,
             seed,
             shared: shared.clone(),
-            limits,
         })?;
     }
     let workers = Rc::new(workers);
-    let mut core = Server::new(server_config.shard(workers_wanted), epoch, unix_epoch, seed);
-    core.set_shard(0, workers_wanted, &shared);
+    let mut core = Server::new(server_config.shard(shares), epoch, unix_epoch, seed);
+    core.set_shard(workers_wanted, cores, &shared);
     let core = Rc::new(RefCell::new(core));
-    let shell = new_shell(0, listeners, limits);
-    spawn_listeners(&shell, &core);
-    let mut udp_locals: Vec<_> = shell.listeners.keys().collect();
+    let shell = new_shell(limits);
     udp_locals.sort();
-    for local in udp_locals {
+    for local in &udp_locals {
         println!("turnd: listening on udp {local}");
         info!(%local, "listening on udp");
     }
@@ -913,6 +760,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         shell: shell.clone(),
         config: config.clone(),
         workers: workers.clone(),
+        udp_listeners: udp_locals,
         started: Instant::now(),
         user_totals: RefCell::new(http::UserTotals::new(http::USER_TOTALS_CAP)),
         gather_lock: tokio::sync::Mutex::new(()),
@@ -1198,7 +1046,7 @@ async fn reload(
     server_config.host_ips = host_ips(&fresh);
     if let Some(path) = fresh.userdb.clone() {
         let (realm, secrets) = (fresh.realm.clone(), fresh.use_auth_secret);
-        // Off this thread (worker 0): a locked database is waited for up to
+        // Off this thread (the main thread): a locked database is waited for up to
         // SQLite's busy timeout.
         let read = tokio::task::spawn_blocking(move || {
             let mut db = UserDbWatch::open(&path).map_err(|e| e.to_string())?;
@@ -1225,7 +1073,7 @@ async fn reload(
     let n = workers.count();
     let revoked = core
         .borrow_mut()
-        .reconfigure(Instant::now(), server_config.shard(n));
+        .reconfigure(Instant::now(), server_config.shard(workers.shares()));
     let allocations = core.borrow().allocation_count();
     *config.borrow_mut() = fresh;
     let workers = workers.clone();
@@ -1273,43 +1121,5 @@ async fn wait_for_shutdown(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn to(client_port: u16, server: &str) -> FiveTuple {
-        FiveTuple {
-            client: SocketAddr::from(([192, 0, 2, 1], client_port)),
-            server: server.parse().unwrap(),
-            transport: Transport::Udp,
-        }
-    }
-
-    #[test]
-    fn runs_by_listener_groups_consecutive_messages_of_one_listener() {
-        let (a, b) = ("198.51.100.1:3478", "198.51.100.2:3478");
-        let pending: Vec<PendingToClient> = vec![
-            (to(1, a), 0, 0..10),
-            (to(2, a), 1, 0..10),
-            (to(3, b), 2, 0..10),
-            (to(4, a), 3, 0..10),
-            (to(5, a), 4, 0..10),
-            (to(6, a), 5, 0..10),
-        ];
-        let runs: Vec<_> = runs_by_listener(&pending).collect();
-        // Order is kept: a listener seen again later starts a new run.
-        assert_eq!(runs, [0..2, 2..3, 3..6]);
-    }
-
-    #[test]
-    fn runs_by_listener_of_one_or_none() {
-        assert_eq!(runs_by_listener(&[]).count(), 0);
-        let one = [(to(1, "198.51.100.1:3478"), 7, 0..4)];
-        let runs: Vec<_> = runs_by_listener(&one).collect();
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0], 0..1);
     }
 }

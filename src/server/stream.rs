@@ -9,15 +9,15 @@
 //! refused connection is closed before anything is read from it; see
 //! [`ConnectionGate`]), runs the TLS handshakes and reads until the
 //! connection holds its first complete frame, so a client that trickles
-//! bytes or stays silent never wakes a UDP worker. The connection and what
-//! was read are then handed to worker 0 over a channel: its socket leaves the acceptor's
-//! reactor (`into_std`) and joins worker 0's (`from_std`), for TLS inside the
-//! same `TlsStream` ([`MovableTcp`]), so rustls state is kept. Worker 0 then
-//! reads frames into its core, which holds the TCP/TLS allocations beside
-//! its UDP ones and shares the process's quotas, ports and limiters. Moving
-//! only the accept and the handshake (not a whole extra worker) keeps one
-//! core per worker, the metrics and admin views unchanged, and puts the
-//! CPU-heavy, attacker-paced part of a connection off every UDP thread.
+//! bytes or stays silent never wakes the main thread. The connection and what
+//! was read are then handed to the main thread over a channel: its socket
+//! leaves the acceptor's reactor (`into_std`) and joins the main thread's
+//! (`from_std`), for TLS inside the same `TlsStream` ([`MovableTcp`]), so
+//! rustls state is kept. The main thread then reads frames into its core,
+//! which holds the TCP/TLS allocations (UDP clients are on the UDP workers'
+//! cores) and shares the process's quotas, ports and limiters. The
+//! CPU-heavy, attacker-paced part of a connection stays off the main
+//! thread, and no TCP or TLS work ever runs on a UDP worker.
 //!
 //! A connection is the allocation's 5-tuple: closing it deletes the
 //! allocation. Garbage or an oversized frame closes that connection only.
@@ -175,7 +175,7 @@ pub(super) enum Refused {
 }
 
 /// The connection limits shared by the acceptor thread (which admits) and
-/// worker 0 (where a connection ends): `max-connections` in all and
+/// the main thread (where a connection ends): `max-connections` in all and
 /// `max-connections-per-ip`, with counters of what was refused.
 #[derive(Debug)]
 pub(super) struct ConnectionGate {
@@ -265,8 +265,8 @@ impl Drop for ConnectionPermit {
 
 /// A TCP stream that can leave the runtime it was accepted on: the TLS
 /// handshake runs over it on the acceptor thread, then [`detach`] takes the
-/// socket off that thread's reactor and, on worker 0, [`attach`] registers
-/// it with worker 0's, inside the same `TlsStream` (whose rustls state,
+/// socket off that thread's reactor and, on the main thread, [`attach`]
+/// registers it with the main thread's, inside the same `TlsStream` (whose rustls state,
 /// including any data read past the handshake, comes along).
 ///
 /// [`detach`]: MovableTcp::detach
@@ -349,7 +349,7 @@ impl AsyncWrite for MovableTcp {
 }
 
 /// A connection the acceptor thread admitted (for TLS, handshook) and read
-/// a first complete frame from, on its way to worker 0.
+/// a first complete frame from, on its way to the main thread.
 pub(super) struct Accepted {
     stream: Handed,
     /// What was read: one complete frame, maybe the start of the next.
@@ -648,7 +648,7 @@ async fn until_first_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Worker 0's side of the acceptor: serves each connection it hands over
+/// The main thread's side of the acceptor: serves each connection it hands over
 /// until the acceptor thread is gone.
 pub(super) async fn serve_accepted(
     mut from_acceptor: mpsc::UnboundedReceiver<Accepted>,

@@ -1,42 +1,47 @@
 //! Relay workers: per-core sharding of the UDP relay.
 //!
 //! With `relay-threads = N` (default: one per CPU the process may run on)
-//! the process runs N workers. Worker 0 is the main thread, which also owns
-//! the TCP and TLS listeners (with their RFC 6062 relays), HTTP, signals and
-//! the user database. Workers 1..N each run on their own thread with their
-//! own tokio current-thread runtime and own:
+//! the process runs N UDP workers, `turnd-worker-0` to `turnd-worker-N-1`,
+//! each on its own thread with its own event loop (see `udp.rs`; no async
+//! runtime) and its own:
 //!
 //! - one UDP listener socket per listening address, bound with
-//!   `SO_REUSEPORT` to the same address and port as worker 0's: the kernel
-//!   hashes each client's 4-tuple to one socket of the group, so every
-//!   datagram of a client reaches the worker that holds its allocation;
+//!   `SO_REUSEPORT` to the same address and port as the other workers': the
+//!   kernel hashes each client's 4-tuple to one socket of the group, so
+//!   every datagram of a client reaches the worker that holds its
+//!   allocation;
 //! - a [`Server`] core (the allocations created on it) and their relay
 //!   sockets, so peer datagrams arrive on the worker too. Ports come from
 //!   pools shared by all workers (taken once per allocation, under a lock).
 //!
-//! From receiving a datagram to sending it on, a worker takes no lock, makes
-//! no channel hop and wakes no other task. What is shared stays off that
-//! path: the [`SharedState`] (allocation quotas and per-source-IP limits: one
-//! mutex lock per request, none per relayed packet), and a control channel per worker that the main thread uses
-//! for reloads, draining, admin deletes, metrics snapshots and shutdown.
+//! The main thread runs tokio: TCP and TLS clients (with a core of their
+//! own, the last shard, and their relays, RFC 6062 included), HTTP,
+//! signals and the user database.
 //!
-//! All workers are created from the same seed and epoch, so a nonce issued by
+//! From receiving a datagram to sending it on, a worker takes no lock, makes
+//! no channel hop and wakes no other thread. What is shared stays off that
+//! path: the [`SharedState`] (allocation quotas and per-source-IP limits: one
+//! mutex lock per request, none per relayed packet), and a bounded control
+//! channel per worker, with an eventfd that wakes its loop, that the main
+//! thread uses for reloads, draining, admin deletes, metrics snapshots and
+//! shutdown.
+//!
+//! All cores are created from the same seed and epoch, so a nonce issued by
 //! one is valid on every other (nonces are bound to the client's IP address,
 //! and one client IP may be hashed to several workers by its ports).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, warn};
+use tracing::{error, warn};
 
-use super::{new_shell, spawn_listeners, timer_task, Shell, ShellIo};
 use crate::auth::Credentials;
 use crate::stun::Method;
+use crate::sys::EventFd;
 use crate::turn::{
     AuthFailure, EndedUserBytes, Server, ServerConfig, SharedState, Stats, Transport,
 };
@@ -127,7 +132,7 @@ impl CoreView {
     /// pass over its allocations, the list of them only when `detail`, and
     /// the ended users' byte totals taken from the core. O(live
     /// allocations) plus O(users ended since the last snapshot).
-    pub fn of(core: &mut Server, shell: &Shell, detail: bool) -> CoreView {
+    pub fn of(core: &mut Server, connections: usize, detail: bool) -> CoreView {
         let mut allocations = Vec::new();
         let mut allocation_counts: HashMap<(Transport, bool), usize> = HashMap::new();
         let (mut permissions, mut channels) = (0, 0);
@@ -169,7 +174,7 @@ impl CoreView {
             ports_free: core.relay_ports_free().into_iter().collect(),
             user_bytes: core.live_user_bytes(),
             ended_user_bytes: core.take_ended_user_bytes(),
-            connections: shell.conns.borrow().len(),
+            connections,
             workers: 1,
         }
     }
@@ -220,7 +225,7 @@ impl CoreView {
 pub(super) struct WorkerSetup {
     pub index: usize,
     pub count: usize,
-    /// Its UDP listener sockets (SO_REUSEPORT members of worker 0's groups).
+    /// Its UDP listener sockets (its members of the SO_REUSEPORT groups).
     pub sockets: Vec<StdUdpSocket>,
     /// The core's configuration, sharded for this worker.
     pub config: ServerConfig,
@@ -228,17 +233,17 @@ pub(super) struct WorkerSetup {
     pub unix_now: u64,
     pub seed: [u8; 32],
     pub shared: SharedState,
-    pub limits: super::stream::StreamLimits,
 }
 
 struct Remote {
     index: usize,
     tx: mpsc::Sender<Control>,
+    /// Made readable after each message: the worker's loop sleeps in epoll.
+    wake: Arc<EventFd>,
     thread: RefCell<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// The main thread's handles on workers 1..N (worker 0 is the main thread
-/// itself and is not in here).
+/// The main thread's handles on the UDP workers.
 #[derive(Default)]
 pub(super) struct Workers {
     remote: Vec<Remote>,
@@ -251,33 +256,26 @@ impl Workers {
     /// When the thread cannot be spawned.
     pub fn spawn(&mut self, setup: WorkerSetup) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let wake = Arc::new(EventFd::new()?);
         let index = setup.index;
+        let worker_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name(format!("turnd-worker-{index}"))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        error!(worker = index, error = %e, "cannot start the worker's runtime");
-                        return;
-                    }
-                };
                 let span = tracing::info_span!("worker", n = index);
                 let _entered = span.enter();
-                tokio::task::LocalSet::new().block_on(&rt, worker_main(setup, rx));
+                super::udp::run(setup, rx, worker_wake);
             })?;
         self.remote.push(Remote {
             index,
             tx,
+            wake,
             thread: RefCell::new(Some(thread)),
         });
         Ok(())
     }
 
-    /// Resolves with the index of the first worker 1..N whose thread has
+    /// Resolves with the index of the first UDP worker whose thread has
     /// ended (its control channel closed) although it was not stopped;
     /// looks every 500 ms. Never resolves without worker threads.
     pub async fn first_gone(&self) -> usize {
@@ -290,12 +288,18 @@ impl Workers {
         }
     }
 
-    /// Workers in all, the main thread included.
+    /// UDP workers.
     pub fn count(&self) -> usize {
-        self.remote.len() + 1
+        self.remote.len()
     }
 
-    /// Sends `make(index)` to every worker but the main thread, waiting
+    /// Shares of `bps-capacity`: one per UDP worker (the main thread's core
+    /// gets one too), at least one.
+    pub fn shares(&self) -> usize {
+        self.remote.len().max(1)
+    }
+
+    /// Sends `make(index)` to every UDP worker, waiting
     /// while a worker's control channel is full (these messages must
     /// arrive).
     pub async fn broadcast(&self, make: impl Fn(usize) -> Control) {
@@ -303,10 +307,11 @@ impl Workers {
             if r.tx.send(make(r.index)).await.is_err() {
                 warn!(worker = r.index, "worker is gone");
             }
+            r.wake.wake();
         }
     }
 
-    /// Sends `make(index, reply)` to every worker 1..N and collects the
+    /// Sends `make(index, reply)` to every UDP worker and collects the
     /// replies of those that answer within [`ANSWER_TIMEOUT`]; `what` names
     /// the request in the warning about a worker that did not.
     ///
@@ -323,7 +328,11 @@ impl Workers {
         let mut waiting = Vec::with_capacity(self.remote.len());
         for r in &self.remote {
             let (tx, rx) = oneshot::channel();
-            let send = r.tx.send(make(r.index, tx));
+            let send = async {
+                let sent = r.tx.send(make(r.index, tx)).await;
+                r.wake.wake();
+                sent
+            };
             let sent = if impatient {
                 match tokio::time::timeout(ANSWER_TIMEOUT, send).await {
                     Ok(sent) => sent,
@@ -352,10 +361,10 @@ impl Workers {
         Ok(out)
     }
 
-    /// Applies a reloaded configuration on workers 1..N; returns the sum of
+    /// Applies a reloaded configuration on the UDP workers; returns the sum of
     /// their (allocations, revoked permissions and channels).
     pub async fn reconfigure(&self, config: &ServerConfig) -> (usize, usize) {
-        let n = self.count();
+        let n = self.shares();
         let make = |_, tx| Control::Reconfigure(Box::new(config.shard(n)), tx);
         self.ask_all(make, "the reload", false)
             .await
@@ -364,7 +373,7 @@ impl Workers {
             .fold((0, 0), |s, (a, r)| (s.0 + a, s.1 + r))
     }
 
-    /// Snapshots of workers 1..N (those that answer in time), with the
+    /// Snapshots of the UDP workers (those that answer in time), with the
     /// allocation list when `detail`.
     ///
     /// # Errors
@@ -378,12 +387,12 @@ impl Workers {
         .await
     }
 
-    /// Ends allocation `id` on whichever worker 1..N holds it.
+    /// Ends allocation `id` on whichever UDP worker holds it.
     pub async fn delete(&self, id: u64) -> bool {
         for r in &self.remote {
             let (tx, rx) = oneshot::channel();
             match tokio::time::timeout(ANSWER_TIMEOUT, r.tx.send(Control::Delete(id, tx))).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => r.wake.wake(),
                 _ => continue,
             }
             if let Ok(Ok(true)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
@@ -393,7 +402,7 @@ impl Workers {
         false
     }
 
-    /// Stops workers 1..N: each closes its allocations; returns the sum of
+    /// Stops the UDP workers: each closes its allocations; returns the sum of
     /// their counters.
     pub async fn stop(&self) -> Stats {
         let mut total = Stats::default();
@@ -409,72 +418,6 @@ impl Workers {
             }
         }
         total
-    }
-}
-
-async fn worker_main(setup: WorkerSetup, mut rx: mpsc::Receiver<Control>) {
-    if super::fault::ends_worker(setup.index) {
-        warn!("TURND_FAULT_INJECT: this worker ends now");
-        return;
-    }
-    let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
-    core.set_shard(setup.index, setup.count, &setup.shared);
-    let core = Rc::new(RefCell::new(core));
-    let mut listeners = HashMap::new();
-    for s in setup.sockets {
-        match s
-            .local_addr()
-            .and_then(|a| Ok((a, crate::sys::register_udp(s)?)))
-        {
-            Ok((addr, s)) => {
-                listeners.insert(addr, Rc::new(s));
-            }
-            Err(e) => error!(error = %e, "worker cannot use its listener socket"),
-        }
-    }
-    let shell = new_shell(setup.index, listeners, setup.limits);
-    spawn_listeners(&shell, &core);
-    let timers = tokio::task::spawn_local(timer_task(shell.clone(), core.clone()));
-    debug!(
-        min_port = core.borrow().config().min_port,
-        max_port = core.borrow().config().max_port,
-        "worker started"
-    );
-    let mut stopped = None;
-    while let Some(c) = rx.recv().await {
-        match c {
-            Control::Reconfigure(cfg, reply) => {
-                let revoked = core.borrow_mut().reconfigure(Instant::now(), *cfg);
-                let _ = reply.send((core.borrow().allocation_count(), revoked));
-            }
-            Control::Credentials(c) => core.borrow_mut().set_credentials(*c),
-            Control::Drain => core.borrow_mut().start_draining(),
-            Control::View(detail, reply) => {
-                let _ = reply.send(CoreView::of(&mut core.borrow_mut(), &shell, detail));
-            }
-            Control::Delete(id, reply) => {
-                let mut io = ShellIo {
-                    shell: &shell,
-                    core: &core,
-                };
-                let deleted = core.borrow_mut().delete_allocation_by_id(id, &mut io);
-                let _ = reply.send(deleted);
-            }
-            Control::Stop(reply) => {
-                stopped = Some(reply);
-                break;
-            }
-        }
-    }
-    timers.abort();
-    let mut io = ShellIo {
-        shell: &shell,
-        core: &core,
-    };
-    core.borrow_mut().close_all(&mut io);
-    let stats = core.borrow().stats();
-    if let Some(reply) = stopped {
-        let _ = reply.send(stats);
     }
 }
 
