@@ -7,6 +7,19 @@
 //! socket, one `recvmmsg` per readable client socket (it drains every
 //! datagram waiting), and on the echo sockets one `recvmmsg` + one `sendmmsg`
 //! per batch of up to 64 datagrams; one `epoll_pwait2` per wake-up.
+//!
+//! Pacing of `--rate` ([`Pacing`]): `burst` sends everything due within
+//! `tick_us` together and catches up with bursts of up to 2 ms worth;
+//! `even` gives every send its own due time (`i / rate`), sends at most one
+//! datagram per wake-up (`epoll_pwait2` with a nanosecond timeout, 1 ns timer
+//! slack), lets late sends go out one at a time, each after an `epoll_pwait2`
+//! with a zero timeout that serves what arrived, and counts sends more than
+//! 20 ms late as given up. Both record the achieved gaps between consecutive
+//! sends and (even) how late each send was, to verify the pacing.
+//!
+//! `one_way`: the echo sockets become sinks: they count what arrives (by the
+//! send time and sequence number in the payload) and answer nothing; one-way
+//! delay replaces the round-trip time.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -41,6 +54,24 @@ impl Transport {
     }
 }
 
+/// How `--rate` spreads the sends in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pacing {
+    /// Each send at its own due time, one datagram per send, no catch-up bursts.
+    Even,
+    /// Sends due within `tick_us` leave together; catch-up bursts of up to 2 ms worth.
+    Burst,
+}
+
+impl Pacing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pacing::Even => "even",
+            Pacing::Burst => "burst",
+        }
+    }
+}
+
 /// What the engine is set up with.
 pub struct Config {
     pub server: SocketAddr,
@@ -55,6 +86,8 @@ pub struct Config {
     pub client_ips: u8,
     pub setup_concurrency: usize,
     pub server_pid: Option<u32>,
+    /// The peers are sinks: traffic goes one way, client -> server -> peer.
+    pub one_way: bool,
 }
 
 /// Where a setup run should bring every client.
@@ -134,6 +167,12 @@ const MAX_TRIES: u32 = 8;
 const MAGIC: &[u8; 4] = b"TBNC";
 /// The smallest payload: timestamp (8), client index (4), marker (4).
 pub const MIN_SIZE: usize = 16;
+/// The smallest one-way payload: the above, then a sequence number (8).
+pub const MIN_SIZE_ONE_WAY: usize = 24;
+/// Even pacing: a send due more than this long ago is given up (ns).
+const EVEN_GIVE_UP_NS: u64 = 20_000_000;
+/// Unit of the gap histogram (ns): 0.1 µs buckets.
+pub const GAP_UNIT_NS: u64 = 100;
 
 /// How many clients a setup run brought where asked, and why others failed.
 #[derive(Debug, Default)]
@@ -160,8 +199,9 @@ pub struct Timing {
     pub warmup: f64,
     pub duration: f64,
     pub drain: f64,
-    /// Shortest sleep between paced sends (µs): sends due within it go out together.
+    /// Shortest sleep between paced sends (µs): sends due within it go out together (burst).
     pub tick_us: u64,
+    pub pacing: Pacing,
 }
 
 /// What a traffic run measured.
@@ -176,6 +216,12 @@ pub struct TrafficReport {
     /// Sends the generator could not make on time (it fell behind).
     pub skipped: u64,
     pub hist: Histogram,
+    /// Gaps between consecutive sends inside the window (units of [`GAP_UNIT_NS`]).
+    pub gaps: Histogram,
+    /// How late each send in the window left after its due time (µs; even pacing).
+    pub late: Histogram,
+    /// One-way: datagrams that arrived out of sequence order (behind the highest seen).
+    pub reordered: u64,
     pub server_start: Sample,
     pub server_end: Sample,
     pub cpu_wall_s: f64,
@@ -209,6 +255,10 @@ struct Counters {
     wall_rx: u64,
     send_errors: u64,
     window_mode: bool,
+    /// Sequence number of the next one-way send, and the next one expected at the sink.
+    seq: u64,
+    seq_expected: u64,
+    reordered: u64,
 }
 
 fn bind_udp(ip: IpAddr, buffer: usize) -> io::Result<UdpSocket> {
@@ -709,6 +759,29 @@ impl Engine {
         }
     }
 
+    /// A one-way datagram arrived at a sink peer.
+    #[inline]
+    fn on_sink(&mut self, p: &[u8], now_ns: u64) {
+        if p.len() < MIN_SIZE_ONE_WAY || &p[12..16] != MAGIC {
+            return;
+        }
+        let ts = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+        let seq = u64::from_le_bytes(p[16..24].try_into().expect("8 bytes"));
+        let st = &mut self.stats;
+        if seq < st.seq_expected {
+            st.reordered += 1;
+        } else {
+            st.seq_expected = seq + 1;
+        }
+        if st.window {
+            st.wall_rx += 1;
+        }
+        if ts >= st.warm_ns && ts < st.meas_ns {
+            st.cohort_rx += 1;
+            self.hist_record(now_ns.saturating_sub(ts) / 1000);
+        }
+    }
+
     fn hist_record(&mut self, us: u64) {
         if let Some(h) = &mut self.hist {
             h.record(us);
@@ -723,6 +796,11 @@ impl Engine {
         let off = self.hdr_len;
         let c = &mut self.clients[i];
         c.frame[off..off + 8].copy_from_slice(&now_ns.to_le_bytes());
+        if self.cfg.one_way {
+            let seq = self.stats.seq;
+            self.stats.seq += 1;
+            c.frame[off + 16..off + 24].copy_from_slice(&seq.to_le_bytes());
+        }
         let ok = match &mut c.link {
             Link::Udp(s) => s.send(&c.frame).is_ok(),
             Link::Stream(s) => {
@@ -767,6 +845,10 @@ impl Engine {
             ..Counters::default()
         };
         self.hist = Some(Histogram::new());
+        let mut gaps = Histogram::new();
+        let mut late = Histogram::new();
+        let mut last_send_ns: Option<u64> = None;
+        let one_way = self.cfg.one_way;
         let mut batch = RecvBatch::new(BATCH, MAX_DGRAM);
         let mut echo_out = SendBatch::default();
         let pid = self.cfg.server_pid;
@@ -811,7 +893,7 @@ impl Engine {
             if now_ns < meas_ns {
                 wake = wake.min(if started { meas_ns } else { warm_ns });
                 match load {
-                    Load::Rate(rate) => {
+                    Load::Rate(rate) if timing.pacing == Pacing::Burst => {
                         // Late (descheduled): catch up at most 2 ms worth per
                         // wake-up; more than 50 ms behind, give the backlog up.
                         let target = (now_ns as f64 * rate / 1e9) as u64;
@@ -823,13 +905,43 @@ impl Engine {
                         }
                         let mut burst = 0;
                         while scheduled < target && burst < max_burst {
-                            self.send_data(ready[rr], now_ns);
+                            let t = ns_since(t0);
+                            note_gap(&mut gaps, &mut last_send_ns, t, warm_ns, meas_ns);
+                            self.send_data(ready[rr], t);
                             rr = (rr + 1) % ready.len();
                             scheduled += 1;
                             burst += 1;
                         }
                         let next_due = ((scheduled + 1) as f64 * 1e9 / rate) as u64;
                         wake = wake.min(next_due.max(now_ns + tick_ns));
+                    }
+                    Load::Rate(rate) => {
+                        // Even: send number k is due at k / rate. At most one
+                        // send per pass; a late one goes out now and the next
+                        // pass (zero timeout when it is due too) serves what
+                        // arrived first. More than 20 ms late: given up.
+                        let interval = 1e9 / rate;
+                        let due_of = |k: u64| (k as f64 * interval) as u64;
+                        if now_ns > EVEN_GIVE_UP_NS {
+                            let first =
+                                ((now_ns - EVEN_GIVE_UP_NS) as f64 / interval).ceil() as u64;
+                            if first > scheduled {
+                                skipped += first - scheduled;
+                                scheduled = first;
+                            }
+                        }
+                        let due = due_of(scheduled);
+                        if due <= now_ns {
+                            let t = ns_since(t0);
+                            note_gap(&mut gaps, &mut last_send_ns, t, warm_ns, meas_ns);
+                            if t >= warm_ns && t < meas_ns {
+                                late.record(t.saturating_sub(due) / 1000);
+                            }
+                            self.send_data(ready[rr], t);
+                            rr = (rr + 1) % ready.len();
+                            scheduled += 1;
+                        }
+                        wake = wake.min(due_of(scheduled));
                     }
                     Load::Window(w) => {
                         // A window emptied by losses is refilled after 200 ms of silence.
@@ -857,7 +969,23 @@ impl Engine {
             let now = Instant::now();
             for e in 0..k {
                 let (tok, flags) = self.ep.event(e);
-                if tok >= ECHO_BASE {
+                if tok >= ECHO_BASE && one_way {
+                    // Sinks: the echo sockets are lent out while `on_sink` needs `self`.
+                    let echoes = std::mem::take(&mut self.echoes);
+                    let fd = echoes[(tok - ECHO_BASE) as usize].as_fd();
+                    loop {
+                        let n = batch.recv(fd).unwrap_or(0);
+                        for m in 0..n {
+                            if let Some((_, bytes)) = batch.datagram(m) {
+                                self.on_sink(bytes, now_ns);
+                            }
+                        }
+                        if n < batch.capacity() {
+                            break;
+                        }
+                    }
+                    self.echoes = echoes;
+                } else if tok >= ECHO_BASE {
                     let fd = self.echoes[(tok - ECHO_BASE) as usize].as_fd();
                     loop {
                         let n = batch.recv(fd).unwrap_or(0);
@@ -889,10 +1017,24 @@ impl Engine {
             send_errors: st.send_errors,
             skipped,
             hist: self.hist.take().unwrap_or_default(),
+            gaps,
+            late,
+            reordered: st.reordered,
             server_start,
             server_end,
             cpu_wall_s: (win_end_ns.saturating_sub(win_start_ns)) as f64 / 1e9,
             gen_cpu,
         })
     }
+}
+
+/// Records the gap since the previous send when `t` is inside the window.
+#[inline]
+fn note_gap(gaps: &mut Histogram, last: &mut Option<u64>, t: u64, warm_ns: u64, meas_ns: u64) {
+    if t >= warm_ns && t < meas_ns {
+        if let Some(prev) = *last {
+            gaps.record(t.saturating_sub(prev) / GAP_UNIT_NS);
+        }
+    }
+    *last = Some(t);
 }

@@ -11,7 +11,13 @@
 //! I/O: one thread, one epoll instance (level-triggered), and on each
 //! readable relay socket one `recvmmsg` of up to 64 datagrams, then the
 //! destinations are written in place and one `sendmmsg` sends them all
-//! back out of the same socket. The unsafe libc calls are in `sys.rs`.
+//! back out of the same socket. The unsafe libc calls are in `turnd::sys`.
+//!
+//! With `--no-batch` (`batch == false`): one `recvfrom` and one `sendto` per
+//! readiness event, nothing else; a socket with more waiting stays readable
+//! (level-triggered) and is served again on the next `epoll_wait`. That is
+//! the plainest relay: one system call in, one out, one wake-up per datagram
+//! when they come one at a time.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -47,14 +53,23 @@ fn bind(addr: SocketAddr, buffer: Option<usize>) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Runs the forwarder on `listen` until the process is killed.
-pub fn run(listen: SocketAddr) -> io::Result<()> {
+/// Runs the forwarder on `listen` until the process is killed; `batch`:
+/// recvmmsg/sendmmsg, otherwise one recvfrom + one sendto per event;
+/// `buffer`: SO_RCVBUF/SO_SNDBUF of the relay sockets (None: the kernel's).
+pub fn run(listen: SocketAddr, batch_io: bool, buffer: Option<usize>) -> io::Result<()> {
     let _ = sys::raise_nofile_limit();
     let control = bind(listen, Some(4 << 20))?;
     let local = control.local_addr()?;
     let mut ep = Epoll::new(1024)?;
     ep.add(control.as_raw_fd(), CONTROL, EPOLL_IN)?;
-    println!("turnd-bench forwarder: listening on udp {local}");
+    println!(
+        "turnd-bench forwarder: listening on udp {local} ({})",
+        if batch_io {
+            "recvmmsg/sendmmsg"
+        } else {
+            "recvfrom/sendto"
+        }
+    );
     let _ = io::stdout().flush();
 
     let mut relays: Vec<Option<Relay>> = Vec::new();
@@ -64,6 +79,7 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
     let mut batch = RecvBatch::new(BATCH, 65_536);
     let mut out = SendBatch::default();
     let mut ctl = [0u8; 256];
+    let mut one = vec![0u8; 65_536];
     loop {
         let n = ep.wait(None)?;
         for e in 0..n {
@@ -83,7 +99,7 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
                         let idx = match by_client.get(&from) {
                             Some(&i) => i, // a retransmitted BIND
                             None => {
-                                let socket = bind(SocketAddr::new(local.ip(), 0), None)?;
+                                let socket = bind(SocketAddr::new(local.ip(), 0), buffer)?;
                                 let i = free.pop().unwrap_or_else(|| {
                                     relays.push(None);
                                     relays.len() - 1
@@ -121,6 +137,14 @@ pub fn run(listen: SocketAddr) -> io::Result<()> {
             let Some(r) = relays.get(tok as usize).and_then(Option::as_ref) else {
                 continue;
             };
+            if !batch_io {
+                // An error (an ICMP report for a client that went away) reads as nothing.
+                if let Ok((len, from)) = r.socket.recv_from(&mut one) {
+                    let dest = if from == r.client { r.peer } else { r.client };
+                    let _ = r.socket.send_to(&one[..len], dest);
+                }
+                continue;
+            }
             let fd = r.socket.as_fd();
             loop {
                 // An error (an ICMP report for a client that went away) reads as nothing.

@@ -7,6 +7,9 @@
 //! turnd-bench --server 127.0.0.1:3478 --user U --password P --allocations-only --allocations 5000
 //! turnd-bench forwarder --listen 127.0.0.1:40000 &
 //! turnd-bench --bare --server 127.0.0.1:40000 --rate 20000 --server-pid $!
+//! turnd-bench --server 127.0.0.1:3478 --rate 50000 --pacing even --server-pid PID
+//! turnd-bench --server 127.0.0.1:3478 --one-way --allocations 1 --size 1200 --rate 100000
+//! turnd-bench forwarder --no-batch --listen 127.0.0.1:40001 &
 //! turnd-bench soak --turnd target/release/turnd --minutes 30 --out soak-out
 //! ```
 //!
@@ -17,7 +20,10 @@
 //! messages of `--size` payload bytes go round trip client -> server ->
 //! peer -> server -> client, paced at `--rate` round trips/s in total, or
 //! with `--window` round trips in flight per allocation. Results: a table and
-//! a last line `RESULT {json}`.
+//! a last line `RESULT {json}`. `--pacing even` gives each send its own due
+//! time (one datagram per send); `--pacing burst` (the default) sends what is
+//! due within `--tick-us` together. `--one-way` makes the peers sinks: one
+//! flow's throughput and loss instead of round trips.
 //!
 //! Server CPU per relayed packet = (utime + stime of the server process from
 //! /proc/PID/stat over the measured window) / (2 x round trips completed in
@@ -43,7 +49,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use engine::{Engine, Load, Target, Timing, TrafficReport, Transport};
+use engine::{Engine, Load, Pacing, Target, Timing, TrafficReport, Transport};
 use report::{opt, r};
 
 #[derive(Parser, Debug)]
@@ -67,6 +73,15 @@ enum Command {
         /// Control address clients send BIND to; relay sockets use its IP.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// One recvfrom + one sendto per datagram (one datagram per readiness
+        /// event, level-triggered) instead of recvmmsg/sendmmsg batches of 64.
+        #[arg(long)]
+        no_batch: bool,
+        /// SO_RCVBUF/SO_SNDBUF of each relay socket in bytes (0: the kernel's
+        /// default). A client's datagrams land in its relay socket here, where
+        /// a TURN server has them land in its listener socket (turnd: 4 MiB).
+        #[arg(long, default_value_t = 0)]
+        buffer: usize,
     },
     /// Runs turnd (or attaches to one) for --minutes under churn, samples
     /// its RSS, descriptors, allocations and relay ports into soak.csv and
@@ -130,9 +145,21 @@ struct RunArgs {
     /// Setup transactions in flight at once.
     #[arg(long, default_value_t = 128)]
     setup_concurrency: usize,
-    /// Shortest sleep between paced sends in µs (sends due within it leave together).
+    /// Shortest sleep between paced sends in µs (sends due within it leave
+    /// together; burst pacing only).
     #[arg(long, default_value_t = 50)]
     tick_us: u64,
+    /// How --rate spreads sends: `even` (each send at its own due time, one
+    /// datagram per send, late sends one by one, > 20 ms late given up) or
+    /// `burst` (sends due within --tick-us together, catch-up bursts of up to
+    /// 2 ms worth, > 50 ms behind given up).
+    #[arg(long, value_enum, default_value = "burst")]
+    pacing: Pacing,
+    /// One-way traffic: the peers are sinks that count what arrives (send
+    /// time and sequence number in the payload); reports offered and
+    /// delivered Mbit/s, loss and one-way delay. --size must be >= 24.
+    #[arg(long, conflicts_with = "window")]
+    one_way: bool,
     /// A label copied into the RESULT line.
     #[arg(long)]
     label: Option<String>,
@@ -141,8 +168,12 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Forwarder { listen }) => {
-            return match forwarder::run(listen) {
+        Some(Command::Forwarder {
+            listen,
+            no_batch,
+            buffer,
+        }) => {
+            return match forwarder::run(listen, !no_batch, (buffer > 0).then_some(buffer)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("turnd-bench forwarder: {e}");
@@ -178,6 +209,12 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
             engine::MIN_SIZE
         ));
     }
+    if a.one_way && a.size < engine::MIN_SIZE_ONE_WAY {
+        return Err(format!(
+            "--one-way needs --size >= {} (the sequence number lives in the payload)",
+            engine::MIN_SIZE_ONE_WAY
+        ));
+    }
     if a.allocations == 0 {
         return Err("--allocations must be at least 1".into());
     }
@@ -204,6 +241,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         client_ips: a.client_ips.max(1),
         setup_concurrency: a.setup_concurrency,
         server_pid: a.server_pid,
+        one_way: a.one_way,
     })
     .map_err(|e| format!("setting up {} client sockets: {e}", a.allocations))?;
     let target_name = if a.bare { "bare" } else { "turn" };
@@ -229,6 +267,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         duration,
         drain: a.drain_ms as f64 / 1000.0,
         tick_us: a.tick_us,
+        pacing: a.pacing,
     };
     let rep = eng.traffic(load, timing).map_err(|e| e.to_string())?;
     let _ = eng.setup(Target::Released, Duration::from_secs(5));
@@ -250,12 +289,45 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         rep.hist.quantile(0.99),
         rep.hist.max(),
     );
-    let relayed = 2 * rep.received_in_window;
+    // A round trip is 2 relayed packets; a one-way datagram is 1.
+    let relayed = if a.one_way {
+        rep.received_in_window
+    } else {
+        2 * rep.received_in_window
+    };
+    let unit = if a.one_way {
+        "datagrams/s"
+    } else {
+        "round trips/s"
+    };
+    // Payload bits per second (the application's bytes, no headers).
+    let mbit = |per_s: f64| per_s * a.size as f64 * 8.0 / 1e6;
+    let ideal_gap_us = match load {
+        Load::Rate(r) => 1e6 / r,
+        Load::Window(_) => f64::NAN,
+    };
+    let unit_us = engine::GAP_UNIT_NS as f64 / 1000.0;
+    let gap_q = |q: f64| rep.gaps.quantile(q).map(|v| v as f64 * unit_us);
+    let gap_p1 = gap_q(0.01);
+    let gap_p50 = gap_q(0.5);
+    let gap_p99 = gap_q(0.99);
+    // Sends that left less than half the ideal gap after the previous one.
+    let gap_short = rep
+        .gaps
+        .fraction_below((ideal_gap_us / 2.0 / unit_us) as u64)
+        .map(|f| 100.0 * f);
+    let late_p50 = rep.late.quantile(0.5);
+    let late_p99 = rep.late.quantile(0.99);
     let server_cpu = match (rep.server_start.cpu, rep.server_end.cpu) {
         (Some(s), Some(e)) => Some(e.saturating_sub(s)),
         _ => None,
     };
     let cpu_pct = server_cpu.map(|c| 100.0 * c.as_secs_f64() / rep.cpu_wall_s);
+    // The busiest thread alone (the relay thread, for a one-thread relay).
+    let top = procstat::top_thread(&rep.server_start, &rep.server_end);
+    let top_per_pkt = top
+        .filter(|_| relayed > 0)
+        .map(|(c, _)| c.as_secs_f64() * 1e6 / relayed as f64);
     let cpu_per_pkt = server_cpu
         .filter(|_| relayed > 0)
         .map(|c| c.as_secs_f64() * 1e6 / relayed as f64);
@@ -266,7 +338,7 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         f64::NAN
     };
     let load_text = match load {
-        Load::Rate(r) => format!("rate {r:.0} round trips/s"),
+        Load::Rate(r) => format!("rate {r:.0} {unit}, {} pacing", a.pacing.name()),
         Load::Window(w) => format!("window {w} per allocation"),
     };
     let transport = if a.bare { "udp" } else { a.transport.name() };
@@ -278,12 +350,26 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         a.warmup,
         setup.as_secs_f64() * 1e3
     );
-    println!("  {:<24} {offered:.0} round trips/s", "offered");
-    println!(
-        "  {:<24} {delivered:.0} round trips/s = {:.0} relayed packets/s",
-        "delivered",
-        2.0 * delivered
-    );
+    if a.one_way {
+        println!(
+            "  {:<24} {offered:.0} {unit} = {:.1} Mbit/s of payload",
+            "offered",
+            mbit(offered)
+        );
+        println!(
+            "  {:<24} {delivered:.0} {unit} = {:.1} Mbit/s of payload ({} out of order)",
+            "delivered",
+            mbit(delivered),
+            rep.reordered
+        );
+    } else {
+        println!("  {:<24} {offered:.0} {unit}", "offered");
+        println!(
+            "  {:<24} {delivered:.0} {unit} = {:.0} relayed packets/s",
+            "delivered",
+            2.0 * delivered
+        );
+    }
     println!(
         "  {:<24} {loss:.3} % ({} of {} lost; {} send errors, {} sends given up: generator > 50 ms behind)",
         "loss",
@@ -292,9 +378,26 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         rep.send_errors,
         rep.skipped
     );
+    if rep.gaps.count() > 0 {
+        let f = |v: Option<f64>| opt(v.map(|v| format!("{v:.1}")));
+        println!(
+            "  {:<24} p1 {} / p50 {} / p99 {} us (ideal {ideal_gap_us:.1} us; {} % under half of it); late p50 {} / p99 {} us",
+            "gaps between sends",
+            f(gap_p1),
+            f(gap_p50),
+            f(gap_p99),
+            f(gap_short),
+            opt(late_p50),
+            opt(late_p99)
+        );
+    }
     println!(
         "  {:<24} {} / {} / {} us",
-        "RTT p50 / p99 / max",
+        if a.one_way {
+            "one-way p50 / p99 / max"
+        } else {
+            "RTT p50 / p99 / max"
+        },
         opt(p50),
         opt(p99),
         opt(max)
@@ -307,8 +410,19 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
             opt(cpu_per_pkt.map(|v| format!("{v:.2}")))
         );
         println!(
-            "  {:<24} (utime+stime from /proc/PID/stat over the window, divided by 2 x round trips: each round trip is 2 relayed packets, client->peer and peer->client)",
-            ""
+            "  {:<24} (utime+stime of every thread from /proc/PID/stat over the window, divided by {})",
+            "",
+            if a.one_way {
+                "the datagrams delivered to the sink"
+            } else {
+                "2 x round trips: each round trip is 2 relayed packets, client->peer and peer->client"
+            }
+        );
+        println!(
+            "  {:<24} {} us per relayed packet ({} threads in all)",
+            "server busiest thread",
+            opt(top_per_pkt.map(|v| format!("{v:.2}"))),
+            opt(top.map(|t| t.1))
         );
         println!("  {:<24} {} KiB", "server RSS", opt(rep.server_end.rss_kib));
     }
@@ -323,6 +437,18 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         "allocations": rep.allocations,
         "size": a.size,
         "rate": match load { Load::Rate(r) => json!(r), Load::Window(_) => json!(null) },
+        "pacing": match load { Load::Rate(_) => json!(a.pacing.name()), Load::Window(_) => json!(null) },
+        "one_way": a.one_way,
+        "offered_mbit_s": a.one_way.then(|| r(mbit(offered), 2)),
+        "delivered_mbit_s": a.one_way.then(|| r(mbit(delivered), 2)),
+        "reordered": rep.reordered,
+        "ideal_gap_us": r(ideal_gap_us, 2),
+        "gap_p1_us": gap_p1.map(|v| r(v, 1)),
+        "gap_p50_us": gap_p50.map(|v| r(v, 1)),
+        "gap_p99_us": gap_p99.map(|v| r(v, 1)),
+        "gap_short_pct": gap_short.map(|v| r(v, 2)),
+        "late_p50_us": late_p50,
+        "late_p99_us": late_p99,
         "window": match load { Load::Window(w) => json!(w), Load::Rate(_) => json!(null) },
         "duration_s": d,
         "offered_rt_per_s": r(offered, 1),
@@ -338,6 +464,8 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         "rtt_max_us": max,
         "server_cpu_pct": cpu_pct.map(|v| r(v, 2)),
         "server_cpu_us_per_pkt": cpu_per_pkt.map(|v| r(v, 3)),
+        "server_top_thread_us_per_pkt": top_per_pkt.map(|v| r(v, 3)),
+        "server_threads": top.map(|t| t.1),
         "relayed_packets_counted": relayed,
         "server_rss_kib": rep.server_end.rss_kib,
         "gen_cpu_pct": r(gen_pct, 2),

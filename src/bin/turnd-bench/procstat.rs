@@ -4,7 +4,12 @@ use std::time::Duration;
 
 /// utime + stime of process `pid` (every thread), from /proc/PID/stat.
 pub fn cpu(pid: u32) -> Option<Duration> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a `stat` file (a process's or one thread's).
+fn stat_cpu(path: &str) -> Option<Duration> {
+    let s = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces and parentheses: fields restart after the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -26,11 +31,47 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// utime + stime of each thread of `pid` (/proc/PID/task/TID/stat), by TID.
+pub fn thread_cpu(pid: u32) -> Vec<(u32, Duration)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, Duration)> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((tid, stat_cpu(&format!("/proc/{pid}/task/{tid}/stat"))?))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The busiest thread's CPU time between two samples, and how many threads
+/// the process had at the end.
+pub fn top_thread(start: &Sample, end: &Sample) -> Option<(Duration, usize)> {
+    let top = end
+        .threads
+        .iter()
+        .map(|&(tid, e)| {
+            let s = start
+                .threads
+                .iter()
+                .find(|&&(t, _)| t == tid)
+                .map_or(Duration::ZERO, |&(_, s)| s);
+            e.saturating_sub(s)
+        })
+        .max()?;
+    Some((top, end.threads.len()))
+}
+
 /// A sample of the server's counters, when a PID was given.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub cpu: Option<Duration>,
     pub rss_kib: Option<u64>,
+    /// utime + stime per thread (TID, time).
+    pub threads: Vec<(u32, Duration)>,
 }
 
 /// Samples `pid` (nothing when `None`).
@@ -39,6 +80,7 @@ pub fn sample(pid: Option<u32>) -> Sample {
         Some(p) => Sample {
             cpu: cpu(p),
             rss_kib: rss_kib(p),
+            threads: thread_cpu(p),
         },
         None => Sample::default(),
     }

@@ -58,6 +58,21 @@ impl Histogram {
     pub fn max(&self) -> Option<u64> {
         (self.count > 0).then_some(self.max_us)
     }
+
+    /// How many values were recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The fraction of values below `v` (`None` when empty).
+    pub fn fraction_below(&self, v: u64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let end = (v as usize).min(self.buckets.len());
+        let below: u64 = self.buckets[..end].iter().map(|&n| u64::from(n)).sum();
+        Some(below as f64 / self.count as f64)
+    }
 }
 
 /// Formats an optional number, "-" when absent.
