@@ -20,7 +20,9 @@
 # re-runs itself in a session of its own (setsid) and gives that session's
 # scheduler autogroup this nice value, so the benchmark is not held to a third
 # of a core by other sessions' builds (with autogroups, a process's own nice
-# only ranks it inside its session).
+# only ranks it inside its session). BASELINE=PATH: a second turnd binary
+# (e.g. the previous commit's release build) measured as `turnd_base` beside
+# the others, with a turnd/before ratio column: before/after in one run.
 #
 # Method (see BENCHMARKS.md and benches/results/compare-paced.md): every
 # server is started once, pinned to SERVER_CPU; the points are interleaved
@@ -176,6 +178,17 @@ TURND_PID=$!
 PIDS+=("$TURND_PID")
 wait_udp "$TURND_PORT"
 
+if [ -n "${BASELINE:-}" ]; then
+    BASE_PORT=$(free_port)
+    while [ "$BASE_PORT" = "$TURND_PORT" ]; do BASE_PORT=$(free_port); done
+    "${PIN_SERVER[@]}" "$BASELINE" -L 127.0.0.1 -p "$BASE_PORT" -E 127.0.0.1 --no-tls --no-tcp \
+        --min-port 59000 --max-port 60999 -u "$USER_NAME:$PASSWORD" -r "$REALM" \
+        --allow-loopback-peers --unauth-rate 0 >"$OUT/turnd-base.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    wait_udp "$BASE_PORT"
+fi
+
 if [ "$COTURN" = 1 ]; then
     COTURN_PORT=$(free_port)
     COTURN_TLS_PORT=$(free_port)
@@ -208,6 +221,7 @@ PIDS+=("$BARE_RS_PID")
 wait_udp "$BARE_RS_PORT"
 
 TARGETS=(turnd)
+[ -n "${BASELINE:-}" ] && TARGETS+=(turnd_base)
 [ "$COTURN" = 1 ] && TARGETS+=(coturn)
 TARGETS+=(bare_rs bare_mmsg)
 
@@ -222,6 +236,11 @@ bench() {
             pid=$TURND_PID
             server=127.0.0.1:$TURND_PORT
             [ "$transport" = tls ] && server=127.0.0.1:$TURND_TLS_PORT
+            ;;
+        turnd_base)
+            [ "$transport" = udp ] || return 0
+            pid=$BASE_PID
+            server=127.0.0.1:$BASE_PORT
             ;;
         coturn)
             pid=$COTURN_PID
@@ -369,9 +388,9 @@ def max_rate(kind):
         return statistics.median(vals) if vals else None
     return f
 
-names = {"turnd": "turnd", "coturn": "coturn", "bare_rs": "bare r/s", "bare_mmsg": "bare mmsg"}
+names = {"turnd": "turnd", "turnd_base": "before", "coturn": "coturn", "bare_rs": "bare r/s", "bare_mmsg": "bare mmsg"}
 targets = [t for t in names if any(k[0] == t for k in by)]
-ratios = [("turnd/bare r/s", "turnd", "bare_rs"), ("turnd/bare mmsg", "turnd", "bare_mmsg"), ("turnd/coturn", "turnd", "coturn")]
+ratios = [("turnd/bare r/s", "turnd", "bare_rs"), ("turnd/bare mmsg", "turnd", "bare_mmsg"), ("turnd/coturn", "turnd", "coturn"), ("turnd/before", "turnd", "turnd_base")]
 ratios = [r for r in ratios if r[1] in targets and r[2] in targets]
 
 def fmt(v, d=2):

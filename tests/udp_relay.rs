@@ -327,3 +327,66 @@ fn one_thousand_send_indications_without_loss() {
     windowed_echo(&mut c, 1000, 32, |c, d| c.send_indication(addr, d));
     assert_echoed(&peer, 1000);
 }
+
+/// Sends `signal` (STOP, CONT) to the server process.
+fn signal(server: &TestServer, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &server.pid().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -{signal} failed");
+}
+
+/// A client's datagrams that the server reads in one batch leave for their
+/// peers in one `sendmmsg` per relay socket; what a later request in the
+/// same batch does must not overtake them. While the server is stopped
+/// (SIGSTOP), a burst of ChannelData to two peers (runs of one and of many)
+/// queues in its listener socket with a Refresh to 0 right behind it and one
+/// more ChannelData after that; once it runs again (SIGCONT) it reads them
+/// in batches. Every datagram sent before the Refresh arrives, complete and
+/// in order, and the one after it does not.
+#[test]
+fn a_burst_of_channel_data_arrives_in_order_before_a_refresh_to_zero_behind_it() {
+    let server = server(8);
+    let mut c = server.client();
+    let a = c.allocate();
+    let (p1, p2) = (Peer::bind("127.0.0.1"), Peer::bind("127.0.0.1"));
+    c.channel_bind(0x4000, p1.addr()).expect_success();
+    c.channel_bind(0x4001, p2.addr()).expect_success();
+    // 40 alternating (runs of one), then 60 to p1 and 50 to p2 (long runs):
+    // 150 datagrams, so that the Refresh is not the first of a 32-datagram
+    // batch.
+    let mut expected = (Vec::new(), Vec::new());
+    let order = (0..40u32)
+        .map(|i| i % 2)
+        .chain((0..60).map(|_| 0))
+        .chain((0..50).map(|_| 1));
+    signal(&server, "STOP");
+    for (seq, to) in order.enumerate() {
+        let p = packet(seq as u32, 60 + seq % 40);
+        c.channel_data(0x4000 + to as u16, &p);
+        if to == 0 {
+            &mut expected.0
+        } else {
+            &mut expected.1
+        }
+        .push(p);
+    }
+    let (tid, refresh) = c.build_request(Method::REFRESH, &[Attr::lifetime(0)], true);
+    c.start_request(&refresh);
+    c.channel_data(0x4001, b"after the allocation ended");
+    signal(&server, "CONT");
+    c.finish_request(&refresh, tid).expect_success();
+    for (peer, want) in [(&p1, &expected.0), (&p2, &expected.1)] {
+        for (i, w) in want.iter().enumerate() {
+            let (from, got) = peer
+                .recv(WAIT)
+                .unwrap_or_else(|| panic!("datagram {i} of {} missing", want.len()));
+            assert_eq!(from, a.relay);
+            assert_eq!(&got, w, "datagram {i}: wrong or out of order");
+        }
+    }
+    p1.expect_silence(SILENCE);
+    p2.expect_silence(SILENCE);
+}

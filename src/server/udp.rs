@@ -27,7 +27,6 @@
 
 #![allow(clippy::disallowed_methods)] // the shell is where the clock is read
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::ops::Range;
@@ -41,7 +40,7 @@ use tracing::{debug, error, warn};
 use super::worker::{Control, CoreView, WorkerSetup};
 use super::{bind_udp, fault, OUT_BUFFER, RECV_BUFFER};
 use crate::sys::{Epoll, EventFd, RecvBatch, SendBatch, EPOLL_IN};
-use crate::turn::{ClientOutput, FiveTuple, PeerOutput, RelayIo, Server, Transport};
+use crate::turn::{ClientOutput, FastMap, FiveTuple, PeerOutput, RelayIo, Server, Transport};
 
 /// Datagrams one `recvmmsg` takes from a UDP listener socket.
 const LISTENER_BATCH: usize = 32;
@@ -68,6 +67,11 @@ pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// to its UDP client: (client, batch slot, the message within the slot).
 type PendingToClient = (FiveTuple, usize, Range<usize>);
 
+/// Application data from a client (ChannelData or Send) in a listener
+/// batch, waiting to go to its peer: (relay address, peer, batch slot, the
+/// data within the slot's datagram).
+type PendingToPeer = (SocketAddr, SocketAddr, usize, Range<usize>);
+
 /// The worker's sockets, as the core's [`RelayIo`] sees them.
 struct UdpIo {
     ep: Epoll,
@@ -78,7 +82,7 @@ struct UdpIo {
     /// Free slots of `relays`.
     free: Vec<usize>,
     /// Slot of each relay address.
-    by_addr: HashMap<SocketAddr, usize>,
+    by_addr: FastMap<SocketAddr, usize>,
     /// `sendmmsg` headers, reused.
     send_batch: SendBatch,
 }
@@ -108,15 +112,42 @@ impl UdpIo {
         }
     }
 
-    fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
-        let Some(&slot) = self.by_addr.get(&relay) else {
-            return;
+    /// Sends the client data waiting in `batch` slots to its peers: one
+    /// `sendmmsg` per run of datagrams leaving from the same relay socket (a
+    /// client sending fast: a screen share, a file), a plain `sendto` for a
+    /// single one.
+    fn flush_to_peer(&mut self, batch: &RecvBatch, pending: &mut Vec<PendingToPeer>) {
+        let data = |k: usize, range: &Range<usize>| {
+            &batch.slot(k)[crate::sys::HEADROOM + range.start..crate::sys::HEADROOM + range.end]
         };
-        if let Some((_, s)) = &self.relays[slot] {
-            if let Err(e) = send_udp(s, bytes, peer) {
-                debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
+        let mut start = 0;
+        while start < pending.len() {
+            let relay = pending[start].0;
+            let end = pending[start..]
+                .iter()
+                .position(|p| p.0 != relay)
+                .map_or(pending.len(), |k| start + k);
+            let run = &pending[start..end];
+            start = end;
+            let Some(w) = self
+                .by_addr
+                .get(&relay)
+                .and_then(|&s| self.relays[s].as_ref())
+            else {
+                continue;
+            };
+            if let [(_, peer, k, range)] = run {
+                if let Err(e) = send_udp(&w.1, data(*k, range), *peer) {
+                    debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
+                }
+            } else {
+                let msgs = run
+                    .iter()
+                    .map(|(_, peer, k, range)| (data(*k, range), *peer));
+                self.send_batch.send(w.1.as_fd(), msgs);
             }
         }
+        pending.clear();
     }
 
     /// Sends the ChannelData messages framed in `batch` slots to their UDP
@@ -208,6 +239,9 @@ struct UdpWorker {
     out: Vec<u8>,
     /// ChannelData framed in `relay_batch`, waiting for one `sendmmsg`.
     pending: Vec<PendingToClient>,
+    /// Client data in `listener_batch`, waiting for one `sendmmsg` per
+    /// relay socket.
+    to_peer: Vec<PendingToPeer>,
 }
 
 /// Runs worker `setup.index` on this thread until the main thread sends
@@ -261,7 +295,7 @@ impl UdpWorker {
                 listeners,
                 relays: Vec::new(),
                 free: Vec::new(),
-                by_addr: HashMap::new(),
+                by_addr: FastMap::default(),
                 send_batch: SendBatch::default(),
             },
             control,
@@ -270,6 +304,7 @@ impl UdpWorker {
             relay_batch: RecvBatch::new(RELAY_BATCH, RECV_BUFFER),
             out: vec![0u8; OUT_BUFFER],
             pending: Vec::with_capacity(RELAY_BATCH),
+            to_peer: Vec::with_capacity(LISTENER_BATCH),
         })
     }
 
@@ -344,6 +379,18 @@ impl UdpWorker {
             fault::on_datagram(self.index);
         }
         for k in 0..n {
+            let first = self
+                .listener_batch
+                .datagram(k)
+                .and_then(|(_, d)| d.first().copied());
+            // ChannelData (first two bits 01, RFC 8656 section 12) waits to
+            // leave in one `sendmmsg` with the batch's other data for the
+            // same relay; anything else may change state (a Refresh to 0
+            // closes a relay socket), so what waits leaves first.
+            if first.is_none_or(|b| b & 0xC0 != 0x40) && !self.to_peer.is_empty() {
+                self.io
+                    .flush_to_peer(&self.listener_batch, &mut self.to_peer);
+            }
             let Some((from, len, slot)) = self.listener_batch.slot_mut(k) else {
                 continue;
             };
@@ -360,13 +407,17 @@ impl UdpWorker {
                 ClientOutput::None => {}
                 ClientOutput::Reply { to, len } => self.io.send_to_client(&to, &self.out[..len]),
                 ClientOutput::ToPeer { relay, peer, range } => {
-                    self.io.send_to_peer(relay, peer, &data[range]);
+                    self.to_peer.push((relay, peer, k, range));
                 }
                 // Only a stream asks for it (RFC 6062 ConnectionBind).
                 ClientOutput::ConnectionBound { to, len, .. } => {
                     self.io.send_to_client(&to, &self.out[..len]);
                 }
             }
+        }
+        if !self.to_peer.is_empty() {
+            self.io
+                .flush_to_peer(&self.listener_batch, &mut self.to_peer);
         }
     }
 
