@@ -164,7 +164,7 @@ impl Server {
         let id = self.next_id;
         self.next_id += self.id_step;
         let expires = now + lifetime;
-        self.allocations.insert(Box::new(Allocation {
+        self.allocations.insert(Allocation {
             id,
             five_tuple: ft,
             relay,
@@ -184,7 +184,7 @@ impl Server {
             bytes_to_client: 0,
             bandwidth_to_peer: self.allocation_bucket(now),
             bandwidth_to_client: self.allocation_bucket(now),
-        }));
+        });
         self.by_relay.insert(relay, ft);
         if let Some(r) = additional_relay {
             self.by_relay.insert(r, ft);

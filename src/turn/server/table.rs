@@ -33,7 +33,8 @@ use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
 /// Most peer routes one allocation holds. Permissions are per peer IP
 /// address, any port (RFC 8656 section 9), so a peer may send from any
 /// number of ports: datagrams from peers beyond this take the slow path
-/// (two more hash lookups), relayed all the same.
+/// (relayed all the same, with the lookups of a route's making: relayed
+/// address, 5-tuple, permission, channel).
 pub const MAX_PEER_ROUTES: usize = 256;
 
 /// Where a datagram from one peer to one relayed address goes: the slot of
@@ -54,9 +55,7 @@ struct PeerRoute {
 /// One allocation and the bookkeeping of its routes.
 #[derive(Debug)]
 struct Slot {
-    /// Boxed: a slot stays small, so the slot vector wastes little when it
-    /// grows.
-    allocation: Box<Allocation>,
+    allocation: Allocation,
     /// Changes with every mutable access to the allocation.
     version: u64,
     /// The version the routes in `routes` were made at; when it differs
@@ -71,9 +70,7 @@ struct Slot {
 #[derive(Debug, Default)]
 pub(super) struct AllocationTable {
     index: FastMap<FiveTuple, u32>,
-    slots: Vec<Option<Slot>>,
-    /// Empty slots, reused last-freed first.
-    free: Vec<u32>,
+    slots: Slots,
     /// (relayed address, peer) to where its datagrams go.
     routes: FastMap<(SocketAddr, SocketAddr), PeerRoute>,
     /// The last version handed out.
@@ -104,7 +101,7 @@ impl AllocationTable {
     /// The allocation of `ft`, to change: its peer routes are invalidated.
     pub(super) fn get_mut(&mut self, ft: &FiveTuple) -> Option<&mut Allocation> {
         let slot = *self.index.get(ft)?;
-        let s = self.slots.get_mut(slot as usize)?.as_mut()?;
+        let s = self.slots.get_mut(slot)?;
         self.versions += 1;
         s.version = self.versions;
         Some(&mut s.allocation)
@@ -123,15 +120,15 @@ impl AllocationTable {
     /// The allocation in `slot`, as [`AllocationTable::relaying_mut`].
     #[inline]
     pub(super) fn relaying_at(&mut self, slot: u32) -> Option<&mut Allocation> {
-        Some(&mut self.slots.get_mut(slot as usize)?.as_mut()?.allocation)
+        Some(&mut self.slots.get_mut(slot)?.allocation)
     }
 
     fn at(&self, slot: u32) -> Option<&Allocation> {
-        Some(&self.slots.get(slot as usize)?.as_ref()?.allocation)
+        Some(&self.slots.get(slot)?.allocation)
     }
 
     /// Adds `a` under its 5-tuple (replacing any allocation there).
-    pub(super) fn insert(&mut self, a: Box<Allocation>) {
+    pub(super) fn insert(&mut self, a: Allocation) {
         let ft = a.five_tuple;
         self.remove(&ft);
         self.versions += 1;
@@ -141,42 +138,32 @@ impl AllocationTable {
             routes_version: self.versions,
             routes: Vec::new(),
         };
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(s);
-                i
-            }
-            None => {
-                self.slots.push(Some(s));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let slot = self.slots.insert(s);
         self.index.insert(ft, slot);
     }
 
     /// Removes the allocation of `ft` and its peer routes.
-    pub(super) fn remove(&mut self, ft: &FiveTuple) -> Option<Box<Allocation>> {
+    pub(super) fn remove(&mut self, ft: &FiveTuple) -> Option<Allocation> {
         let slot = self.index.remove(ft)?;
-        let mut s = self.slots.get_mut(slot as usize)?.take()?;
-        for key in s.routes.drain(..) {
-            self.routes.remove(&key);
+        let s = self.slots.take(slot)?;
+        for key in &s.routes {
+            self.routes.remove(key);
         }
-        self.free.push(slot);
         Some(s.allocation)
     }
 
     /// Every allocation.
     pub(super) fn values(&self) -> impl Iterator<Item = &Allocation> {
-        self.slots.iter().flatten().map(|s| &*s.allocation)
+        self.slots.iter().map(|s| &s.allocation)
     }
 
     /// Every allocation, to change: all peer routes are invalidated.
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
         let versions = &mut self.versions;
-        self.slots.iter_mut().flatten().map(move |s| {
+        self.slots.iter_mut().map(move |s| {
             *versions += 1;
             s.version = *versions;
-            &mut *s.allocation
+            &mut s.allocation
         })
     }
 
@@ -188,11 +175,7 @@ impl AllocationTable {
     /// Removes the peer routes of the allocation of `ft` (its permissions or
     /// channels went).
     pub(super) fn clear_routes(&mut self, ft: &FiveTuple) {
-        let Some(s) = self
-            .index
-            .get(ft)
-            .and_then(|&i| self.slots.get_mut(i as usize)?.as_mut())
-        else {
+        let Some(s) = self.index.get(ft).and_then(|&i| self.slots.get_mut(i)) else {
             return;
         };
         for key in s.routes.drain(..) {
@@ -204,7 +187,7 @@ impl AllocationTable {
     /// changed).
     pub(super) fn clear_all_routes(&mut self) {
         self.routes.clear();
-        for s in self.slots.iter_mut().flatten() {
+        for s in self.slots.iter_mut() {
             s.routes.clear();
         }
     }
@@ -223,7 +206,7 @@ impl AllocationTable {
         if now >= r.until {
             return None;
         }
-        let s = self.slots.get_mut(r.slot as usize)?.as_mut()?;
+        let s = self.slots.get_mut(r.slot)?;
         if s.version != r.version {
             return None;
         }
@@ -249,7 +232,7 @@ impl AllocationTable {
         until: Instant,
         channel: Option<ChannelNumber>,
     ) {
-        let Some(s) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+        let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
         if s.routes_version != s.version {
@@ -287,16 +270,89 @@ impl AllocationTable {
             self.routes.shrink_to_fit();
             n += 1;
         }
-        while matches!(self.slots.last(), Some(None)) {
-            self.slots.pop();
-        }
-        let end = self.slots.len() as u32;
-        self.free.retain(|&i| i < end);
-        if super::sparse(self.slots.len(), self.slots.capacity()) {
-            self.slots.shrink_to_fit();
-            self.free.shrink_to_fit();
+        if self.slots.compact() {
             n += 1;
         }
         n
+    }
+}
+
+/// Slots per chunk of [`Slots`].
+const SLOTS_PER_CHUNK: usize = 256;
+
+/// The slots, in fixed chunks of [`SLOTS_PER_CHUNK`]: an allocation lives
+/// in its slot (no box to follow, so a route or a 5-tuple reaches it with
+/// no more memory loads than the boxed map before), and growing adds a
+/// chunk instead of doubling, so at most one chunk stands empty.
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Box<[Option<Slot>]>>,
+    /// Slots at and above this were never used since the last compaction.
+    end: u32,
+    /// Empty slots below `end`, reused last-freed first.
+    free: Vec<u32>,
+}
+
+impl Slots {
+    #[inline]
+    fn get(&self, i: u32) -> Option<&Slot> {
+        let i = i as usize;
+        self.chunks.get(i / SLOTS_PER_CHUNK)?[i % SLOTS_PER_CHUNK].as_ref()
+    }
+
+    #[inline]
+    fn get_mut(&mut self, i: u32) -> Option<&mut Slot> {
+        let i = i as usize;
+        self.chunks.get_mut(i / SLOTS_PER_CHUNK)?[i % SLOTS_PER_CHUNK].as_mut()
+    }
+
+    /// Puts `s` in a free slot and returns its index.
+    fn insert(&mut self, s: Slot) -> u32 {
+        let i = self.free.pop().unwrap_or_else(|| {
+            if self.end as usize == self.chunks.len() * SLOTS_PER_CHUNK {
+                self.chunks
+                    .push((0..SLOTS_PER_CHUNK).map(|_| None).collect());
+            }
+            self.end += 1;
+            self.end - 1
+        });
+        let i_ = i as usize;
+        self.chunks[i_ / SLOTS_PER_CHUNK][i_ % SLOTS_PER_CHUNK] = Some(s);
+        i
+    }
+
+    /// Empties slot `i`.
+    fn take(&mut self, i: u32) -> Option<Slot> {
+        let i_ = i as usize;
+        let s = self.chunks.get_mut(i_ / SLOTS_PER_CHUNK)?[i_ % SLOTS_PER_CHUNK].take()?;
+        self.free.push(i);
+        Some(s)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.chunks.iter_mut().flat_map(|c| c.iter_mut().flatten())
+    }
+
+    /// Drops the chunks after the last slot in use; true when any went.
+    fn compact(&mut self) -> bool {
+        let used = self
+            .chunks
+            .iter()
+            .rposition(|c| c.iter().any(Option::is_some))
+            .map_or(0, |last| last + 1);
+        if used == self.chunks.len() {
+            return false;
+        }
+        self.chunks.truncate(used);
+        self.chunks.shrink_to_fit();
+        self.end = self.end.min((used * SLOTS_PER_CHUNK) as u32);
+        let end = self.end;
+        self.free.retain(|&i| i < end);
+        self.free.shrink_to_fit();
+        true
     }
 }

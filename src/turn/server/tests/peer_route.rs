@@ -334,3 +334,35 @@ fn bandwidth_limit_holds_on_the_fast_path() {
     assert_eq!((s.dropped_bandwidth, s.dropped_from_peer), (900, 900));
     assert_eq!(h.server.peer_route_count(), 1);
 }
+
+#[test]
+fn many_allocations_each_get_their_own_peers_as_slots_are_reused() {
+    // 900 clients on one IP address: no limit on its 401 answers.
+    let mut h = Harness::new(|c| c.unauth_rate = 0);
+    let refresh_zero = |h: &mut Harness, c: &Client| {
+        let a = h.request(c, Method::REFRESH, |w| {
+            w.u32(AttributeType::LIFETIME, 0).unwrap()
+        });
+        assert_eq!(a.class(), Class::Success);
+    };
+    // 600 allocations: three chunks of slots, every peer routed.
+    let mut live: Vec<(Client, SocketAddr)> = (1..=600).map(|p| permitted(&mut h, p)).collect();
+    assert_eq!(h.server.peer_route_count(), 600);
+    // All but the first end: their routes go, the empty chunks with them.
+    // (Past the 40 s of cached answers first: the harness's transaction
+    // IDs repeat every 256 requests.)
+    h.advance(TRANSACTION_LIFETIME);
+    for (c, _) in live.drain(1..) {
+        refresh_zero(&mut h, &c);
+    }
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(h.server.peer_route_count(), 1);
+    assert!(h.server.compact() >= 1);
+    // New allocations take the freed slots (and relay ports): each peer
+    // datagram goes to its own client, none to a former one.
+    live.extend((601..=900).map(|p| permitted(&mut h, p)));
+    for (c, relay) in &live {
+        assert_eq!(got(&mut h, *relay, peer()), Got::Data(c.ft));
+    }
+    assert_eq!(h.server.peer_route_count(), 301);
+}
