@@ -277,81 +277,70 @@ impl AllocationTable {
     }
 }
 
-/// Slots per chunk of [`Slots`].
-const SLOTS_PER_CHUNK: usize = 256;
-
-/// The slots, in fixed chunks of [`SLOTS_PER_CHUNK`]: an allocation lives
-/// in its slot (no box to follow, so a route or a 5-tuple reaches it with
-/// no more memory loads than the boxed map before), and growing adds a
-/// chunk instead of doubling, so at most one chunk stands empty.
+/// The slots: one vector of boxed slots. A box is allocated where the
+/// allocation's own tables are (when it is created), so an allocation and
+/// its permissions and channels share pages, and the vector of pointers
+/// stays small (8 bytes a slot) however far it grows.
 #[derive(Debug, Default)]
 struct Slots {
-    chunks: Vec<Box<[Option<Slot>]>>,
-    /// Slots at and above this were never used since the last compaction.
-    end: u32,
-    /// Empty slots below `end`, reused last-freed first.
+    slots: Vec<Option<Box<Slot>>>,
+    /// Empty slots, reused last-freed first.
     free: Vec<u32>,
 }
 
 impl Slots {
     #[inline]
     fn get(&self, i: u32) -> Option<&Slot> {
-        let i = i as usize;
-        self.chunks.get(i / SLOTS_PER_CHUNK)?[i % SLOTS_PER_CHUNK].as_ref()
+        self.slots.get(i as usize)?.as_deref()
     }
 
     #[inline]
     fn get_mut(&mut self, i: u32) -> Option<&mut Slot> {
-        let i = i as usize;
-        self.chunks.get_mut(i / SLOTS_PER_CHUNK)?[i % SLOTS_PER_CHUNK].as_mut()
+        self.slots.get_mut(i as usize)?.as_deref_mut()
     }
 
     /// Puts `s` in a free slot and returns its index.
     fn insert(&mut self, s: Slot) -> u32 {
-        let i = self.free.pop().unwrap_or_else(|| {
-            if self.end as usize == self.chunks.len() * SLOTS_PER_CHUNK {
-                self.chunks
-                    .push((0..SLOTS_PER_CHUNK).map(|_| None).collect());
+        let s = Some(Box::new(s));
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = s;
+                i
             }
-            self.end += 1;
-            self.end - 1
-        });
-        let i_ = i as usize;
-        self.chunks[i_ / SLOTS_PER_CHUNK][i_ % SLOTS_PER_CHUNK] = Some(s);
-        i
+            None => {
+                self.slots.push(s);
+                (self.slots.len() - 1) as u32
+            }
+        }
     }
 
     /// Empties slot `i`.
     fn take(&mut self, i: u32) -> Option<Slot> {
-        let i_ = i as usize;
-        let s = self.chunks.get_mut(i_ / SLOTS_PER_CHUNK)?[i_ % SLOTS_PER_CHUNK].take()?;
+        let s = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
-        Some(s)
+        Some(*s)
     }
 
     fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.chunks.iter().flat_map(|c| c.iter().flatten())
+        self.slots.iter().flatten().map(|s| &**s)
     }
 
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
-        self.chunks.iter_mut().flat_map(|c| c.iter_mut().flatten())
+        self.slots.iter_mut().flatten().map(|s| &mut **s)
     }
 
-    /// Drops the chunks after the last slot in use; true when any went.
+    /// Drops the empty slots after the last in use and gives back the
+    /// room when it is sparse; true when it was.
     fn compact(&mut self) -> bool {
-        let used = self
-            .chunks
-            .iter()
-            .rposition(|c| c.iter().any(Option::is_some))
-            .map_or(0, |last| last + 1);
-        if used == self.chunks.len() {
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        let end = self.slots.len() as u32;
+        self.free.retain(|&i| i < end);
+        if !super::sparse(self.slots.len(), self.slots.capacity()) {
             return false;
         }
-        self.chunks.truncate(used);
-        self.chunks.shrink_to_fit();
-        self.end = self.end.min((used * SLOTS_PER_CHUNK) as u32);
-        let end = self.end;
-        self.free.retain(|&i| i < end);
+        self.slots.shrink_to_fit();
         self.free.shrink_to_fit();
         true
     }

@@ -345,10 +345,10 @@ fn many_allocations_each_get_their_own_peers_as_slots_are_reused() {
         });
         assert_eq!(a.class(), Class::Success);
     };
-    // 600 allocations: three chunks of slots, every peer routed.
+    // 600 allocations, every peer routed.
     let mut live: Vec<(Client, SocketAddr)> = (1..=600).map(|p| permitted(&mut h, p)).collect();
     assert_eq!(h.server.peer_route_count(), 600);
-    // All but the first end: their routes go, the empty chunks with them.
+    // All but the first end: their routes go, the empty slots with them.
     // (Past the 40 s of cached answers first: the harness's transaction
     // IDs repeat every 256 requests.)
     h.advance(TRANSACTION_LIFETIME);
