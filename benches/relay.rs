@@ -11,6 +11,8 @@
 //!   peer (ChannelData header written into the headroom);
 //! - `relay/peer_to_client_data_indication_200B/1`: `handle_peer_input` from a
 //!   peer with a permission but no channel (Data indication written to `out`);
+//! - `relay/*_4_peers/1000`: 1,000 allocations with 4 peers each, see
+//!   [`many_peers_benches`];
 //! - `allocate/...`: request throughput, see [`allocate_benches`].
 //!
 //! The clock is never read by the core: every call gets the same `now`, so
@@ -217,9 +219,9 @@ impl Harness {
         assert!(m.check_integrity(&self.key), "response integrity");
     }
 
-    /// Allocate (401, then authenticated) and ChannelBind `CHANNEL` to
-    /// `bound_peer(i)` for client `i`. Returns the relayed address.
-    fn allocate_and_bind(&mut self, i: u32) -> SocketAddr {
+    /// Allocate (401, then authenticated) for client `i`. Returns the
+    /// relayed address and the nonce.
+    fn allocate(&mut self, i: u32) -> (SocketAddr, Vec<u8>) {
         let ft = client_tuple(i);
         let nonce = self.challenge(ft);
         let req = self.allocate_request(Some(&nonce));
@@ -230,13 +232,24 @@ impl Harness {
             .get_xor_address(AttributeType::XOR_RELAYED_ADDRESS)
             .expect("relayed address present")
             .expect("relayed address decodes");
-        let peer = bound_peer(i);
-        let req = self.request(Method::CHANNEL_BIND, Some(&nonce), |w| {
-            w.u32(AttributeType::CHANNEL_NUMBER, u32::from(CHANNEL) << 16)?;
+        (relay, nonce)
+    }
+
+    /// ChannelBind `channel` to `peer` for client `i` (with its `nonce`).
+    fn bind(&mut self, i: u32, nonce: &[u8], channel: u16, peer: SocketAddr) {
+        let req = self.request(Method::CHANNEL_BIND, Some(nonce), |w| {
+            w.u32(AttributeType::CHANNEL_NUMBER, u32::from(channel) << 16)?;
             w.xor_address(AttributeType::XOR_PEER_ADDRESS, peer)
         });
-        let reply = self.send(ft, &req);
+        let reply = self.send(client_tuple(i), &req);
         self.expect_success(&reply, Method::CHANNEL_BIND);
+    }
+
+    /// Allocate (401, then authenticated) and ChannelBind `CHANNEL` to
+    /// `bound_peer(i)` for client `i`. Returns the relayed address.
+    fn allocate_and_bind(&mut self, i: u32) -> SocketAddr {
+        let (relay, nonce) = self.allocate(i);
+        self.bind(i, &nonce, CHANNEL, bound_peer(i));
         relay
     }
 }
@@ -268,81 +281,44 @@ fn relay_benches(c: &mut Criterion) {
         // (a) Client to peer: one 200-byte ChannelData message from the client.
         let mut packet = vec![0xa5u8; CHANNEL_DATA_HEADER_LEN + PAYLOAD];
         write_channel_data_header(&mut packet, CHANNEL, PAYLOAD);
-        let fts: Vec<FiveTuple> = order.iter().map(|&i| client_tuple(i)).collect();
-        for (&i, &ft) in order.iter().zip(&fts) {
-            let t = h
-                .server
-                .handle_client_input(now, ft, &packet, &mut h.out, &mut h.io);
-            assert_eq!(
-                t,
-                ClientOutput::ToPeer {
-                    relay: relays[i as usize],
-                    peer: bound_peer(i),
-                    range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
-                },
-                "client-to-peer setup check"
-            );
-        }
-        g.bench_function(
+        let targets: Vec<ClientDatagram<'_>> = order
+            .iter()
+            .map(|&i| {
+                (
+                    client_tuple(i),
+                    &packet[..],
+                    relays[i as usize],
+                    bound_peer(i),
+                )
+            })
+            .collect();
+        bench_client_datagrams(
+            &mut g,
             BenchmarkId::new("client_to_peer_channel_data_200B", n),
-            |b| {
-                let mut k = 0;
-                b.iter(|| {
-                    let ft = fts[k];
-                    k += 1;
-                    if k == fts.len() {
-                        k = 0;
-                    }
-                    h.server.handle_client_input(
-                        now,
-                        black_box(ft),
-                        black_box(&packet),
-                        &mut h.out,
-                        &mut h.io,
-                    )
-                })
-            },
+            &mut h,
+            &targets,
         );
 
         // (b) Peer to client over the bound channel: header into the headroom.
         let mut buf = vec![0x5au8; CHANNEL_DATA_HEADER_LEN + PAYLOAD];
-        let from_peer: Vec<(SocketAddr, SocketAddr)> = order
+        let from_peer: Vec<PeerDatagram> = order
             .iter()
-            .map(|&i| (relays[i as usize], bound_peer(i)))
-            .collect();
-        for (&i, &(relay, peer)) in order.iter().zip(&from_peer) {
-            let t = h
-                .server
-                .handle_peer_input(now, relay, peer, &mut buf, PAYLOAD, &mut h.out);
-            assert_eq!(
-                t,
-                PeerOutput::ChannelData {
-                    to: client_tuple(i),
-                    range: 0..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
-                },
-                "peer-to-client (channel) setup check"
-            );
-            let cd = turnd::stun::ChannelData::parse(&buf).expect("header written");
-            assert_eq!((cd.channel(), cd.data().len()), (CHANNEL, PAYLOAD));
-        }
-        g.bench_function(BenchmarkId::new("peer_to_client_channel_200B", n), |b| {
-            let mut k = 0;
-            b.iter(|| {
-                let (relay, peer) = from_peer[k];
-                k += 1;
-                if k == from_peer.len() {
-                    k = 0;
-                }
-                h.server.handle_peer_input(
-                    now,
-                    black_box(relay),
-                    black_box(peer),
-                    black_box(&mut buf),
-                    PAYLOAD,
-                    &mut h.out,
+            .map(|&i| {
+                (
+                    relays[i as usize],
+                    bound_peer(i),
+                    client_tuple(i),
+                    Some(CHANNEL),
                 )
             })
-        });
+            .collect();
+        bench_peer_datagrams(
+            &mut g,
+            BenchmarkId::new("peer_to_client_channel_200B", n),
+            &mut h,
+            &from_peer,
+            &mut buf,
+        );
 
         // (c) Peer to client without a channel: a Data indication into `out`.
         if n == 1 {
@@ -379,7 +355,195 @@ fn relay_benches(c: &mut Criterion) {
             );
         }
     }
+    many_peers_benches(&mut g);
     g.finish();
+}
+
+/// Peers per allocation in the many-peers benches.
+const PEERS: u32 = 4;
+
+/// Peer `k` of allocation `i` with a channel (`CHANNEL + k`): IP 127.0.0.(10+k).
+fn many_bound_peer(i: u32, k: u32) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + k as u8)),
+        20_000 + (i % 40_000) as u16,
+    )
+}
+
+/// A peer on the IP of [`many_bound_peer`] (so it has the permission) but
+/// another port (so no channel).
+fn many_unbound_peer(i: u32, k: u32) -> SocketAddr {
+    SocketAddr::new(many_bound_peer(i, k).ip(), 10_000 + k as u16)
+}
+
+/// Where lookups matter: 1,000 allocations with [`PEERS`] peers each, each
+/// bound to its own channel, datagrams in a shuffled order over all
+/// (allocation, peer) pairs.
+///
+/// - `relay/peer_to_client_channel_200B_4_peers/1000`: ChannelData to the client;
+/// - `relay/peer_to_client_data_indication_200B_4_peers/1000`: from another
+///   port of each peer's IP (permission, no channel): Data indications;
+/// - `relay/client_to_peer_channel_data_200B_4_peers/1000`: ChannelData from
+///   the clients on each of their channels.
+fn many_peers_benches(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let n = 1_000u32;
+    let mut h = Harness::new();
+    let mut relays = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let (relay, nonce) = h.allocate(i);
+        for k in 0..PEERS {
+            h.bind(i, &nonce, CHANNEL + k as u16, many_bound_peer(i, k));
+        }
+        relays.push(relay);
+    }
+    let mut pairs: Vec<(u32, u32)> = (0..n)
+        .flat_map(|i| (0..PEERS).map(move |k| (i, k)))
+        .collect();
+    pairs.shuffle(&mut StdRng::seed_from_u64(43));
+    let mut buf = vec![0x5au8; CHANNEL_DATA_HEADER_LEN + PAYLOAD];
+
+    for (name, unbound) in [
+        ("peer_to_client_channel_200B_4_peers", false),
+        ("peer_to_client_data_indication_200B_4_peers", true),
+    ] {
+        let targets: Vec<PeerDatagram> = pairs
+            .iter()
+            .map(|&(i, k)| {
+                let relay = relays[i as usize];
+                match unbound {
+                    false => (
+                        relay,
+                        many_bound_peer(i, k),
+                        client_tuple(i),
+                        Some(CHANNEL + k as u16),
+                    ),
+                    true => (relay, many_unbound_peer(i, k), client_tuple(i), None),
+                }
+            })
+            .collect();
+        bench_peer_datagrams(g, BenchmarkId::new(name, n), &mut h, &targets, &mut buf);
+    }
+
+    let packets: Vec<(FiveTuple, Vec<u8>)> = pairs
+        .iter()
+        .map(|&(i, k)| {
+            let mut p = vec![0xa5u8; CHANNEL_DATA_HEADER_LEN + PAYLOAD];
+            write_channel_data_header(&mut p, CHANNEL + k as u16, PAYLOAD);
+            (client_tuple(i), p)
+        })
+        .collect();
+    let targets: Vec<ClientDatagram<'_>> = pairs
+        .iter()
+        .zip(&packets)
+        .map(|(&(i, k), (ft, p))| (*ft, &p[..], relays[i as usize], many_bound_peer(i, k)))
+        .collect();
+    bench_client_datagrams(
+        g,
+        BenchmarkId::new("client_to_peer_channel_data_200B_4_peers", n),
+        &mut h,
+        &targets,
+    );
+}
+
+/// A client datagram and where it must go: (client 5-tuple, ChannelData
+/// message, relayed address, peer).
+type ClientDatagram<'a> = (FiveTuple, &'a [u8], SocketAddr, SocketAddr);
+
+/// Checks that each of `targets` is relayed to its peer, then times
+/// `handle_client_input` for them in turn.
+fn bench_client_datagrams(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    h: &mut Harness,
+    targets: &[ClientDatagram<'_>],
+) {
+    let now = h.now;
+    for &(ft, packet, relay, peer) in targets {
+        let t = h
+            .server
+            .handle_client_input(now, ft, packet, &mut h.out, &mut h.io);
+        assert_eq!(
+            t,
+            ClientOutput::ToPeer {
+                relay,
+                peer,
+                range: CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
+            },
+            "client-to-peer setup check"
+        );
+    }
+    bench_round_robin(g, id, targets, |&(ft, packet, _, _)| {
+        h.server
+            .handle_client_input(now, black_box(ft), black_box(packet), &mut h.out, &mut h.io)
+    });
+}
+
+/// Times `step` over `targets`, one per iteration, in turn.
+fn bench_round_robin<T, R>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    targets: &[T],
+    mut step: impl FnMut(&T) -> R,
+) {
+    g.bench_function(id, |b| {
+        let mut j = 0;
+        b.iter(|| {
+            let t = &targets[j];
+            j += 1;
+            if j == targets.len() {
+                j = 0;
+            }
+            step(t)
+        })
+    });
+}
+
+/// A peer datagram and what must become of it: (relayed address, peer,
+/// client 5-tuple, channel number when ChannelData, else a Data indication).
+type PeerDatagram = (SocketAddr, SocketAddr, FiveTuple, Option<u16>);
+
+/// Checks that each of `targets` reaches its client as it should, then
+/// times `handle_peer_input` for them in turn.
+fn bench_peer_datagrams(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    h: &mut Harness,
+    targets: &[PeerDatagram],
+    buf: &mut [u8],
+) {
+    let now = h.now;
+    for &(relay, peer, to, channel) in targets {
+        let t = h
+            .server
+            .handle_peer_input(now, relay, peer, buf, PAYLOAD, &mut h.out);
+        if let Some(channel) = channel {
+            assert_eq!(
+                t,
+                PeerOutput::ChannelData {
+                    to,
+                    range: 0..CHANNEL_DATA_HEADER_LEN + PAYLOAD,
+                },
+                "peer-to-client (channel) setup check"
+            );
+            let cd = turnd::stun::ChannelData::parse(buf).expect("header written");
+            assert_eq!((cd.channel(), cd.data().len()), (channel, PAYLOAD));
+        } else {
+            let PeerOutput::DataIndication { to: got, .. } = t else {
+                panic!("expected a Data indication, got {t:?}");
+            };
+            assert_eq!(got, to);
+        }
+    }
+    bench_round_robin(g, id, targets, |&(relay, peer, _, _)| {
+        h.server.handle_peer_input(
+            now,
+            black_box(relay),
+            black_box(peer),
+            black_box(&mut *buf),
+            PAYLOAD,
+            &mut h.out,
+        )
+    });
 }
 
 /// Requests per iteration in one fresh server for the allocate bench: keeps the

@@ -117,10 +117,14 @@ impl Allocation {
     /// The channel bound to `peer` and valid at `now`.
     #[inline]
     pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<ChannelNumber> {
+        self.channel_binding_for(peer, now).map(|c| c.number)
+    }
+
+    /// The channel binding of `peer` valid at `now` (number and expiry).
+    /// See RFC 8656, section 12.
+    #[inline]
+    pub fn channel_binding_for(&self, peer: SocketAddr, now: Instant) -> Option<&ChannelBinding> {
         let n = *self.channel_by_peer.get(&peer)?;
-        self.channels
-            .get(&n)
-            .filter(|c| c.expires > now)
-            .map(|c| c.number)
+        self.channels.get(&n).filter(|c| c.expires > now)
     }
 }

@@ -164,30 +164,27 @@ impl Server {
         let id = self.next_id;
         self.next_id += self.id_step;
         let expires = now + lifetime;
-        self.allocations.insert(
-            ft,
-            Box::new(Allocation {
-                id,
-                five_tuple: ft,
-                relay,
-                additional_relay,
-                tcp_relay,
-                username: auth.username.clone(),
-                key: auth.key,
-                expires,
-                timer_at: expires,
-                created: now,
-                permissions: FastMap::default(),
-                channels: FastMap::default(),
-                channel_by_peer: FastMap::default(),
-                packets_to_peer: 0,
-                packets_to_client: 0,
-                bytes_to_peer: 0,
-                bytes_to_client: 0,
-                bandwidth_to_peer: self.allocation_bucket(now),
-                bandwidth_to_client: self.allocation_bucket(now),
-            }),
-        );
+        self.allocations.insert(Allocation {
+            id,
+            five_tuple: ft,
+            relay,
+            additional_relay,
+            tcp_relay,
+            username: auth.username.clone(),
+            key: auth.key,
+            expires,
+            timer_at: expires,
+            created: now,
+            permissions: FastMap::default(),
+            channels: FastMap::default(),
+            channel_by_peer: FastMap::default(),
+            packets_to_peer: 0,
+            packets_to_client: 0,
+            bytes_to_peer: 0,
+            bytes_to_client: 0,
+            bandwidth_to_peer: self.allocation_bucket(now),
+            bandwidth_to_client: self.allocation_bucket(now),
+        });
         self.by_relay.insert(relay, ft);
         if let Some(r) = additional_relay {
             self.by_relay.insert(r, ft);

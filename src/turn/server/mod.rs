@@ -10,7 +10,8 @@
 //! getters), `relay.rs` (the hot path), `authenticate.rs`, `allocate.rs`
 //! (Allocate, Refresh, the end of an allocation), `permission.rs`
 //! (CreatePermission, ChannelBind and their expiry), `tcp_relay.rs` (RFC
-//! 6062), `timers.rs` (the deadline heap), `response.rs` (writing and
+//! 6062), `timers.rs` (the deadline heap), `table.rs` (allocations in
+//! slots and the peer routes of the hot path), `response.rs` (writing and
 //! counting answers), `output.rs` and `config.rs`.
 
 mod allocate;
@@ -20,6 +21,7 @@ mod output;
 mod permission;
 mod relay;
 mod response;
+mod table;
 mod tcp_relay;
 mod timers;
 
@@ -32,6 +34,8 @@ use authenticate::*;
 pub use config::{ServerConfig, SharedState};
 pub use output::{ClientOutput, ConnectionAttempt, PeerOutput, Reply};
 use response::*;
+use table::AllocationTable;
+pub use table::MAX_PEER_ROUTES;
 use tcp_relay::*;
 pub use tcp_relay::{MAX_TCP_CONNECTIONS, TCP_CONNECTION_BIND_TIMEOUT};
 use timers::*;
@@ -210,9 +214,9 @@ pub struct Server {
     epoch: Instant,
     rng: StdRng,
     nonces: NonceIssuer,
-    /// Boxed: the table's slots stay small (a key and a pointer), so its
-    /// power-of-two growth wastes little memory at scale.
-    allocations: FastMap<FiveTuple, Box<Allocation>>,
+    /// Allocations by 5-tuple and the peer routes of the relay hot path
+    /// (see `table.rs`).
+    allocations: AllocationTable,
     by_relay: FastMap<SocketAddr, FiveTuple>,
     /// Relay port pools and reservations (shared by the workers).
     ports: RelayPorts,
@@ -313,7 +317,7 @@ impl Server {
             config,
             epoch: now,
             rng,
-            allocations: FastMap::default(),
+            allocations: AllocationTable::default(),
             by_relay: FastMap::default(),
             ports: shared.ports,
             responses: HashMap::new(),
@@ -373,7 +377,7 @@ impl Server {
 
     /// The allocation of a 5-tuple.
     pub fn allocation(&self, ft: &FiveTuple) -> Option<&Allocation> {
-        self.allocations.get(ft).map(|a| &**a)
+        self.allocations.get(ft)
     }
 
     /// Relay ports still free on `ip`.
@@ -601,6 +605,9 @@ impl Server {
                     )
             });
         }
+        // The own addresses and the peer policy may have changed: every
+        // peer route is made anew by the slow path.
+        self.allocations.clear_all_routes();
         debug!(
             allocations = self.allocations.len(),
             revoked, "core reconfigured"
@@ -663,7 +670,7 @@ impl Server {
 
     /// Every live allocation.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocations.values().map(|a| &**a)
+        self.allocations.values()
     }
 
     /// Deletes the allocation with `id` (admin API). False when none has it.
@@ -700,14 +707,7 @@ impl Server {
     /// then (the shell does when many allocations ended), not per packet.
     /// Returns the number of tables shrunk.
     pub fn compact(&mut self) -> usize {
-        fn sparse(len: usize, cap: usize) -> bool {
-            cap > 64 && len < cap / 4
-        }
-        let mut n = 0;
-        if sparse(self.allocations.len(), self.allocations.capacity()) {
-            self.allocations.shrink_to_fit();
-            n += 1;
-        }
+        let mut n = self.allocations.compact();
         if sparse(self.by_relay.len(), self.by_relay.capacity()) {
             self.by_relay.shrink_to_fit();
             n += 1;
@@ -723,6 +723,12 @@ impl Server {
         n
     }
 
+    /// Number of peer routes (see [`MAX_PEER_ROUTES`]): for tests and
+    /// memory checks.
+    pub fn peer_route_count(&self) -> usize {
+        self.allocations.route_count()
+    }
+
     /// True after [`Server::start_draining`].
     pub fn is_draining(&self) -> bool {
         self.draining
@@ -735,4 +741,10 @@ impl Server {
             self.delete_allocation(ft, io, AllocationEnd::Shutdown);
         }
     }
+}
+
+/// True when a table holding `len` entries in room for `cap` is worth
+/// shrinking (see [`Server::compact`]).
+fn sparse(len: usize, cap: usize) -> bool {
+    cap > 64 && len < cap / 4
 }

@@ -10,8 +10,8 @@ use tracing::trace;
 
 use super::*;
 use crate::stun::{
-    write_channel_data_header, AttributeType, ChannelData, Class, Message, MessageType,
-    MessageWriter, Method, CHANNEL_DATA_HEADER_LEN,
+    write_channel_data_header, AttributeType, ChannelData, ChannelNumber, Class, Message,
+    MessageType, MessageWriter, Method, CHANNEL_DATA_HEADER_LEN,
 };
 use crate::turn::allocation::{FiveTuple, Transport};
 use crate::turn::limits::TokenBucket;
@@ -28,7 +28,7 @@ impl Server {
     ) -> ClientOutput {
         let routed = (|| {
             let cd = ChannelData::parse(input).ok()?;
-            let alloc = self.allocations.get_mut(&ft)?;
+            let alloc = self.allocations.relaying_mut(&ft)?;
             // A TCP relay (RFC 6062) has no UDP socket to send from.
             if alloc.tcp_relay {
                 return None;
@@ -69,7 +69,12 @@ impl Server {
     /// `buf[4..4 + len]` holds the datagram; `buf[0..4]` is headroom where the
     /// ChannelData header is written when a channel is bound, so no copy is
     /// made. Otherwise a Data indication is written into `out`. Datagrams
-    /// without a permission are dropped (RFC 8656, section 10).
+    /// without a permission, or after the allocation's lifetime, are dropped
+    /// (RFC 8656, section 10).
+    ///
+    /// One hash lookup, keyed by (`relay`, `peer`), when the peer sent
+    /// before and nothing changed since (see `table.rs`); else the slow path
+    /// makes that route.
     #[inline]
     pub fn handle_peer_input(
         &mut self,
@@ -80,35 +85,31 @@ impl Server {
         len: usize,
         out: &mut [u8],
     ) -> PeerOutput {
-        let Some(ft) = self.by_relay.get(&relay).copied() else {
-            self.stats.dropped_from_peer += 1;
-            return PeerOutput::None;
-        };
-        let Some(alloc) = self.allocations.get_mut(&ft) else {
-            self.stats.dropped_from_peer += 1;
-            return PeerOutput::None;
-        };
-        if !alloc.has_permission(peer.ip(), now)
-            || buf.len() < CHANNEL_DATA_HEADER_LEN + len
-            || len > 0xFFFF
-        {
+        if buf.len() < CHANNEL_DATA_HEADER_LEN + len || len > 0xFFFF {
             self.stats.dropped_from_peer += 1;
             return PeerOutput::None;
         }
-        // From an address of this host only another relayed address may
-        // send (a binary search in a few addresses; see `OwnAddresses`).
-        if !self.own.permits(peer) {
-            self.stats.own_address_refused.peer_datagram += 1;
-            self.stats.dropped_from_peer += 1;
-            return PeerOutput::None;
-        }
+        let (alloc, channel) = match self.allocations.route(relay, peer, now) {
+            Some(routed) => routed,
+            None => {
+                let Some((slot, channel)) = self.route_peer(now, relay, peer) else {
+                    return PeerOutput::None;
+                };
+                let Some(alloc) = self.allocations.relaying_at(slot) else {
+                    self.stats.dropped_from_peer += 1;
+                    return PeerOutput::None;
+                };
+                (alloc, channel)
+            }
+        };
+        let ft = alloc.five_tuple;
         if !within_bandwidth(&mut alloc.bandwidth_to_client, &mut self.capacity, len, now) {
             self.stats.dropped_bandwidth += 1;
             self.stats.dropped_from_peer += 1;
             return PeerOutput::None;
         }
         alloc.bytes_to_client += len as u64;
-        if let Some(channel) = alloc.channel_for(peer, now) {
+        if let Some(channel) = channel {
             alloc.packets_to_client += 1;
             self.stats.packets_to_client += 1;
             self.stats.bytes_to_client += len as u64;
@@ -156,6 +157,49 @@ impl Server {
         }
     }
 
+    /// The slow path of [`Server::handle_peer_input`]: the allocation of
+    /// `relay`, the permission of `peer`'s IP address (RFC 8656 section 9),
+    /// the own-address check and the channel bound to `peer` (section 12),
+    /// each looked up; then the route that lets the next datagram skip all
+    /// that. None (counted as dropped) when the datagram may not be relayed.
+    #[inline(never)]
+    fn route_peer(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) -> Option<(u32, Option<ChannelNumber>)> {
+        let permitted = self
+            .by_relay
+            .get(&relay)
+            .and_then(|ft| self.allocations.slot_of(ft))
+            .and_then(|(slot, a)| {
+                let permission = *a.permissions.get(&peer.ip())?;
+                (permission > now && a.expires > now).then_some((slot, a, permission))
+            });
+        let Some((slot, a, permission)) = permitted else {
+            self.stats.dropped_from_peer += 1;
+            return None;
+        };
+        // From an address of this host only another relayed address may
+        // send (a binary search in a few addresses; see `OwnAddresses`).
+        // Routes are made only for peers it lets through, and all go when
+        // it changes (`reconfigure`).
+        if !self.own.permits(peer) {
+            self.stats.own_address_refused.peer_datagram += 1;
+            self.stats.dropped_from_peer += 1;
+            return None;
+        }
+        let mut until = permission.min(a.expires);
+        let channel = a.channel_binding_for(peer, now).map(|c| {
+            until = until.min(c.expires);
+            c.number
+        });
+        self.allocations
+            .add_route(relay, peer, slot, until, channel);
+        Some((slot, channel))
+    }
+
     /// Send indication. See RFC 8656, section 10.2. Dropped silently when
     /// anything is missing or the peer is not allowed.
     pub(super) fn handle_send(
@@ -166,7 +210,7 @@ impl Server {
         input: &[u8],
     ) -> ClientOutput {
         let routed = (|| {
-            let a = self.allocations.get_mut(&ft)?;
+            let a = self.allocations.relaying_mut(&ft)?;
             // A TCP relay (RFC 6062) has no UDP socket to send from: its
             // peers are reached by Connect and ConnectionBind.
             if a.tcp_relay {

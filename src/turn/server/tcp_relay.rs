@@ -343,7 +343,7 @@ impl Server {
         };
         let Some(alloc) = self
             .allocations
-            .get_mut(&c.control)
+            .relaying_mut(&c.control)
             .filter(|a| a.id == c.allocation_id)
         else {
             return true;

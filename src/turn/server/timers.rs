@@ -116,6 +116,8 @@ impl Server {
                     // re-arm at the next deadline of the allocation.
                     let next = expire_permissions_and_channels(a, now);
                     a.timer_at = next;
+                    // Routes to what expired go (the rest are remade).
+                    self.allocations.clear_routes(&ft);
                     self.push_timer(next, TimerKind::Allocation { ft, id });
                 }
                 TimerKind::Reservation { token } => {

@@ -16,6 +16,7 @@ pub(super) use crate::turn::*;
 mod allocate;
 mod authenticate;
 mod own_address;
+mod peer_route;
 mod permission;
 mod relay;
 mod request;
