@@ -29,8 +29,10 @@ impl Server {
         let routed = (|| {
             let cd = ChannelData::parse(input).ok()?;
             let alloc = self.allocations.relaying_mut(&ft)?;
-            // A TCP relay (RFC 6062) has no UDP socket to send from.
-            if alloc.tcp_relay {
+            // A TCP relay (RFC 6062) has no UDP socket to send from. An
+            // allocation past its lifetime relays nothing, even before the
+            // timer deletes it.
+            if alloc.tcp_relay || alloc.expires <= now {
                 return None;
             }
             let ch = *alloc.channels.get(&cd.channel_number())?;
@@ -212,8 +214,9 @@ impl Server {
         let routed = (|| {
             let a = self.allocations.relaying_mut(&ft)?;
             // A TCP relay (RFC 6062) has no UDP socket to send from: its
-            // peers are reached by Connect and ConnectionBind.
-            if a.tcp_relay {
+            // peers are reached by Connect and ConnectionBind. An
+            // allocation past its lifetime relays nothing.
+            if a.tcp_relay || a.expires <= now {
                 return None;
             }
             let SendIndication { peer, data } = SendIndication::parse(&msg).ok()?;

@@ -170,8 +170,17 @@ fn allocation_expiry_ends_routing_before_the_timer_runs() {
     rebind_after(&mut h, &c, 250);
     rebind_after(&mut h, &c, 250);
     assert_eq!(got(&mut h, relay, peer()), Got::Channel(c.ft, 0x4000));
+    assert!(matches!(
+        h.channel_data(&c, 0x4000, b"to the peer"),
+        ClientOutput::ToPeer { .. }
+    ));
     later(&mut h, Duration::from_secs(100));
     assert_eq!(got(&mut h, relay, peer()), Got::Dropped, "ended at 600 s");
+    // The client's direction too: nothing relayed past the lifetime.
+    assert!(matches!(
+        h.channel_data(&c, 0x4000, b"to the peer"),
+        ClientOutput::None
+    ));
     h.advance(Duration::ZERO);
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.server.peer_route_count(), 0);
