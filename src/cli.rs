@@ -147,6 +147,15 @@ pub struct Cli {
     /// NAT (repeatable).
     #[arg(short = 'X', long = "external-ip", value_name = "IP[/IP]")]
     pub external_ip: Vec<String>,
+    /// Another node of the fleet for UDP and TCP clients: while this one
+    /// drains, Allocate is answered 300 Try Alternate with ALTERNATE-SERVER
+    /// pointing at one of these (same address family as the client, round
+    /// robin; default port 3478; repeatable).
+    #[arg(long = "alternate-server", value_name = "IP[:PORT]")]
+    pub alternate_server: Vec<String>,
+    /// The same for TLS clients (default port 5349; repeatable).
+    #[arg(long = "tls-alternate-server", value_name = "IP[:PORT]")]
+    pub tls_alternate_server: Vec<String>,
     /// Do not listen on UDP.
     #[arg(long = "no-udp")]
     pub no_udp: bool,

@@ -115,6 +115,8 @@ struct FileConfig {
     cert: Option<PathBuf>,
     pkey: Option<PathBuf>,
     external_ip: Option<OneOrMany>,
+    alternate_server: Option<OneOrMany>,
+    tls_alternate_server: Option<OneOrMany>,
     no_udp: Option<bool>,
     no_tcp: Option<bool>,
     no_tls: Option<bool>,
@@ -183,6 +185,8 @@ pub const TOML_KEYS: &[&str] = &[
     "cert",
     "pkey",
     "external-ip",
+    "alternate-server",
+    "tls-alternate-server",
     "no-udp",
     "no-tcp",
     "no-tls",
@@ -322,6 +326,11 @@ pub struct Config {
     pub pkey: Option<PathBuf>,
     /// Public addresses for 1:1 NAT.
     pub external_ips: Vec<ExternalIp>,
+    /// `alternate-server`: other nodes for UDP and TCP clients, offered in
+    /// 300 Try Alternate while draining (default port 3478).
+    pub alternate_servers: Vec<SocketAddr>,
+    /// `tls-alternate-server`: the same for TLS clients (default port 5349).
+    pub tls_alternate_servers: Vec<SocketAddr>,
     /// UDP listener on.
     pub udp: bool,
     /// TCP listener on.
@@ -468,6 +477,21 @@ fn parse_user(origin: &str, s: &str) -> Result<StaticUser, ConfigError> {
     })
 }
 
+/// One `alternate-server` value: `IP`, `IP:PORT` or `[IPv6]:PORT`, with
+/// `default_port` when none is given; None when it is neither.
+fn parse_server_address(v: &str, default_port: u16) -> Option<SocketAddr> {
+    let v = v.trim();
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip: IpAddr = v
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, default_port))
+}
+
 /// One `external-ip` value, `PUBLIC` or `PUBLIC/PRIVATE` (one family); None
 /// when malformed.
 fn parse_external_ip(v: &str) -> Option<ExternalIp> {
@@ -574,6 +598,8 @@ impl Default for Config {
             cert: None,
             pkey: None,
             external_ips: Vec::new(),
+            alternate_servers: Vec::new(),
+            tls_alternate_servers: Vec::new(),
             udp: true,
             tcp: true,
             tls: false,
@@ -806,6 +832,36 @@ impl Config {
             let external_ip = parse_external_ip(&v)
                 .ok_or_else(|| layers.error(from_cli, format!("option `external-ip`: expected PUBLIC or PUBLIC/PRIVATE addresses, got {v:?}")))?;
             self.external_ips.push(external_ip);
+        }
+        for (key, file_values, cli_values, default_port, out) in [
+            (
+                "alternate-server",
+                &file.alternate_server,
+                &cli.alternate_server,
+                3478,
+                &mut self.alternate_servers,
+            ),
+            (
+                "tls-alternate-server",
+                &file.tls_alternate_server,
+                &cli.tls_alternate_server,
+                5349,
+                &mut self.tls_alternate_servers,
+            ),
+        ] {
+            let values = Layers::file_list(file_values)
+                .into_iter()
+                .map(|v| (v, false))
+                .chain(cli_values.iter().map(|v| (v.clone(), true)));
+            for (v, from_cli) in values {
+                let addr = parse_server_address(&v, default_port).ok_or_else(|| {
+                    layers.error(
+                        from_cli,
+                        format!("option `{key}`: expected IP or IP:PORT ([IPv6]:PORT), got {v:?}"),
+                    )
+                })?;
+                out.push(addr);
+            }
         }
         self.udp = !on(cli.no_udp, file.no_udp);
         self.tcp = !on(cli.no_tcp, file.no_tcp);
@@ -1156,6 +1212,8 @@ impl Config {
             no_stun: self.no_stun,
             stun_only: self.stun_only,
             user_byte_totals: self.prometheus_username_labels,
+            alternate_servers: self.alternate_servers.clone(),
+            tls_alternate_servers: self.tls_alternate_servers.clone(),
             ..ServerConfig::default()
         }
     }
@@ -1226,11 +1284,42 @@ mod tests {
             ("user = [\"bad\\u0007name:pw\"]\n", "user"),
             ("user = [\"name:pass\\u0000word\"]\n", "user"),
             ("ipv6-source-prefix = -1\n", "ipv6-source-prefix"),
+            (
+                "alternate-server = \"turn.example.com\"\n",
+                "alternate-server",
+            ),
+            (
+                "tls-alternate-server = [\"192.0.2.1:99999\"]\n",
+                "tls-alternate-server",
+            ),
         ] {
             let p = write(option, text);
             let e = Config::check_file(&p).unwrap_err().to_string();
             assert!(e.contains(option), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn alternate_servers_take_default_ports_and_reach_the_core() {
+        let p = write(
+            "alternates",
+            "user = [\"a:b\"]\nalternate-server = [\"192.0.2.21\", \"[2001:db8::21]:3480\"]\ntls-alternate-server = \"2001:db8::31\"\n",
+        );
+        let cli = Cli::parse_from([
+            "turnd",
+            "--config",
+            p.to_str().unwrap(),
+            "--alternate-server",
+            "192.0.2.22:3479",
+        ]);
+        let c = Config::load(&cli).unwrap().server_config();
+        let addrs =
+            |v: &[&str]| -> Vec<SocketAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(
+            c.alternate_servers,
+            addrs(&["192.0.2.21:3478", "[2001:db8::21]:3480", "192.0.2.22:3479"])
+        );
+        assert_eq!(c.tls_alternate_servers, addrs(&["[2001:db8::31]:5349"]));
     }
 
     #[test]

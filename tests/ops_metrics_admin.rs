@@ -737,9 +737,20 @@ fn admin_lists_and_deletes_allocations() {
     b.refresh(None).expect_success();
 }
 
+/// `/readyz` while draining, and Allocate answered 300 Try Alternate with
+/// the configured alternate of the client's address family (RFC 8489
+/// section 10).
 #[test]
 fn readyz_is_503_while_draining() {
-    let mut server = relay_server(5, &[ADMIN, &["--drain-timeout", "5"]].concat()).start();
+    let alternates = [
+        "--drain-timeout",
+        "5",
+        "--alternate-server",
+        "[2001:db8::21]:3478",
+        "--alternate-server",
+        "127.0.0.21",
+    ];
+    let mut server = relay_server(5, &[ADMIN, &alternates].concat()).start();
     let addr = server.udp();
     let admin = server.admin();
     let r = http_get_bearer(admin, "/readyz", TOKEN);
@@ -764,9 +775,23 @@ fn readyz_is_503_while_draining() {
     let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["draining"], true, "{s}");
     assert_eq!(s["allocations"], 1, "{s}");
-    // A new client is refused meanwhile.
+    // A new client is sent to the alternate of its family meanwhile
+    // (127.0.0.21 with the default port), in an authenticated 300.
     let mut b = Client::new(addr, USER, PASSWORD);
-    b.allocate_with(&[Attr::transport_udp()]).expect_error(508);
+    let r = b.allocate_with(&[Attr::transport_udp()]);
+    r.expect_error(300);
+    assert!(
+        r.integrity_ok(&b.key()),
+        "the 300 carries MESSAGE-INTEGRITY"
+    );
+    let alternate = r
+        .get(turnd::stun::AttributeType::ALTERNATE_SERVER)
+        .map(|v| turnd::stun::decode_address(&v));
+    assert_eq!(
+        alternate,
+        Some(Ok("127.0.0.21:3478".parse().unwrap())),
+        "ALTERNATE-SERVER"
+    );
 
     // Ending the last allocation through the admin API ends the drain.
     let id = list(admin)[0]["id"].as_u64().expect("id");

@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use super::*;
 use crate::stun::{AddressFamily, AttributeType, ErrorCode};
-use crate::turn::allocation::{Allocation, FastMap, FiveTuple};
+use crate::turn::allocation::{Allocation, FastMap, FiveTuple, Transport};
 use crate::turn::limits::{bandwidth_burst, TokenBucket};
 use crate::turn::request::{AllocateRequest, RefreshRequest};
 use crate::untrusted::LogSafe;
@@ -54,6 +54,27 @@ impl Server {
             .max(self.config.default_lifetime.min(self.config.max_lifetime))
     }
 
+    /// The next alternate server for a client on `ft` (RFC 8489 section
+    /// 10): from `tls-alternate-server` for TLS clients, else
+    /// `alternate-server`, of the client's address family (it cannot reach
+    /// the other), round robin; None when none fits.
+    fn alternate_for(&mut self, ft: FiveTuple) -> Option<SocketAddr> {
+        let list = match ft.transport {
+            Transport::Tls => &self.config.tls_alternate_servers,
+            Transport::Udp | Transport::Tcp => &self.config.alternate_servers,
+        };
+        let fits: Vec<SocketAddr> = list
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == ft.client.is_ipv4())
+            .collect();
+        if fits.is_empty() {
+            return None;
+        }
+        self.alternate_next = self.alternate_next.wrapping_add(1);
+        Some(fits[self.alternate_next % fits.len()])
+    }
+
     /// Allocate. See RFC 8656, section 7.2. The 5-tuple has no allocation
     /// yet (`handle_request` answered 437 otherwise).
     pub(super) fn allocate(
@@ -64,8 +85,21 @@ impl Server {
     ) -> ClientOutput {
         let Request { now, ft, auth, .. } = *q;
         if self.draining {
-            // Shutting down: clients move on to another server of the fleet.
-            return self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY);
+            // Shutting down: clients move on to another server of the fleet,
+            // told which one when one is configured for their transport and
+            // address family (RFC 8489 section 10), else left to try the
+            // next one they know (508).
+            return match self.alternate_for(ft) {
+                Some(alternate) => self.error_with(
+                    ft,
+                    out,
+                    q.tx,
+                    ErrorCode::TRY_ALTERNATE,
+                    Some(&q.auth.key),
+                    |w, _| w.address(AttributeType::ALTERNATE_SERVER, alternate),
+                ),
+                None => self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY),
+            };
         }
         let AllocateRequest {
             tcp_relay,

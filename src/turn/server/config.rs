@@ -70,6 +70,13 @@ pub struct ServerConfig {
     /// `external-ip`: (relay address or `None` for any of the family, public
     /// address) pairs; XOR-RELAYED-ADDRESS carries the public address.
     pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
+    /// Other nodes for UDP and TCP clients (`alternate-server`): while
+    /// draining, Allocate is answered 300 Try Alternate with one of them of
+    /// the client's address family in ALTERNATE-SERVER (RFC 8489 section
+    /// 10, RFC 8656 section 7.2), round robin; 508 when none fits.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// The same for TLS clients (`tls-alternate-server`).
+    pub tls_alternate_servers: Vec<SocketAddr>,
     /// Ignore STUN Binding requests (coturn's `no-stun`).
     pub no_stun: bool,
     /// Ignore every TURN request (coturn's `stun-only`).
@@ -197,6 +204,8 @@ impl Default for ServerConfig {
             max_bps: 0,
             bps_capacity: 0,
             external_ips: Vec::new(),
+            alternate_servers: Vec::new(),
+            tls_alternate_servers: Vec::new(),
             no_stun: false,
             stun_only: false,
             user_byte_totals: true,

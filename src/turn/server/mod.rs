@@ -235,6 +235,9 @@ pub struct Server {
     key_scratch: Vec<Key>,
     tcp_connections: HashMap<u32, TcpConnection>,
     draining: bool,
+    /// Round-robin position in the alternate servers (see
+    /// [`ServerConfig::alternate_servers`]).
+    alternate_next: usize,
     requests: HashMap<(Method, u16), u64>,
     auth_failure_reasons: HashMap<AuthFailure, u64>,
     ended_user_bytes: EndedUserBytes,
@@ -309,6 +312,7 @@ impl Server {
             key_scratch: Vec::new(),
             tcp_connections: HashMap::new(),
             draining: false,
+            alternate_next: 0,
             requests: HashMap::new(),
             auth_failure_reasons: HashMap::new(),
             ended_user_bytes: EndedUserBytes::default(),

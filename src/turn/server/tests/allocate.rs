@@ -463,3 +463,78 @@ fn even_port_reservations_count_toward_quotas() {
         "alice's slot came back"
     );
 }
+
+/// A client at `ip:port` over `transport` holding a nonce for that address
+/// (nonces are bound to the client's IP: a 438 brings the right one).
+fn client_on(h: &mut Harness, ip: &str, port: u16, transport: Transport) -> Client {
+    let mut c = h.client(port, "alice", "secret");
+    c.ft.client = SocketAddr::new(ip.parse().unwrap(), port);
+    c.ft.transport = transport;
+    let r = h.request(&c, Method::REFRESH, |_| {});
+    if r.code() == Some(438) {
+        c.nonce = r.msg().get(AttributeType::NONCE).unwrap().to_vec();
+    }
+    c
+}
+
+#[test]
+fn draining_answers_allocate_with_300_and_an_alternate_of_the_clients_family() {
+    let alternates: Vec<SocketAddr> = vec![
+        "192.0.2.21:3478".parse().unwrap(),
+        "[2001:db8::21]:3478".parse().unwrap(),
+        "192.0.2.22:3479".parse().unwrap(),
+    ];
+    let tls: Vec<SocketAddr> = vec!["192.0.2.31:5349".parse().unwrap()];
+    let (a, t) = (alternates.clone(), tls.clone());
+    let mut h = Harness::new(move |c| {
+        c.alternate_servers = a;
+        c.tls_alternate_servers = t;
+    });
+    let before = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&before).class(), Class::Success);
+    h.server.start_draining();
+
+    // IPv4 UDP clients get the IPv4 alternates, in turn; never the IPv6 one.
+    let mut seen = Vec::new();
+    for port in 2..6 {
+        let c = h.client(port, "alice", "secret");
+        let r = h.allocate(&c);
+        assert_eq!(r.code(), Some(300), "Try Alternate while draining");
+        assert!(r.msg().check_integrity(&c.key), "the 300 is authenticated");
+        let alt = decode_address(r.msg().get(AttributeType::ALTERNATE_SERVER).unwrap()).unwrap();
+        assert!(alt.is_ipv4(), "{alt}");
+        seen.push(alt);
+    }
+    assert!(
+        seen.contains(&alternates[0]) && seen.contains(&alternates[2]),
+        "{seen:?}"
+    );
+    assert_eq!(h.server.allocation_count(), 1, "no allocation made");
+
+    // A TLS client gets the TLS alternate.
+    let c = client_on(&mut h, "198.51.100.7", 7, Transport::Tls);
+    let r = h.allocate(&c);
+    assert_eq!(r.code(), Some(300));
+    let alt = decode_address(r.msg().get(AttributeType::ALTERNATE_SERVER).unwrap()).unwrap();
+    assert_eq!(alt, tls[0]);
+
+    // An IPv6 TLS client: no alternate of its family, 508 as without any.
+    let c = client_on(&mut h, "2001:db8::7", 8, Transport::Tls);
+    let r = h.allocate(&c);
+    assert_eq!(r.code(), Some(508));
+    assert!(r.msg().get(AttributeType::ALTERNATE_SERVER).is_none());
+
+    // The allocation made before the drain keeps refreshing.
+    let r = h.request(&before, Method::REFRESH, |_| {});
+    assert_eq!(r.class(), Class::Success);
+}
+
+#[test]
+fn draining_without_alternates_answers_508() {
+    let mut h = Harness::new(|_| {});
+    h.server.start_draining();
+    let c = h.client(1, "alice", "secret");
+    let r = h.allocate(&c);
+    assert_eq!(r.code(), Some(508));
+    assert!(r.msg().get(AttributeType::ALTERNATE_SERVER).is_none());
+}
