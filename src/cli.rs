@@ -156,6 +156,14 @@ pub struct Cli {
     /// The same for TLS clients (default port 5349; repeatable).
     #[arg(long = "tls-alternate-server", value_name = "IP[:PORT]")]
     pub tls_alternate_server: Vec<String>,
+    /// Only these clients are answered (IP, CIDR or FIRST-LAST; repeatable):
+    /// anyone else's messages are dropped unanswered.
+    #[arg(long = "allowed-client-ip", value_name = "RANGE")]
+    pub allowed_client_ip: Vec<String>,
+    /// Clients never answered, even inside `allowed-client-ip` (IP, CIDR or
+    /// FIRST-LAST; repeatable).
+    #[arg(long = "denied-client-ip", value_name = "RANGE")]
+    pub denied_client_ip: Vec<String>,
     /// Do not listen on UDP.
     #[arg(long = "no-udp")]
     pub no_udp: bool,

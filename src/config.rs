@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::Credentials;
 pub use crate::cli::{Cli, Command};
-use crate::turn::{IpRange, PeerPolicy, ServerConfig};
+use crate::turn::{ClientPolicy, IpRange, PeerPolicy, ServerConfig};
 use crate::untrusted::{opaque_string, LogSafe};
 
 /// Default STUN/TURN port over UDP and TCP (and of `turn:` and `stun:`
@@ -89,6 +89,8 @@ struct FileConfig {
     allow_loopback_peers: Option<bool>,
     allowed_peer_ip: Option<OneOrMany>,
     denied_peer_ip: Option<OneOrMany>,
+    allowed_client_ip: Option<OneOrMany>,
+    denied_client_ip: Option<OneOrMany>,
     fingerprint: Option<bool>,
     verbose: Option<bool>,
     lt_cred_mech: Option<bool>,
@@ -159,6 +161,8 @@ pub const TOML_KEYS: &[&str] = &[
     "allow-loopback-peers",
     "allowed-peer-ip",
     "denied-peer-ip",
+    "allowed-client-ip",
+    "denied-client-ip",
     "fingerprint",
     "verbose",
     "lt-cred-mech",
@@ -331,6 +335,8 @@ pub struct Config {
     pub alternate_servers: Vec<SocketAddr>,
     /// `tls-alternate-server`: the same for TLS clients (default port 5349).
     pub tls_alternate_servers: Vec<SocketAddr>,
+    /// `allowed-client-ip` and `denied-client-ip`.
+    pub client_policy: ClientPolicy,
     /// UDP listener on.
     pub udp: bool,
     /// TCP listener on.
@@ -600,6 +606,7 @@ impl Default for Config {
             external_ips: Vec::new(),
             alternate_servers: Vec::new(),
             tls_alternate_servers: Vec::new(),
+            client_policy: ClientPolicy::default(),
             udp: true,
             tcp: true,
             tls: false,
@@ -986,6 +993,18 @@ impl Config {
             allowed,
             denied,
         };
+        self.client_policy = ClientPolicy {
+            allowed: ranges(
+                "allowed-client-ip",
+                &file.allowed_client_ip,
+                &cli.allowed_client_ip,
+            )?,
+            denied: ranges(
+                "denied-client-ip",
+                &file.denied_client_ip,
+                &cli.denied_client_ip,
+            )?,
+        };
 
         layered!(self, layers, value: user_quota, total_quota, max_bps, bps_capacity);
         layered!(self, layers, value: unauth_rate, unauth_burst, auth_failures_per_minute);
@@ -1213,6 +1232,7 @@ impl Config {
             stun_only: self.stun_only,
             user_byte_totals: self.prometheus_username_labels,
             alternate_servers: self.alternate_servers.clone(),
+            client_policy: self.client_policy.clone(),
             tls_alternate_servers: self.tls_alternate_servers.clone(),
             ..ServerConfig::default()
         }

@@ -237,6 +237,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("stun-backward-compatibility", Kind::Bool),
     ("reason-phrases", Kind::Bool),
     ("peer-policy", Kind::Str),
+    ("allowed-client-ip", Kind::List),
+    ("denied-client-ip", Kind::List),
     ("unauth-rate", Kind::Int),
     ("unauth-burst", Kind::Int),
     ("auth-failures-per-minute", Kind::Int),

@@ -241,3 +241,30 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// `allowed-client-ip` and `denied-client-ip`: a refused client gets no
+/// answer at all (not even to Binding, nor a 401 to Allocate); the others
+/// are served as usual.
+#[test]
+fn refused_clients_get_no_answer() {
+    let server = start(&[
+        "--allowed-client-ip",
+        "127.0.0.0/29",
+        "--denied-client-ip",
+        "127.0.0.2",
+    ]);
+    let mut ok = Client::new_on("127.0.0.1", server.addr, USER, PASSWORD);
+    ok.binding();
+    for ip in ["127.0.0.2", "127.0.0.9"] {
+        let mut c = Client::new_on(ip, server.addr, USER, PASSWORD);
+        let (_, req) = binding(false, &[]);
+        c.send_raw(&req);
+        c.send_raw(&unauthenticated_allocate(new_tid()));
+        assert!(
+            c.recv_raw(SILENCE).is_none(),
+            "{ip} is refused: no answer expected"
+        );
+    }
+    // The allowed client is still served afterwards.
+    ok.binding();
+}

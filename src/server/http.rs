@@ -369,6 +369,7 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
                 ("from_peer", stats.dropped_from_peer),
                 ("bandwidth", stats.dropped_bandwidth),
                 ("rate_limited", stats.rate_limited),
+                ("denied_client", stats.denied_clients),
             ],
         ),
         (

@@ -16,7 +16,7 @@ mod server;
 
 pub use allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
 pub use limits::{SharedLimiter, SourceLimiter, TokenBucket};
-pub use policy::{IpRange, IpRangeError, OwnAddressPath, OwnAddresses, PeerPolicy};
+pub use policy::{ClientPolicy, IpRange, IpRangeError, OwnAddressPath, OwnAddresses, PeerPolicy};
 pub use ports::RelayPorts;
 pub use quota::QuotaLedger;
 pub use server::{

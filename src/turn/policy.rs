@@ -200,6 +200,26 @@ pub struct PeerPolicy {
     pub denied: Vec<IpRange>,
 }
 
+/// Which clients may use the server at all (`allowed-client-ip`,
+/// `denied-client-ip`): a client is served when `allowed` is empty or holds
+/// its address, and `denied` does not. A refused client's messages are
+/// dropped before any answer.
+#[derive(Clone, Debug, Default)]
+pub struct ClientPolicy {
+    /// When not empty, the only addresses served.
+    pub allowed: Vec<IpRange>,
+    /// Addresses never served, even inside `allowed`.
+    pub denied: Vec<IpRange>,
+}
+
+impl ClientPolicy {
+    /// True when a client at `ip` may be answered.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        (self.allowed.is_empty() || self.allowed.iter().any(|r| r.contains(ip)))
+            && !self.denied.iter().any(|r| r.contains(ip))
+    }
+}
+
 /// The IPv4 address embedded in an IPv6 address by IPv4-mapped,
 /// IPv4-compatible, NAT64 (64:ff9b::/96) or 6to4 (2002::/16) forms.
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
@@ -697,5 +717,38 @@ mod tests {
         ] {
             assert!(bad.parse::<IpRange>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod client_policy_tests {
+    use super::*;
+
+    fn ranges(v: &[&str]) -> Vec<IpRange> {
+        v.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn allowed_narrows_denied_removes() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let open = ClientPolicy::default();
+        assert!(open.admits(ip("198.51.100.7")) && open.admits(ip("2001:db8::7")));
+
+        let p = ClientPolicy {
+            allowed: ranges(&["198.51.100.0/24", "2001:db8::/32"]),
+            denied: ranges(&["198.51.100.66"]),
+        };
+        assert!(p.admits(ip("198.51.100.7")));
+        assert!(p.admits(ip("2001:db8::7")));
+        assert!(!p.admits(ip("198.51.100.66")), "denied inside allowed");
+        assert!(!p.admits(ip("::ffff:198.51.100.66")), "IPv4-mapped form");
+        assert!(!p.admits(ip("203.0.113.1")), "outside allowed");
+
+        let deny_only = ClientPolicy {
+            allowed: Vec::new(),
+            denied: ranges(&["203.0.113.0/24"]),
+        };
+        assert!(!deny_only.admits(ip("203.0.113.9")));
+        assert!(deny_only.admits(ip("198.51.100.7")));
     }
 }

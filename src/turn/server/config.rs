@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::auth::Credentials;
 use crate::turn::limits::{SharedLimiter, SourceLimiter, DEFAULT_IPV6_SOURCE_PREFIX};
-use crate::turn::policy::{OwnAddresses, PeerPolicy};
+use crate::turn::policy::{ClientPolicy, OwnAddresses, PeerPolicy};
 use crate::turn::ports::RelayPorts;
 use crate::turn::quota::QuotaLedger;
 
@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// `external-ip`: (relay address or `None` for any of the family, public
     /// address) pairs; XOR-RELAYED-ADDRESS carries the public address.
     pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
+    /// Which clients are served at all (`allowed-client-ip`,
+    /// `denied-client-ip`).
+    pub client_policy: ClientPolicy,
     /// Other nodes for UDP and TCP clients (`alternate-server`): while
     /// draining, Allocate is answered 300 Try Alternate with one of them of
     /// the client's address family in ALTERNATE-SERVER (RFC 8489 section
@@ -204,6 +207,7 @@ impl Default for ServerConfig {
             max_bps: 0,
             bps_capacity: 0,
             external_ips: Vec::new(),
+            client_policy: ClientPolicy::default(),
             alternate_servers: Vec::new(),
             tls_alternate_servers: Vec::new(),
             no_stun: false,

@@ -136,6 +136,9 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Requests dropped by a per-source rate limit.
     pub rate_limited: u64,
+    /// STUN messages dropped unanswered because the client's address is not
+    /// allowed (`allowed-client-ip`, `denied-client-ip`).
+    pub denied_clients: u64,
     /// Datagrams dropped by `max-bps` or `bps-capacity`.
     pub dropped_bandwidth: u64,
     /// Requests, datagrams and connections refused because the peer is an
@@ -201,6 +204,7 @@ impl std::ops::AddAssign for Stats {
         self.allocations_deleted += o.allocations_deleted;
         self.auth_failures += o.auth_failures;
         self.rate_limited += o.rate_limited;
+        self.denied_clients += o.denied_clients;
         self.dropped_bandwidth += o.dropped_bandwidth;
         self.own_address_refused += o.own_address_refused;
     }
@@ -414,6 +418,13 @@ impl Server {
         io: &mut impl RelayIo,
     ) -> ClientOutput {
         match input.first().map(|b| b >> 6) {
+            // A client the client policy refuses gets no answer at all,
+            // Binding included. (ChannelData needs an allocation, which it
+            // cannot have made.)
+            Some(0) if !self.config.client_policy.admits(ft.client.ip()) => {
+                self.stats.denied_clients += 1;
+                ClientOutput::None
+            }
             Some(0) => self.handle_stun(now, ft, input, out, io),
             Some(1) => self.handle_channel_data(now, ft, input),
             _ => {
