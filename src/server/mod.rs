@@ -283,13 +283,6 @@ struct Shell {
     tcp_piped: RefCell<HashMap<u32, Rc<tokio::sync::Notify>>>,
 }
 
-/// Sends one datagram now, without waiting for tokio's readiness: a socket
-/// that tokio has not yet seen writable would refuse `try_send_to`. A full
-/// kernel buffer drops the datagram, as UDP would.
-fn send_udp(socket: &UdpFd, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
-    socket2::SockRef::from(socket.get_ref()).send_to(bytes, &to.into())
-}
-
 impl Shell {
     /// Queues `bytes` on the client's TCP or TLS connection (every client
     /// of the main thread's core has one).
@@ -303,7 +296,7 @@ impl Shell {
         let relays = self.relays.borrow();
         if let Some(r) = relays.get(&relay) {
             let Some(socket) = &r.socket else { return };
-            if let Err(e) = send_udp(socket, bytes, peer) {
+            if let Err(e) = udp::send_udp(socket.get_ref(), bytes, peer) {
                 debug!(target: "turnd::packet", %relay, %peer, error = %e, "send to peer failed");
             }
         }

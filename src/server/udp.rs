@@ -87,8 +87,10 @@ struct UdpIo {
     send_batch: SendBatch,
 }
 
-/// Sends one datagram; a full kernel buffer drops it, as UDP would.
-fn send_udp(socket: &StdUdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+/// Sends one datagram now; a full kernel buffer drops it, as UDP would
+/// (also the main thread's relay sockets: a socket that tokio has not yet
+/// seen writable would refuse `try_send_to`).
+pub(super) fn send_udp(socket: &StdUdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
     socket2::SockRef::from(socket).send_to(bytes, &to.into())
 }
 
@@ -120,15 +122,9 @@ impl UdpIo {
         let data = |k: usize, range: &Range<usize>| {
             &batch.slot(k)[crate::sys::HEADROOM + range.start..crate::sys::HEADROOM + range.end]
         };
-        let mut start = 0;
-        while start < pending.len() {
-            let relay = pending[start].0;
-            let end = pending[start..]
-                .iter()
-                .position(|p| p.0 != relay)
-                .map_or(pending.len(), |k| start + k);
-            let run = &pending[start..end];
-            start = end;
+        for run in runs_by(pending, |p| p.0) {
+            let run = &pending[run];
+            let relay = run[0].0;
             let Some(w) = self
                 .by_addr
                 .get(&relay)
@@ -154,7 +150,7 @@ impl UdpIo {
     /// clients: one `sendmmsg` per run of messages leaving from the same
     /// listener socket, a plain `sendto` for a single message.
     fn flush_to_client(&mut self, batch: &RecvBatch, pending: &mut Vec<PendingToClient>) {
-        for run in runs_by_listener(pending) {
+        for run in runs_by(pending, |p| p.0.server) {
             let run = &pending[run];
             let Some(i) = self
                 .listeners
@@ -208,15 +204,18 @@ impl RelayIo for UdpIo {
 }
 
 /// The runs of consecutive `pending` messages that leave from the same
-/// listener (`FiveTuple::server`), as index ranges, in order: each run is
-/// one `sendmmsg`.
-fn runs_by_listener(pending: &[PendingToClient]) -> impl Iterator<Item = Range<usize>> + '_ {
+/// socket (`key`: the listener or the relay address), as index ranges, in
+/// order: each run is one `sendmmsg`.
+fn runs_by<'a, T, K: PartialEq>(
+    pending: &'a [T],
+    key: impl Fn(&T) -> K + 'a,
+) -> impl Iterator<Item = Range<usize>> + 'a {
     let mut start = 0;
     std::iter::from_fn(move || {
-        let first = pending.get(start)?;
+        let first = key(pending.get(start)?);
         let end = pending[start..]
             .iter()
-            .position(|(to, _, _)| to.server != first.0.server)
+            .position(|p| key(p) != first)
             .map_or(pending.len(), |k| start + k);
         let run = start..end;
         start = end;
@@ -520,16 +519,19 @@ mod tests {
             (to(5, a), 4, 0..10),
             (to(6, a), 5, 0..10),
         ];
-        let runs: Vec<_> = runs_by_listener(&pending).collect();
+        let runs: Vec<_> = runs_by(&pending, |p| p.0.server).collect();
         // Order is kept: a listener seen again later starts a new run.
         assert_eq!(runs, [0..2, 2..3, 3..6]);
     }
 
     #[test]
     fn runs_by_listener_of_one_or_none() {
-        assert_eq!(runs_by_listener(&[]).count(), 0);
+        assert_eq!(
+            runs_by(&[] as &[PendingToClient], |p| p.0.server).count(),
+            0
+        );
         let one = [(to(1, "198.51.100.1:3478"), 7, 0..4)];
-        let runs: Vec<_> = runs_by_listener(&one).collect();
+        let runs: Vec<_> = runs_by(&one, |p| p.0.server).collect();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0], 0..1);
     }
