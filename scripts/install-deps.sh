@@ -9,6 +9,10 @@
 #   - nodejs and npm, unless node and npm are already on PATH
 #   - tests/browser/node_modules (npm ci from the lockfile)
 #   - cargo-fuzz 0.13.2 (the fuzz targets in fuzz/, run by scripts/fuzz.sh)
+#   - redis-server (the fleet tests start their own; the packaged daemon never runs)
+#   - haproxy (in front of turnd with PROXY protocol, in a private namespace)
+#   - podman and buildah (the container image is built and run from Containerfile)
+#   - python3-venv (kubernetes-validate for deploy/kubernetes, from PyPI)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,7 +25,7 @@ die() { echo "install-deps: ERROR: $*" >&2; exit 1; }
 # Never let anything fetch a browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
-pkgs=(coturn chromium iproute2 util-linux systemd)
+pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah python3-venv)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   pkgs+=(nodejs npm)
 fi
@@ -66,6 +70,8 @@ fi
 # No coturn daemon may hold 3478 or any other port: the tests start their own servers.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl disable --now coturn >/dev/null 2>&1 || true
+  # Likewise the packaged redis-server and haproxy: the tests start their own.
+  systemctl disable --now redis-server haproxy >/dev/null 2>&1 || true
 fi
 if [ -x /etc/init.d/coturn ]; then
   /etc/init.d/coturn stop >/dev/null 2>&1 || true
@@ -147,6 +153,11 @@ need command -v unshare
 need command -v ip
 need command -v systemd-analyze
 need command -v cargo-fuzz
+need command -v redis-server
+need command -v redis-cli
+need command -v haproxy
+need command -v podman
+need command -v buildah
 need test -f tests/browser/node_modules/playwright-core/package.json
 [ "$fail" -eq 0 ] || die "dependencies missing (see above)"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
