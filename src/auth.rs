@@ -176,6 +176,8 @@ pub enum LookupFailure {
     Expired,
     /// The user has no key for the requested algorithm (MD5-only user, SHA-256 asked).
     NoKeyForAlgorithm,
+    /// The username is revoked ([`Credentials::set_revoked`]).
+    Revoked,
 }
 
 /// The credentials a server accepts: static users of one realm and TURN REST
@@ -186,6 +188,7 @@ pub struct Credentials {
     by_userhash: HashMap<[u8; 32], String>,
     secrets: Vec<String>,
     separator: Option<char>,
+    revoked: std::collections::HashSet<String>,
 }
 
 impl fmt::Debug for Credentials {
@@ -241,6 +244,17 @@ impl Credentials {
         self.separator = Some(separator);
     }
 
+    /// Usernames refused whatever their key (a fleet's revocations, from
+    /// Redis): static users and REST usernames alike.
+    pub fn set_revoked(&mut self, names: impl IntoIterator<Item = String>) {
+        self.revoked = names.into_iter().collect();
+    }
+
+    /// Whether `username` is revoked.
+    pub fn is_revoked(&self, username: &str) -> bool {
+        self.revoked.contains(username)
+    }
+
     /// True when REST secrets are configured.
     pub fn has_rest_secrets(&self) -> bool {
         !self.secrets.is_empty()
@@ -287,6 +301,9 @@ impl Credentials {
         unix_now: u64,
         out: &mut Vec<Key>,
     ) -> Result<(), LookupFailure> {
+        if !self.revoked.is_empty() && self.revoked.contains(username) {
+            return Err(LookupFailure::Revoked);
+        }
         if let Some(u) = self.users.get(username) {
             match algorithm {
                 PasswordAlgorithm::Md5 => out.push(Key::md5(u.md5)),

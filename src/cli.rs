@@ -100,6 +100,18 @@ pub struct Cli {
     /// changes are picked up by a running server within about a second.
     #[arg(short = 'b', long = "userdb", value_name = "FILE")]
     pub userdb: Option<PathBuf>,
+    /// Users, REST secrets and revocations in Redis, coturn's schema
+    /// (`redis://[:PASSWORD@]HOST[:PORT][/DB]` or coturn's
+    /// "ip=HOST port=PORT dbname=DB password=PW connect_timeout=SECONDS").
+    #[arg(short = 'N', long = "redis-userdb", value_name = "CONNECTION")]
+    pub redis_userdb: Option<String>,
+    /// Where the fleet's allocation registry and user-quota counts live
+    /// (same forms; default: the `redis-userdb` server).
+    #[arg(short = 'O', long = "redis-statsdb", value_name = "CONNECTION")]
+    pub redis_statsdb: Option<String>,
+    /// This node's name in the fleet (default: the host name).
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_name: Option<String>,
     /// Bytes per second per allocation and direction; 0 is unlimited.
     #[arg(short = 's', long = "max-bps", value_name = "BYTES")]
     pub max_bps: Option<u64>,
@@ -305,28 +317,44 @@ pub enum Command {
         /// The coturn configuration file.
         file: PathBuf,
     },
-    /// Manage users in the SQLite user database (like coturn's turnadmin).
+    /// Manage users in the SQLite or Redis user database (like coturn's turnadmin).
     User {
-        /// The database file.
-        #[arg(long, short = 'b')]
-        userdb: PathBuf,
-        /// The realm.
-        #[arg(long, short = 'r')]
-        realm: String,
+        /// Which database, and the realm.
+        #[command(flatten)]
+        db: UserDbArgs,
         /// What to do.
         #[command(subcommand)]
         command: crate::userdb::UserCommand,
     },
-    /// Manage TURN REST API secrets in the SQLite user database.
+    /// Manage TURN REST API secrets in the SQLite or Redis user database.
     Secret {
-        /// The database file.
-        #[arg(long, short = 'b')]
-        userdb: PathBuf,
-        /// The realm.
-        #[arg(long, short = 'r')]
-        realm: String,
+        /// Which database, and the realm.
+        #[command(flatten)]
+        db: UserDbArgs,
         /// What to do.
         #[command(subcommand)]
         command: crate::userdb::SecretCommand,
     },
+}
+
+/// The user database `turnd user` and `turnd secret` work on: a SQLite
+/// file or a Redis server, and the realm.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UserDbArgs {
+    /// The SQLite database file.
+    #[arg(
+        long,
+        short = 'b',
+        required_unless_present = "redis_userdb",
+        conflicts_with = "redis_userdb"
+    )]
+    pub userdb: Option<PathBuf>,
+    /// The Redis user database (coturn's schema; `redis://...` or coturn's
+    /// "ip=... port=... dbname=... password=..."); changes reach every node
+    /// of the fleet within a second.
+    #[arg(long = "redis-userdb", short = 'N', value_name = "CONNECTION")]
+    pub redis_userdb: Option<String>,
+    /// The realm.
+    #[arg(long, short = 'r')]
+    pub realm: String,
 }

@@ -104,6 +104,8 @@ struct FileConfig {
     static_auth_secret: Option<OneOrMany>,
     rest_api_separator: Option<String>,
     userdb: Option<PathBuf>,
+    redis_userdb: Option<String>,
+    redis_statsdb: Option<String>,
     max_bps: Option<u64>,
     bps_capacity: Option<u64>,
     stun_backward_compatibility: Option<bool>,
@@ -176,6 +178,8 @@ pub const TOML_KEYS: &[&str] = &[
     "static-auth-secret",
     "rest-api-separator",
     "userdb",
+    "redis-userdb",
+    "redis-statsdb",
     "max-bps",
     "bps-capacity",
     "stun-backward-compatibility",
@@ -305,6 +309,16 @@ pub struct Config {
     pub rest_api_separator: char,
     /// SQLite user database.
     pub userdb: Option<PathBuf>,
+    /// `redis-userdb`: users, REST secrets and revocations in Redis
+    /// (coturn's schema), shared by a fleet.
+    pub redis_userdb: Option<crate::fleet::RedisTarget>,
+    /// `redis-statsdb`: where the fleet's allocation registry and quota
+    /// counts live (coturn's statsdb keys); `redis-userdb`'s server when
+    /// unset.
+    pub redis_statsdb: Option<crate::fleet::RedisTarget>,
+    /// `server-name`: this node's name in the fleet registry (letters,
+    /// digits, `.`, `-`, `_`; default the host name).
+    pub server_name: String,
     /// Bytes/s per allocation and direction (0 unlimited).
     pub max_bps: u64,
     /// Bytes/s for the server (0 unlimited).
@@ -592,6 +606,9 @@ impl Default for Config {
             static_auth_secrets: Vec::new(),
             rest_api_separator: DEFAULT_REST_API_SEPARATOR,
             userdb: None,
+            redis_userdb: None,
+            redis_statsdb: None,
+            server_name: crate::fleet::default_node_name(),
             max_bps: core.max_bps,
             bps_capacity: core.bps_capacity,
             stun_backward_compatibility: core.mapped_address,
@@ -937,10 +954,49 @@ impl Config {
             );
         }
         layered!(self, layers, path: userdb);
+        for (name, cli_value, file_value, slot) in [
+            (
+                "redis-userdb",
+                &cli.redis_userdb,
+                &file.redis_userdb,
+                &mut self.redis_userdb,
+            ),
+            (
+                "redis-statsdb",
+                &cli.redis_statsdb,
+                &file.redis_statsdb,
+                &mut self.redis_statsdb,
+            ),
+        ] {
+            if let Some(text) = cli_value.as_ref().or(file_value.as_ref()) {
+                *slot = Some(crate::fleet::RedisTarget::parse(text).map_err(|why| {
+                    layers.error(cli_value.is_some(), format!("option `{name}`: {why}"))
+                })?);
+            }
+        }
+        if self.userdb.is_some() && self.redis_userdb.is_some() {
+            return Err(layers.error(
+                cli.redis_userdb.is_some(),
+                "option `redis-userdb`: cannot be used with `userdb` (one user database)".into(),
+            ));
+        }
+        if let Some(name) = cli.server_name.as_ref().or(file.server_name.as_ref()) {
+            if !crate::fleet::valid_node_name(name) {
+                return Err(layers.error(
+                    cli.server_name.is_some(),
+                    "option `server-name`: 1 to 64 letters, digits, `.`, `-` or `_`".into(),
+                ));
+            }
+            self.server_name = name.clone();
+        }
         self.use_auth_secret =
             on(cli.use_auth_secret, file.use_auth_secret) || !self.static_auth_secrets.is_empty();
-        if self.use_auth_secret && self.static_auth_secrets.is_empty() && self.userdb.is_none() {
-            return Err(layers.error(cli.use_auth_secret, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` holding secrets)".into()));
+        if self.use_auth_secret
+            && self.static_auth_secrets.is_empty()
+            && self.userdb.is_none()
+            && self.redis_userdb.is_none()
+        {
+            return Err(layers.error(cli.use_auth_secret, "option `use-auth-secret`: needs at least one `static-auth-secret` (or a `userdb` or `redis-userdb` holding secrets)".into()));
         }
         match (cli.rest_api_separator, file.rest_api_separator.as_deref()) {
             (Some(c), _) => self.rest_api_separator = c,
@@ -1413,7 +1469,7 @@ mod tests {
     fn flags_and_toml_keys_are_the_same_options() {
         use clap::CommandFactory;
         const FLAGS_ONLY: &[&str] = &["config", "no-config-file", "daemon", "help", "version"];
-        const FILE_ONLY: &[&str] = &["server-name", "no-multicast-peers", "no-cli", "syslog"];
+        const FILE_ONLY: &[&str] = &["no-multicast-peers", "no-cli", "syslog"];
         let cli = Cli::command();
         let mut flags: Vec<&str> = cli
             .get_arguments()

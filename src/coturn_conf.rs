@@ -339,19 +339,15 @@ const HINTS: &[(&str, &str)] = &[
     ),
     (
         "psql-userdb",
-        "only SQLite user databases (`userdb`) are supported",
+        "only SQLite (`userdb`) and Redis (`redis-userdb`) user databases are supported",
     ),
     (
         "mysql-userdb",
-        "only SQLite user databases (`userdb`) are supported",
+        "only SQLite (`userdb`) and Redis (`redis-userdb`) user databases are supported",
     ),
     (
         "mongo-userdb",
-        "only SQLite user databases (`userdb`) are supported",
-    ),
-    (
-        "redis-userdb",
-        "only SQLite user databases (`userdb`) are supported",
+        "only SQLite (`userdb`) and Redis (`redis-userdb`) user databases are supported",
     ),
     (
         "listening-device",

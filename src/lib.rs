@@ -35,6 +35,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod coturn_conf;
+pub mod fleet;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

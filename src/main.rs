@@ -70,18 +70,47 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::User {
-            userdb,
-            realm,
+            db:
+                turnd::cli::UserDbArgs {
+                    userdb,
+                    redis_userdb,
+                    realm,
+                },
             command,
         }) => {
-            return print_result(turnd::userdb::run_user_command(userdb, realm, command));
+            if let Some(redis) = redis_userdb {
+                use turnd::userdb::UserCommand as U;
+                let cmd = match command {
+                    U::Add { name, password } => turnd::fleet::Command::AddUser(name, password),
+                    U::Delete { name } => turnd::fleet::Command::DeleteUser(name),
+                    U::List => turnd::fleet::Command::ListUsers,
+                    U::Revoke { name, seconds } => turnd::fleet::Command::Revoke(name, *seconds),
+                };
+                return print_redis_result(redis, realm, cmd);
+            }
+            let db = userdb.as_deref().unwrap_or(std::path::Path::new(""));
+            return print_result(turnd::userdb::run_user_command(db, realm, command));
         }
         Some(Command::Secret {
-            userdb,
-            realm,
+            db:
+                turnd::cli::UserDbArgs {
+                    userdb,
+                    redis_userdb,
+                    realm,
+                },
             command,
         }) => {
-            return print_result(turnd::userdb::run_secret_command(userdb, realm, command));
+            if let Some(redis) = redis_userdb {
+                use turnd::userdb::SecretCommand as S;
+                let cmd = match command {
+                    S::Add { secret } => turnd::fleet::Command::AddSecret(secret),
+                    S::Delete { secret } => turnd::fleet::Command::DeleteSecret(secret),
+                    S::List => turnd::fleet::Command::ListSecrets,
+                };
+                return print_redis_result(redis, realm, cmd);
+            }
+            let db = userdb.as_deref().unwrap_or(std::path::Path::new(""));
+            return print_result(turnd::userdb::run_secret_command(db, realm, command));
         }
         Some(Command::Probe(args)) => {
             return if turnd::probe::run(args) {
@@ -151,6 +180,25 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("turnd: {e}");
             tracing::error!(error = %e, "turnd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a user or secret command against Redis and prints its result.
+fn print_redis_result(redis: &str, realm: &str, cmd: turnd::fleet::Command<'_>) -> ExitCode {
+    let result = turnd::fleet::RedisTarget::parse(redis)
+        .map_err(|e| format!("option `redis-userdb`: {e}"))
+        .and_then(|target| turnd::fleet::run_command(&target, realm, cmd));
+    match result {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("turnd: {e}");
             ExitCode::FAILURE
         }
     }

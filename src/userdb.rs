@@ -526,6 +526,15 @@ pub enum UserCommand {
     },
     /// List the user names of the realm, one per line
     List,
+    /// End the allocations of a username (long-term or TURN REST) on every
+    /// node and refuse it for a while (Redis user database only)
+    Revoke {
+        /// User name, as the client sends it in USERNAME
+        name: String,
+        /// How long the name stays refused, in seconds
+        #[arg(long, default_value_t = 86_400)]
+        seconds: u64,
+    },
 }
 
 /// `turnd secret ...`: manage TURN REST API shared secrets in the database.
@@ -571,6 +580,10 @@ pub fn run_user_command(db: &Path, realm: &str, cmd: &UserCommand) -> Result<Str
             }
         }
         UserCommand::List => Ok(udb.list_users(realm)?.join("\n")),
+        UserCommand::Revoke { .. } => Err(UserDbError::NotFound {
+            path: db.to_owned(),
+            what: "`revoke` needs the Redis user database (--redis-userdb): a node reading SQLite ends a user's allocations when the user is deleted".into(),
+        }),
     }
 }
 

@@ -21,9 +21,21 @@
 //! it would land in browser history and proxy logs):
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
+//!   With Redis configured the body also says whether it is reachable; an
+//!   unreachable Redis keeps 200, since every node would otherwise leave
+//!   the load balancer at once while each can still serve the users it
+//!   last read.
 //! - `GET /api/status`: JSON counters (the status page polls it).
 //! - `GET /api/allocations`: JSON list of allocations.
 //! - `DELETE /api/allocations/{id}`: ends one allocation (204, 404).
+//! - `GET /api/fleet/allocations`: JSON list of every node's allocations,
+//!   from the fleet registry in Redis (503 while Redis is unreachable, 404
+//!   without Redis).
+//! - `DELETE /api/fleet/allocations/{node}/{id}`: ends one allocation on
+//!   whichever node holds it (202).
+//! - `DELETE /api/fleet/users/{name}?seconds=S`: revokes a username
+//!   (long-term or TURN REST) on every node: its allocations end and it is
+//!   refused for S seconds (default 86400) (202; needs `redis-userdb`).
 //! - `POST /api/credentials?user=U&ttl=S`: mints TURN REST credentials from
 //!   the first configured secret (409 when there is none).
 //! - `GET /`: the status page; `GET /selftest`: gathers candidates against
@@ -66,6 +78,8 @@ pub(super) struct HttpState {
     pub user_totals: RefCell<UserTotals>,
     /// One snapshot at a time: concurrent requests wait their turn.
     pub gather_lock: tokio::sync::Mutex<()>,
+    /// The fleet task's state, when Redis is configured.
+    pub fleet: Option<Rc<super::fleet::FleetStatus>>,
 }
 
 /// Most users [`UserTotals`] keeps.
@@ -120,7 +134,7 @@ impl UserTotals {
 ///
 /// # Errors
 /// [`Busy`] when a worker's control channel stayed full.
-async fn gather(state: &HttpState, detail: bool) -> Result<CoreView, Busy> {
+pub(super) async fn gather(state: &HttpState, detail: bool) -> Result<CoreView, Busy> {
     let _one_at_a_time = state.gather_lock.lock().await;
     let connections = state.shell.conns.borrow().len();
     let mut view = CoreView::of(&mut state.core.borrow_mut(), connections, detail);
@@ -414,6 +428,11 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             "turnd_connections_refused_total{{limit=\"max-connections-per-ip\"}} {per_ip}"
         );
     }
+    if let Some(f) = &state.fleet {
+        let _ = writeln!(o, "# HELP turnd_redis_up Whether this node is connected to the fleet's Redis (1) or serving the users it last read (0).\n# TYPE turnd_redis_up gauge\nturnd_redis_up {}", u8::from(f.up.get()));
+        let _ = writeln!(o, "# HELP turnd_redis_failures_total Redis sessions lost or refused (each followed by a reconnect with backoff).\n# TYPE turnd_redis_failures_total counter\nturnd_redis_failures_total {}", f.failures.get());
+        let _ = writeln!(o, "# HELP turnd_redis_users Users last read from Redis.\n# TYPE turnd_redis_users gauge\nturnd_redis_users {}", f.users.get());
+    }
     let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {
         let _ = writeln!(o, "# HELP turnd_user_relayed_bytes_total Payload bytes relayed per user and direction.\n# TYPE turnd_user_relayed_bytes_total counter");
@@ -527,12 +546,25 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
     }
     match (method, path.as_str()) {
         (Method::GET, "/readyz") => {
+            let redis = match &state.fleet {
+                None => String::new(),
+                Some(f) if f.up.get() => "redis: reachable\n".into(),
+                Some(f) => format!(
+                    "redis: unreachable for {} s, serving the {} users last read\n",
+                    f.down_since.get().map_or(0, |t| t.elapsed().as_secs()),
+                    f.users.get()
+                ),
+            };
             if state.core.borrow().is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("draining\n{redis}"),
+                )
             } else {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, &format!("ready\n{redis}"))
             }
         }
+        (_, p) if p.starts_with("/api/fleet/") => fleet_api(&req, &state, p).await,
         (Method::GET, "/api/status") => match gather(&state, false).await {
             Ok(view) => json(StatusCode::OK, &status_json(&state, &view)),
             Err(Busy) => busy(),
@@ -562,6 +594,99 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
         (Method::POST, "/api/credentials") => credentials(&req, &state),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/api/fleet/...` (see the module docs).
+async fn fleet_api(req: &Request<Incoming>, state: &HttpState, path: &str) -> Resp {
+    let Some(fleet) = &state.fleet else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no fleet: redis-userdb and redis-statsdb are not configured\n",
+        );
+    };
+    let unreachable = || text(StatusCode::SERVICE_UNAVAILABLE, "Redis is unreachable\n");
+    let rest = &path["/api/fleet/".len()..];
+    match (req.method(), rest) {
+        (&Method::GET, "allocations") => {
+            let Some(mut con) = fleet.statsdb.borrow().clone() else {
+                return unreachable();
+            };
+            match crate::fleet::fleet_allocations(&mut con).await {
+                Ok(list) => json(StatusCode::OK, &serde_json::json!(list)),
+                Err(_) => unreachable(),
+            }
+        }
+        (&Method::DELETE, r) if r.starts_with("allocations/") => {
+            let Some((node, id)) = r["allocations/".len()..].split_once('/') else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "expected /api/fleet/allocations/NODE/ID\n",
+                );
+            };
+            let Ok(id) = id.parse::<u64>() else {
+                return text(StatusCode::BAD_REQUEST, "allocation id must be a number\n");
+            };
+            if !crate::fleet::valid_node_name(node) {
+                return text(StatusCode::BAD_REQUEST, "not a node name\n");
+            }
+            let Some(mut con) = fleet.statsdb.borrow().clone() else {
+                return unreachable();
+            };
+            match crate::fleet::delete_allocation(&mut con, node, id).await {
+                Ok(()) => {
+                    info!(node, allocation = id, "fleet allocation delete published");
+                    respond(StatusCode::ACCEPTED, "text/plain", "")
+                }
+                Err(_) => unreachable(),
+            }
+        }
+        (&Method::DELETE, r) if r.starts_with("users/") => {
+            let name = percent_decode(&r["users/".len()..]);
+            if name.is_empty() {
+                return text(StatusCode::BAD_REQUEST, "expected /api/fleet/users/NAME\n");
+            }
+            let seconds: u64 = query_param(req.uri().query().unwrap_or(""), "seconds")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(86_400)
+                .clamp(1, 86_400 * 365);
+            let Some(mut con) = fleet.userdb.borrow().clone() else {
+                return if fleet.has_userdb {
+                    unreachable()
+                } else {
+                    text(StatusCode::CONFLICT, "revocation needs redis-userdb\n")
+                };
+            };
+            let realm = fleet.realm.borrow().clone();
+            match crate::fleet::revoke(&mut con, &realm, &name, seconds).await {
+                Ok(()) => {
+                    info!(user = %crate::untrusted::LogSafe(&name), seconds, "user revoked fleet-wide through the admin API");
+                    respond(StatusCode::ACCEPTED, "text/plain", "")
+                }
+                Err(_) => unreachable(),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `%XX` escapes of a path segment decoded (invalid ones kept as they are).
+fn percent_decode(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn credentials(req: &Request<Incoming>, state: &HttpState) -> Resp {

@@ -19,6 +19,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 
 pub mod fault;
+mod fleet;
 mod http;
 pub mod logging;
 mod stream;
@@ -531,9 +532,31 @@ fn new_shell(limits: stream::StreamLimits) -> Rc<Shell> {
 pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     fault::arm();
     resolve_relay_ips(&mut config)?;
-    if config.users.is_empty() && !config.use_auth_secret && config.userdb.is_none() {
+    if config.users.is_empty()
+        && !config.use_auth_secret
+        && config.userdb.is_none()
+        && config.redis_userdb.is_none()
+    {
         return Err(StartError::NoUsers);
     }
+    // The fleet's users are read before anything is served, waiting a few
+    // seconds at most: a Redis that is down leaves the node serving the
+    // configuration's users until it is back.
+    let fleet_status = match (&config.redis_userdb, &config.redis_statsdb) {
+        (None, None) => None,
+        (userdb, _) => {
+            let rows = match userdb {
+                Some(t) => fleet::initial_read(t, &config.realm).await,
+                None => None,
+            };
+            Some(Rc::new(fleet::FleetStatus::new(
+                config.server_name.clone(),
+                config.realm.clone(),
+                userdb.is_some(),
+                rows,
+            )))
+        }
+    };
     let mut userdb = match &config.userdb {
         Some(path) => Some(UserDbWatch::open(path)?),
         None => None,
@@ -666,6 +689,9 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     if let Some(db) = &mut userdb {
         server_config.credentials = db.credentials(&config)?;
     }
+    if let Some(rows) = fleet_status.as_ref().and_then(|f| f.rows.borrow().clone()) {
+        server_config.credentials = fleet::credentials_of(&config, &rows);
+    }
     let limits = stream::StreamLimits {
         idle_timeout: config.stream_idle_timeout,
         handshake_timeout: config.tls_handshake_timeout,
@@ -757,7 +783,22 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         started: Instant::now(),
         user_totals: RefCell::new(http::UserTotals::new(http::USER_TOTALS_CAP)),
         gather_lock: tokio::sync::Mutex::new(()),
+        fleet: fleet_status.clone(),
     });
+    if let Some(status) = &fleet_status {
+        let c = config.borrow();
+        let userdb = c.redis_userdb.clone();
+        let statsdb = c.redis_statsdb.clone().or(userdb.clone());
+        if let Some(statsdb) = statsdb {
+            tokio::task::spawn_local(fleet::run(
+                status.clone(),
+                userdb,
+                statsdb,
+                http_state.clone(),
+                shared.quota.clone(),
+            ));
+        }
+    }
     if let Some(l) = metrics_listener {
         let local = l.local_addr()?;
         tokio::task::spawn_local(http::serve(l, http_state.clone(), http::metrics));
@@ -796,7 +837,15 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             }
         });
     }
-    let drain = wait_for_shutdown(&cli, &config, &core, &workers, cert.as_deref()).await?;
+    let drain = wait_for_shutdown(
+        &cli,
+        &config,
+        &core,
+        &workers,
+        cert.as_deref(),
+        fleet_status.as_deref(),
+    )
+    .await?;
     let _ = notify::notify("STOPPING=1");
     if !drain.is_zero() {
         core.borrow_mut().start_draining();
@@ -1018,6 +1067,7 @@ async fn reload(
     config: &Rc<RefCell<Config>>,
     core: &Rc<RefCell<Server>>,
     workers: &Rc<worker::Workers>,
+    fleet: Option<&fleet::FleetStatus>,
 ) {
     let mut fresh = match Config::load(cli) {
         Ok(c) => c,
@@ -1062,6 +1112,15 @@ async fn reload(
             }
         }
     }
+    if fresh.redis_userdb.is_some() {
+        // Never waits on Redis: the users last read from it.
+        if let Some(rows) = fleet.and_then(|f| f.rows.borrow().clone()) {
+            server_config.credentials = fleet::credentials_of(&fresh, &rows);
+        }
+    }
+    if let Some(f) = fleet {
+        f.realm.replace(fresh.realm.clone());
+    }
     // Relay addresses and port ranges stay as started.
     let n = workers.count();
     let revoked = core
@@ -1087,6 +1146,7 @@ async fn wait_for_shutdown(
     core: &Rc<RefCell<Server>>,
     workers: &Rc<worker::Workers>,
     cert: Option<&tls::ReloadableCert>,
+    fleet: Option<&fleet::FleetStatus>,
 ) -> io::Result<Duration> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -1105,7 +1165,7 @@ async fn wait_for_shutdown(
                 if let Some(Err(e)) = logging::reopen_log_file() {
                     error!(error = %e, "SIGHUP: log file not reopened");
                 }
-                reload(cli, config, core, workers).await;
+                reload(cli, config, core, workers, fleet).await;
                 if let Some(cert) = cert {
                     match cert.reload() {
                         Ok(()) => info!("SIGHUP: TLS certificate reloaded; existing connections keep theirs"),

@@ -486,6 +486,10 @@ impl UdpWorker {
                     let deleted = self.core.delete_allocation_by_id(id, &mut self.io);
                     let _ = reply.send(deleted);
                 }
+                Control::RevokeUser(user, reply) => {
+                    let ended = self.core.delete_allocations_of_user(&user, &mut self.io);
+                    let _ = reply.send(ended);
+                }
                 Control::Stop(reply) => {
                     self.core.close_all(&mut self.io);
                     let _ = reply.send(self.core.stats());

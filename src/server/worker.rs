@@ -74,6 +74,9 @@ pub(super) enum Control {
     View(bool, oneshot::Sender<CoreView>),
     /// Admin API: end the allocation with this id, if it is here.
     Delete(u64, oneshot::Sender<bool>),
+    /// A fleet-wide revocation: end every allocation of this username;
+    /// answers with how many there were.
+    RevokeUser(Arc<str>, oneshot::Sender<usize>),
     /// Close every allocation and end the thread; answers with the counters.
     Stop(oneshot::Sender<Stats>),
 }
@@ -385,6 +388,19 @@ impl Workers {
             true,
         )
         .await
+    }
+
+    /// Ends every allocation of `user` on every UDP worker; returns how
+    /// many ended (workers that do not answer in time count none).
+    pub async fn revoke_user(&self, user: &str) -> usize {
+        let user: Arc<str> = user.into();
+        self.ask_all(
+            |_, tx| Control::RevokeUser(user.clone(), tx),
+            "a revocation",
+            false,
+        )
+        .await
+        .map_or(0, |n| n.into_iter().sum())
     }
 
     /// Ends allocation `id` on whichever UDP worker holds it.

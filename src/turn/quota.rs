@@ -13,6 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 struct Ledger {
     per_user: HashMap<Arc<str>, u32>,
     total: usize,
+    /// Other nodes' live allocations per username (a fleet sharing Redis),
+    /// counted against `user-quota` too.
+    remote: HashMap<String, u32>,
+    /// Bumped by every change of `per_user`.
+    version: u64,
 }
 
 /// Live allocations per username and in all, shared by the workers of one
@@ -54,7 +59,12 @@ impl QuotaLedger {
     ) -> bool {
         let mut l = self.lock();
         let n = l.per_user.get(user).copied().unwrap_or(0);
-        if (user_quota > 0 && n + slots > user_quota)
+        let elsewhere = if user_quota > 0 && !l.remote.is_empty() {
+            l.remote.get(&**user).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        if (user_quota > 0 && n.saturating_add(elsewhere).saturating_add(slots) > user_quota)
             || (total_quota > 0 && l.total + slots as usize > total_quota as usize)
         {
             return false;
@@ -62,6 +72,7 @@ impl QuotaLedger {
         if slots > 0 {
             l.per_user.insert(user.clone(), n + slots);
             l.total += slots as usize;
+            l.version += 1;
         }
         true
     }
@@ -75,7 +86,37 @@ impl QuotaLedger {
                 l.per_user.remove(user);
             }
             l.total -= 1;
+            l.version += 1;
         }
+    }
+
+    /// Replaces the other nodes' counts (username -> live allocations), as
+    /// read from the fleet's Redis; they count against `user-quota`.
+    pub fn set_remote(&self, counts: HashMap<String, u32>) {
+        self.lock().remote = counts;
+    }
+
+    /// Other nodes' live allocations of `user`, as last read.
+    pub fn remote_count(&self, user: &str) -> u32 {
+        self.lock().remote.get(user).copied().unwrap_or(0)
+    }
+
+    /// A number that changes whenever this node's counts change.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// This node's live allocations per username, with the version they
+    /// were read at.
+    pub fn snapshot(&self) -> (u64, HashMap<String, u32>) {
+        let l = self.lock();
+        (
+            l.version,
+            l.per_user
+                .iter()
+                .map(|(u, n)| (u.to_string(), *n))
+                .collect(),
+        )
     }
 
     /// Live allocations of `user`.
@@ -112,5 +153,24 @@ mod tests {
         a.release("bob");
         a.release("nobody");
         assert_eq!(a.total(), 0);
+    }
+
+    #[test]
+    fn other_nodes_count_against_the_user_quota_only() {
+        let a = QuotaLedger::new();
+        let u: Arc<str> = "alice".into();
+        let v0 = a.version();
+        a.set_remote(HashMap::from([("alice".to_owned(), 1)]));
+        assert!(a.try_acquire(&u, 2, 0));
+        assert!(a.version() > v0);
+        assert!(!a.try_acquire(&u, 2, 0), "one here and one elsewhere");
+        assert!(
+            a.try_acquire(&u, 0, 0),
+            "no user quota: remote counts ignored"
+        );
+        assert_eq!(a.snapshot().1["alice"], 2);
+        assert_eq!(a.total(), 2, "total-quota counts this node only");
+        a.set_remote(HashMap::new());
+        assert!(a.try_acquire(&u, 3, 0));
     }
 }

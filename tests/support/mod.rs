@@ -12,6 +12,7 @@
 //! - [`netns`]: interfaces and addresses in the test's own network
 //!   namespace (`ip`), only when it is private.
 //! - [`ports`]: the relay port ranges of every test file, from one table.
+//! - [`redis`]: a real `redis-server` for the fleet tests.
 //!
 //! Every loop here is bounded and every wait has a timeout: a test that hangs
 //! is a failed test, with the server's log printed.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod stream;
 
 pub use cert::*;
@@ -35,6 +37,7 @@ pub use client::*;
 pub use http::*;
 pub use ports::*;
 pub use process::*;
+pub use redis::*;
 pub use stream::*;
 
 /// The test realm every server is started with.

@@ -60,6 +60,8 @@ pub enum Suite {
     Faults,
     /// `tests/soak.rs` (the short soak).
     Soak,
+    /// `tests/fleet_redis.rs`.
+    FleetRedis,
     /// `tests/browser/tcp_tls.test.mjs` (reserved here; `RELAY_PORTS` in
     /// `tests/browser/harness.mjs` hands it out).
     BrowserTcpTls,
@@ -110,6 +112,7 @@ const BLOCKS: &[Block] = &[
     block(Suite::BrowserAdmin, 25900, 100, 1),    // 25900-25999
     block(Suite::Workers, 26000, 100, 5),         // 26000-26499
     block(Suite::StreamHostile, 26500, 20, 10),   // 26500-26699
+    block(Suite::FleetRedis, 26700, 20, 15),      // 26700-26999
     block(Suite::BrowserWebrtc, 40000, 1000, 1),  // 40000-40999
     block(Suite::BrowserRest, 41000, 1000, 1),    // 41000-41999
     block(Suite::AuthRestSecret, 42000, 100, 10), // 42000-42999

@@ -27,12 +27,15 @@ pub enum AuthFailure {
     NoKeyForAlgorithm,
     /// No such user (and no REST secret to derive one).
     UnknownUser,
+    /// The username was revoked fleet-wide (`turnd user revoke`, the admin
+    /// API's `DELETE /api/fleet/users/NAME`).
+    Revoked,
 }
 
 impl AuthFailure {
     /// Short snake_case name for logs and metric labels: `wrong_realm`,
     /// `integrity_mismatch`, `rest_expired`, `no_key_for_algorithm`,
-    /// `unknown_user`.
+    /// `unknown_user`, `revoked`.
     pub const fn as_str(self) -> &'static str {
         match self {
             AuthFailure::WrongRealm => "wrong_realm",
@@ -40,6 +43,7 @@ impl AuthFailure {
             AuthFailure::RestExpired => "rest_expired",
             AuthFailure::NoKeyForAlgorithm => "no_key_for_algorithm",
             AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::Revoked => "revoked",
         }
     }
 
@@ -51,6 +55,7 @@ impl AuthFailure {
             AuthFailure::RestExpired => "rest credentials expired",
             AuthFailure::NoKeyForAlgorithm => "no key for the requested password algorithm",
             AuthFailure::UnknownUser => "unknown user",
+            AuthFailure::Revoked => "revoked user",
         }
     }
 }
@@ -181,6 +186,7 @@ impl Server {
             (Err(LookupFailure::UnknownUser), _) => {
                 return Err(failure(self, AuthFailure::UnknownUser))
             }
+            (Err(LookupFailure::Revoked), _) => return Err(failure(self, AuthFailure::Revoked)),
         };
         // The allocation's owner must keep using the same username (441).
         if let Some(a) = self.allocations.get(&ft) {

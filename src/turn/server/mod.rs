@@ -703,6 +703,22 @@ impl Server {
         true
     }
 
+    /// Deletes every allocation of `user` (a fleet-wide revocation);
+    /// returns how many there were.
+    pub fn delete_allocations_of_user(&mut self, user: &str, io: &mut impl RelayIo) -> usize {
+        let doomed: Vec<FiveTuple> = self
+            .allocations
+            .values()
+            .filter(|a| &*a.username == user)
+            .map(|a| a.five_tuple)
+            .collect();
+        for ft in &doomed {
+            self.stats.allocations_deleted += 1;
+            self.delete_allocation(*ft, io, AllocationEnd::AdminDeleted);
+        }
+        doomed.len()
+    }
+
     /// Relay addresses and the ports still free on each (in the pools all
     /// workers share).
     pub fn relay_ports_free(&self) -> Vec<(IpAddr, usize)> {
