@@ -42,8 +42,12 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_FAST: Duration = Duration::from_secs(1);
 /// Poll of users and secrets as a safety net beside keyspace notifications.
 const POLL_SLOW: Duration = Duration::from_secs(30);
-/// How often the registry is brought up to date.
+/// How often the registry is brought up to date (new, refreshed and ended
+/// allocations).
 const REGISTRY_EVERY: Duration = Duration::from_secs(1);
+/// How often an allocation's byte counts are rewritten in the registry at
+/// most (a relaying allocation would otherwise cost a write every second).
+const REGISTRY_BYTES_EVERY: Duration = Duration::from_secs(10);
 /// The task's tick.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -165,8 +169,17 @@ pub(super) async fn run(
 struct Published {
     /// The ledger version of the counts written (None: write them).
     counts: Option<u64>,
-    /// id -> (entry, unix expiry) of the allocations in the registry.
-    allocations: HashMap<u64, (RegistryEntry, u64)>,
+    /// The allocations in the registry, by id.
+    allocations: HashMap<u64, Registered>,
+}
+
+/// One allocation as last written to the registry.
+struct Registered {
+    entry: RegistryEntry,
+    /// Its expiry (Unix seconds) as last published in its status key.
+    expiry: u64,
+    /// When its registry entry was last written.
+    written: Instant,
 }
 
 fn err(e: redis::RedisError) -> String {
@@ -458,8 +471,7 @@ async fn sync_registry(
     let hash = keys::node_allocations(node);
     let mut p = redis::pipe();
     let mut writes = 0usize;
-    let mut seen: HashMap<u64, (RegistryEntry, u64)> =
-        HashMap::with_capacity(view.allocations.len());
+    let mut seen: HashMap<u64, Registered> = HashMap::with_capacity(view.allocations.len());
     for a in &view.allocations {
         let left = a.expires.saturating_duration_since(now).as_secs().max(1);
         let entry = RegistryEntry {
@@ -474,53 +486,61 @@ async fn sync_registry(
             lifetime_s: left,
         };
         let expiry = unix + left;
-        let status_key = keys::allocation_status(&realm, &entry.user, &format!("{node}-{}", a.id));
-        match published.allocations.get(&a.id) {
-            None => {
-                let v = format!("new lifetime={left}");
-                p.set_ex(&status_key, &v, left).ignore();
-                p.publish(&status_key, &v).ignore();
-                writes += 1;
-            }
-            // A refresh moves the expiry by more than the rounding of a
-            // second's sync.
-            Some((_, old)) if expiry.abs_diff(*old) > 2 => {
-                let v = format!("refreshed lifetime={left}");
-                p.set_ex(&status_key, &v, left).ignore();
-                p.publish(&status_key, &v).ignore();
-                writes += 1;
-            }
-            _ => {}
-        }
-        let changed = published.allocations.get(&a.id).is_none_or(|(old, _)| {
-            old.bytes_to_peer != entry.bytes_to_peer || old.bytes_to_client != entry.bytes_to_client
-        });
-        let expiry = match published.allocations.get(&a.id) {
-            Some((_, old)) if expiry.abs_diff(*old) <= 2 => *old,
-            _ => expiry,
+        let prev = published.allocations.remove(&a.id);
+        // A refresh moves the expiry by more than a second's rounding.
+        let status = match &prev {
+            None => Some("new"),
+            Some(r) if expiry.abs_diff(r.expiry) > 2 => Some("refreshed"),
+            Some(_) => None,
         };
-        if changed || !published.allocations.contains_key(&a.id) {
-            if let Ok(json) = serde_json::to_string(&entry) {
-                p.hset(&hash, a.id, json).ignore();
-                writes += 1;
+        if let Some(kind) = status {
+            let key = keys::allocation_status(&realm, &entry.user, &format!("{node}-{}", a.id));
+            let v = format!("{kind} lifetime={left}");
+            p.set_ex(&key, &v, left).ignore();
+            p.publish(&key, &v).ignore();
+            writes += 1;
+        }
+        // Byte counts alone are rewritten at most every REGISTRY_BYTES_EVERY.
+        let due = match &prev {
+            None => true,
+            Some(r) => {
+                status.is_some()
+                    || ((r.entry.bytes_to_peer, r.entry.bytes_to_client)
+                        != (entry.bytes_to_peer, entry.bytes_to_client)
+                        && now.duration_since(r.written) >= REGISTRY_BYTES_EVERY)
             }
-        }
-        seen.insert(a.id, (entry, expiry));
+        };
+        let registered = match prev {
+            Some(r) if !due => r,
+            _ => {
+                if let Ok(json) = serde_json::to_string(&entry) {
+                    p.hset(&hash, a.id, json).ignore();
+                    writes += 1;
+                }
+                Registered {
+                    entry,
+                    expiry,
+                    written: now,
+                }
+            }
+        };
+        seen.insert(a.id, registered);
     }
-    for (id, (old, _)) in &published.allocations {
-        if seen.contains_key(id) {
-            continue;
-        }
-        let status_key = keys::allocation_status(&realm, &old.user, &format!("{node}-{id}"));
+    // What is left was published and has ended.
+    for (id, gone) in published.allocations.drain() {
+        let status_key = keys::allocation_status(&realm, &gone.entry.user, &format!("{node}-{id}"));
         p.del(&status_key).ignore();
         p.publish(&status_key, "deleted").ignore();
         let traffic = status_key.replace("/status", "/total_traffic");
         p.publish(
             &traffic,
-            format!("rcvb={}, sentb={}", old.bytes_to_peer, old.bytes_to_client),
+            format!(
+                "rcvb={}, sentb={}",
+                gone.entry.bytes_to_peer, gone.entry.bytes_to_client
+            ),
         )
         .ignore();
-        p.hdel(&hash, *id).ignore();
+        p.hdel(&hash, id).ignore();
         writes += 1;
     }
     if writes > 0 {
