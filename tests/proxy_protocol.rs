@@ -104,12 +104,20 @@ fn v2_local() -> Vec<u8> {
     h
 }
 
-/// A TCP client from 127.0.0.1 to `server` that first sends `header`.
+/// A TCP client from `ip` to `server` that first sends `bytes` (a PROXY
+/// header). A failed write is ignored: turnd may have closed the connection
+/// already, which the test then sees.
+#[track_caller]
+fn sending_from(ip: &str, server: SocketAddr, bytes: &[u8]) -> StreamClient {
+    let mut sock = connect_from(ip, server);
+    let _ = sock.write_all(bytes);
+    StreamClient::over_tcp(sock, server)
+}
+
+/// [`sending_from`] 127.0.0.1.
 #[track_caller]
 fn with_header(server: SocketAddr, header: &[u8]) -> StreamClient {
-    let mut sock = connect_from("127.0.0.1", server);
-    sock.write_all(header).unwrap();
-    StreamClient::over_tcp(sock)
+    sending_from("127.0.0.1", server, header)
 }
 
 /// True when a Binding sent on `c` gets no answer and the server closes the
@@ -208,9 +216,7 @@ fn header_and_first_request_in_one_segment() {
     let (_server, l) = start_proxied(1, "127.0.0.1", &[]);
     for (header, src) in both_versions("198.51.100.8:5000", l.tcp()) {
         let (tid, request) = binding_request();
-        let mut sock = connect_from("127.0.0.1", l.tcp());
-        sock.write_all(&[header, request].concat()).unwrap();
-        let mut c = StreamClient::over_tcp(sock);
+        let mut c = with_header(l.tcp(), &[header, request].concat());
         let r = c.await_response(tid, WAIT).expect("Binding answered");
         assert_eq!(mapped(&r), src);
     }
@@ -220,7 +226,7 @@ fn header_and_first_request_in_one_segment() {
 fn header_written_one_byte_at_a_time() {
     let (_server, l) = start_proxied(2, "127.0.0.1", &[]);
     for (header, src) in both_versions("198.51.100.9:6000", l.tcp()) {
-        let mut c = StreamClient::over_tcp(connect_from("127.0.0.1", l.tcp()));
+        let mut c = with_header(l.tcp(), &[]);
         c.send_trickle(&header, Duration::from_millis(5));
         assert_eq!(mapped(&c.binding()), src);
     }
@@ -242,10 +248,8 @@ fn untrusted_source_is_closed_unanswered() {
     let mut c = with_header(l.tcp(), &v1("198.51.100.7:40001".parse().unwrap(), l.tcp()));
     assert!(closed_unanswered(&mut c, WAIT), "untrusted source served");
     // The trusted one is served.
-    let mut sock = connect_from("127.0.0.2", l.tcp());
-    sock.write_all(&v2_proxy("198.51.100.7:40001".parse().unwrap(), l.tcp()))
-        .unwrap();
-    let mut c = StreamClient::over_tcp(sock);
+    let header = v2_proxy("198.51.100.7:40001".parse().unwrap(), l.tcp());
+    let mut c = sending_from("127.0.0.2", l.tcp(), &header);
     assert_eq!(mapped(&c.binding()), "198.51.100.7:40001".parse().unwrap());
 }
 
@@ -282,7 +286,7 @@ fn a_header_that_does_not_arrive_in_time_is_closed() {
     let (_server, l) = start_proxied(6, "127.0.0.1", &["--tls-handshake-timeout", "1"]);
     let started = Instant::now();
     // Silent, and half a header then silence.
-    let mut silent = StreamClient::over_tcp(connect_from("127.0.0.1", l.tcp()));
+    let mut silent = with_header(l.tcp(), &[]);
     let mut half = with_header(l.tcp(), b"PROXY TCP4 198.51.1");
     assert!(silent.wait_closed(WAIT), "silent connection kept");
     assert!(half.wait_closed(WAIT), "half a header kept");
@@ -326,6 +330,32 @@ fn limits_and_client_lists_apply_to_the_header_address() {
         "denied-client-ip answered through the PROXY header"
     );
     a.binding();
+}
+
+#[test]
+fn connections_awaiting_their_header_count_toward_max_connections() {
+    let (_server, l) = start_proxied(3, "127.0.0.1", &["--max-connections", "2"]);
+    let dst = l.tcp();
+    let silent: Vec<StreamClient> = (0..2).map(|_| with_header(dst, &[])).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Refused at accept, long before the silent ones' header timeout.
+    let mut third = with_header(dst, &v1("198.51.100.3:3000".parse().unwrap(), dst));
+    assert!(
+        closed_unanswered(&mut third, Duration::from_secs(2)),
+        "a third connection admitted"
+    );
+    drop(silent);
+    let mut port = 3001;
+    let served = wait_until(WAIT, || {
+        port += 1;
+        let src = SocketAddr::from(([198, 51, 100, 3], port));
+        let mut c = with_header(dst, &v1(src, dst));
+        let (tid, req) = binding_request();
+        c.try_send_raw(&req)
+            && c.await_response(tid, Duration::from_millis(300))
+                .is_some_and(|r| mapped(&r) == src)
+    });
+    assert!(served, "no room again after the silent connections closed");
 }
 
 #[test]
@@ -445,7 +475,7 @@ fn proxy_header_then_tls_on_the_tcp_port() {
     ] {
         let mut sock = connect_from("127.0.0.1", port);
         sock.write_all(&header).unwrap();
-        let mut c = StreamClient::over_tls(sock, config.clone())
+        let mut c = StreamClient::over_tls(sock, port, config.clone())
             .unwrap_or_else(|e| panic!("TLS after a PROXY header to {port}: {e}"));
         assert_eq!(mapped(&c.binding()), "198.51.100.77:7777".parse().unwrap());
     }
@@ -541,15 +571,13 @@ impl Drop for HaProxy {
 fn turn_through_haproxy(slot: u16, name: &str, server_options: &str) {
     let (server, l) = start_proxied(slot, "127.0.0.1", &["--allow-loopback-peers"]);
     let haproxy = HaProxy::start(name, l.tcp(), server_options);
-    let mut c = StreamClient::over_tcp(connect_from("127.0.0.2", haproxy.addr));
+    let mut c = sending_from("127.0.0.2", haproxy.addr, &[]);
     let me = c.local_addr();
     assert_eq!(me.ip().to_string(), "127.0.0.2");
     assert_eq!(mapped(&c.binding()), me, "the client, not haproxy");
     relays_both_ways(&mut c, &server, b"via haproxy");
     // A direct connection from 127.0.0.2 (not trusted) is closed, header or not.
-    let mut sock = connect_from("127.0.0.2", l.tcp());
-    sock.write_all(&v1(me, l.tcp())).unwrap();
-    let mut direct = StreamClient::over_tcp(sock);
+    let mut direct = sending_from("127.0.0.2", l.tcp(), &v1(me, l.tcp()));
     assert!(
         closed_unanswered(&mut direct, WAIT),
         "untrusted direct client served"
@@ -579,8 +607,12 @@ fn haproxy_tls_passthrough_send_proxy_v2() {
     let (server, l) = start_proxied(12, "127.0.0.1", &args);
     let haproxy = HaProxy::start("haproxy-tls", l.tls(), "send-proxy-v2");
     let config = tls_client_config(&[&cert.der], &[], &[ALPN_STUN_TURN]);
-    let mut c = StreamClient::over_tls(connect_from("127.0.0.2", haproxy.addr), config)
-        .expect("TLS handshake through haproxy");
+    let mut c = StreamClient::over_tls(
+        connect_from("127.0.0.2", haproxy.addr),
+        haproxy.addr,
+        config,
+    )
+    .expect("TLS handshake through haproxy");
     assert_eq!(c.alpn().as_deref(), Some(ALPN_STUN_TURN));
     let me = c.local_addr();
     assert_eq!(mapped(&c.binding()), me, "the client, not haproxy");

@@ -216,30 +216,36 @@ impl ConnectionGate {
     /// # Errors
     /// [`Refused`] (and counts it) when either limit is reached.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        self.admit_unattributed()?.attribute(ip)
+    }
+
+    /// Counts a new connection whose client is not known yet (its PROXY
+    /// header is still to come) against `max-connections` only; the permit
+    /// is given its client with [`ConnectionPermit::attribute`].
+    ///
+    /// # Errors
+    /// [`Refused::Total`] (and counts it) when `max-connections` are open.
+    pub(super) fn admit_unattributed(self: &Arc<Self>) -> Result<ConnectionPermit, Refused> {
+        let _m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.open.load(Ordering::Relaxed) >= self.max_total {
             self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Total);
         }
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::PerIp);
-        }
-        *n += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(ConnectionPermit {
             gate: self.clone(),
-            ip,
+            ip: None,
         })
     }
 
-    fn release(&self, ip: IpAddr) {
+    fn release(&self, ip: Option<IpAddr>) {
         let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
+        if let Some(ip) = ip {
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
             }
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
@@ -264,7 +270,38 @@ impl ConnectionGate {
 #[derive(Debug)]
 pub(super) struct ConnectionPermit {
     gate: Arc<ConnectionGate>,
-    ip: IpAddr,
+    /// The client it counts for under `max-connections-per-ip`; `None`
+    /// while a PROXY header is awaited.
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionPermit {
+    /// Counts this connection for client `ip` under
+    /// `max-connections-per-ip` (once; a permit that has its client already
+    /// is returned as it is).
+    ///
+    /// # Errors
+    /// [`Refused::PerIp`] (and counts it, and gives the place back) when
+    /// `ip` has its `max-connections-per-ip` open.
+    pub(super) fn attribute(mut self, ip: IpAddr) -> Result<Self, Refused> {
+        if self.ip.is_some() {
+            return Ok(self);
+        }
+        let gate = self.gate.clone();
+        let mut m = gate.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= gate.max_per_ip {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            gate.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            drop(m);
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(self)
+    }
 }
 
 impl Drop for ConnectionPermit {
@@ -590,18 +627,23 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
         };
         failures.on_success(local);
         let deadline = Instant::now() + acceptor.limits.auth_timeout;
-        // Behind a load balancer the limits count the client its PROXY
-        // header names, once read; without, the source, before any read.
-        let permit = match &acceptor.proxy {
+        // Behind a load balancer `max-connections-per-ip` counts the client
+        // its PROXY header names, once read; without, the source, before
+        // any read.
+        let admitted = match &acceptor.proxy {
             Some(trusted) if !trusted.trusts(peer.ip()) => {
                 debug!(%peer, "proxy-protocol: source outside proxy-protocol-trusted: closed");
                 continue;
             }
-            Some(_) => None,
-            None => match admit(&acceptor.gate, peer) {
-                Some(p) => Some(p),
-                None => continue,
-            },
+            Some(_) => acceptor.gate.admit_unattributed(),
+            None => acceptor.gate.admit(peer.ip()),
+        };
+        let permit = match admitted {
+            Ok(p) => p,
+            Err(refused) => {
+                log_refused(peer, refused);
+                continue;
+            }
         };
         let Ok(server) = stream.local_addr() else {
             continue;
@@ -619,26 +661,18 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
     }
 }
 
-/// Counts a connection from `peer` against `max-connections` and
-/// `max-connections-per-ip`; `None` (logged) when refused.
-fn admit(gate: &Arc<ConnectionGate>, peer: SocketAddr) -> Option<ConnectionPermit> {
-    match gate.admit(peer.ip()) {
-        Ok(p) => Some(p),
-        Err(Refused::Total) => {
-            debug!(%peer, "max-connections reached: refused");
-            None
-        }
-        Err(Refused::PerIp) => {
-            debug!(%peer, "too many connections from this address: refused");
-            None
-        }
+/// Logs (at debug) a connection from `peer` that a limit refused.
+fn log_refused(peer: SocketAddr, refused: Refused) {
+    match refused {
+        Refused::Total => debug!(%peer, "max-connections reached: refused"),
+        Refused::PerIp => debug!(%peer, "too many connections from this address: refused"),
     }
 }
 
 /// Readies a connection accepted from `via` for the main thread: its PROXY
-/// header (when `permit` is `None`: `proxy-protocol` is on) and then its
-/// admission, TLS detection on a plain TCP listener, the TLS handshake,
-/// and its first complete frame.
+/// header (when `proxy-protocol` is on) and the client's
+/// `max-connections-per-ip`, TLS detection on a plain TCP listener, the
+/// TLS handshake, and its first complete frame.
 ///
 /// # Errors
 /// Why the connection is closed unanswered: a missing, malformed or late
@@ -649,14 +683,14 @@ async fn prepare(
     via: SocketAddr,
     server: SocketAddr,
     deadline: Instant,
-    permit: Option<ConnectionPermit>,
+    permit: ConnectionPermit,
     acceptor: &Acceptor,
 ) -> Result<Accepted, String> {
     let limits = acceptor.limits;
     let handshake_limit = limits.handshake_timeout.min(limits.auth_timeout);
-    let (peer, permit) = match permit {
-        Some(p) => (via, p),
-        None => {
+    let (peer, permit) = match acceptor.proxy {
+        None => (via, permit),
+        Some(_) => {
             let header = tokio::time::timeout(handshake_limit, read_proxy_header(&mut stream));
             let peer = match header.await {
                 Ok(Ok(ProxySource::Client(client))) => {
@@ -671,8 +705,13 @@ async fn prepare(
                     )
                 }
             };
-            let permit = admit(&acceptor.gate, peer).ok_or("refused by a connection limit")?;
-            (peer, permit)
+            match permit.attribute(peer.ip()) {
+                Ok(permit) => (peer, permit),
+                Err(refused) => {
+                    log_refused(peer, refused);
+                    return Err("refused by max-connections-per-ip".into());
+                }
+            }
         }
     };
     let tls = match &acceptor.kind {
