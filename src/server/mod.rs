@@ -1041,6 +1041,11 @@ async fn reload(
                 "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
             );
         }
+        if fresh.proxy_protocol != old.proxy_protocol
+            || fresh.proxy_protocol_trusted != old.proxy_protocol_trusted
+        {
+            warn!("SIGHUP: proxy-protocol options changed in the file; they take effect at the next restart");
+        }
     }
     let mut server_config = fresh.server_config();
     server_config.host_ips = host_ips(&fresh);
