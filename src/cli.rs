@@ -205,6 +205,17 @@ pub struct Cli {
     /// accept (default 10000).
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<u32>,
+    /// Every TCP/TLS connection starts with a PROXY protocol header (v1 or
+    /// v2, HAProxy's) from a load balancer in `proxy-protocol-trusted`; the
+    /// client address it carries is the client's. Needs
+    /// `--proxy-protocol-trusted`.
+    #[arg(long = "proxy-protocol")]
+    pub proxy_protocol: bool,
+    /// Load balancers allowed to send PROXY headers (IP, CIDR or
+    /// FIRST-LAST; repeatable); connections from anyone else are closed
+    /// unanswered while `proxy-protocol` is on.
+    #[arg(long = "proxy-protocol-trusted", value_name = "RANGE")]
+    pub proxy_protocol_trusted: Vec<String>,
     /// Seconds to keep relaying existing allocations after SIGTERM while
     /// refusing new ones (0: close at once). Default 0.
     #[arg(long = "drain-timeout", value_name = "SECONDS")]

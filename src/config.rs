@@ -130,6 +130,8 @@ struct FileConfig {
     max_connections_per_ip: Option<u32>,
     stream_auth_timeout: Option<u64>,
     max_connections: Option<u32>,
+    proxy_protocol: Option<bool>,
+    proxy_protocol_trusted: Option<OneOrMany>,
     server_name: Option<String>,
     no_multicast_peers: Option<bool>,
     no_cli: Option<bool>,
@@ -204,6 +206,8 @@ pub const TOML_KEYS: &[&str] = &[
     "max-connections-per-ip",
     "stream-auth-timeout",
     "max-connections",
+    "proxy-protocol",
+    "proxy-protocol-trusted",
     "server-name",
     "no-multicast-peers",
     "no-cli",
@@ -370,6 +374,12 @@ pub struct Config {
     /// Concurrent TCP/TLS client connections in all; beyond, new ones are
     /// closed at accept.
     pub max_connections: u32,
+    /// `proxy-protocol`: every TCP/TLS connection starts with a PROXY
+    /// protocol header (v1 or v2) whose client address is the client's.
+    pub proxy_protocol: bool,
+    /// `proxy-protocol-trusted`: the sources allowed to send PROXY headers
+    /// (never empty while `proxy_protocol` is on).
+    pub proxy_protocol_trusted: Vec<IpRange>,
     /// Relay existing allocations this long after SIGTERM.
     pub drain_timeout: Duration,
     /// Relay workers (`relay-threads`); 0 means one per CPU the process may use.
@@ -632,6 +642,8 @@ impl Default for Config {
             max_connections_per_ip: 256,
             stream_auth_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            proxy_protocol: false,
+            proxy_protocol_trusted: Vec::new(),
             drain_timeout: Duration::ZERO,
             relay_threads: 0,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
@@ -1085,6 +1097,15 @@ impl Config {
         layered!(self, layers, seconds: stream_auth_timeout);
         layered!(self, layers, value: max_connections);
         self.max_connections = self.max_connections.max(1);
+        self.proxy_protocol = on(cli.proxy_protocol, file.proxy_protocol);
+        self.proxy_protocol_trusted = ranges(
+            "proxy-protocol-trusted",
+            &file.proxy_protocol_trusted,
+            &cli.proxy_protocol_trusted,
+        )?;
+        if self.proxy_protocol && self.proxy_protocol_trusted.is_empty() {
+            return Err(layers.error(cli.proxy_protocol, "option `proxy-protocol`: needs `proxy-protocol-trusted`, the addresses of the load balancers allowed to send PROXY headers (an empty list would trust nobody)".into()));
+        }
         if self.stream_auth_timeout.is_zero() {
             return Err(
                 layers.file_error("option `stream-auth-timeout`: must be at least 1".into())

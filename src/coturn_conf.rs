@@ -248,6 +248,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("max-connections-per-ip", Kind::Int),
     ("stream-auth-timeout", Kind::Int),
     ("max-connections", Kind::Int),
+    ("proxy-protocol", Kind::Bool),
+    ("proxy-protocol-trusted", Kind::List),
     ("log-format", Kind::Str),
     ("drain-timeout", Kind::Int),
     ("socket-buffer", Kind::Int),

@@ -22,6 +22,7 @@ pub mod fault;
 mod fleet;
 mod http;
 pub mod logging;
+mod proxy;
 mod stream;
 mod tls;
 mod udp;
@@ -730,17 +731,18 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         info!(%local, "listening on udp");
     }
     let mut stream_listeners = Vec::new();
+    // With TLS configured, the TCP listeners serve TLS too (by first byte).
+    let acceptor = cert.as_ref().map(|cert| tls::acceptor(cert.clone()));
     for l in tcp_listeners {
         let local = l.local_addr()?;
-        stream_listeners.push((l, None));
+        stream_listeners.push((l, stream::ListenerKind::Tcp(acceptor.clone())));
         println!("turnd: listening on tcp {local}");
         info!(%local, "listening on tcp");
     }
-    if let Some(cert) = &cert {
-        let acceptor = tls::acceptor(cert.clone());
+    if let Some(acceptor) = &acceptor {
         for l in tls_listeners {
             let local = l.local_addr()?;
-            stream_listeners.push((l, Some(acceptor.clone())));
+            stream_listeners.push((l, stream::ListenerKind::Tls(acceptor.clone())));
             println!("turnd: listening on tls {local}");
             info!(%local, "listening on tls");
         }
@@ -752,7 +754,12 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         ));
         let _ = shell.gate.set(gate.clone());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        stream::spawn_acceptor(stream_listeners, gate, limits, tx)?;
+        let proxy = config.proxy_protocol.then(|| {
+            std::sync::Arc::new(proxy::TrustedProxies::new(
+                config.proxy_protocol_trusted.clone(),
+            ))
+        });
+        stream::spawn_acceptor(stream_listeners, gate, limits, proxy, tx)?;
         tokio::task::spawn_local(stream::serve_accepted(rx, shell.clone(), core.clone()));
     }
     {
@@ -1083,6 +1090,11 @@ async fn reload(
             warn!(
                 "SIGHUP: listening addresses changed in the file; they take effect at the next restart"
             );
+        }
+        if fresh.proxy_protocol != old.proxy_protocol
+            || fresh.proxy_protocol_trusted != old.proxy_protocol_trusted
+        {
+            warn!("SIGHUP: proxy-protocol options changed in the file; they take effect at the next restart");
         }
     }
     let mut server_config = fresh.server_config();

@@ -19,6 +19,15 @@
 //! CPU-heavy, attacker-paced part of a connection stays off the main
 //! thread, and no TCP or TLS work ever runs on a UDP worker.
 //!
+//! Behind a load balancer (`proxy-protocol`), the acceptor first closes
+//! connections from sources outside `proxy-protocol-trusted`, then reads
+//! the PROXY header ([`super::proxy`]) within `tls-handshake-timeout`; the
+//! client address it names is the connection's from then on (the 5-tuple,
+//! so XOR-MAPPED-ADDRESS, nonces, client lists, logs and metrics), and the
+//! connection limits are applied to it. With TLS configured, a connection
+//! to a plain TCP listener whose first byte opens a TLS handshake record is
+//! served as TLS ([`ListenerKind::Tcp`]).
+//!
 //! A connection is the allocation's 5-tuple: closing it deletes the
 //! allocation. Garbage or an oversized frame closes that connection only.
 //! Before it has an allocation (or, as an RFC 6062 data connection, a
@@ -52,6 +61,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use super::proxy::{read_header as read_proxy_header, ProxySource, TrustedProxies};
 use super::{Shell, ShellIo, OUT_BUFFER};
 use crate::stun::stream_frame_len;
 use crate::turn::{FiveTuple, Server, Transport};
@@ -206,30 +216,36 @@ impl ConnectionGate {
     /// # Errors
     /// [`Refused`] (and counts it) when either limit is reached.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        self.admit_unattributed()?.attribute(ip)
+    }
+
+    /// Counts a new connection whose client is not known yet (its PROXY
+    /// header is still to come) against `max-connections` only; the permit
+    /// is given its client with [`ConnectionPermit::attribute`].
+    ///
+    /// # Errors
+    /// [`Refused::Total`] (and counts it) when `max-connections` are open.
+    pub(super) fn admit_unattributed(self: &Arc<Self>) -> Result<ConnectionPermit, Refused> {
+        let _m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.open.load(Ordering::Relaxed) >= self.max_total {
             self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Total);
         }
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::PerIp);
-        }
-        *n += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(ConnectionPermit {
             gate: self.clone(),
-            ip,
+            ip: None,
         })
     }
 
-    fn release(&self, ip: IpAddr) {
+    fn release(&self, ip: Option<IpAddr>) {
         let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
+        if let Some(ip) = ip {
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
             }
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
@@ -254,7 +270,38 @@ impl ConnectionGate {
 #[derive(Debug)]
 pub(super) struct ConnectionPermit {
     gate: Arc<ConnectionGate>,
-    ip: IpAddr,
+    /// The client it counts for under `max-connections-per-ip`; `None`
+    /// while a PROXY header is awaited.
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionPermit {
+    /// Counts this connection for client `ip` under
+    /// `max-connections-per-ip` (once; a permit that has its client already
+    /// is returned as it is).
+    ///
+    /// # Errors
+    /// [`Refused::PerIp`] (and counts it, and gives the place back) when
+    /// `ip` has its `max-connections-per-ip` open.
+    pub(super) fn attribute(mut self, ip: IpAddr) -> Result<Self, Refused> {
+        if self.ip.is_some() {
+            return Ok(self);
+        }
+        let gate = self.gate.clone();
+        let mut m = gate.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= gate.max_per_ip {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            gate.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            drop(m);
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(self)
+    }
 }
 
 impl Drop for ConnectionPermit {
@@ -354,6 +401,8 @@ pub(super) struct Accepted {
     stream: Handed,
     /// What was read: one complete frame, maybe the start of the next.
     first: BytesMut,
+    /// The client: the connection's source, or the one its PROXY header
+    /// names.
     peer: SocketAddr,
     server: SocketAddr,
     /// `stream-auth-timeout` after the accept.
@@ -366,21 +415,38 @@ enum Handed {
     Tls(Box<tokio_rustls::server::TlsStream<MovableTcp>>),
 }
 
+/// What a stream listener speaks.
+#[derive(Clone)]
+pub(super) enum ListenerKind {
+    /// STUN/TURN over TCP. With a TLS acceptor (TLS is configured), a
+    /// connection whose first byte opens a TLS handshake record is served
+    /// as TLS on the same port ([`starts_with_tls`]), as coturn does.
+    Tcp(Option<TlsAcceptor>),
+    /// STUN/TURN over TLS only (`tls-listening-port`).
+    Tls(TlsAcceptor),
+}
+
+/// The first byte of a TLS handshake record: content type 22. See RFC
+/// 8446, section 5.1 (and RFC 5246, section 6.2.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Starts the acceptor thread, `turnd-accept`, with its own current-thread
-/// runtime: it accepts on every TCP and TLS listener (`Some` acceptor for
-/// TLS), applies `max-connections` and `max-connections-per-ip` (a refused
-/// connection is closed before any read), runs the TLS handshakes, reads
-/// each connection's first complete frame, and sends the connection on
-/// `to_worker`. So neither accepting nor a
-/// handshake (CPU work, and a slow client's round trips) ever runs on a UDP
-/// worker thread.
+/// runtime: it accepts on every TCP and TLS listener, reads the PROXY
+/// header when `proxy` is `Some` (see [`super::proxy`]), applies
+/// `max-connections` and `max-connections-per-ip` (a refused connection is
+/// closed before any read, or, behind a load balancer, right after its
+/// PROXY header), runs the TLS handshakes, reads each connection's first
+/// complete frame, and sends the connection on `to_worker`. So neither
+/// accepting nor a handshake (CPU work, and a slow client's round trips)
+/// ever runs on a UDP worker thread.
 ///
 /// # Errors
 /// When the thread or its runtime cannot be started.
 pub(super) fn spawn_acceptor(
-    listeners: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     gate: Arc<ConnectionGate>,
     limits: StreamLimits,
+    proxy: Option<Arc<TrustedProxies>>,
     to_worker: mpsc::UnboundedSender<Accepted>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -391,16 +457,17 @@ pub(super) fn spawn_acceptor(
         .spawn(move || {
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
-                for (listener, tls) in listeners {
+                for (listener, kind) in listeners {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
-                            tasks.spawn(accept_loop(
-                                l,
-                                tls,
-                                gate.clone(),
+                            let acceptor = Acceptor {
+                                kind,
+                                gate: gate.clone(),
                                 limits,
-                                to_worker.clone(),
-                            ));
+                                proxy: proxy.clone(),
+                                to_worker: to_worker.clone(),
+                            };
+                            tasks.spawn(accept_loop(l, acceptor));
                         }
                         Err(e) => warn!(error = %e, "cannot register a tcp listener"),
                     }
@@ -528,19 +595,27 @@ fn open_spare() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 
-/// Accepts TCP (or, with `tls`, TLS) connections on `listener` until worker
-/// 0 is gone. Runs on the acceptor thread.
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+/// What one accept loop needs to prepare its connections.
+#[derive(Clone)]
+struct Acceptor {
+    kind: ListenerKind,
     gate: Arc<ConnectionGate>,
     limits: StreamLimits,
+    /// `proxy-protocol-trusted`, when `proxy-protocol` is on.
+    proxy: Option<Arc<TrustedProxies>>,
     to_worker: mpsc::UnboundedSender<Accepted>,
-) {
+}
+
+/// Accepts TCP (or TLS) connections on `listener` until the main thread is
+/// gone. Runs on the acceptor thread.
+async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
     let local = listener.local_addr().ok();
-    let what = if tls.is_some() { "tls" } else { "tcp" };
+    let what = match acceptor.kind {
+        ListenerKind::Tcp(_) => "tcp",
+        ListenerKind::Tls(_) => "tls",
+    };
     let mut failures = AcceptFailures::with_spare(what);
-    while !to_worker.is_closed() {
+    while !acceptor.to_worker.is_closed() {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -551,15 +626,22 @@ async fn accept_loop(
             }
         };
         failures.on_success(local);
-        let deadline = Instant::now() + limits.auth_timeout;
-        let permit = match gate.admit(peer.ip()) {
-            Ok(p) => p,
-            Err(Refused::Total) => {
-                debug!(%peer, "max-connections reached: refused");
+        let deadline = Instant::now() + acceptor.limits.auth_timeout;
+        // Behind a load balancer `max-connections-per-ip` counts the client
+        // its PROXY header names, once read; without, the source, before
+        // any read.
+        let admitted = match &acceptor.proxy {
+            Some(trusted) if !trusted.trusts(peer.ip()) => {
+                debug!(%peer, "proxy-protocol: source outside proxy-protocol-trusted: closed");
                 continue;
             }
-            Err(Refused::PerIp) => {
-                debug!(%peer, "too many connections from this address: refused");
+            Some(_) => acceptor.gate.admit_unattributed(),
+            None => acceptor.gate.admit(peer.ip()),
+        };
+        let permit = match admitted {
+            Ok(p) => p,
+            Err(refused) => {
+                log_refused(peer, refused);
                 continue;
             }
         };
@@ -567,47 +649,130 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let tls = tls.clone();
-        let to_worker = to_worker.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let stream = MovableTcp::Registered(stream);
-            let ready = match tls {
-                None => until_first_frame(stream, deadline, limits.idle_timeout)
-                    .await
-                    .map(|(mut s, first)| s.detach().map(|()| (Handed::Tcp(s), first))),
-                Some(acceptor) => {
-                    let limit = limits.handshake_timeout.min(limits.auth_timeout);
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            until_first_frame(tls_stream, deadline, limits.idle_timeout)
-                                .await
-                                .map(|(mut s, first)| {
-                                    s.get_mut()
-                                        .0
-                                        .detach()
-                                        .map(|()| (Handed::Tls(Box::new(s)), first))
-                                })
-                        }
-                        Ok(Err(e)) => Err(format!("tls handshake failed: {e}")),
-                        Err(_) => Err("tls handshake timed out".into()),
-                    }
+            match prepare(stream, peer, server, deadline, permit, &acceptor).await {
+                Ok(accepted) => {
+                    let _ = acceptor.to_worker.send(accepted);
                 }
-            };
-            match ready {
-                Ok(Ok((stream, first))) => {
-                    let _ = to_worker.send(Accepted {
-                        stream,
-                        first,
-                        peer,
-                        server,
-                        deadline,
-                        permit,
-                    });
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "cannot hand the connection over"),
                 Err(reason) => debug!(%peer, %reason, "connection closed before its first request"),
             }
         });
+    }
+}
+
+/// Logs (at debug) a connection from `peer` that a limit refused.
+fn log_refused(peer: SocketAddr, refused: Refused) {
+    match refused {
+        Refused::Total => debug!(%peer, "max-connections reached: refused"),
+        Refused::PerIp => debug!(%peer, "too many connections from this address: refused"),
+    }
+}
+
+/// Readies a connection accepted from `via` for the main thread: its PROXY
+/// header (when `proxy-protocol` is on) and the client's
+/// `max-connections-per-ip`, TLS detection on a plain TCP listener, the
+/// TLS handshake, and its first complete frame.
+///
+/// # Errors
+/// Why the connection is closed unanswered: a missing, malformed or late
+/// PROXY header, a connection limit, a failed or late handshake, or what
+/// [`until_first_frame`] says.
+async fn prepare(
+    mut stream: TcpStream,
+    via: SocketAddr,
+    server: SocketAddr,
+    deadline: Instant,
+    permit: ConnectionPermit,
+    acceptor: &Acceptor,
+) -> Result<Accepted, String> {
+    let limits = acceptor.limits;
+    let handshake_limit = limits.handshake_timeout.min(limits.auth_timeout);
+    let (peer, permit) = match acceptor.proxy {
+        None => (via, permit),
+        Some(_) => {
+            let header = tokio::time::timeout(handshake_limit, read_proxy_header(&mut stream));
+            let peer = match header.await {
+                Ok(Ok(ProxySource::Client(client))) => {
+                    debug!(%client, %via, "proxy-protocol: client address from the PROXY header");
+                    client
+                }
+                Ok(Ok(ProxySource::Local)) => via,
+                Ok(Err(e)) => return Err(format!("proxy-protocol: {e}")),
+                Err(_) => {
+                    return Err(
+                        "proxy-protocol: no PROXY header within tls-handshake-timeout".into(),
+                    )
+                }
+            };
+            match permit.attribute(peer.ip()) {
+                Ok(permit) => (peer, permit),
+                Err(refused) => {
+                    log_refused(peer, refused);
+                    return Err("refused by max-connections-per-ip".into());
+                }
+            }
+        }
+    };
+    let tls = match &acceptor.kind {
+        ListenerKind::Tls(a) => Some(a.clone()),
+        ListenerKind::Tcp(None) => None,
+        ListenerKind::Tcp(Some(a)) => starts_with_tls(&stream, deadline, limits.idle_timeout)
+            .await?
+            .then(|| a.clone()),
+    };
+    let stream = MovableTcp::Registered(stream);
+    let ready = match tls {
+        None => until_first_frame(stream, deadline, limits.idle_timeout)
+            .await
+            .map(|(mut s, first)| s.detach().map(|()| (Handed::Tcp(s), first)))?,
+        Some(tls) => match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+            Ok(Ok(tls_stream)) => until_first_frame(tls_stream, deadline, limits.idle_timeout)
+                .await
+                .map(|(mut s, first)| {
+                    s.get_mut()
+                        .0
+                        .detach()
+                        .map(|()| (Handed::Tls(Box::new(s)), first))
+                })?,
+            Ok(Err(e)) => return Err(format!("tls handshake failed: {e}")),
+            Err(_) => return Err("tls handshake timed out".into()),
+        },
+    };
+    let (handed, first) = ready.map_err(|e| format!("cannot hand the connection over: {e}"))?;
+    Ok(Accepted {
+        stream: handed,
+        first,
+        peer,
+        server,
+        deadline,
+        permit,
+    })
+}
+
+/// Waits (within `deadline`, without a silence of `idle`) for the first
+/// byte of a connection to a plain TCP listener and says whether it opens
+/// a TLS handshake record. Unambiguous: a STUN message starts with the bits
+/// 00 and ChannelData with 01 (RFC 8656, section 12), so neither starts
+/// with 0x16. Nothing is consumed.
+///
+/// # Errors
+/// The connection closed, failed or stayed silent.
+async fn starts_with_tls(
+    stream: &TcpStream,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<bool, String> {
+    let mut first = [0u8; 1];
+    let limit = (Instant::now() + idle).min(deadline);
+    match tokio::time::timeout_at(limit.into(), stream.peek(&mut first)).await {
+        Ok(Ok(0)) => Err("closed by client".into()),
+        Ok(Ok(_)) => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+        Ok(Err(e)) => Err(format!("read error: {e}")),
+        Err(_) if Instant::now() >= deadline => {
+            Err("no allocation within stream-auth-timeout".into())
+        }
+        Err(_) => Err("idle without an allocation".into()),
     }
 }
 
@@ -676,6 +841,12 @@ pub(super) async fn serve_accepted(
                 server,
                 transport,
             };
+            // Behind a load balancer two connections could claim one client
+            // address: the second must not take the first's 5-tuple.
+            if shell.conns.borrow().contains_key(&ft) || core.borrow().allocation(&ft).is_some() {
+                debug!(client = %peer, "a connection with this 5-tuple is open: closed");
+                return;
+            }
             let moved = match stream {
                 Handed::Tcp(mut s) => match s.attach() {
                     Ok(()) => {

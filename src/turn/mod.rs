@@ -16,7 +16,9 @@ mod server;
 
 pub use allocation::{Allocation, ChannelBinding, FastMap, FiveTuple, Transport};
 pub use limits::{SharedLimiter, SourceLimiter, TokenBucket};
-pub use policy::{ClientPolicy, IpRange, IpRangeError, OwnAddressPath, OwnAddresses, PeerPolicy};
+pub use policy::{
+    embedded_ipv4, ClientPolicy, IpRange, IpRangeError, OwnAddressPath, OwnAddresses, PeerPolicy,
+};
 pub use ports::RelayPorts;
 pub use quota::QuotaLedger;
 pub use server::{

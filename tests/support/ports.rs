@@ -55,6 +55,8 @@ pub enum Suite {
     OwnAddress,
     /// `tests/reflection.rs` (no allocation is made).
     Reflection,
+    /// `tests/proxy_protocol.rs`.
+    ProxyProtocol,
     /// `tests/faults.rs` (fault injection; slots 0-13) and
     /// `tests/faults_userdb.rs` (slots 14-19).
     Faults,
@@ -105,6 +107,7 @@ const BLOCKS: &[Block] = &[
     block(Suite::BrowserTcpTls, 23920, 80, 1),    // 23920-23999
     block(Suite::OwnAddress, 24000, 20, 5),       // 24000-24099
     block(Suite::Reflection, 24100, 50, 2),       // 24100-24199
+    block(Suite::ProxyProtocol, 24200, 20, 14),   // 24200-24479
     block(Suite::OpsSystemd, 25000, 10, 10),      // 25000-25099
     block(Suite::OpsMetricsAdmin, 25100, 10, 10), // 25100-25199
     block(Suite::OpsLogs, 25200, 10, 10),         // 25200-25299

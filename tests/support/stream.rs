@@ -58,6 +58,14 @@ impl StreamClient {
     pub fn connect_tcp(server: SocketAddr) -> StreamClient {
         let sock = TcpStream::connect_timeout(&server, RESPONSE_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect tcp {server}: {e}"));
+        StreamClient::over_tcp(sock, server)
+    }
+
+    /// A TCP client on `sock`, already connected to `server` (and maybe
+    /// already written to: a PROXY protocol header), with the default
+    /// credentials.
+    #[track_caller]
+    pub fn over_tcp(sock: TcpStream, server: SocketAddr) -> StreamClient {
         sock.set_nodelay(true).unwrap();
         let handle = sock.try_clone().unwrap();
         StreamClient::with_link(Link::Tcp(sock), handle, server)
@@ -71,6 +79,16 @@ impl StreamClient {
     ) -> Result<StreamClient, String> {
         let sock = TcpStream::connect_timeout(&server, RESPONSE_TIMEOUT)
             .map_err(|e| format!("connect tcp {server}: {e}"))?;
+        StreamClient::over_tls(sock, server, config)
+    }
+
+    /// [`StreamClient::connect_tls`] on `sock`, already connected to
+    /// `server` (and maybe already written to: a PROXY protocol header).
+    pub fn over_tls(
+        sock: TcpStream,
+        server: SocketAddr,
+        config: Arc<ClientConfig>,
+    ) -> Result<StreamClient, String> {
         sock.set_nodelay(true).unwrap();
         let handle = sock.try_clone().unwrap();
         let name = ServerName::IpAddress(server.ip().into());
