@@ -16,11 +16,12 @@
 //! counters stay monotonic and memory stays bounded however many distinct
 //! (REST) users come and go.
 //!
-//! Admin endpoints (all but `/healthz` and the two pages need
+//! Admin endpoints (all but `/healthz`, `/readyz` and the two pages need
 //! `Authorization: Bearer TOKEN`; a token in the query string is refused, as
 //! it would land in browser history and proxy logs):
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
+//! - `GET /readyz`: 200 while accepting allocations, 503 while draining
+//!   (no token: probes and load-balancer health checks cannot send one).
 //! - `GET /api/status`: JSON counters (the status page polls it).
 //! - `GET /api/allocations`: JSON list of allocations.
 //! - `DELETE /api/allocations/{id}`: ends one allocation (204, 404).
@@ -505,6 +506,16 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        // Kubernetes probes and load-balancer health checks cannot send a
+        // token; the answer tells nothing but whether this node takes new
+        // allocations.
+        (&Method::GET, "/readyz") => {
+            return if state.core.borrow().is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
         // Static pages without data: their script asks for the token.
         (&Method::GET, "/") => {
             return respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
@@ -526,13 +537,6 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
         return r;
     }
     match (method, path.as_str()) {
-        (Method::GET, "/readyz") => {
-            if state.core.borrow().is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
-            }
-        }
         (Method::GET, "/api/status") => match gather(&state, false).await {
             Ok(view) => json(StatusCode::OK, &status_json(&state, &view)),
             Err(Busy) => busy(),
