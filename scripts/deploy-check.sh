@@ -102,11 +102,10 @@ if [ "${1:-}" = "__netns" ]; then
     || die "$metrics_url has no turnd_allocations series"
   port=$(jq_ 'd["listening_port"]')
   "$IMAGE_BIN" probe "stun:127.0.0.1:$port" --timeout 3 | sed 's/^/  /' || die "no STUN Binding answer on the node's address"
-  # REST credentials from the Secret authenticate. (The rest of the probe,
-  # relaying between two allocations on 127.0.0.1, is refused by the peer
-  # policy of a public config, as it should be.)
+  # REST credentials from the Secret authenticate.
   secret=$(sed -n 's/^TURND_STATIC_AUTH_SECRET=//p' "$tmp/pod/env")
   [ -n "$secret" ] || die "no TURND_STATIC_AUTH_SECRET in the container's environment"
+  log "  REST credentials from the Secret (the relay step is refused on loopback by this public config's peer policy, as it should be):"
   "$IMAGE_BIN" probe "turn:127.0.0.1:$port" --secret "$secret" --timeout 3 > "$tmp/pod/probe.txt" 2>&1 || true
   sed 's/^/  /' "$tmp/pod/probe.txt"
   grep -q '^2\. Allocate: ok' "$tmp/pod/probe.txt" || die "an Allocate with REST credentials from the Secret's static-auth-secret failed"
@@ -237,13 +236,15 @@ for o in "${PENDING_OPTIONS[@]}"; do pending+=(--pending-option "$o"); done
 for f in "${PENDING_FLAGS[@]}"; do pending+=(--pending-flag "$f"); done
 "$VENV/bin/python" deploy/check-manifests.py extract "$MANIFESTS" "$tmp/pod" "${pending[@]}"
 # Say when a pending option has landed, so the list above can shrink.
+help=$("$IMAGE_BIN" --help 2>&1 || true)
 for f in "${PENDING_FLAGS[@]}"; do
-  if "$IMAGE_BIN" --help 2>/dev/null | grep -q -- "$f[ =]"; then
+  if grep -q -- "$f[ =]" <<< "$help"; then
     log "NOTE: turnd now has $f: remove it from PENDING_FLAGS in $0"
   fi
 done
 for o in "${PENDING_OPTIONS[@]}"; do
-  if ! "$IMAGE_BIN" check-config <(printf 'user = ["a:b"]\n%s = "redis://127.0.0.1:6379/0"\n' "$o") 2>&1 | grep -q "$o"; then
+  out=$("$IMAGE_BIN" check-config <(printf 'user = ["a:b"]\n%s = "redis://127.0.0.1:6379/0"\n' "$o") 2>&1 || true)
+  if ! grep -q "unknown field \`$o\`" <<< "$out"; then
     log "NOTE: turnd now knows $o: remove it from PENDING_OPTIONS in $0"
   fi
 done
