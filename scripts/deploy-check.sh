@@ -42,7 +42,8 @@ VENV=${TURND_TEST_VENV:-/opt/turnd-test/venv}
 K8S_VERSIONS=(1.33.0 1.37.0)
 MANIFESTS=deploy/kubernetes
 TARGET=x86_64-unknown-linux-gnu
-STATIC_BIN=target/$TARGET/release/turnd
+STATIC_BIN=${CARGO_TARGET_DIR:-target}/$TARGET/release/turnd
+# Inside the build context, where Containerfile copies it from.
 IMAGE_BIN=target/container/turnd
 
 log() { printf 'deploy-check: %s\n' "$*"; }
@@ -252,7 +253,9 @@ done
 # ---- step 3 set-up: the image ----
 image="localhost/turnd:deploy-check-$$"
 log "step 3: podman build -f Containerfile -t $image ."
-podman build --quiet --layers=false --timestamp 0 -f Containerfile -t "$image" . > "$tmp/image-id"
+# Timestamps of the last commit: the same binary gives the same image ID.
+podman build --quiet --layers=false --timestamp "$(git log -1 --format=%ct)" \
+  -f Containerfile -t "$image" . > "$tmp/image-id"
 [ "$(podman image inspect --format '{{.Config.User}}' "$image")" = 65532:65532 ] || die "the image does not run as 65532"
 size=$(podman image inspect --format '{{.Size}}' "$image")
 log "  built $(cut -c1-12 "$tmp/image-id"), $((size / 1024 / 1024)) MiB, user 65532:65532"
