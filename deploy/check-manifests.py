@@ -20,6 +20,13 @@
     check-manifests.py http URL STATUS [HEADER: VALUE]...
         GET URL (as the kubelet would) and exit 0 when the answer has STATUS.
 
+    check-manifests.py dns READYFILE NAME...
+        A DNS server on 127.0.0.1:53 (UDP; run it in a private network
+        namespace) that answers an A query for each NAME with 127.0.0.1 and
+        NXDOMAIN for anything else, and writes READYFILE once it listens. For checking that the static binary in the
+        scratch image resolves names (redis.turnd.svc) through the
+        /etc/resolv.conf it is given. Runs until killed.
+
 Needs PyYAML (the kubernetes-validate venv has it) and Python 3.11 (tomllib).
 """
 
@@ -342,6 +349,42 @@ def http(url, status, headers):
     return 0 if code == int(status) else 1
 
 
+def dns(readyfile, names):
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 53))
+    with open(readyfile, "w") as f:
+        f.write("ready\n")
+    while True:
+        q, peer = sock.recvfrom(512)
+        if len(q) < 12:
+            continue
+        tid, _flags, qd = struct.unpack("!HHH", q[:6])
+        end = 12
+        while end < len(q) and q[end] != 0:
+            end += q[end] + 1
+        question = q[12:end + 5]
+        qtype = struct.unpack("!H", q[end + 1:end + 3])[0] if end + 3 <= len(q) else 0
+        name = []
+        i = 12
+        while i < end:
+            name.append(q[i + 1:i + 1 + q[i]].decode(errors="replace"))
+            i += q[i] + 1
+        answers = b""
+        known = ".".join(name).lower() in names
+        if qd == 1 and qtype == 1 and known:
+            answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + bytes([127, 0, 0, 1])
+        print(f"dns: {'.'.join(name)} type {qtype} -> "
+              f"{'127.0.0.1' if answers else 'no address' if known else 'NXDOMAIN'}", flush=True)
+        # QR, RD, RA; NXDOMAIN for unknown names (the resolver then tries the
+        # next search domain).
+        flags = 0x8180 if known else 0x8183
+        header = struct.pack("!HHHHHH", tid, flags, 1, 1 if answers else 0, 0, 0)
+        sock.sendto(header + question + answers, peer)
+
+
 def main(argv):
     if len(argv) >= 3 and argv[1] == "policy":
         return policy(argv[2])
@@ -356,6 +399,8 @@ def main(argv):
                 raise SystemExit(f"check-manifests: unknown argument {rest[0]}")
             rest = rest[2:]
         return extract(argv[2], argv[3], opts, flags)
+    if len(argv) >= 3 and argv[1] == "dns":
+        return dns(argv[2], {n.lower() for n in argv[3:]})
     if len(argv) >= 4 and argv[1] == "http":
         return http(argv[2], argv[3], argv[4:])
     print(__doc__, file=sys.stderr)

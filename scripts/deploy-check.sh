@@ -60,7 +60,9 @@ if [ "${1:-}" = "__netns" ]; then
   check=deploy/check-manifests.py
   turnd_pid=""
   cid=""
+  dns_pid=""
   cleanup_netns() {
+    if [ -n "$dns_pid" ]; then kill "$dns_pid" 2>/dev/null || true; wait "$dns_pid" 2>/dev/null || true; fi
     if [ -n "$turnd_pid" ] && kill -0 "$turnd_pid" 2>/dev/null; then kill -INT "$turnd_pid" 2>/dev/null || true; wait "$turnd_pid" 2>/dev/null || true; fi
     if [ -n "$cid" ]; then podman rm -f -t 0 "$cid" >/dev/null 2>&1 || true; fi
   }
@@ -130,7 +132,14 @@ if [ "${1:-}" = "__netns" ]; then
   # processes by default, beyond what a process without CAP_SYS_RESOURCE may
   # set where the hard limits are lower; give the current hard limit instead.
   nofile=$(ulimit -Hn)
+  "$python" "$check" dns "$tmp/dns.ready" redis.turnd.svc.cluster.local > "$tmp/dns.log" 2>&1 &
+  dns_pid=$!
+  for _ in $(seq 50); do [ -s "$tmp/dns.ready" ] && break; sleep 0.1; done
+  [ -s "$tmp/dns.ready" ] || { cat "$tmp/dns.log" >&2; die "the test DNS server did not start"; }
+  # As the kubelet writes it for a pod of namespace turnd with ClusterFirstWithHostNet.
+  printf 'search turnd.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:2\n' > "$tmp/resolv.conf"
   cid=$(podman run -d --runtime runc --network=host \
+    -v "$tmp/resolv.conf:/etc/resolv.conf:ro" \
     --read-only --cap-drop=all --security-opt=no-new-privileges \
     --ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096 \
     "$image")
@@ -149,14 +158,23 @@ if [ "${1:-}" = "__netns" ]; then
   "$IMAGE_BIN" probe stun:127.0.0.1:3478 --timeout 3 | sed 's/^/  /' || die "the container does not answer STUN Binding"
   "$IMAGE_BIN" probe turn:127.0.0.1:3478 --user alice --password change-me --timeout 3 | sed 's/^/  /' \
     || die "the container's example config does not relay"
-  # From inside: the static binary resolves names from the runtime's /etc/hosts.
+  # From inside: the static binary resolves names through /etc/hosts, and
+  # through DNS with the pod's search list, as redis-userdb's
+  # redis.turnd.svc will be (this namespace's own DNS server on
+  # 127.0.0.1:53, named by the container's /etc/resolv.conf).
   podman exec "$cid" /usr/local/bin/turnd probe stun:localhost:3478 --timeout 3 | sed 's/^/  (in the container) /' \
     || die "turnd in the container cannot probe stun:localhost"
+  podman exec "$cid" /usr/local/bin/turnd probe stun:redis.turnd.svc:3478 --timeout 3 \
+    | sed 's/^/  (in the container) /' || { cat "$tmp/dns.log" >&2; die "turnd in the container cannot resolve a name by DNS"; }
+  grep -q 'redis.turnd.svc.cluster.local type 1 -> 127.0.0.1' "$tmp/dns.log" || die "the DNS server was not asked"
   podman stop -t 10 "$cid" >/dev/null
   code=$(podman inspect --format '{{.State.ExitCode}}' "$cid")
   [ "$code" = 0 ] || die "the container exited $code after SIGTERM (want 0)"
   podman rm "$cid" >/dev/null
   cid=""
+  kill "$dns_pid"
+  wait "$dns_pid" 2>/dev/null || true
+  dns_pid=""
   log "step 3: ok: the image answers STUN and relays, and stops with exit 0"
   exit 0
 fi
