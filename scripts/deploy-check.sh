@@ -130,7 +130,9 @@ if [ "${1:-}" = "__netns" ]; then
   # runc: crun refuses hosts with hybrid cgroups (v1 controllers and v2 both
   # mounted). The rlimits: rootful podman asks for 1048576 files and 4194304
   # processes by default, beyond what a process without CAP_SYS_RESOURCE may
-  # set where the hard limits are lower; give the current hard limit instead.
+  # set where the hard limits are lower (here: "setrlimit RLIMIT_NOFILE:
+  # Operation not permitted"); give this shell's open-files hard limit and
+  # 4096 processes (turnd runs a few threads per CPU).
   nofile=$(ulimit -Hn)
   "$python" "$check" dns "$tmp/dns.ready" redis.turnd.svc.cluster.local > "$tmp/dns.log" 2>&1 &
   dns_pid=$!
@@ -270,7 +272,7 @@ done
 
 # ---- step 3 set-up: the image ----
 image="localhost/turnd:deploy-check-$$"
-log "step 3: podman build -f Containerfile -t $image ."
+log "the image for step 3: podman build -f Containerfile -t $image ."
 # Timestamps of the last commit: the same binary gives the same image ID.
 podman build --quiet --layers=false --timestamp "$(git log -1 --format=%ct)" \
   -f Containerfile -t "$image" . > "$tmp/image-id"
