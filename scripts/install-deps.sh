@@ -11,8 +11,11 @@
 #   - cargo-fuzz 0.13.2 (the fuzz targets in fuzz/, run by scripts/fuzz.sh)
 #   - redis-server (the fleet tests start their own; the packaged daemon never runs)
 #   - haproxy (in front of turnd with PROXY protocol, in a private namespace)
-#   - podman and buildah (the container image is built and run from Containerfile)
-#   - python3-venv (kubernetes-validate for deploy/kubernetes, from PyPI)
+#   - podman and buildah (the container image is built and run from Containerfile),
+#     runc (podman's runtime in scripts/deploy-check.sh: crun refuses hosts with
+#     hybrid cgroups) and binutils (strip, for the image's binary)
+#   - python3-venv, and in /opt/turnd-test/venv kubernetes-validate 1.37.0 from PyPI
+#     (scripts/deploy-check.sh validates deploy/kubernetes with it)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +28,7 @@ die() { echo "install-deps: ERROR: $*" >&2; exit 1; }
 # Never let anything fetch a browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
-pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah python3-venv)
+pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah runc binutils python3-venv)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   pkgs+=(nodejs npm)
 fi
@@ -135,6 +138,19 @@ else
   log "cargo-fuzz already installed: $(cargo fuzz --version 2>/dev/null || echo unknown)"
 fi
 
+# kubernetes-validate for scripts/deploy-check.sh, pinned, in its own venv (Debian's
+# python3, whatever python3 comes first on PATH). Recreated only when the pin changes.
+K8S_VALIDATE_VERSION=1.37.0
+venv=/opt/turnd-test/venv
+if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]; then
+  log "kubernetes-validate $K8S_VALIDATE_VERSION into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+else
+  log "kubernetes-validate $K8S_VALIDATE_VERSION already in $venv"
+fi
+
 # Everything the tests need must be there now.
 fail=0
 need() {
@@ -158,6 +174,9 @@ need command -v redis-cli
 need command -v haproxy
 need command -v podman
 need command -v buildah
+need command -v runc
+need command -v strip
+need test -x "$venv/bin/kubernetes-validate"
 need test -f tests/browser/node_modules/playwright-core/package.json
 [ "$fail" -eq 0 ] || die "dependencies missing (see above)"
 node_major=$(node -p 'process.versions.node.split(".")[0]')

@@ -6,6 +6,7 @@
 # checks formatting and lints, builds the benches, then runs every test:
 #   - cargo test (unit, scenario, loopback integration and turnutils interop tests)
 #     inside a private network namespace that has only loopback;
+#   - the Kubernetes manifests and the container image (scripts/deploy-check.sh);
 #   - the Chromium WebRTC tests (scripts/browser-tests.sh), in their own namespace;
 #   - every fuzz target built and run briefly (scripts/fuzz.sh; a crash fails).
 # Any missing tool is a failure, never a skip.
@@ -29,6 +30,9 @@ cargo bench --locked --no-run
 
 step "cargo test (private network namespace, loopback only)"
 unshare --net -- sh -c 'ip link set lo up && exec cargo test --locked --offline --no-fail-fast'
+
+step "Kubernetes manifests and container image (scripts/deploy-check.sh; private network namespaces)"
+scripts/deploy-check.sh
 
 step "Chromium WebRTC tests (private network namespace, loopback only)"
 scripts/browser-tests.sh

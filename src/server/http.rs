@@ -16,11 +16,12 @@
 //! counters stay monotonic and memory stays bounded however many distinct
 //! (REST) users come and go.
 //!
-//! Admin endpoints (all but `/healthz` and the two pages need
+//! Admin endpoints (all but `/healthz`, `/readyz` and the two pages need
 //! `Authorization: Bearer TOKEN`; a token in the query string is refused, as
 //! it would land in browser history and proxy logs):
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 while accepting allocations, 503 while draining.
+//! - `GET /readyz`: 200 while accepting allocations, 503 while draining
+//!   (no token: probes and load-balancer health checks cannot send one).
 //!   With Redis configured the body also says whether it is reachable; an
 //!   unreachable Redis keeps 200, since every node would otherwise leave
 //!   the load balancer at once while each can still serve the users it
@@ -524,6 +525,27 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        // Kubernetes probes and load-balancer health checks cannot send a
+        // token; the answer tells nothing but whether this node takes new
+        // allocations.
+        (&Method::GET, "/readyz") => {
+            let redis = match &state.fleet {
+                None => String::new(),
+                Some(f) if f.up.get() => "redis: reachable\n".into(),
+                Some(f) => format!(
+                    "redis: unreachable for {} s, serving the users last read\n",
+                    f.down_since.get().map_or(0, |t| t.elapsed().as_secs()),
+                ),
+            };
+            return if state.core.borrow().is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("draining\n{redis}"),
+                )
+            } else {
+                text(StatusCode::OK, &format!("ready\n{redis}"))
+            };
+        }
         // Static pages without data: their script asks for the token.
         (&Method::GET, "/") => {
             return respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE)
@@ -545,25 +567,6 @@ pub(super) async fn admin(req: Request<Incoming>, state: Rc<HttpState>) -> Resp 
         return r;
     }
     match (method, path.as_str()) {
-        (Method::GET, "/readyz") => {
-            let redis = match &state.fleet {
-                None => String::new(),
-                Some(f) if f.up.get() => "redis: reachable\n".into(),
-                Some(f) => format!(
-                    "redis: unreachable for {} s, serving the {} users last read\n",
-                    f.down_since.get().map_or(0, |t| t.elapsed().as_secs()),
-                    f.users.get()
-                ),
-            };
-            if state.core.borrow().is_draining() {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("draining\n{redis}"),
-                )
-            } else {
-                text(StatusCode::OK, &format!("ready\n{redis}"))
-            }
-        }
         (_, p) if p.starts_with("/api/fleet/") => fleet_api(&req, &state, p).await,
         (Method::GET, "/api/status") => match gather(&state, false).await {
             Ok(view) => json(StatusCode::OK, &status_json(&state, &view)),
