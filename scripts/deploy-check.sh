@@ -32,8 +32,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # parallel). Until turnd knows them, they are left out of the copy of the
 # config and args started in step 2, and the run says so on a PENDING line.
 # Empty these lists when they land, to check them too.
-PENDING_OPTIONS=(redis-userdb redis-statsdb)
-PENDING_FLAGS=(--server-name)
+PENDING_OPTIONS=()
+PENDING_FLAGS=()
 # ==========================================================================
 
 VENV=${TURND_TEST_VENV:-/opt/turnd-test/venv}

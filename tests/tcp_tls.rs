@@ -13,7 +13,7 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use support::*;
-use turnd::stun::{AttributeType, Method, TransactionId};
+use turnd::stun::{AttributeType, Class, Method, TransactionId};
 
 /// turnd with the standard arguments, the relay ports of `slot` and
 /// `extra`, started once every listener `extra` implies is up.
@@ -526,4 +526,60 @@ fn turn_over_tcp_on_ipv6_loopback() {
     let (ch, data) = padded_frame(&frame);
     assert_eq!((ch, data.as_slice()), (0x4002, &b"back"[..]));
     drop(server);
+}
+
+/// `denied-client-ip` over TCP: the refused client's connection is closed
+/// at once, unanswered (not left open until the idle timeout), and counted;
+/// an allowed client is served.
+#[test]
+fn a_refused_client_is_closed_at_accept() {
+    let (mut server, l) = start(
+        10,
+        &[
+            "--denied-client-ip",
+            "127.0.0.2",
+            "--prometheus",
+            "--prometheus-port",
+            "0",
+        ],
+    );
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&l.tcp().into()).unwrap();
+    let mut refused = StreamClient::over_tcp(sock.into(), l.tcp());
+    let (_, req) = binding_request();
+    refused.try_send_raw(&req);
+    assert!(
+        refused.wait_closed(WAIT),
+        "the denied client's connection must be closed"
+    );
+    let mut ok = StreamClient::connect_tcp(l.tcp());
+    let (tid, req) = binding_request();
+    ok.send_raw(&req);
+    ok.await_response(tid, WAIT)
+        .expect("an allowed client is answered")
+        .expect_success();
+    let m = scrape_metrics(server.prometheus());
+    assert_eq!(
+        m.get(
+            "turnd_connections_refused_total",
+            &[("limit", "denied-client-ip")]
+        ),
+        1.0
+    );
+}
+
+/// A Binding request and its transaction ID.
+fn binding_request() -> (TransactionId, Vec<u8>) {
+    let tid = new_tid();
+    (
+        tid,
+        build(Method::BINDING, Class::Request, tid, &[], None, false),
+    )
 }

@@ -428,6 +428,11 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             o,
             "turnd_connections_refused_total{{limit=\"max-connections-per-ip\"}} {per_ip}"
         );
+        let _ = writeln!(
+            o,
+            "turnd_connections_refused_total{{limit=\"denied-client-ip\"}} {}",
+            gate.refused_denied()
+        );
     }
     if let Some(f) = &state.fleet {
         let _ = writeln!(o, "# HELP turnd_redis_up Whether this node is connected to the fleet's Redis (1) or serving the users it last read (0).\n# TYPE turnd_redis_up gauge\nturnd_redis_up {}", u8::from(f.up.get()));

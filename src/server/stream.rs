@@ -195,6 +195,7 @@ pub(super) struct ConnectionGate {
     open: AtomicUsize,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    refused_denied: AtomicU64,
 }
 
 impl ConnectionGate {
@@ -207,6 +208,7 @@ impl ConnectionGate {
             open: AtomicUsize::new(0),
             refused_total: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            refused_denied: AtomicU64::new(0),
         }
     }
 
@@ -258,6 +260,17 @@ impl ConnectionGate {
 
     /// Connections closed at accept: (by `max-connections`, by
     /// `max-connections-per-ip`).
+    /// Counts a connection closed because `allowed-client-ip` /
+    /// `denied-client-ip` refuse its client.
+    pub(super) fn refuse_denied(&self) {
+        self.refused_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed by the client allow and deny lists.
+    pub(super) fn refused_denied(&self) -> u64 {
+        self.refused_denied.load(Ordering::Relaxed)
+    }
+
     pub(super) fn refused(&self) -> (u64, u64) {
         (
             self.refused_total.load(Ordering::Relaxed),
@@ -845,6 +858,16 @@ pub(super) async fn serve_accepted(
             // address: the second must not take the first's 5-tuple.
             if shell.conns.borrow().contains_key(&ft) || core.borrow().allocation(&ft).is_some() {
                 debug!(client = %peer, "a connection with this 5-tuple is open: closed");
+                return;
+            }
+            // A client the allow and deny lists refuse gets nothing, not
+            // even an open connection (the lists may change on SIGHUP, so
+            // they are read here, from the core's configuration).
+            if !core.borrow().config().client_policy.admits(peer.ip()) {
+                if let Some(gate) = shell.gate.get() {
+                    gate.refuse_denied();
+                }
+                debug!(client = %peer, "client refused by allowed-client-ip/denied-client-ip: closed");
                 return;
             }
             let moved = match stream {
