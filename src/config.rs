@@ -96,6 +96,7 @@ struct FileConfig {
     lt_cred_mech: Option<bool>,
     user_quota: Option<u32>,
     total_quota: Option<u32>,
+    max_allocations: Option<u32>,
     max_allocate_lifetime: Option<u64>,
     permission_lifetime: Option<u64>,
     channel_lifetime: Option<u64>,
@@ -168,6 +169,7 @@ pub const TOML_KEYS: &[&str] = &[
     "lt-cred-mech",
     "user-quota",
     "total-quota",
+    "max-allocations",
     "max-allocate-lifetime",
     "permission-lifetime",
     "channel-lifetime",
@@ -289,6 +291,9 @@ pub struct Config {
     pub user_quota: u32,
     /// Allocations in all (0 unlimited).
     pub total_quota: u32,
+    /// `max-allocations`: allocations on this node above which Allocate is
+    /// shed (300 Try Alternate, else 508); 0 is no limit.
+    pub max_allocations: u32,
     /// Longest allocation lifetime.
     pub max_allocate_lifetime: Duration,
     /// Permission lifetime.
@@ -584,6 +589,7 @@ impl Default for Config {
             verbose: false,
             user_quota: core.user_quota,
             total_quota: core.total_quota,
+            max_allocations: core.max_allocations,
             max_allocate_lifetime: core.max_lifetime,
             permission_lifetime: core.permission_lifetime,
             channel_lifetime: core.channel_lifetime,
@@ -1006,7 +1012,7 @@ impl Config {
             )?,
         };
 
-        layered!(self, layers, value: user_quota, total_quota, max_bps, bps_capacity);
+        layered!(self, layers, value: user_quota, total_quota, max_allocations, max_bps, bps_capacity);
         layered!(self, layers, value: unauth_rate, unauth_burst, auth_failures_per_minute);
         if self.unauth_burst == 0 {
             return Err(layers.file_error("option `unauth-burst`: must be at least 1".into()));
@@ -1214,6 +1220,7 @@ impl Config {
             nonce_lifetime: self.stale_nonce,
             user_quota: self.user_quota,
             total_quota: self.total_quota,
+            max_allocations: self.max_allocations,
             fingerprint: self.fingerprint,
             reason_phrases: self.reason_phrases,
             mapped_address: self.stun_backward_compatibility,
