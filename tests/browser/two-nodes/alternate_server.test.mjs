@@ -1,0 +1,184 @@
+// Two turnd nodes and Chromium (issue 13, load shedding): node A is full
+// (`max-allocations = 1`, its one allocation held by a call in progress) and
+// names node B in `alternate-server`; a browser given only A's turn: URL,
+// relay only, follows A's 300 Try Alternate to B, gets its relay candidates
+// on B and carries a data channel through them. A counts and logs the sheds.
+//
+// The nodes listen on 192.0.2.1 (A) and 192.0.2.2 (B), documentation
+// addresses (RFC 5737), not on 127.0.0.0/8: libwebrtc refuses to follow a
+// redirect to a loopback address (TurnPort::SetAlternateServer, "Blocking
+// attempted redirect to loopback address", crbug.com/649118).
+// scripts/browser-tests.sh runs this directory in a network namespace of its
+// own with only the loopback interface, which holds those two addresses too
+// (the kernel would not load a dummy interface here), so nothing leaves the
+// namespace and the loopback-only tests beside it are untouched (their relay
+// ports cannot meet these either).
+//
+// Run: scripts/browser-tests.sh   (TURND_BIN=target/debug/turnd)
+
+import assert from 'node:assert/strict';
+import { networkInterfaces } from 'node:os';
+import { after, before, test } from 'node:test';
+
+import {
+  PASSWORD,
+  USER,
+  launchChromium,
+  installPageHelpers,
+  relayDataChannel,
+  retryDataChannelStall,
+  startTurnd,
+} from '../harness.mjs';
+
+const A_IP = '192.0.2.1';
+const B_IP = '192.0.2.2';
+const A_PORTS = [25800, 25849];
+const B_PORTS = [25850, 25899];
+const PEERS = ['--allowed-peer-ip', '192.0.2.0/24'];
+const METRICS = (ip) => ['--prometheus', '--prometheus-port', '0', '--prometheus-address', ip];
+
+const inRange = (port, [min, max]) => port >= min && port <= max;
+
+/** Only the loopback interface, holding A's and B's addresses too. */
+function assertTwoNodeNetwork() {
+  const ifaces = networkInterfaces();
+  const others = Object.keys(ifaces).filter((n) => n !== 'lo');
+  const addrs = (ifaces.lo ?? []).map((a) => a.address);
+  if (others.length > 0 || !addrs.includes(A_IP) || !addrs.includes(B_IP)) {
+    throw new Error(
+      `tests/browser/two-nodes needs a namespace with only lo, holding ${A_IP} and ${B_IP}; found ` +
+        `${JSON.stringify(Object.fromEntries(Object.entries(ifaces).map(([n, a]) => [n, a.map((x) => x.address)])))}; ` +
+        'run it with scripts/browser-tests.sh',
+    );
+  }
+}
+
+/** turnd's /metrics as a map from series (name{labels}) to value. */
+async function metrics(node) {
+  const m = await node.waitForStdout(/^turnd: listening on prometheus (http:\/\/\S+\/metrics)\s*$/);
+  const r = await fetch(m[1], { signal: AbortSignal.timeout(10_000) });
+  assert.equal(r.status, 200);
+  const series = new Map();
+  for (const line of (await r.text()).split('\n')) {
+    const f = /^(\S+) (\d+)$/.exec(line);
+    if (f) series.set(f[1], Number(f[2]));
+  }
+  return series;
+}
+
+/** Live allocations (the turnd_allocations gauge over transports and families). */
+function allocations(series) {
+  let n = 0;
+  for (const [k, v] of series) if (k.startsWith('turnd_allocations{')) n += v;
+  return n;
+}
+
+let a = null;
+let b = null;
+let browser = null;
+
+before(async () => {
+  assertTwoNodeNetwork();
+  b = await startTurnd({ ip: B_IP, minPort: B_PORTS[0], maxPort: B_PORTS[1], extraArgs: [...PEERS, ...METRICS(B_IP)] });
+  a = await startTurnd({
+    ip: A_IP,
+    minPort: A_PORTS[0],
+    maxPort: A_PORTS[1],
+    extraArgs: ['--max-allocations', '1', '--alternate-server', `${B_IP}:${b.port}`, ...PEERS, ...METRICS(A_IP)],
+  });
+  browser = await launchChromium();
+});
+
+after(async () => {
+  try {
+    if (browser) await browser.close();
+  } finally {
+    for (const node of [a, b]) {
+      if (!node) continue;
+      const res = await node.stop();
+      assert.ok(res.graceful, `turnd (pid ${node.pid}) did not exit within 5 s of SIGTERM: ${JSON.stringify(res)}\n${node.logTail()}`);
+    }
+  }
+});
+
+/** Runs `fn`; on failure appends both nodes' recent output. */
+const withLogs = (fn) => async (t) => {
+  try {
+    await fn(t);
+  } catch (err) {
+    err.message += `\n--- node A recent output ---\n${a?.logTail()}\n--- node B recent output ---\n${b?.logTail()}`;
+    throw err;
+  }
+};
+
+test('a full node sends Chromium on with 300 Try Alternate: relay candidates and a data channel on the other node', { timeout: 60_000 }, withLogs(async (t) => {
+  const page = await browser.context.newPage();
+  try {
+    await page.goto('about:blank');
+    await page.evaluate(installPageHelpers);
+    const turnA = (transport) => [{ urls: `turn:${A_IP}:${a.port}?transport=${transport}`, username: USER, credential: PASSWORD }];
+
+    // A call in progress holds A's one allocation: a connection that
+    // gathered relay candidates on A and stays open (it refreshes).
+    const held = await page.evaluate(async (iceServers) => {
+      const pc = window.rtc.watch(new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' }), 'holder');
+      window.holder = pc;
+      pc.createDataChannel('hold');
+      await pc.setLocalDescription(await pc.createOffer());
+      await window.rtc.withTimeout(pc.__gathered, 15_000, () => `holder gathering (${window.rtc.describe(pc)})`);
+      return { candidates: pc.__candidates, errors: pc.__errors };
+    }, turnA('udp'));
+    t.diagnostic(`holder candidates: ${held.candidates.map((c) => c.candidate).join(' | ')}`);
+    assert.ok(held.candidates.some((c) => c.type === 'relay' && c.address === A_IP && inRange(c.port, A_PORTS)),
+      `the holder got no relay candidate on A: ${JSON.stringify(held)}`);
+    const before = await metrics(a);
+    assert.equal(allocations(before), 1, 'A holds its one allocation');
+    const shedBefore = before.get('turnd_allocations_shed_total{reason="max_allocations"}') ?? 0;
+    const createdOnB = (await metrics(b)).get('turnd_allocations_created_total') ?? 0;
+
+    // Two new connections given only A's URL end up relayed by B.
+    const result = await retryDataChannelStall(t, () => relayDataChannel(page, turnA('udp'), { count: 10 }));
+    t.diagnostic(`connected in ${Math.round(result.connectMs)} ms; candidate errors: a ${JSON.stringify(result.errorsA)} b ${JSON.stringify(result.errorsB)}`);
+    assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
+    assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
+    for (const [name, cands] of [['a', result.candidatesA], ['b', result.candidatesB]]) {
+      const relay = cands.filter((c) => c.type === 'relay');
+      t.diagnostic(`${name} candidates: ${cands.map((c) => c.candidate).join(' | ')}`);
+      assert.ok(relay.length > 0, `${name}: no relay candidate: ${JSON.stringify(cands)}`);
+      for (const c of relay) {
+        assert.equal(c.address, B_IP, `${name}: a relay candidate not on B: ${JSON.stringify(c)}`);
+        assert.ok(inRange(c.port, B_PORTS), `${name}: relay port ${c.port} outside B's ${B_PORTS.join('-')}`);
+      }
+    }
+    for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
+      const ctx = JSON.stringify(sel);
+      assert.ok(sel, `${name}: no selected candidate pair`);
+      assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
+      assert.equal(sel.remote?.candidateType, 'relay', `${name}: remote candidate is not relay: ${ctx}`);
+      assert.equal(sel.local.address, B_IP, `${name}: selected relayed address is not B's: ${ctx}`);
+      assert.equal(sel.remote.address, B_IP, `${name}: remote relayed address is not B's: ${ctx}`);
+      assert.ok(sel.pair.bytesSent > 0 && sel.pair.bytesReceived > 0, `${name}: no bytes over the selected pair: ${ctx}`);
+    }
+
+    // A counted and logged its 300s and made no allocation; B made them.
+    const afterA = await metrics(a);
+    const shed = (afterA.get('turnd_allocations_shed_total{reason="max_allocations"}') ?? 0) - shedBefore;
+    const redirects = afterA.get('turnd_requests_total{method="allocate",code="300"}') ?? 0;
+    t.diagnostic(`A shed ${shed} Allocate requests (300 answers in all: ${redirects})`);
+    assert.ok(shed >= 2, `A shed ${shed} Allocate requests, expected one per connection at least`);
+    assert.ok(redirects >= shed, `turnd_requests_total{allocate,300} ${redirects} < ${shed}`);
+    assert.equal(allocations(afterA), 1, 'A made no new allocation');
+    const logged = a.stderrLines().filter((l) => l.includes('allocate shed: 300 try alternate') && l.includes('max_allocations'));
+    assert.ok(logged.length >= 2, `A logged ${logged.length} sheds:\n${logged.join('\n')}`);
+    assert.ok(logged.every((l) => l.includes(`${B_IP}:${b.port}`)), `A named another alternate:\n${logged.join('\n')}`);
+    const created = ((await metrics(b)).get('turnd_allocations_created_total') ?? 0) - createdOnB;
+    assert.ok(created >= 2, `B created ${created} allocations, expected one per connection at least`);
+
+    // The call that holds A's allocation still holds it.
+    const holder = await page.evaluate(() => window.holder.iceGatheringState);
+    assert.equal(holder, 'complete');
+    await page.evaluate(() => window.holder.close());
+  } finally {
+    await page.close().catch(() => {});
+  }
+}));
