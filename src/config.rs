@@ -1327,6 +1327,31 @@ mod tests {
     }
 
     #[test]
+    fn max_allocations_from_toml_coturn_conf_and_flag_reach_the_core() {
+        assert_eq!(Config::default().server_config().max_allocations, 0);
+        let p = write(
+            "max-allocations",
+            "user = [\"a:b\"]\nmax-allocations = 500\n",
+        );
+        let load = |args: &[&str]| {
+            let cli = Cli::parse_from([&["turnd", "--config"][..], args].concat());
+            Config::load(&cli).unwrap().server_config().max_allocations
+        };
+        let path = p.to_str().unwrap();
+        assert_eq!(load(&[path]), 500);
+        assert_eq!(load(&[path, "--max-allocations", "7"]), 7);
+        let conf = std::env::temp_dir().join(format!(
+            "turnd-config-test-{}-max-allocations.conf",
+            std::process::id()
+        ));
+        std::fs::write(&conf, "user=a:b\nmax-allocations=3\n").unwrap();
+        assert_eq!(load(&[conf.to_str().unwrap()]), 3);
+        let bad = write("max-allocations-bad", "max-allocations = -1\n");
+        let e = Config::check_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("max-allocations"), "{e}");
+    }
+
+    #[test]
     fn alternate_servers_take_default_ports_and_reach_the_core() {
         let p = write(
             "alternates",
