@@ -771,15 +771,18 @@ fn readyz_is_503_while_draining() {
             .map(|v| turnd::stun::decode_address(&v))
     };
     let expected = Some(Ok("127.0.0.21:3478".parse().unwrap()));
+    let signed_300 = |b: &mut Client| {
+        let r = b.allocate_with(&[Attr::transport_udp()]);
+        r.expect_error(300);
+        assert!(
+            r.integrity_ok(&b.key()),
+            "the 300 carries MESSAGE-INTEGRITY"
+        );
+        assert_eq!(alternate_of(&r), expected, "ALTERNATE-SERVER");
+    };
     let mut b = Client::new(addr, USER, PASSWORD);
     b.refresh(None).expect_error(437);
-    let r = b.allocate_with(&[Attr::transport_udp()]);
-    r.expect_error(300);
-    assert!(
-        r.integrity_ok(&b.key()),
-        "the 300 carries MESSAGE-INTEGRITY"
-    );
-    assert_eq!(alternate_of(&r), expected, "ALTERNATE-SERVER");
+    signed_300(&mut b);
     let mut c = Client::new(addr, USER, PASSWORD);
     let r = c.allocate_with(&[Attr::transport_udp()]);
     r.expect_error(300);
@@ -804,13 +807,7 @@ fn readyz_is_503_while_draining() {
     assert_eq!(s["draining"], true, "{s}");
     assert_eq!(s["allocations"], 1, "{s}");
     // A new client is sent to the alternate of its family meanwhile.
-    let r = b.allocate_with(&[Attr::transport_udp()]);
-    r.expect_error(300);
-    assert!(
-        r.integrity_ok(&b.key()),
-        "the 300 carries MESSAGE-INTEGRITY"
-    );
-    assert_eq!(alternate_of(&r), expected, "ALTERNATE-SERVER");
+    signed_300(&mut b);
     // The allocation made before keeps refreshing.
     a.refresh(None).expect_success();
     let m = scrape_metrics(prom);
