@@ -173,29 +173,31 @@ impl Server {
         self.alternates(ft).nth(next)
     }
 
-    /// Whether this node sheds an Allocate (see [`ShedReason`]), first
-    /// reason first: draining, then `max-allocations` counted with the
-    /// `slots` the request would take (2 with the EVEN-PORT R bit, 0 when it
-    /// claims a RESERVATION-TOKEN, whose slot and port are held already),
-    /// then the ports of the relayed address family (`relay_v6`), which
-    /// only shed to an alternate. `None`: serve it here.
+    /// Whether this node sheds `request`, an Allocate from `ft` (see
+    /// [`ShedReason`]), first reason first: draining, then `max-allocations`
+    /// counted with the quota slots the request would take (2 with the
+    /// EVEN-PORT R bit; a RESERVATION-TOKEN claim holds its slot and port
+    /// already and is only shed while draining), then the ports of the
+    /// requested relayed address family, which only shed to an alternate
+    /// (so they are not looked at, nor their lock taken, when the client
+    /// has none). `None`: serve it here.
     ///
     /// `max-allocations` is read before the quota slots are taken, so
     /// workers that create allocations at the same instant may pass it by
     /// one each; it is a load threshold, not a quota.
-    fn shed_reason(&self, slots: u32, relay_v6: bool, claims: bool) -> Option<ShedReason> {
+    fn shed_reason(&self, ft: FiveTuple, request: &AllocateRequest) -> Option<ShedReason> {
         if self.draining {
             return Some(ShedReason::Draining);
         }
-        if claims {
+        if request.reservation_token.is_some() {
             return None;
         }
         let max = self.config.max_allocations as usize;
-        if max > 0 && self.quota.total() + slots as usize > max {
+        if max > 0 && self.quota.total() + quota_slots(request) as usize > max {
             return Some(ShedReason::MaxAllocations);
         }
-        self.ports
-            .nearly_exhausted(relay_v6)
+        let relay_v6 = request.family == Some(AddressFamily::V6);
+        (self.alternates(ft).next().is_some() && self.ports.nearly_exhausted(relay_v6))
             .then_some(ShedReason::RelayPortsLow)
     }
 
@@ -265,17 +267,13 @@ impl Server {
         if msg.method() != Method::ALLOCATE
             || msg.has_integrity()
             || msg.has_integrity_sha256()
+            || self.alternates(ft).next().is_none()
             || self.allocations.contains_key(&ft)
         {
             return None;
         }
         let request = AllocateRequest::parse(msg, ft.transport).ok()?;
-        let reason = self.shed_reason(
-            quota_slots(&request),
-            request.family == Some(AddressFamily::V6),
-            request.reservation_token.is_some(),
-        )?;
-        self.alternates(ft).next()?;
+        let reason = self.shed_reason(ft, &request)?;
         if !self.allow_unauthenticated(now, ft, false) {
             return Some(ClientOutput::None);
         }
@@ -299,11 +297,7 @@ impl Server {
         // node of the fleet, told which one when one is configured for
         // their transport and address family (RFC 8489 section 10), else
         // leaves them to try the next one they know (508).
-        let shed = self.shed_reason(
-            quota_slots(&request),
-            request.family == Some(AddressFamily::V6),
-            request.reservation_token.is_some(),
-        );
+        let shed = self.shed_reason(ft, &request);
         if let Some(answer) =
             shed.and_then(|reason| self.shed(reason, ft, out, q.tx, Some(&q.auth.key)))
         {
