@@ -23,6 +23,9 @@
 # only ranks it inside its session). BASELINE=PATH: a second turnd binary
 # (e.g. the previous commit's release build) measured as `turnd_base` beside
 # the others, with a turnd/before ratio column: before/after in one run.
+# BASELINE_ARGS: extra arguments for that second turnd (split on spaces), e.g.
+# BASELINE=target/release/turnd BASELINE_ARGS="--redis-userdb redis://..."
+# measures the same build with and without an option.
 #
 # Method (see BENCHMARKS.md and benches/results/compare-paced.md): every
 # server is started once, pinned to SERVER_CPU; the points are interleaved
@@ -183,7 +186,7 @@ if [ -n "${BASELINE:-}" ]; then
     while [ "$BASE_PORT" = "$TURND_PORT" ]; do BASE_PORT=$(free_port); done
     "${PIN_SERVER[@]}" "$BASELINE" -L 127.0.0.1 -p "$BASE_PORT" -E 127.0.0.1 --no-tls --no-tcp \
         --min-port 59000 --max-port 60999 -u "$USER_NAME:$PASSWORD" -r "$REALM" \
-        --allow-loopback-peers --unauth-rate 0 >"$OUT/turnd-base.log" 2>&1 &
+        --allow-loopback-peers --unauth-rate 0 ${BASELINE_ARGS:-} >"$OUT/turnd-base.log" 2>&1 &
     BASE_PID=$!
     PIDS+=("$BASE_PID")
     wait_udp "$BASE_PORT"

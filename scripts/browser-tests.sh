@@ -3,7 +3,11 @@
 #
 # Runs node's test runner on tests/browser/*.test.mjs inside a private network
 # namespace that has only loopback, so turnd, chromium and all their traffic stay
-# on that namespace's own 127.0.0.1. Needs root (unshare --net).
+# on that namespace's own 127.0.0.1. Then tests/browser/two-nodes/*.test.mjs in
+# another private namespace whose loopback interface also holds 192.0.2.1 and
+# 192.0.2.2 (documentation addresses, RFC 5737): two turnd nodes there, because
+# Chromium will not follow a 300 Try Alternate to a loopback (127/8) address.
+# Nothing leaves either namespace. Needs root (unshare --net).
 #
 #   TURND_BIN   turnd binary (default target/debug/turnd, relative to the repo root)
 #   CHROMIUM_BIN chromium binary (default /usr/bin/chromium)
@@ -36,8 +40,16 @@ command -v ip >/dev/null || fail "ip not found (iproute2; run scripts/install-de
 shopt -s nullglob
 tests=(tests/browser/*.test.mjs)
 [ "${#tests[@]}" -gt 0 ] || fail "no tests/browser/*.test.mjs found"
+two_nodes=(tests/browser/two-nodes/*.test.mjs)
+[ "${#two_nodes[@]}" -gt 0 ] || fail "no tests/browser/two-nodes/*.test.mjs found"
 
 echo "browser-tests: TURND_BIN=$TURND_BIN CHROMIUM_BIN=$CHROMIUM_BIN node=$(node --version)"
 # Inside the namespace: bring loopback up, then run the tests. Node's test runner
-# exits non-zero if any test fails.
-exec unshare --net -- sh -c 'ip link set lo up && exec node --test --test-reporter=spec "$@"' sh "${tests[@]}"
+# exits non-zero if any test fails; both sets run, and either failing fails.
+status=0
+unshare --net -- sh -c 'ip link set lo up && exec node --test --test-reporter=spec "$@"' sh "${tests[@]}" || status=1
+unshare --net -- sh -c 'ip link set lo up &&
+  ip addr add 192.0.2.1/32 dev lo &&
+  ip addr add 192.0.2.2/32 dev lo &&
+  exec node --test --test-reporter=spec "$@"' sh "${two_nodes[@]}" || status=1
+exit "$status"

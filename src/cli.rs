@@ -73,6 +73,11 @@ pub struct Cli {
     /// Concurrent allocations in all; 0 is unlimited (486 when reached).
     #[arg(short = 'Q', long = "total-quota", value_name = "N")]
     pub total_quota: Option<u32>,
+    /// Allocations on this node (all workers) beyond which Allocate is shed:
+    /// 300 Try Alternate naming an `alternate-server`, or 508 without one; 0
+    /// is no limit.
+    #[arg(long = "max-allocations", value_name = "N")]
+    pub max_allocations: Option<u32>,
     /// Longest allocation lifetime in seconds (default 3600).
     #[arg(long = "max-allocate-lifetime", value_name = "SECONDS")]
     pub max_allocate_lifetime: Option<u64>,

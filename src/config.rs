@@ -96,6 +96,7 @@ struct FileConfig {
     lt_cred_mech: Option<bool>,
     user_quota: Option<u32>,
     total_quota: Option<u32>,
+    max_allocations: Option<u32>,
     max_allocate_lifetime: Option<u64>,
     permission_lifetime: Option<u64>,
     channel_lifetime: Option<u64>,
@@ -172,6 +173,7 @@ pub const TOML_KEYS: &[&str] = &[
     "lt-cred-mech",
     "user-quota",
     "total-quota",
+    "max-allocations",
     "max-allocate-lifetime",
     "permission-lifetime",
     "channel-lifetime",
@@ -297,6 +299,9 @@ pub struct Config {
     pub user_quota: u32,
     /// Allocations in all (0 unlimited).
     pub total_quota: u32,
+    /// `max-allocations`: allocations on this node above which Allocate is
+    /// shed (300 Try Alternate, else 508); 0 is no limit.
+    pub max_allocations: u32,
     /// Longest allocation lifetime.
     pub max_allocate_lifetime: Duration,
     /// Permission lifetime.
@@ -608,6 +613,7 @@ impl Default for Config {
             verbose: false,
             user_quota: core.user_quota,
             total_quota: core.total_quota,
+            max_allocations: core.max_allocations,
             max_allocate_lifetime: core.max_lifetime,
             permission_lifetime: core.permission_lifetime,
             channel_lifetime: core.channel_lifetime,
@@ -1074,7 +1080,7 @@ impl Config {
             )?,
         };
 
-        layered!(self, layers, value: user_quota, total_quota, max_bps, bps_capacity);
+        layered!(self, layers, value: user_quota, total_quota, max_allocations, max_bps, bps_capacity);
         layered!(self, layers, value: unauth_rate, unauth_burst, auth_failures_per_minute);
         if self.unauth_burst == 0 {
             return Err(layers.file_error("option `unauth-burst`: must be at least 1".into()));
@@ -1291,6 +1297,7 @@ impl Config {
             nonce_lifetime: self.stale_nonce,
             user_quota: self.user_quota,
             total_quota: self.total_quota,
+            max_allocations: self.max_allocations,
             fingerprint: self.fingerprint,
             reason_phrases: self.reason_phrases,
             mapped_address: self.stun_backward_compatibility,
@@ -1394,6 +1401,31 @@ mod tests {
             let e = Config::check_file(&p).unwrap_err().to_string();
             assert!(e.contains(option), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn max_allocations_from_toml_coturn_conf_and_flag_reach_the_core() {
+        assert_eq!(Config::default().server_config().max_allocations, 0);
+        let p = write(
+            "max-allocations",
+            "user = [\"a:b\"]\nmax-allocations = 500\n",
+        );
+        let load = |args: &[&str]| {
+            let cli = Cli::parse_from([&["turnd", "--config"][..], args].concat());
+            Config::load(&cli).unwrap().server_config().max_allocations
+        };
+        let path = p.to_str().unwrap();
+        assert_eq!(load(&[path]), 500);
+        assert_eq!(load(&[path, "--max-allocations", "7"]), 7);
+        let conf = std::env::temp_dir().join(format!(
+            "turnd-config-test-{}-max-allocations.conf",
+            std::process::id()
+        ));
+        std::fs::write(&conf, "user=a:b\nmax-allocations=3\n").unwrap();
+        assert_eq!(load(&[conf.to_str().unwrap()]), 3);
+        let bad = write("max-allocations-bad", "max-allocations = -1\n");
+        let e = Config::check_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("max-allocations"), "{e}");
     }
 
     #[test]

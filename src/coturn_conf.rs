@@ -239,6 +239,7 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("peer-policy", Kind::Str),
     ("allowed-client-ip", Kind::List),
     ("denied-client-ip", Kind::List),
+    ("max-allocations", Kind::Int),
     ("unauth-rate", Kind::Int),
     ("unauth-burst", Kind::Int),
     ("auth-failures-per-minute", Kind::Int),

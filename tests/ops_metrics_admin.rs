@@ -741,24 +741,55 @@ fn admin_lists_and_deletes_allocations() {
 
 /// `/readyz` while draining, and Allocate answered 300 Try Alternate with
 /// the configured alternate of the client's address family (RFC 8489
-/// section 10).
+/// section 10): at `max-allocations` before the drain, while draining after
+/// it; counted by reason in `turnd_allocations_shed_total`.
 #[test]
 fn readyz_is_503_while_draining() {
     let alternates = [
         "--drain-timeout",
         "5",
+        "--max-allocations",
+        "1",
         "--alternate-server",
         "[2001:db8::21]:3478",
         "--alternate-server",
         "127.0.0.21",
     ];
-    let mut server = relay_server(5, &[ADMIN, &alternates].concat()).start();
+    let mut server = relay_server(5, &[ADMIN, PROMETHEUS, &alternates].concat()).start();
     let addr = server.udp();
     let admin = server.admin();
+    let prom = server.prometheus();
     let r = http_get_bearer(admin, "/readyz", TOKEN);
     assert_eq!(r.status, 200, "{r:?}");
     let mut a = Client::new(addr, USER, PASSWORD);
     a.allocate();
+
+    // At max-allocations a client holding a nonce gets an authenticated 300
+    // naming the alternate of its family (127.0.0.21 with the default
+    // port); a client's first, credential-less Allocate a bare one, before
+    // any 401 (see `shed_before_challenge`).
+    let alternate_of = |r: &Response| {
+        r.get(turnd::stun::AttributeType::ALTERNATE_SERVER)
+            .map(|v| turnd::stun::decode_address(&v))
+    };
+    let expected = Some(Ok("127.0.0.21:3478".parse().unwrap()));
+    let signed_300 = |b: &mut Client| {
+        let r = b.allocate_with(&[Attr::transport_udp()]);
+        r.expect_error(300);
+        assert!(
+            r.integrity_ok(&b.key()),
+            "the 300 carries MESSAGE-INTEGRITY"
+        );
+        assert_eq!(alternate_of(&r), expected, "ALTERNATE-SERVER");
+    };
+    let mut b = Client::new(addr, USER, PASSWORD);
+    b.refresh(None).expect_error(437);
+    signed_300(&mut b);
+    let mut c = Client::new(addr, USER, PASSWORD);
+    let r = c.allocate_with(&[Attr::transport_udp()]);
+    r.expect_error(300);
+    assert!(!r.integrity_ok(&c.key()), "a bare 300 before the challenge");
+    assert_eq!(alternate_of(&r), expected, "ALTERNATE-SERVER");
 
     server.signal("TERM");
     let mut last = None;
@@ -777,23 +808,21 @@ fn readyz_is_503_while_draining() {
     let s = http_get_bearer(admin, "/api/status", TOKEN).json();
     assert_eq!(s["draining"], true, "{s}");
     assert_eq!(s["allocations"], 1, "{s}");
-    // A new client is sent to the alternate of its family meanwhile
-    // (127.0.0.21 with the default port), in an authenticated 300.
-    let mut b = Client::new(addr, USER, PASSWORD);
-    let r = b.allocate_with(&[Attr::transport_udp()]);
-    r.expect_error(300);
-    assert!(
-        r.integrity_ok(&b.key()),
-        "the 300 carries MESSAGE-INTEGRITY"
+    // A new client is sent to the alternate of its family meanwhile.
+    signed_300(&mut b);
+    // The allocation made before keeps refreshing.
+    a.refresh(None).expect_success();
+    let m = scrape_metrics(prom);
+    assert_eq!(m.type_of("turnd_allocations_shed_total"), Some("counter"));
+    let shed = |reason| m.value("turnd_allocations_shed_total", &[("reason", reason)]);
+    assert_eq!(shed("max_allocations"), Some(2.0), "{}", m.text);
+    assert_eq!(shed("draining"), Some(1.0), "{}", m.text);
+    assert_eq!(shed("relay_ports_low"), Some(0.0), "{}", m.text);
+    let redirects = m.value(
+        "turnd_requests_total",
+        &[("method", "allocate"), ("code", "300")],
     );
-    let alternate = r
-        .get(turnd::stun::AttributeType::ALTERNATE_SERVER)
-        .map(|v| turnd::stun::decode_address(&v));
-    assert_eq!(
-        alternate,
-        Some(Ok("127.0.0.21:3478".parse().unwrap())),
-        "ALTERNATE-SERVER"
-    );
+    assert_eq!(redirects, Some(3.0), "{}", m.text);
 
     // Ending the last allocation through the admin API ends the drain.
     let id = list(admin)[0]["id"].as_u64().expect("id");

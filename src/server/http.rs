@@ -407,6 +407,14 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
             let _ = writeln!(o, "{name}{{{label}=\"{v}\"}} {n}");
         }
     }
+    let _ = writeln!(o, "# HELP turnd_allocations_shed_total Allocate requests turned away for load (answered 300 Try Alternate, or 508 when no alternate-server fits; the codes are in turnd_requests_total), by reason.\n# TYPE turnd_allocations_shed_total counter");
+    for (reason, n) in stats.allocations_shed.by_reason() {
+        let _ = writeln!(
+            o,
+            "turnd_allocations_shed_total{{reason=\"{}\"}} {n}",
+            reason.as_str()
+        );
+    }
     let _ = writeln!(o, "# HELP turnd_permissions Live permissions.\n# TYPE turnd_permissions gauge\nturnd_permissions {permissions}");
     let _ = writeln!(o, "# HELP turnd_channels Live channel bindings.\n# TYPE turnd_channels gauge\nturnd_channels {channels}");
     let _ = writeln!(o, "# HELP turnd_relay_ports_free Relay ports still free, by relay address.\n# TYPE turnd_relay_ports_free gauge");

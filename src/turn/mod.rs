@@ -22,9 +22,9 @@ pub use policy::{
 pub use ports::RelayPorts;
 pub use quota::QuotaLedger;
 pub use server::{
-    AllocationEnd, AuthFailure, ClientOutput, ConnectionAttempt, EndedUserBytes,
-    OwnAddressRefusals, PeerOutput, RelayIo, Reply, Server, ServerConfig, SharedState, Stats,
-    CHANNEL_LIFETIME, DEFAULT_ALLOCATION_LIFETIME, ENDED_USERS_CAP, MAX_ALLOCATION_LIFETIME,
+    AllocationEnd, AllocationSheds, AuthFailure, ClientOutput, ConnectionAttempt, EndedUserBytes,
+    OwnAddressRefusals, PeerOutput, RelayIo, Reply, Server, ServerConfig, SharedState, ShedReason,
+    Stats, CHANNEL_LIFETIME, DEFAULT_ALLOCATION_LIFETIME, ENDED_USERS_CAP, MAX_ALLOCATION_LIFETIME,
     MAX_CACHED_RESPONSES, MAX_CHANNELS, MAX_PEER_ROUTES, MAX_PERMISSIONS, MAX_TCP_CONNECTIONS,
     MIN_OUT_BUFFER, PERMISSION_LIFETIME, RESERVATION_LIFETIME, TCP_CONNECTION_BIND_TIMEOUT,
     TRANSACTION_LIFETIME,

@@ -34,6 +34,11 @@ impl PortPool {
         self.free.len()
     }
 
+    /// Ports in the pool, free or taken (`max - min + 1`).
+    pub fn size(&self) -> usize {
+        self.index.len()
+    }
+
     /// True when `port` belongs to this pool and is free.
     pub fn is_free(&self, port: u16) -> bool {
         port.checked_sub(self.min)
@@ -137,6 +142,35 @@ mod tests {
     }
 
     #[test]
+    fn nearly_exhausted_below_five_percent_of_a_familys_ports() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        // 40 ports: 5 % is 2, so nearly exhausted at 1 free port.
+        let ports = RelayPorts::new(&[v4, v6], 50000, 50039);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..38 {
+            ports.take(v4, None, &mut rng).unwrap();
+        }
+        assert!(!ports.nearly_exhausted(false), "2 of 40 free");
+        ports.take(v4, None, &mut rng).unwrap();
+        assert!(ports.nearly_exhausted(false), "1 of 40 free");
+        assert!(!ports.nearly_exhausted(true), "the IPv6 pool is untouched");
+        ports.release(SocketAddr::new(v4, 50000));
+        ports.release(SocketAddr::new(v4, 50001));
+        assert!(!ports.nearly_exhausted(false), "ports came back");
+        // A family without relay addresses is never exhausted; a range of
+        // 10 ports only when every port is taken.
+        let small = RelayPorts::new(&[v4], 50000, 50009);
+        assert!(!small.nearly_exhausted(true));
+        for _ in 0..9 {
+            small.take(v4, None, &mut rng).unwrap();
+        }
+        assert!(!small.nearly_exhausted(false), "1 of 10 free");
+        small.take(v4, None, &mut rng).unwrap();
+        assert!(small.nearly_exhausted(false), "0 of 10 free");
+    }
+
+    #[test]
     fn even_port_with_reservation() {
         let mut rng = StdRng::seed_from_u64(2);
         let mut p = PortPool::new(50000, 50005);
@@ -184,6 +218,16 @@ impl Inner {
     }
 }
 
+/// Below this share of a family's relay ports still free (percent of
+/// `min-port..=max-port` times the relay addresses of that family), the
+/// family's ports are nearly exhausted: an Allocate for a relayed address of
+/// that family is shed to an `alternate-server` (300 Try Alternate) while
+/// this node still has a few ports left for the EVEN-PORT reservations, the
+/// busy ports skipped and the races between workers. 5 % of the default
+/// range (16,384 ports) is 819 ports; a range of 20 ports or fewer is only
+/// nearly exhausted when none is left.
+pub const RELAY_PORTS_LOW_PERCENT: usize = 5;
+
 /// Relay ports shared by every worker of a process: one pool per relay
 /// address for the whole `min-port..=max-port` range, so no worker runs out
 /// while another has ports, and a RESERVATION-TOKEN from one worker's
@@ -220,6 +264,21 @@ impl RelayPorts {
     pub fn free_by_ip(&self) -> Vec<(IpAddr, usize)> {
         let inner = self.lock();
         inner.pools.iter().map(|(ip, p)| (*ip, p.free())).collect()
+    }
+
+    /// True when fewer than [`RELAY_PORTS_LOW_PERCENT`] % of the relay ports
+    /// of the IPv6 (`v6`) or IPv4 relay addresses are free. False for a
+    /// family with no relay address (Allocate answers 440 there anyway).
+    pub fn nearly_exhausted(&self, v6: bool) -> bool {
+        let inner = self.lock();
+        let (free, size) = inner
+            .pools
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv6() == v6)
+            .fold((0, 0), |(free, size), (_, p)| {
+                (free + p.free(), size + p.size())
+            });
+        free * 100 < size * RELAY_PORTS_LOW_PERCENT
     }
 
     /// Takes a random free port on `ip`: any port for `even_port` `None`,

@@ -108,16 +108,19 @@ export function resolveTurndBin() {
  * 127.0.0.1:PORT" lines to wait for (default ['udp']; e.g. ['udp', 'tcp', 'tls']
  * with --cert/--pkey/--tls-listening-port 0). The returned server has `port`
  * (the UDP port, else the first one seen), `tcpPort`, `tlsPort` (the first TLS
- * port) and `tlsPorts`.
+ * port) and `tlsPorts`. `ip` (default 127.0.0.1) is the listening and relay
+ * address (tests/browser/two-nodes/ runs two turnd on 192.0.2.1 and
+ * 192.0.2.2); `stderrLines()` gives every line turnd wrote to stderr (its
+ * logs).
  */
 export async function startTurnd({
-  timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT, listeners = ['udp'],
+  timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT, listeners = ['udp'], ip = '127.0.0.1',
 } = {}) {
   const bin = resolveTurndBin();
   const args = [
-    '--listening-ip', '127.0.0.1',
+    '--listening-ip', ip,
     '--listening-port', '0',
-    '--relay-ip', '127.0.0.1',
+    '--relay-ip', ip,
     '--min-port', String(minPort),
     '--max-port', String(maxPort),
     '--realm', REALM,
@@ -135,6 +138,7 @@ export async function startTurnd({
     child.stderr.destroy();
   };
   const logTail = [];
+  const stderrSeen = [];
   // TURND_LOG=FILE keeps turnd's whole output (it is also shown, last 200 lines, on failure).
   const logFile = process.env.TURND_LOG ? path.resolve(process.env.TURND_LOG) : null;
   const keep = (stream, line) => {
@@ -153,7 +157,7 @@ export async function startTurnd({
   const killOnExit = () => { if (exited === null) killGroup(); };
   process.on('exit', killOnExit);
 
-  createInterface({ input: child.stderr }).on('line', (l) => keep('stderr', l));
+  createInterface({ input: child.stderr }).on('line', (l) => { stderrSeen.push(l); keep('stderr', l); });
   const stdoutLines = createInterface({ input: child.stdout });
   // Every stdout line, for server.waitForStdout (added for admin.test.mjs).
   const stdoutSeen = [];
@@ -173,6 +177,7 @@ export async function startTurnd({
     tlsPort: null,
     tlsPorts: [],
     logTail: () => logTail.join('\n'),
+    stderrLines: () => [...stderrSeen],
     exited: () => exited,
     async stop({ graceMs = 5_000 } = {}) {
       process.off('exit', killOnExit);
@@ -195,7 +200,7 @@ export async function startTurnd({
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       reject(new Error(
-        `turnd did not print "turnd: listening on ${listeners.join('/')} 127.0.0.1:PORT" within ${timeoutMs} ms\n` +
+        `turnd did not print "turnd: listening on ${listeners.join('/')} ${ip}:PORT" within ${timeoutMs} ms\n` +
           `command: ${bin} ${args.join(' ')}\n--- turnd output ---\n${server.logTail()}`,
       ));
     }, timeoutMs);
@@ -209,9 +214,9 @@ export async function startTurnd({
     });
     stdoutLines.on('line', (line) => {
       keep('stdout', line);
-      const m = /^turnd: listening on (udp|tcp|tls) 127\.0\.0\.1:(\d+)\s*$/.exec(line);
-      if (!m) return;
-      seen[m[1]].push(Number(m[2]));
+      const m = /^turnd: listening on (udp|tcp|tls) (\S+):(\d+)\s*$/.exec(line);
+      if (!m || m[2] !== ip) return;
+      seen[m[1]].push(Number(m[3]));
       if (listeners.every((p) => seen[p].length > 0)) {
         clearTimeout(timer);
         resolve(seen.udp[0] ?? seen[listeners[0]][0]);

@@ -44,6 +44,100 @@ impl AllocationEnd {
     }
 }
 
+/// Why a node turns an Allocate away to lighten its load (load shedding,
+/// issue 13): the client is sent to another node of the fleet with 300 Try
+/// Alternate and ALTERNATE-SERVER (RFC 8489 section 10) when an
+/// `alternate-server` of its transport and address family is configured.
+/// [`ShedReason::as_str`] names it in logs and in the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ShedReason {
+    /// The node is draining (SIGTERM with `drain-timeout`). Without an
+    /// alternate: 508 Insufficient Capacity.
+    Draining,
+    /// The node holds `max-allocations` allocations (all workers, as the
+    /// shared [`QuotaLedger`](crate::turn::QuotaLedger) counts them).
+    /// Without an alternate: 508 Insufficient Capacity, not 486 Allocation
+    /// Quota Reached: RFC 8656 section 7.2 gives 486 to a quota the server
+    /// defines "based on the username" (turnd's `user-quota`, and coturn's
+    /// `total-quota`, kept as 486 for compatibility), while this limit is
+    /// the node's capacity, which 508 names ("the server is unable to carry
+    /// out the request due to some capacity limit being reached", RFC 8656
+    /// section 19); a client or an operator reading 486 would look for a
+    /// user over quota.
+    MaxAllocations,
+    /// Fewer than [`RELAY_PORTS_LOW_PERCENT`](crate::turn::ports::RELAY_PORTS_LOW_PERCENT)
+    /// % of the relay ports of the requested relayed address family are
+    /// free. Only with an alternate: without one the node goes on
+    /// allocating its last ports (508 once none is left, as before).
+    RelayPortsLow,
+}
+
+impl ShedReason {
+    /// Short snake_case name for logs and metric labels: `draining`,
+    /// `max_allocations`, `relay_ports_low`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Draining => "draining",
+            ShedReason::MaxAllocations => "max_allocations",
+            ShedReason::RelayPortsLow => "relay_ports_low",
+        }
+    }
+}
+
+/// Allocate requests shed (see [`ShedReason`]), by reason: each was answered
+/// 300 Try Alternate, or 508 when no alternate server fits (the code is
+/// counted in the request counters too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocationSheds {
+    /// While draining.
+    pub draining: u64,
+    /// At `max-allocations`.
+    pub max_allocations: u64,
+    /// With the relay ports of the family nearly exhausted.
+    pub relay_ports_low: u64,
+}
+
+impl AllocationSheds {
+    /// Counts one Allocate shed for `reason`.
+    pub fn count(&mut self, reason: ShedReason) {
+        *match reason {
+            ShedReason::Draining => &mut self.draining,
+            ShedReason::MaxAllocations => &mut self.max_allocations,
+            ShedReason::RelayPortsLow => &mut self.relay_ports_low,
+        } += 1;
+    }
+
+    /// Every reason with its count, in the order of [`ShedReason`].
+    pub fn by_reason(&self) -> [(ShedReason, u64); 3] {
+        [
+            (ShedReason::Draining, self.draining),
+            (ShedReason::MaxAllocations, self.max_allocations),
+            (ShedReason::RelayPortsLow, self.relay_ports_low),
+        ]
+    }
+}
+
+impl std::ops::AddAssign for AllocationSheds {
+    /// Adds another worker's counts.
+    fn add_assign(&mut self, o: AllocationSheds) {
+        self.draining += o.draining;
+        self.max_allocations += o.max_allocations;
+        self.relay_ports_low += o.relay_ports_low;
+    }
+}
+
+/// Quota slots an Allocate takes (RFC 8656 section 7.2, 486): one for the
+/// allocation and, with the EVEN-PORT R bit, one for the reserved port
+/// until it is claimed or lapses; none when it claims a RESERVATION-TOKEN,
+/// whose reservation hands its slot on.
+fn quota_slots(request: &AllocateRequest) -> u32 {
+    match (request.reservation_token, request.even_port) {
+        (Some(_), _) => 0,
+        (None, Some(true)) => 2,
+        (None, _) => 1,
+    }
+}
+
 impl Server {
     pub(super) fn lifetime(&self, requested: Option<u32>) -> Duration {
         // RFC 8656 section 7.2: min(requested, max), but never below the default.
@@ -54,25 +148,136 @@ impl Server {
             .max(self.config.default_lifetime.min(self.config.max_lifetime))
     }
 
-    /// The next alternate server for a client on `ft` (RFC 8489 section
-    /// 10): from `tls-alternate-server` for TLS clients, else
-    /// `alternate-server`, of the client's address family (it cannot reach
-    /// the other), round robin; None when none fits.
-    fn alternate_for(&mut self, ft: FiveTuple) -> Option<SocketAddr> {
+    /// The alternate servers for a client on `ft` (RFC 8489 section 10):
+    /// `tls-alternate-server` for TLS clients, else `alternate-server`, of
+    /// the client's address family (it cannot reach the other).
+    fn alternates(&self, ft: FiveTuple) -> impl Iterator<Item = SocketAddr> + '_ {
         let list = match ft.transport {
             Transport::Tls => &self.config.tls_alternate_servers,
             Transport::Udp | Transport::Tcp => &self.config.alternate_servers,
         };
-        let fits: Vec<SocketAddr> = list
-            .iter()
+        list.iter()
             .copied()
-            .filter(|a| a.is_ipv4() == ft.client.is_ipv4())
-            .collect();
-        if fits.is_empty() {
+            .filter(move |a| a.is_ipv4() == ft.client.is_ipv4())
+    }
+
+    /// The next of [`Server::alternates`] for a client on `ft`, round robin;
+    /// None when none fits.
+    fn alternate_for(&mut self, ft: FiveTuple) -> Option<SocketAddr> {
+        let fits = self.alternates(ft).count();
+        if fits == 0 {
             return None;
         }
         self.alternate_next = self.alternate_next.wrapping_add(1);
-        Some(fits[self.alternate_next % fits.len()])
+        let next = self.alternate_next % fits;
+        self.alternates(ft).nth(next)
+    }
+
+    /// Whether this node sheds `request`, an Allocate from `ft` (see
+    /// [`ShedReason`]), first reason first: draining, then `max-allocations`
+    /// counted with the quota slots the request would take (2 with the
+    /// EVEN-PORT R bit; a RESERVATION-TOKEN claim holds its slot and port
+    /// already and is only shed while draining), then the ports of the
+    /// requested relayed address family, which only shed to an alternate
+    /// (so they are not looked at, nor their lock taken, when the client
+    /// has none). `None`: serve it here.
+    ///
+    /// `max-allocations` is read before the quota slots are taken, so
+    /// workers that create allocations at the same instant may pass it by
+    /// one each; it is a load threshold, not a quota.
+    fn shed_reason(&self, ft: FiveTuple, request: &AllocateRequest) -> Option<ShedReason> {
+        if self.draining {
+            return Some(ShedReason::Draining);
+        }
+        if request.reservation_token.is_some() {
+            return None;
+        }
+        let max = self.config.max_allocations as usize;
+        if max > 0 && self.quota.total() + quota_slots(request) as usize > max {
+            return Some(ShedReason::MaxAllocations);
+        }
+        let relay_v6 = request.family == Some(AddressFamily::V6);
+        (self.alternates(ft).next().is_some() && self.ports.nearly_exhausted(relay_v6))
+            .then_some(ShedReason::RelayPortsLow)
+    }
+
+    /// Sheds an Allocate for `reason` (see [`ShedReason`]): 300 Try
+    /// Alternate with ALTERNATE-SERVER when an alternate of the client's
+    /// transport and family is configured, else 508, or `None` (serve it)
+    /// for [`ShedReason::RelayPortsLow`] without an alternate. `key` signs
+    /// the answer (MESSAGE-INTEGRITY) when the request was authenticated;
+    /// without it the answer is a bare 300, as coturn's and libwebrtc's own
+    /// test server's are. Counted in [`Stats::allocations_shed`] and logged.
+    fn shed(
+        &mut self,
+        reason: ShedReason,
+        ft: FiveTuple,
+        out: &mut [u8],
+        tx: &Transaction<'_>,
+        key: Option<&Key>,
+    ) -> Option<ClientOutput> {
+        let alternate = self.alternate_for(ft);
+        if alternate.is_none() && reason == ShedReason::RelayPortsLow {
+            return None;
+        }
+        self.stats.allocations_shed.count(reason);
+        let answer = match alternate {
+            Some(alternate) => {
+                info!(client = %ft.client, reason = reason.as_str(), %alternate, authenticated = key.is_some(), "allocate shed: 300 try alternate");
+                self.error_with(ft, out, tx, ErrorCode::TRY_ALTERNATE, key, |w, _| {
+                    w.address(AttributeType::ALTERNATE_SERVER, alternate)
+                })
+            }
+            None => {
+                info!(client = %ft.client, reason = reason.as_str(), "allocate shed: 508, no alternate server of the client's family");
+                self.error_with(
+                    ft,
+                    out,
+                    tx,
+                    ErrorCode::INSUFFICIENT_CAPACITY,
+                    key,
+                    |_, _| Ok(()),
+                )
+            }
+        };
+        Some(answer)
+    }
+
+    /// An Allocate without MESSAGE-INTEGRITY on a node that sheds (see
+    /// [`Server::shed_reason`]) with an alternate server for the client:
+    /// answered at once with an unauthenticated 300 Try Alternate instead of
+    /// the 401 challenge. A client that follows the 401 with credentials
+    /// and gets an authenticated 300 would carry this node's REALM and
+    /// NONCE to the alternate, which did not issue that nonce; libwebrtc
+    /// (Chromium) then fails the allocation, since it handles neither 438
+    /// nor a second 401 to an Allocate (`TurnAllocateRequest::
+    /// OnErrorResponse`). Redirecting the first, credential-less Allocate
+    /// is what coturn does and what libwebrtc's own redirecting test
+    /// server does. The answer counts against the per-source budget of
+    /// unauthenticated answers, as a 401 would. `None` when this node does
+    /// not shed it to an alternate: authentication goes on as usual.
+    pub(super) fn shed_before_challenge(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        tx: &Transaction<'_>,
+        out: &mut [u8],
+    ) -> Option<ClientOutput> {
+        let msg = &tx.msg;
+        if msg.method() != Method::ALLOCATE
+            || msg.has_integrity()
+            || msg.has_integrity_sha256()
+            || self.alternates(ft).next().is_none()
+            || self.allocations.contains_key(&ft)
+        {
+            return None;
+        }
+        let request = AllocateRequest::parse(msg, ft.transport).ok()?;
+        let reason = self.shed_reason(ft, &request)?;
+        if !self.allow_unauthenticated(now, ft, false) {
+            return Some(ClientOutput::None);
+        }
+        self.shed(reason, ft, out, tx, None)
     }
 
     /// Allocate. See RFC 8656, section 7.2. The 5-tuple has no allocation
@@ -84,22 +289,19 @@ impl Server {
         io: &mut impl RelayIo,
     ) -> ClientOutput {
         let Request { now, ft, auth, .. } = *q;
-        if self.draining {
-            // Shutting down: clients move on to another server of the fleet,
-            // told which one when one is configured for their transport and
-            // address family (RFC 8489 section 10), else left to try the
-            // next one they know (508).
-            return match self.alternate_for(ft) {
-                Some(alternate) => self.error_with(
-                    ft,
-                    out,
-                    q.tx,
-                    ErrorCode::TRY_ALTERNATE,
-                    Some(&q.auth.key),
-                    |w, _| w.address(AttributeType::ALTERNATE_SERVER, alternate),
-                ),
-                None => self.error(q, out, ErrorCode::INSUFFICIENT_CAPACITY),
-            };
+        let request = match AllocateRequest::parse(&q.tx.msg, ft.transport) {
+            Ok(request) => request,
+            Err(code) => return self.error(q, out, code),
+        };
+        // A node draining or over its load sends clients on to another
+        // node of the fleet, told which one when one is configured for
+        // their transport and address family (RFC 8489 section 10), else
+        // leaves them to try the next one they know (508).
+        let shed = self.shed_reason(ft, &request);
+        if let Some(answer) =
+            shed.and_then(|reason| self.shed(reason, ft, out, q.tx, Some(&q.auth.key)))
+        {
+            return answer;
         }
         let AllocateRequest {
             tcp_relay,
@@ -108,19 +310,11 @@ impl Server {
             family,
             dual,
             lifetime: requested_lifetime,
-        } = match AllocateRequest::parse(&q.tx.msg, ft.transport) {
-            Ok(request) => request,
-            Err(code) => return self.error(q, out, code),
-        };
-        // Quota slots (RFC 8656 section 7.2, 486): one for the allocation
-        // and, with the EVEN-PORT R bit, one for the reserved port until it
-        // is claimed or lapses. A claimed reservation hands its slot on.
+        } = request;
+        // Quota slots (see `quota_slots`); a claimed reservation hands its
+        // slot on.
         let (user_quota, total_quota) = (self.config.user_quota, self.config.total_quota);
-        let mut held: u32 = match (reservation_token, even_port) {
-            (Some(_), _) => 0,
-            (None, Some(true)) => 2,
-            (None, _) => 1,
-        };
+        let mut held: u32 = quota_slots(&request);
         if !self
             .quota
             .try_acquire_many(&auth.username, held, user_quota, total_quota)

@@ -40,6 +40,12 @@ pub struct ServerConfig {
     pub user_quota: u32,
     /// Concurrent allocations in all; 0 is unlimited (486 when reached).
     pub total_quota: u32,
+    /// `max-allocations`: allocations on this node (every worker, EVEN-PORT
+    /// reservations included, as counted by the shared [`QuotaLedger`])
+    /// from which Allocate is shed: 300 Try Alternate with an alternate
+    /// server of the client's family, else 508 Insufficient Capacity (see
+    /// [`ShedReason::MaxAllocations`]); 0 is no limit.
+    pub max_allocations: u32,
     /// Add FINGERPRINT to every response (else only when the request had one).
     pub fingerprint: bool,
     /// SOFTWARE attribute for responses; `None` sends none.
@@ -196,6 +202,7 @@ impl Default for ServerConfig {
             nonce_lifetime: crate::auth::DEFAULT_NONCE_LIFETIME,
             user_quota: 0,
             total_quota: 0,
+            max_allocations: 0,
             fingerprint: false,
             software: None,
             reason_phrases: false,

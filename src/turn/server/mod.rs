@@ -28,7 +28,7 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
-pub use allocate::AllocationEnd;
+pub use allocate::{AllocationEnd, AllocationSheds, ShedReason};
 pub use authenticate::AuthFailure;
 use authenticate::*;
 pub use config::{ServerConfig, SharedState};
@@ -141,6 +141,9 @@ pub struct Stats {
     pub denied_clients: u64,
     /// Datagrams dropped by `max-bps` or `bps-capacity`.
     pub dropped_bandwidth: u64,
+    /// Allocate requests shed to another node or refused for load, by
+    /// reason (see [`ShedReason`]).
+    pub allocations_shed: AllocationSheds,
     /// Requests, datagrams and connections refused because the peer is an
     /// address of this host (see [`OwnAddresses`]), by path.
     pub own_address_refused: OwnAddressRefusals,
@@ -206,6 +209,7 @@ impl std::ops::AddAssign for Stats {
         self.rate_limited += o.rate_limited;
         self.denied_clients += o.denied_clients;
         self.dropped_bandwidth += o.dropped_bandwidth;
+        self.allocations_shed += o.allocations_shed;
         self.own_address_refused += o.own_address_refused;
     }
 }
@@ -522,6 +526,11 @@ impl Server {
         // A retransmission gets the very same answer (RFC 8489 section 6.3.4).
         if let Some(answer) = self.cached_answer(ft, &msg, out) {
             debug!(client = %ft.client, method = ?msg.method(), "retransmitted request answered from cache");
+            return answer;
+        }
+        // A node shedding load redirects a credential-less Allocate before
+        // challenging it (see `shed_before_challenge`).
+        if let Some(answer) = self.shed_before_challenge(now, ft, &r, out) {
             return answer;
         }
         let auth = match self.authenticate(now, ft, &r, out) {

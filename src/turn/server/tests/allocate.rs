@@ -492,13 +492,18 @@ fn draining_answers_allocate_with_300_and_an_alternate_of_the_clients_family() {
     });
     let before = h.client(1, "alice", "secret");
     assert_eq!(h.allocate(&before).class(), Class::Success);
+    // Clients that hold a nonce from before the drain (a credential-less
+    // Allocate while draining is redirected before any challenge: see
+    // shed.rs).
+    let clients: Vec<Client> = (2..6).map(|p| h.client(p, "alice", "secret")).collect();
+    let tls_v4 = client_on(&mut h, "198.51.100.7", 7, Transport::Tls);
+    let tls_v6 = client_on(&mut h, "2001:db8::7", 8, Transport::Tls);
     h.server.start_draining();
 
     // IPv4 UDP clients get the IPv4 alternates, in turn; never the IPv6 one.
     let mut seen = Vec::new();
-    for port in 2..6 {
-        let c = h.client(port, "alice", "secret");
-        let r = h.allocate(&c);
+    for c in &clients {
+        let r = h.allocate(c);
         assert_eq!(r.code(), Some(300), "Try Alternate while draining");
         assert!(r.msg().check_integrity(&c.key), "the 300 is authenticated");
         let alt = decode_address(r.msg().get(AttributeType::ALTERNATE_SERVER).unwrap()).unwrap();
@@ -512,15 +517,13 @@ fn draining_answers_allocate_with_300_and_an_alternate_of_the_clients_family() {
     assert_eq!(h.server.allocation_count(), 1, "no allocation made");
 
     // A TLS client gets the TLS alternate.
-    let c = client_on(&mut h, "198.51.100.7", 7, Transport::Tls);
-    let r = h.allocate(&c);
+    let r = h.allocate(&tls_v4);
     assert_eq!(r.code(), Some(300));
     let alt = decode_address(r.msg().get(AttributeType::ALTERNATE_SERVER).unwrap()).unwrap();
     assert_eq!(alt, tls[0]);
 
     // An IPv6 TLS client: no alternate of its family, 508 as without any.
-    let c = client_on(&mut h, "2001:db8::7", 8, Transport::Tls);
-    let r = h.allocate(&c);
+    let r = h.allocate(&tls_v6);
     assert_eq!(r.code(), Some(508));
     assert!(r.msg().get(AttributeType::ALTERNATE_SERVER).is_none());
 

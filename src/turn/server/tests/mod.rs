@@ -20,6 +20,7 @@ mod peer_route;
 mod permission;
 mod relay;
 mod request;
+mod shed;
 mod tcp_relay;
 mod timers;
 mod workers;
