@@ -150,15 +150,25 @@ impl Server {
 
     /// The alternate servers for a client on `ft` (RFC 8489 section 10):
     /// `tls-alternate-server` for TLS clients, else `alternate-server`, of
-    /// the client's address family (it cannot reach the other).
+    /// the client's address family (it cannot reach the other), this node
+    /// itself left out (an address of this host on the port the client came
+    /// to), so one list can be shipped to every node of a fleet.
     fn alternates(&self, ft: FiveTuple) -> impl Iterator<Item = SocketAddr> + '_ {
         let list = match ft.transport {
             Transport::Tls => &self.config.tls_alternate_servers,
             Transport::Udp | Transport::Tcp => &self.config.alternate_servers,
         };
+        let c = &self.config;
+        let is_self = move |a: &SocketAddr| {
+            a.port() == ft.server.port()
+                && (a.ip() == ft.server.ip()
+                    || c.host_ips.contains(&a.ip())
+                    || c.relay_ips.contains(&a.ip())
+                    || c.external_ips.iter().any(|(_, public)| *public == a.ip()))
+        };
         list.iter()
             .copied()
-            .filter(move |a| a.is_ipv4() == ft.client.is_ipv4())
+            .filter(move |a| a.is_ipv4() == ft.client.is_ipv4() && !is_self(a))
     }
 
     /// The next of [`Server::alternates`] for a client on `ft`, round robin;

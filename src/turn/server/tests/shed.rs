@@ -206,3 +206,36 @@ fn shedding_leaves_other_requests_and_reconfigure_applies() {
     h.server.reconfigure(now, config);
     assert_eq!(bare_allocate(&mut h, 3).code(), Some(401));
 }
+
+/// One `alternate-server` list shipped to every node of a fleet names the
+/// node itself too: it never redirects a client to itself (an address of
+/// this host on the port the client came to), but to the others, in turn.
+#[test]
+fn a_node_never_names_itself_as_the_alternate() {
+    let other: SocketAddr = "192.0.2.22:3478".parse().unwrap();
+    let mut h = Harness::new(|c| {
+        c.max_allocations = 1;
+        c.host_ips = vec!["198.51.100.200".parse().unwrap()];
+        c.alternate_servers = vec![
+            // The address the clients came to, and another of this host's.
+            "203.0.113.1:3478".parse().unwrap(),
+            "198.51.100.200:3478".parse().unwrap(),
+            alternate(),
+            // This host on another port is another node.
+            "203.0.113.1:3479".parse().unwrap(),
+            other,
+        ];
+    });
+    let a = h.client(1, "alice", "secret");
+    assert_eq!(h.allocate(&a).class(), Class::Success);
+    let mut named = Vec::new();
+    for port in 10..16 {
+        let r = bare_allocate(&mut h, port);
+        assert_eq!(r.code(), Some(300));
+        named.push(alternate_of(&r).expect("ALTERNATE-SERVER"));
+    }
+    let at_3479: SocketAddr = "203.0.113.1:3479".parse().unwrap();
+    for want in [alternate(), at_3479, other] {
+        assert_eq!(named.iter().filter(|a| **a == want).count(), 2, "{named:?}");
+    }
+}
