@@ -11,7 +11,10 @@
 //! - with Redis stopped every node keeps relaying and authenticating the
 //!   users it knew, and with Redis back the quota holds again;
 //! - node C's admin API lists the allocations of A and B, and a revocation
-//!   from C ends them on both.
+//!   from C ends them on both;
+//! - node A draining keeps relaying its allocations and answers a new
+//!   Allocate with 300 Try Alternate naming node B, where the client
+//!   allocates (after a fresh nonce: B does not take A's, see the test).
 //!
 //! The times changes take to reach the nodes are printed (`propagation`).
 //! The Chromium parts (a call across two nodes, draining) are in
@@ -39,6 +42,8 @@ const DELETION_BOUND: Duration = Duration::from_secs(1);
 const NAMES: [&str; 3] = ["a", "b", "c"];
 /// Redis's port on the bridge address.
 const REDIS_PORT: u16 = 6379;
+/// Every node listens on the default TURN port, alone in its namespace.
+const TURN_PORT: u16 = 3478;
 
 /// Three turnd nodes, each alone in a network namespace on one bridge, and
 /// a `redis-server` on the bridge's own address. Fields drop in order:
@@ -56,11 +61,12 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// Fleet number `k` (1..=4, one per test: its /28 of 192.0.2.0/24,
+    /// Fleet number `k` (1..=5, one per test: its /28 of 192.0.2.0/24,
     /// 2001:db8:k::/64, relay port slots `3(k-1)..3k`), every node started
-    /// with `extra`.
+    /// with `extra`. Each node names the next one (a to b, b to c, c to
+    /// a) as its `alternate-server`.
     fn start(k: u16, extra: &[&str]) -> Fleet {
-        assert!((1..=4).contains(&k));
+        assert!((1..=5).contains(&k));
         let v4 = |h: u16| format!("192.0.2.{}", 16 * k + h);
         let v6 = |h: u16| format!("2001:db8:{k}::{h}");
         let hosts: Vec<[String; 2]> = (2..5)
@@ -87,7 +93,9 @@ impl Fleet {
                 .in_netns(ns)
                 .set("--listening-ip", &ip4)
                 .set("--relay-ip", &ip4)
+                .set("--listening-port", TURN_PORT.to_string())
                 .args(["--listening-ip", &ip6])
+                .args(["--alternate-server", &v4(2 + (i as u16 + 1) % 3)])
                 .args(["--server-name", NAMES[i], "--redis-userdb", &redis.url()])
                 .args(["--allowed-peer-ip", "192.0.2.0/24"])
                 .args(["--auth-failures-per-minute", "0"])
@@ -486,4 +494,60 @@ fn node_c_lists_the_allocations_of_a_and_b_and_a_revocation_from_c_ends_them_on_
     // alice's allocation on a was not touched.
     keep.refresh(Some(600)).expect_success();
     relays(&mut keep, relay_keep, &peer, "alice on a, after");
+}
+
+#[test]
+fn node_a_draining_keeps_relaying_and_sends_a_new_client_to_node_b() {
+    let f = Fleet::start(5, &["--drain-timeout", "60"]);
+    let peer = Peer::bind(&f.here4);
+    let (mut call, relay) = f.allocation(0, USER, PASSWORD);
+    relays(&mut call, relay, &peer, "a before draining");
+    // A client that holds a nonce of A's, as Chromium does when A answers
+    // its signed Allocate.
+    let mut late = f.client(0, USER, PASSWORD);
+    late.fetch_nonce();
+
+    f.nodes[0].signal("TERM");
+    assert!(
+        f.nodes[0].wait_for_log("draining: no new allocations", 1, PROPAGATION),
+        "{}",
+        f.nodes[0].log()
+    );
+    relays(&mut call, relay, &peer, "a draining");
+    call.refresh(Some(600)).expect_success();
+    relays(&mut call, relay, &peer, "a draining, refreshed");
+
+    let r = late.allocate_with(&[Attr::transport_udp()]);
+    r.expect_error(300);
+    assert!(
+        r.integrity_ok(&late.key()),
+        "the 300 carries MESSAGE-INTEGRITY"
+    );
+    let alternate = r
+        .get(turnd::stun::AttributeType::ALTERNATE_SERVER)
+        .map(|v| turnd::stun::decode_address(&v));
+    assert_eq!(alternate, Some(Ok(f.udp4[1])), "ALTERNATE-SERVER names b");
+
+    // The client goes to b with what it has: A's nonce. b's nonces carry
+    // an HMAC with b's own key, so it answers 438 with one of its own;
+    // Chromium gives up there (tests/browser/fleet.test.mjs), this client
+    // retries with b's nonce.
+    late.server = f.udp4[1];
+    let first = late.signed_once(turnd::stun::Method::ALLOCATE, &[Attr::transport_udp()]);
+    println!(
+        "b answers an Allocate signed with a's nonce: {:?}",
+        first.error_code()
+    );
+    let on_b = match first.error_code() {
+        None => Client::allocated(first),
+        Some(438) => {
+            assert!(late.learn_nonce(&first), "438 without a nonce: {first:?}");
+            late.allocate()
+        }
+        Some(code) => panic!("b answered {code}: {first:?}"),
+    };
+    assert_eq!(on_b.relay.ip(), f.udp4[1].ip(), "relayed on b");
+    relays(&mut late, on_b.relay, &peer, "redirected to b");
+    // a is still draining, its call still flows.
+    relays(&mut call, relay, &peer, "a still draining");
 }
