@@ -1,5 +1,6 @@
 //! Changing the network of the test's own namespace: interfaces and
-//! addresses with `ip` (iproute2). Only inside a private network namespace
+//! addresses with `ip` (iproute2), and named namespaces on a bridge
+//! ([`Bridged`]). Only inside a private network namespace
 //! (the suite runs in `unshare --net`); a test that needs it fails, never
 //! skips, when it is not root, `ip` is missing or the namespace is not
 //! private.
