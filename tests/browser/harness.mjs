@@ -32,6 +32,7 @@ export const RELAY_PORTS = {
   rest: [41000, 41999],
   tcp_tls: [23920, 23999],
   admin: [25900, 25999],
+  fleet: [38300, 38599],
 };
 export const [MIN_PORT, MAX_PORT] = RELAY_PORTS.webrtc;
 
@@ -106,7 +107,10 @@ export function resolveTurndBin() {
  * relay port range (default MIN_PORT-MAX_PORT; test files run in parallel, so
  * give each its own range); `listeners`, which "turnd: listening on PROTO
  * 127.0.0.1:PORT" lines to wait for (default ['udp']; e.g. ['udp', 'tcp', 'tls']
- * with --cert/--pkey/--tls-listening-port 0). The returned server has `port`
+ * with --cert/--pkey/--tls-listening-port 0); `netns`, a network namespace
+ * to run it in (`ip netns exec NS turnd ...`: ip execs turnd, the PID is
+ * turnd's), with `ip`, the listening and relay address there (default
+ * 127.0.0.1), and `listeningPort` (default 0). The returned server has `port`
  * (the UDP port, else the first one seen), `tcpPort`, `tlsPort` (the first TLS
  * port) and `tlsPorts`. `ip` (default 127.0.0.1) is the listening and relay
  * address (tests/browser/two-nodes/ runs two turnd on 192.0.2.1 and
@@ -114,12 +118,13 @@ export function resolveTurndBin() {
  * logs).
  */
 export async function startTurnd({
-  timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT, listeners = ['udp'], ip = '127.0.0.1',
+  timeoutMs = 10_000, extraArgs = [], minPort = MIN_PORT, maxPort = MAX_PORT, listeners = ['udp'],
+  netns = null, ip = '127.0.0.1', listeningPort = 0,
 } = {}) {
   const bin = resolveTurndBin();
   const args = [
     '--listening-ip', ip,
-    '--listening-port', '0',
+    '--listening-port', String(listeningPort),
     '--relay-ip', ip,
     '--min-port', String(minPort),
     '--max-port', String(maxPort),
@@ -131,7 +136,8 @@ export async function startTurnd({
   ];
   // detached: turnd leads its own process group, so the SIGKILL fallback also
   // reaches anything it might have started. SIGTERM goes to turnd's PID only.
-  const child = spawn(bin, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const [program, argv] = netns === null ? [bin, args] : ['ip', ['netns', 'exec', netns, bin, ...args]];
+  const child = spawn(program, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const killGroup = () => {
     try { process.kill(-child.pid, 'SIGKILL'); } catch { /* already gone */ }
     child.stdout.destroy();
@@ -286,15 +292,19 @@ export async function startTurnd({
  * more switches appended; `withoutArgs`, switches of CHROMIUM_ARGS left out;
  * `hostResolverRules`, a replacement for the value of the single
  * --host-resolver-rules switch (e.g.
- * 'MAP localhost 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1').
+ * 'MAP localhost 127.0.0.1 , MAP * ~NOTFOUND , EXCLUDE 127.0.0.1');
+ * `executablePath`, what playwright starts (default CHROMIUM; a wrapper that
+ * execs CHROMIUM in a network namespace, for fleet.test.mjs).
  */
-export async function launchChromium({ extraArgs = [], withoutArgs = [], hostResolverRules = null } = {}) {
+export async function launchChromium({
+  extraArgs = [], withoutArgs = [], hostResolverRules = null, executablePath = CHROMIUM,
+} = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM} (apt-get install chromium)`);
   const profile = mkdtempSync(path.join(tmpdir(), 'turnd-chromium-'));
   let context;
   try {
     context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
+      executablePath,
       headless: true,
       args: [
         ...CHROMIUM_ARGS.filter((a) => !withoutArgs.includes(a)).map((a) => (hostResolverRules !== null && a.startsWith('--host-resolver-rules=')
@@ -444,7 +454,8 @@ export function installPageHelpers() {
   /**
    * Two relay-only peer connections with `iceServers`, linked in-page, and a
    * data channel `label` both ways: `count` messages `${prefix}a->b #i` (and
-   * b->a), then a 16 KiB one of `bigChar` when given (`size` pads each
+   * b->a), then a 16 KiB one of `bigChar` when given (b uses `iceServersB`
+   * when given, else `iceServers`) (`size` pads each
    * numbered message to that many characters). With `roundTrip` (the
    * default) one ping/pong round trip a->b->a is made when both channels are
    * open, before the bulk send (see retryDataChannelStall). Connecting may
@@ -454,11 +465,11 @@ export function installPageHelpers() {
    */
   const relayDataChannel = async (iceServers, {
     label = 'chat', count = 20, prefix = '', bigChar = null, size = 0, roundTrip = true,
-    connectMs = 15_000, messagesMs = 10_000,
+    connectMs = 15_000, messagesMs = 10_000, iceServersB = null,
   } = {}) => {
     const config = { iceServers, iceTransportPolicy: 'relay' };
     const a = watch(new RTCPeerConnection(config), 'a');
-    const b = watch(new RTCPeerConnection(config), 'b');
+    const b = watch(new RTCPeerConnection({ ...config, iceServers: iceServersB ?? iceServers }), 'b');
     try {
       link(a, b);
       const dcA = a.createDataChannel(label);
@@ -557,16 +568,21 @@ export function gatherCandidates(page, config, name, options = {}) {
 /**
  * Checks a relayDataChannel result: every message arrived intact and in
  * order both ways; both selected pairs are relay/relay over `relayProtocol`
- * to the client, with UDP relayed addresses on 127.0.0.1 within
- * `minPort`-`maxPort`, succeeded (or in-progress with responses, while a
+ * to the client, with UDP relayed addresses on `address` (default
+ * 127.0.0.1) within `minPort`-`maxPort` (b's: `b.address`, `b.minPort`,
+ * `b.maxPort` where given), succeeded (or in-progress with responses, while a
  * consent check is out), nominated and carrying bytes; each side's remote
  * candidate is the other's relayed address, the two differ, and no candidate
  * errors were reported.
  */
-export function assertRelayedBothWays(result, { relayProtocol, minPort, maxPort }) {
+export function assertRelayedBothWays(result, {
+  relayProtocol, minPort, maxPort, address = '127.0.0.1', b = {},
+}) {
   assert.deepEqual(result.atB, result.sentA, 'messages a->b did not arrive intact and in order');
   assert.deepEqual(result.atA, result.sentB, 'messages b->a did not arrive intact and in order');
+  const own = { a: { address, minPort, maxPort }, b: { address, minPort, maxPort, ...b } };
   for (const [name, sel] of [['a', result.pairA], ['b', result.pairB]]) {
+    const { address, minPort, maxPort } = own[name];
     assert.ok(sel, `${name}: no selected candidate pair in getStats`);
     const ctx = JSON.stringify(sel);
     assert.equal(sel.local?.candidateType, 'relay', `${name}: local candidate is not relay: ${ctx}`);
@@ -574,7 +590,7 @@ export function assertRelayedBothWays(result, { relayProtocol, minPort, maxPort 
     assert.equal(sel.local.relayProtocol, relayProtocol, `${name}: local relayProtocol is not ${relayProtocol}: ${ctx}`);
     // The relayed address itself is UDP (REQUESTED-TRANSPORT UDP); only the client-server leg may be TCP/TLS.
     assert.equal(sel.local.protocol, 'udp', `${name}: relayed candidate protocol is not udp: ${ctx}`);
-    assert.equal(sel.local.address, '127.0.0.1', `${name}: relayed address is not 127.0.0.1: ${ctx}`);
+    assert.equal(sel.local.address, address, `${name}: relayed address is not ${address}: ${ctx}`);
     assert.ok(sel.local.port >= minPort && sel.local.port <= maxPort,
       `${name}: relayed port ${sel.local.port} outside ${minPort}-${maxPort}: ${ctx}`);
     // Chromium reports the selected pair as 'in-progress' while a consent

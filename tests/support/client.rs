@@ -904,7 +904,13 @@ pub fn channel_round_trip(c: &mut Client, n: u16, data: &[u8]) {
 /// still had an allocation would rightly get 437.
 #[track_caller]
 pub fn allocates(server: SocketAddr, user: &str, password: &str) -> bool {
-    let mut c = Client::new(server, user, password);
+    allocates_on("127.0.0.1", server, user, password)
+}
+
+/// [`allocates`] from a socket bound to `ip` (a namespace's address).
+#[track_caller]
+pub fn allocates_on(ip: &str, server: SocketAddr, user: &str, password: &str) -> bool {
+    let mut c = Client::new_on(ip, server, user, password);
     let r = c.allocate_with(&[Attr::transport_udp()]);
     match r.error_code() {
         None => {

@@ -10,7 +10,8 @@
 //! - [`http`]: a plain HTTP/1.1 client and a Prometheus text parser.
 //! - [`cert`]: self-signed test certificates and a pinning TLS client config.
 //! - [`netns`]: interfaces and addresses in the test's own network
-//!   namespace (`ip`), only when it is private.
+//!   namespace (`ip`), only when it is private, and named namespaces joined
+//!   to it by a bridge ([`netns::Bridged`], for a fleet of nodes).
 //! - [`ports`]: the relay port ranges of every test file, from one table.
 //! - [`redis`]: a real `redis-server` for the fleet tests.
 //!

@@ -1,5 +1,6 @@
 //! Changing the network of the test's own namespace: interfaces and
-//! addresses with `ip` (iproute2). Only inside a private network namespace
+//! addresses with `ip` (iproute2), and named namespaces on a bridge
+//! ([`Bridged`]). Only inside a private network namespace
 //! (the suite runs in `unshare --net`); a test that needs it fails, never
 //! skips, when it is not root, `ip` is missing or the namespace is not
 //! private.
@@ -100,4 +101,81 @@ impl Drop for SetupGuard {
 /// Runs `ip ARGS` and ignores the outcome (undoing what may not be there).
 pub fn ip_quiet(args: &str) {
     let _ = Command::new("ip").args(args.split_whitespace()).output();
+}
+
+/// Named network namespaces (`ip netns add`), each joined by a veth pair to
+/// one bridge in this namespace: hosts on one link with the bridge as the
+/// test's own address. Removed on drop, also when the test panics (drop
+/// what runs inside them first). Names carry this process's ID, so two
+/// runs never share one.
+pub struct Bridged {
+    /// The bridge, in this namespace.
+    pub bridge: String,
+    /// The namespaces, in the order of the hosts given.
+    pub namespaces: Vec<String>,
+}
+
+impl Bridged {
+    /// Bridge `flb<pid><tag>` holding `bridge_addrs` (CIDR, e.g.
+    /// "192.0.2.17/28", "2001:db8:1::1/64"), and per entry of `hosts` a
+    /// namespace `turnd-<pid>-<tag>-<i>` whose `eth0` holds those addresses
+    /// (IPv6 without duplicate address detection), loopback up. `tag` is one
+    /// character (interface names have 15). Panics (after undoing what it
+    /// made) unless this namespace is private and `ip` works.
+    #[track_caller]
+    pub fn new(tag: char, bridge_addrs: &[&str], hosts: &[&[&str]]) -> Bridged {
+        assert_private_namespace("fl");
+        let pid = std::process::id();
+        let net = Bridged {
+            bridge: format!("flb{pid}{tag}"),
+            namespaces: (0..hosts.len())
+                .map(|i| format!("turnd-{pid}-{tag}-{i}"))
+                .collect(),
+        };
+        net.remove(); // what a crashed run with this PID left
+        let br = &net.bridge;
+        ip(&format!("link add {br} type bridge"));
+        for a in bridge_addrs {
+            ip(&format!("addr add {a} dev {br}{}", nodad(a)));
+        }
+        ip(&format!("link set {br} up"));
+        for (i, (ns, addrs)) in net.namespaces.iter().zip(hosts).enumerate() {
+            let veth = format!("flv{pid}{tag}{i}");
+            ip(&format!("netns add {ns}"));
+            ip(&format!("link add {veth} type veth peer name {veth}p"));
+            ip(&format!("link set {veth}p netns {ns}"));
+            ip(&format!("-n {ns} link set {veth}p name eth0"));
+            for a in *addrs {
+                ip(&format!("-n {ns} addr add {a} dev eth0{}", nodad(a)));
+            }
+            ip(&format!("-n {ns} link set eth0 up"));
+            ip(&format!("-n {ns} link set lo up"));
+            ip(&format!("link set {veth} master {br}"));
+            ip(&format!("link set {veth} up"));
+        }
+        net
+    }
+
+    /// Deletes the namespaces (their veth pairs go with them) and the bridge.
+    fn remove(&self) {
+        for ns in &self.namespaces {
+            ip_quiet(&format!("netns del {ns}"));
+        }
+        ip_quiet(&format!("link del {}", self.bridge));
+    }
+}
+
+/// " nodad" for an IPv6 address: usable at once, no duplicate detection.
+fn nodad(cidr: &str) -> &'static str {
+    if cidr.contains(':') {
+        " nodad"
+    } else {
+        ""
+    }
+}
+
+impl Drop for Bridged {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }

@@ -64,6 +64,10 @@ pub enum Suite {
     Soak,
     /// `tests/fleet_redis.rs`.
     FleetRedis,
+    /// `tests/fleet_netns.rs` (each node in its own network namespace).
+    FleetNetns,
+    /// `tests/browser/fleet.test.mjs` (reserved, as below).
+    BrowserFleet,
     /// `tests/browser/tcp_tls.test.mjs` (reserved here; `RELAY_PORTS` in
     /// `tests/browser/harness.mjs` hands it out).
     BrowserTcpTls,
@@ -116,6 +120,8 @@ const BLOCKS: &[Block] = &[
     block(Suite::Workers, 26000, 100, 5),         // 26000-26499
     block(Suite::StreamHostile, 26500, 20, 10),   // 26500-26699
     block(Suite::FleetRedis, 26700, 20, 15),      // 26700-26999
+    block(Suite::FleetNetns, 38000, 20, 15),      // 38000-38299
+    block(Suite::BrowserFleet, 38300, 300, 1),    // 38300-38599
     block(Suite::BrowserWebrtc, 40000, 1000, 1),  // 40000-40999
     block(Suite::BrowserRest, 41000, 1000, 1),    // 41000-41999
     block(Suite::AuthRestSecret, 42000, 100, 10), // 42000-42999

@@ -162,6 +162,8 @@ pub struct Turnd {
     args: Vec<String>,
     env: Vec<(String, Option<String>)>,
     listen: Option<Listen>,
+    /// The command turnd runs under (`ip netns exec NS`), none when empty.
+    wrapper: Vec<String>,
 }
 
 impl Turnd {
@@ -171,6 +173,7 @@ impl Turnd {
             args: Vec::new(),
             env: Vec::new(),
             listen: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -247,6 +250,13 @@ impl Turnd {
         self.listen(want)
     }
 
+    /// Runs turnd in the named network namespace (`ip netns exec NS turnd
+    /// ...`; `ip` execs turnd, so the PID is turnd's).
+    pub fn in_netns(mut self, ns: &str) -> Turnd {
+        self.wrapper = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+        self
+    }
+
     /// The arguments so far.
     pub fn arguments(&self) -> &[String] {
         &self.args
@@ -254,7 +264,14 @@ impl Turnd {
 
     /// Starts turnd and returns at once, before it listens.
     pub fn spawn(self) -> TestServer {
-        let mut cmd = Command::new(turnd_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(turnd_bin());
+                c
+            }
+            None => Command::new(turnd_bin()),
+        };
         cmd.args(&self.args)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
