@@ -245,19 +245,12 @@ test('node A draining (SIGTERM, --drain-timeout): its call with node B keeps flo
 }));
 
 // Chromium follows the 300 (libwebrtc TurnAllocateRequest::OnTryAlternate,
-// then TurnPort::TryAlternateServer) but sends B the Allocate signed with A's
-// NONCE; B's nonces are an HMAC with its own per-process key
-// (auth::NonceIssuer), so B answers 438 (logged at debug: "nonce not valid:
-// 438 ... check=Invalid"), and libwebrtc's TurnAllocateRequest::OnErrorResponse
-// retries only 401 (once), 300 and 437: a 438 to an Allocate ends the port
-// (icecandidateerror 438). tests/fleet_netns.rs shows the same 438 at the
-// protocol level. Tried by hand: with one nonce key on every node and nonce
-// times counted from the Unix epoch (src/turn/server/mod.rs, not committed)
-// this test passed (both relay candidates on B, data both ways, A's call
-// still flowing). Drop `todo` once the fleet shares its nonces.
-const NONCE_NOT_SHARED = 'node B refuses the nonce node A issued (438), and Chromium does not retry a 438 to an Allocate';
+// then TurnPort::TryAlternateServer) with the NONCE it holds: a draining or
+// full node answers a client's first, credential-less Allocate with a bare
+// 300, before any 401, so the client reaches B without A's nonce (B could not
+// check it: 438, which libwebrtc does not retry for an Allocate).
 
-test('a new client given only node A\'s turn: URL is sent to node B by 300 and connects there', { timeout: 60_000, todo: NONCE_NOT_SHARED }, withLogs(async (t) => {
+test('a new client given only node A\'s turn: URL is sent to node B by 300 and connects there', { timeout: 60_000 }, withLogs(async (t) => {
   assert.ok(s.callPage, 'the draining test ran first');
   const page = await newPage();
   try {
