@@ -356,9 +356,14 @@ pub const NONCE_LEN: usize = 29;
 /// Shape: `obMatJos2` `wAAA` then base64 of 12 bytes: the issue time in
 /// seconds since the issuer's epoch (4 bytes, big endian) and the first 8
 /// bytes of HMAC-SHA1(key, issue-time || client IP address).
+///
+/// The key can be replaced ([`NonceIssuer::set_key`]: a fleet's shared key,
+/// read from Redis after start); nonces of the key before stay valid for
+/// their lifetime.
 #[derive(Clone)]
 pub struct NonceIssuer {
     key: [u8; 20],
+    previous: Option<[u8; 20]>,
     lifetime_secs: u64,
 }
 
@@ -375,7 +380,17 @@ impl NonceIssuer {
     pub fn new(key: [u8; 20], lifetime: Duration) -> Self {
         NonceIssuer {
             key,
+            previous: None,
             lifetime_secs: lifetime.as_secs().max(1),
+        }
+    }
+
+    /// Issues nonces with `key` from now on; nonces of the key before are
+    /// still accepted (until their lifetime ends). No change when `key` is
+    /// the current one.
+    pub fn set_key(&mut self, key: [u8; 20]) {
+        if key != self.key {
+            self.previous = Some(std::mem::replace(&mut self.key, key));
         }
     }
 
@@ -384,8 +399,8 @@ impl NonceIssuer {
         self.lifetime_secs = lifetime.as_secs().max(1);
     }
 
-    fn tag(&self, issued: u32, client: SocketAddr) -> [u8; 8] {
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.key).expect("any key length");
+    fn tag(key: &[u8; 20], issued: u32, client: SocketAddr) -> [u8; 8] {
+        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key).expect("any key length");
         mac.update(&issued.to_be_bytes());
         // The IP only, not the port: RFC 6062 data connections come from new
         // ports and reuse the nonce of the control connection.
@@ -404,7 +419,7 @@ impl NonceIssuer {
         let issued = now_secs as u32;
         let mut raw = [0u8; 12];
         raw[..4].copy_from_slice(&issued.to_be_bytes());
-        raw[4..].copy_from_slice(&self.tag(issued, client));
+        raw[4..].copy_from_slice(&Self::tag(&self.key, issued, client));
         let mut out = [0u8; NONCE_LEN];
         out[..9].copy_from_slice(NONCE_COOKIE);
         out[9..13].copy_from_slice(SECURITY_FEATURES);
@@ -428,13 +443,15 @@ impl NonceIssuer {
             _ => return NonceCheck::Invalid,
         }
         let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let want = self.tag(issued, client);
         // Constant-time comparison of the tag.
-        let diff = want
-            .iter()
-            .zip(&raw[4..])
-            .fold(0u8, |d, (a, b)| d | (a ^ b));
-        if diff != 0 {
+        let matches = |key: &[u8; 20]| {
+            Self::tag(key, issued, client)
+                .iter()
+                .zip(&raw[4..])
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0
+        };
+        if !matches(&self.key) && !self.previous.as_ref().is_some_and(matches) {
             return NonceCheck::Invalid;
         }
         let age = (now_secs as u32).wrapping_sub(issued) as u64;
@@ -479,6 +496,31 @@ mod tests {
         assert_eq!(n.check(b"short", 100, c), NonceCheck::Invalid);
         let other = NonceIssuer::new([8; 20], Duration::from_secs(600));
         assert_eq!(other.check(&nonce, 100, c), NonceCheck::Invalid);
+    }
+
+    /// A fleet's key replaces a node's own: nonces of both are accepted
+    /// (the old ones until they go stale), those of an older key are not.
+    #[test]
+    fn a_new_nonce_key_keeps_the_last_one_valid() {
+        let mut n = NonceIssuer::new([1; 20], Duration::from_secs(600));
+        let c: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let own = n.issue(100, c);
+        n.set_key([2; 20]);
+        let fleet = n.issue(101, c);
+        assert_eq!(n.check(&own, 102, c), NonceCheck::Valid);
+        assert_eq!(n.check(&own, 700, c), NonceCheck::Stale);
+        assert_eq!(n.check(&fleet, 102, c), NonceCheck::Valid);
+        let other_node = NonceIssuer::new([2; 20], Duration::from_secs(600));
+        assert_eq!(other_node.check(&fleet, 102, c), NonceCheck::Valid);
+        n.set_key([2; 20]);
+        assert_eq!(
+            n.check(&own, 102, c),
+            NonceCheck::Valid,
+            "same key: no change"
+        );
+        n.set_key([3; 20]);
+        assert_eq!(n.check(&own, 102, c), NonceCheck::Invalid);
+        assert_eq!(n.check(&fleet, 102, c), NonceCheck::Valid);
     }
 
     #[test]

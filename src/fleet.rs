@@ -311,7 +311,7 @@ pub async fn read_realm(
         let Some(v) = v else { continue };
         let rest = &k[prefix.len()..];
         if let Some(name) = rest.strip_suffix("/key") {
-            if let Some(key) = hex16(v.trim()) {
+            if let Some(key) = hex_bytes::<16>(v.trim()) {
                 users.insert(name.to_owned(), key);
                 from_key.push(name.to_owned());
             }
@@ -344,11 +344,12 @@ pub async fn read_realm(
     })
 }
 
-fn hex16(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// `text` as N bytes in hex (2N digits), else None.
+fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut out = [0u8; 16];
+    let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
     }
@@ -419,6 +420,39 @@ pub async fn fleet_user_counts(
         }
     }
     Ok(out)
+}
+
+/// The fleet's nonce key (`turnd/nonce-key`, 40 hex digits), made by the
+/// first node that asks (SET NX of 20 random bytes), so that every node
+/// accepts the nonces of the others: a client sent on by 300 Try Alternate,
+/// or by DNS, keeps its nonce. Nonces are no secret (they prove freshness,
+/// not identity): anyone who can read this Redis could mint them, and no
+/// more.
+///
+/// # Errors
+/// Redis's; a value that is not 40 hex digits is replaced.
+pub async fn nonce_key(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<[u8; 20]> {
+    const KEY: &str = "turnd/nonce-key";
+    // Bounded: a second round finds the value the first wrote (or fixed).
+    for _ in 0..3 {
+        let current: Option<String> = con.get(KEY).await?;
+        match current.as_deref().map(|t| hex_bytes::<20>(t.trim())) {
+            Some(Some(key)) => return Ok(key),
+            Some(None) => {
+                let _: () = con.del(KEY).await?;
+            }
+            None => {}
+        }
+        let mut fresh = [0u8; 20];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        let _: bool = con.set_nx(KEY, crate::auth::to_hex(&fresh)).await?;
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::TypeError,
+        "turnd/nonce-key keeps changing",
+    )))
 }
 
 /// Ends `name`'s allocations on every node and refuses the name for
@@ -626,7 +660,11 @@ mod tests {
         assert!(!valid_node_name("a/b"));
         assert!(!valid_node_name(&"x".repeat(65)));
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(hex16("7da2270ccfa49786e0115366d3a3d14d").unwrap()[0], 0x7d);
-        assert!(hex16("7da2").is_none());
+        assert_eq!(
+            hex_bytes::<16>("7da2270ccfa49786e0115366d3a3d14d").unwrap()[0],
+            0x7d
+        );
+        assert!(hex_bytes::<16>("7da2").is_none());
+        assert!(hex_bytes::<20>("7da2270ccfa49786e0115366d3a3d14d").is_none());
     }
 }

@@ -75,6 +75,8 @@ pub(super) struct FleetStatus {
     /// Whether a users database is in Redis (else users come from the
     /// configuration and only the registry and quotas are shared).
     pub has_userdb: bool,
+    /// The fleet's nonce key as last read (None before the first read).
+    pub nonce_key: Cell<Option<[u8; 20]>>,
 }
 
 impl FleetStatus {
@@ -90,8 +92,43 @@ impl FleetStatus {
             userdb: RefCell::new(None),
             statsdb: RefCell::new(None),
             has_userdb,
+            nonce_key: Cell::new(None),
         }
     }
+}
+
+/// The fleet's nonce key at start, from the stats database, waiting at
+/// most 10 s: `None` (logged) when Redis cannot be read; the node then
+/// starts with its own key and takes the fleet's when Redis is back.
+pub(super) async fn initial_nonce_key(target: &RedisTarget) -> Option<[u8; 20]> {
+    let read = async {
+        let mut con = target.connect(RESPONSE_TIMEOUT).await?;
+        fleet::nonce_key(&mut con).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(key)) => Some(key),
+        Ok(Err(e)) => {
+            warn!(redis = %target, error = %e, "no fleet nonce key at start: this node's nonces are its own until Redis is back");
+            None
+        }
+        Err(_) => {
+            warn!(redis = %target, "no fleet nonce key at start (Redis did not answer): this node's nonces are its own until Redis is back");
+            None
+        }
+    }
+}
+
+/// Hands the fleet's nonce key to every core, when it is not theirs yet.
+async fn install_nonce_key(status: &FleetStatus, http: &Rc<HttpState>, key: [u8; 20]) {
+    if status.nonce_key.get() == Some(key) {
+        return;
+    }
+    status.nonce_key.set(Some(key));
+    http.core.borrow_mut().set_nonce_key(key);
+    http.workers
+        .broadcast(|_| super::worker::Control::NonceKey(key))
+        .await;
+    info!("the fleet's nonce key is in use: nonces from any node are accepted");
 }
 
 /// Reads the realm's users once at start, waiting at most the connect
@@ -236,6 +273,8 @@ async fn session(
     }
     let mut events = futures_util::stream::select_all(streams);
     // Up: read everything anew and republish what this node holds.
+    let key = fleet::nonce_key(&mut stats).await.map_err(err)?;
+    install_nonce_key(status, http, key).await;
     if let Some(con) = users_con.as_mut() {
         reload_users(status, con, http).await?;
     }

@@ -545,17 +545,21 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     // configuration's users until it is back.
     let fleet_status = match (&config.redis_userdb, &config.redis_statsdb) {
         (None, None) => None,
-        (userdb, _) => {
+        (userdb, statsdb) => {
             let rows = match userdb {
                 Some(t) => fleet::initial_read(t, &config.realm).await,
                 None => None,
             };
-            Some(Rc::new(fleet::FleetStatus::new(
+            let status = fleet::FleetStatus::new(
                 config.server_name.clone(),
                 config.realm.clone(),
                 userdb.is_some(),
                 rows,
-            )))
+            );
+            if let Some(t) = statsdb.as_ref().or(userdb.as_ref()) {
+                status.nonce_key.set(fleet::initial_nonce_key(t).await);
+            }
+            Some(Rc::new(status))
         }
     };
     let mut userdb = match &config.userdb {
@@ -708,6 +712,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let cores = workers_wanted + 1;
     let shares = workers_wanted.max(1);
     let mut workers = worker::Workers::default();
+    let nonce_key = fleet_status.as_ref().and_then(|f| f.nonce_key.get());
     for (index, sockets) in worker_sockets.into_iter().enumerate() {
         workers.spawn(worker::WorkerSetup {
             index,
@@ -718,11 +723,15 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             unix_now: unix_epoch,
             seed,
             shared: shared.clone(),
+            nonce_key,
         })?;
     }
     let workers = Rc::new(workers);
     let mut core = Server::new(server_config.shard(shares), epoch, unix_epoch, seed);
     core.set_shard(workers_wanted, cores, &shared);
+    if let Some(key) = nonce_key {
+        core.set_nonce_key(key);
+    }
     let core = Rc::new(RefCell::new(core));
     let shell = new_shell(limits);
     udp_locals.sort();

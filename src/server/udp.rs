@@ -277,6 +277,9 @@ impl UdpWorker {
         wake: Arc<EventFd>,
     ) -> io::Result<Self> {
         let mut core = Server::new(setup.config, setup.epoch, setup.unix_now, setup.seed);
+        if let Some(key) = setup.nonce_key {
+            core.set_nonce_key(key);
+        }
         core.set_shard(setup.index, setup.count, &setup.shared);
         let ep = Epoll::new(EVENTS)?;
         ep.add(wake.raw_fd(), WAKE, EPOLL_IN)?;
@@ -486,6 +489,7 @@ impl UdpWorker {
                     let deleted = self.core.delete_allocation_by_id(id, &mut self.io);
                     let _ = reply.send(deleted);
                 }
+                Control::NonceKey(key) => self.core.set_nonce_key(key),
                 Control::RevokeUser(user, reply) => {
                     let ended = self.core.delete_allocations_of_user(&user, &mut self.io);
                     let _ = reply.send(ended);

@@ -74,6 +74,8 @@ pub(super) enum Control {
     View(bool, oneshot::Sender<CoreView>),
     /// Admin API: end the allocation with this id, if it is here.
     Delete(u64, oneshot::Sender<bool>),
+    /// The fleet's shared nonce key (read from Redis).
+    NonceKey([u8; 20]),
     /// A fleet-wide revocation: end every allocation of this username;
     /// answers with how many there were.
     RevokeUser(Arc<str>, oneshot::Sender<usize>),
@@ -236,6 +238,8 @@ pub(super) struct WorkerSetup {
     pub unix_now: u64,
     pub seed: [u8; 32],
     pub shared: SharedState,
+    /// A fleet's shared nonce key, when Redis gave one at start.
+    pub nonce_key: Option<[u8; 20]>,
 }
 
 struct Remote {

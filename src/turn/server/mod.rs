@@ -404,8 +404,17 @@ impl Server {
         self.timers.len()
     }
 
+    /// Unix seconds at `now`: nonce times, so that the nodes of a fleet
+    /// sharing a nonce key ([`Server::set_nonce_key`]) read each other's.
     pub(super) fn now_secs(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_secs()
+        self.unix_epoch + now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Issues nonces with `key` from now on (a fleet's shared key, so a
+    /// client sent to another node by 300, or by DNS, keeps its nonce);
+    /// nonces issued before stay valid for their lifetime.
+    pub fn set_nonce_key(&mut self, key: [u8; 20]) {
+        self.nonces.set_key(key);
     }
 
     /// Handles bytes from a client: a STUN message or a ChannelData message.
