@@ -380,6 +380,20 @@ pub struct RegistryEntry {
     pub lifetime_s: u64,
 }
 
+/// The hash at `key`; `None` when the key holds something else (a key
+/// written by hand under `turnd/`): skipped, not an error that would end
+/// the session. Connection errors are returned.
+async fn hash_of(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> redis::RedisResult<Option<HashMap<String, String>>> {
+    match con.hgetall(key).await {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Every allocation the fleet's registry holds, nodes whose heartbeat
 /// lapsed excluded (their hashes expired), sorted by node and id.
 ///
@@ -390,7 +404,9 @@ pub async fn fleet_allocations(
 ) -> redis::RedisResult<Vec<RegistryEntry>> {
     let mut out = Vec::new();
     for key in scan(con, "turnd/node/*/allocations").await? {
-        let all: HashMap<String, String> = con.hgetall(&key).await?;
+        let Some(all) = hash_of(con, &key).await? else {
+            continue;
+        };
         out.extend(
             all.values()
                 .filter_map(|v| serde_json::from_str::<RegistryEntry>(v).ok()),
@@ -414,9 +430,16 @@ pub async fn fleet_user_counts(
         if key == own {
             continue;
         }
-        let counts: HashMap<String, u32> = con.hgetall(&key).await?;
+        // Read as text: a field that is no count (written by hand, or a
+        // broken node) is skipped, not an error that would end the session.
+        let Some(counts) = hash_of(con, &key).await? else {
+            continue;
+        };
         for (user, n) in counts {
-            *out.entry(user).or_default() += n;
+            if let Ok(n) = n.trim().parse::<u32>() {
+                let e = out.entry(user).or_default();
+                *e = e.saturating_add(n);
+            }
         }
     }
     Ok(out)

@@ -147,6 +147,11 @@ fn users_and_secrets_in_redis_reach_every_node_and_deleting_refuses_them_everywh
 fn user_quota_holds_across_nodes() {
     let redis = RedisServer::start();
     let q = ["--user-quota", "2"];
+    // Keys under turnd/node/ that are no counts (written by hand, or by a
+    // broken node) are skipped; they never end a node's Redis session.
+    redis.cli(&["HSET", "turnd/node/junk/users", USER, "lots"]);
+    redis.cli(&["SET", "turnd/node/string/users", "not a hash"]);
+    redis.cli(&["SET", "turnd/node/string/allocations", "not a hash"]);
     let mut a = node(4, "qa", &redis.url(), &q);
     let mut b = node(5, "qb", &redis.url(), &q);
     let (ua, ub) = (a.udp(), b.udp());
@@ -183,6 +188,12 @@ fn user_quota_holds_across_nodes() {
         }
     }
     let mut held = Vec::new();
+    // The junk keys did not end either node's session.
+    for n in [&mut a, &mut b] {
+        let r = http_get_bearer(n.admin(), "/readyz", TOKEN);
+        assert!(r.body.contains("redis: reachable"), "{r:?}");
+        assert!(!n.log().contains("Redis unreachable"), "{}", n.log());
+    }
     // Another user is not limited by alice's count.
     admin_cli("user", &redis.url(), &["add", "bob", "pw-bob"]);
     propagates("bob known", || allocates(ua, "bob", "pw-bob"));
