@@ -95,8 +95,15 @@ pub struct Cli {
     #[arg(long = "use-auth-secret")]
     pub use_auth_secret: bool,
     /// A TURN REST API shared secret (repeatable; every secret is tried, so
-    /// secrets rotate without downtime). Implies --use-auth-secret.
-    #[arg(long = "static-auth-secret", value_name = "SECRET")]
+    /// secrets rotate without downtime). Implies --use-auth-secret. Also
+    /// read from TURND_STATIC_AUTH_SECRET (one secret), which keeps it out
+    /// of the process list.
+    #[arg(
+        long = "static-auth-secret",
+        value_name = "SECRET",
+        env = "TURND_STATIC_AUTH_SECRET",
+        hide_env_values = true
+    )]
     pub static_auth_secret: Vec<String>,
     /// Separator between expiry time and user id in REST usernames (default ':').
     #[arg(short = 'C', long = "rest-api-separator", value_name = "CHAR")]

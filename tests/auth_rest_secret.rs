@@ -338,3 +338,24 @@ fn rfc8489_sha256_userhash_and_message_integrity_sha256_over_the_wire() {
     // A SHA-1 client (no PASSWORD-ALGORITHM) keeps working on another socket.
     server.client().allocate();
 }
+
+/// `TURND_STATIC_AUTH_SECRET` gives the secret without putting it in the
+/// process's arguments (a Kubernetes Secret as an environment variable).
+#[test]
+fn the_secret_can_come_from_the_environment() {
+    let (min, max) = relay_ports(Suite::AuthRestSecret, 6);
+    let server = Turnd::standard(min, max)
+        .env("TURND_STATIC_AUTH_SECRET", "from-env")
+        .start();
+    assert!(
+        !std::fs::read_to_string(format!("/proc/{}/cmdline", server.pid()))
+            .unwrap_or_default()
+            .contains("from-env"),
+        "the secret is not in the arguments"
+    );
+    let (username, password) = mint("from-env", "bob", 3600);
+    let mut c = Client::new(server.addr, &username, &password);
+    server.assert_relay_in_range(c.allocate().relay);
+    let (username, password) = mint("another", "bob", 3600);
+    assert!(!allocates(server.addr, &username, &password));
+}
