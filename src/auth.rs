@@ -145,15 +145,22 @@ pub fn rest_username(expiry_unix_secs: u64, separator: char, user: &str) -> Stri
 
 /// Parses the coturn `0x<32 hex digits>` form of an MD5 key.
 pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
-    let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
-    if h.len() != 32 {
+    from_hex(s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?)
+}
+
+/// Exactly `N` bytes written as `2N` hex digits (either case), else None.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let mut k = [0u8; 16];
-    for (i, b) in k.iter_mut().enumerate() {
-        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        // Checked above: both are ASCII hex digits.
+        let nibble = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        *o = (nibble(pair[0]) << 4) | nibble(pair[1]);
     }
-    Some(k)
+    Some(out)
 }
 
 /// Lowercase hex of bytes.

@@ -311,7 +311,8 @@ pub async fn read_realm(
         let Some(v) = v else { continue };
         let rest = &k[prefix.len()..];
         if let Some(name) = rest.strip_suffix("/key") {
-            if let Some(key) = hex_bytes::<16>(v.trim()) {
+            // coturn's hmackey, read as the SQLite reader reads it.
+            if let crate::userdb::StoredKey::Md5(key) = crate::userdb::parse_key(&v) {
                 users.insert(name.to_owned(), key);
                 from_key.push(name.to_owned());
             }
@@ -342,18 +343,6 @@ pub async fn read_realm(
         secrets,
         revoked,
     })
-}
-
-/// `text` as N bytes in hex (2N digits), else None.
-fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// One allocation in the fleet registry (`turnd/node/<node>/allocations`),
@@ -461,7 +450,10 @@ pub async fn nonce_key(
     // Bounded: a second round finds the value the first wrote (or fixed).
     for _ in 0..3 {
         let current: Option<String> = con.get(KEY).await?;
-        match current.as_deref().map(|t| hex_bytes::<20>(t.trim())) {
+        match current
+            .as_deref()
+            .map(|t| crate::auth::from_hex::<20>(t.trim()))
+        {
             Some(Some(key)) => return Ok(key),
             Some(None) => {
                 let _: () = con.del(KEY).await?;
@@ -683,11 +675,10 @@ mod tests {
         assert!(!valid_node_name("a/b"));
         assert!(!valid_node_name(&"x".repeat(65)));
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(
-            hex_bytes::<16>("7da2270ccfa49786e0115366d3a3d14d").unwrap()[0],
-            0x7d
-        );
-        assert!(hex_bytes::<16>("7da2").is_none());
-        assert!(hex_bytes::<20>("7da2270ccfa49786e0115366d3a3d14d").is_none());
+        let key = crate::auth::from_hex::<16>("7da2270ccfa49786e0115366d3a3d14D");
+        assert_eq!(key.unwrap()[15], 0x4d);
+        assert!(crate::auth::from_hex::<16>("7da2").is_none());
+        assert!(crate::auth::from_hex::<20>("7da2270ccfa49786e0115366d3a3d14d").is_none());
+        assert!(crate::auth::from_hex::<2>("7g00").is_none());
     }
 }

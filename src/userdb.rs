@@ -35,6 +35,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags};
 use tracing::{debug, warn};
 
+use crate::auth::{from_hex, to_hex};
 use crate::untrusted::{opaque_string, LogSafe};
 
 /// How long a statement waits for another connection's lock (a concurrent
@@ -109,7 +110,7 @@ pub struct UserDb {
 
 /// What an `hmackey` column holds.
 #[derive(Debug, PartialEq, Eq)]
-enum StoredKey {
+pub(crate) enum StoredKey {
     /// 32 hex digits: the MD5 long-term key.
     Md5([u8; 16]),
     /// 64 hex digits: a SHA-256 key (coturn's `--sha256` variants).
@@ -467,43 +468,16 @@ fn text(v: ValueRef<'_>) -> Option<&str> {
     }
 }
 
-/// Lowercase hex, as coturn writes `hmackey`.
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
 /// Reads an `hmackey`: 32 hex digits (either case, surrounding blanks
 /// ignored) is an MD5 key, 64 a SHA-256 one, anything else is invalid.
-fn parse_key(hex: &str) -> StoredKey {
-    let hex = hex.trim().as_bytes();
-    if !hex.iter().all(u8::is_ascii_hexdigit) {
-        return StoredKey::Invalid;
-    }
-    match hex.len() {
-        32 => {
-            let mut key = [0u8; 16];
-            for (k, pair) in key.iter_mut().zip(hex.chunks_exact(2)) {
-                *k = (nibble(pair[0]) << 4) | nibble(pair[1]);
-            }
-            StoredKey::Md5(key)
-        }
-        64 => StoredKey::Sha256,
-        _ => StoredKey::Invalid,
-    }
-}
-
-/// The value of one ASCII hex digit (already checked).
-fn nibble(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c - b'A' + 10,
+pub(crate) fn parse_key(hex: &str) -> StoredKey {
+    let hex = hex.trim();
+    if let Some(key) = from_hex::<16>(hex) {
+        StoredKey::Md5(key)
+    } else if from_hex::<32>(hex).is_some() {
+        StoredKey::Sha256
+    } else {
+        StoredKey::Invalid
     }
 }
 

@@ -97,27 +97,6 @@ impl FleetStatus {
     }
 }
 
-/// The fleet's nonce key at start, from the stats database, waiting at
-/// most 10 s: `None` (logged) when Redis cannot be read; the node then
-/// starts with its own key and takes the fleet's when Redis is back.
-pub(super) async fn initial_nonce_key(target: &RedisTarget) -> Option<[u8; 20]> {
-    let read = async {
-        let mut con = target.connect(RESPONSE_TIMEOUT).await?;
-        fleet::nonce_key(&mut con).await
-    };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Ok(key)) => Some(key),
-        Ok(Err(e)) => {
-            warn!(redis = %target, error = %e, "no fleet nonce key at start: this node's nonces are its own until Redis is back");
-            None
-        }
-        Err(_) => {
-            warn!(redis = %target, "no fleet nonce key at start (Redis did not answer): this node's nonces are its own until Redis is back");
-            None
-        }
-    }
-}
-
 /// Hands the fleet's nonce key to every core, when it is not theirs yet.
 async fn install_nonce_key(status: &FleetStatus, http: &Rc<HttpState>, key: [u8; 20]) {
     if status.nonce_key.get() == Some(key) {
@@ -131,28 +110,40 @@ async fn install_nonce_key(status: &FleetStatus, http: &Rc<HttpState>, key: [u8;
     info!("the fleet's nonce key is in use: nonces from any node are accepted");
 }
 
-/// Reads the realm's users once at start, waiting at most the connect
-/// timeout plus [`RESPONSE_TIMEOUT`]: `None` (logged) when Redis cannot be
-/// read, and the node starts with the configuration's users only.
-pub(super) async fn initial_read(target: &RedisTarget, realm: &str) -> Option<RealmUsers> {
+/// What a node reads from Redis before it serves: the realm's users (with
+/// `redis-userdb`) and the fleet's nonce key (from the stats database),
+/// waiting 10 s at most for both together. What cannot be read is `None`
+/// (logged): the node starts with the configuration's users and a nonce key
+/// of its own, and takes the fleet's when Redis is back.
+pub(super) async fn initial_read(
+    userdb: Option<&RedisTarget>,
+    statsdb: &RedisTarget,
+    realm: &str,
+) -> (Option<RealmUsers>, Option<[u8; 20]>) {
     let read = async {
-        let mut con = target.connect(RESPONSE_TIMEOUT).await?;
-        fleet::read_realm(&mut con, realm).await
+        let rows = match userdb {
+            Some(t) => {
+                let mut con = t.connect(RESPONSE_TIMEOUT).await?;
+                Some(fleet::read_realm(&mut con, realm).await?)
+            }
+            None => None,
+        };
+        let mut con = statsdb.connect(RESPONSE_TIMEOUT).await?;
+        let key = fleet::nonce_key(&mut con).await?;
+        Ok::<_, redis::RedisError>((rows, key))
     };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Ok(rows)) => {
-            info!(redis = %target, users = rows.users.len(), secrets = rows.secrets.len(), revoked = rows.revoked.len(), "users read from Redis");
-            Some(rows)
+    let why = match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok((rows, key))) => {
+            if let Some(r) = &rows {
+                info!(redis = %statsdb, users = r.users.len(), secrets = r.secrets.len(), revoked = r.revoked.len(), "users read from Redis");
+            }
+            return (rows, Some(key));
         }
-        Ok(Err(e)) => {
-            warn!(redis = %target, error = %e, "Redis unreachable at start: serving the configuration's users until it is back");
-            None
-        }
-        Err(_) => {
-            warn!(redis = %target, "Redis did not answer at start: serving the configuration's users until it is back");
-            None
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 10 s".to_owned(),
+    };
+    warn!(redis = %statsdb, error = %why, "Redis unreachable at start: serving the configuration's users, and nonces of this node's own, until it is back");
+    (None, None)
 }
 
 /// The task: one session after another, with backoff between them.

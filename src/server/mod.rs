@@ -543,22 +543,18 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     // The fleet's users are read before anything is served, waiting a few
     // seconds at most: a Redis that is down leaves the node serving the
     // configuration's users until it is back.
-    let fleet_status = match (&config.redis_userdb, &config.redis_statsdb) {
-        (None, None) => None,
-        (userdb, statsdb) => {
-            let rows = match userdb {
-                Some(t) => fleet::initial_read(t, &config.realm).await,
-                None => None,
-            };
+    let redis_userdb = config.redis_userdb.as_ref();
+    let fleet_status = match config.redis_statsdb.as_ref().or(redis_userdb) {
+        None => None,
+        Some(stats) => {
+            let (rows, nonce_key) = fleet::initial_read(redis_userdb, stats, &config.realm).await;
             let status = fleet::FleetStatus::new(
                 config.server_name.clone(),
                 config.realm.clone(),
-                userdb.is_some(),
+                redis_userdb.is_some(),
                 rows,
             );
-            if let Some(t) = statsdb.as_ref().or(userdb.as_ref()) {
-                status.nonce_key.set(fleet::initial_nonce_key(t).await);
-            }
+            status.nonce_key.set(nonce_key);
             Some(Rc::new(status))
         }
     };
