@@ -915,7 +915,14 @@ pub fn allocates_on(ip: &str, server: SocketAddr, user: &str, password: &str) ->
     match r.error_code() {
         None => {
             Client::allocated(r);
-            c.refresh(Some(0)).expect_success();
+            // A user deleted or revoked in between (a fleet's Redis) loses
+            // the allocation and the right to refresh: 401, the server
+            // ended it already.
+            let end = c.refresh(Some(0));
+            assert!(
+                end.is_success() || end.error_code() == Some(401),
+                "{user}: Refresh 0 answered {end:?}"
+            );
             true
         }
         Some(401) => false,
