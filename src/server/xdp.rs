@@ -557,8 +557,16 @@ mod imp {
         next: u32,
     }
 
-    fn err(what: &str, e: impl std::fmt::Display) -> StartError {
-        StartError::Xdp(format!("{what}: {e}"))
+    /// `what: error: its source: ...` (aya's errors keep the OS error,
+    /// EPERM and the like, as a source).
+    fn err(what: &str, e: impl std::error::Error) -> StartError {
+        let mut message = format!("{what}: {e}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        StartError::Xdp(message)
     }
 
     impl Maps {
