@@ -27,12 +27,18 @@ fn a_channel_with_a_permission_is_listed_until_its_earliest_expiry() {
     let relay = h.relay_of(&c);
     assert!(entries(&mut h).is_empty(), "no channel yet");
     h.permit(&c, peer());
-    assert!(entries(&mut h).is_empty(), "a permission alone is not a channel");
+    assert!(
+        entries(&mut h).is_empty(),
+        "a permission alone is not a channel"
+    );
     assert_eq!(h.bind(&c, 0x4001, peer()).class(), Class::Success);
     let listed = entries(&mut h);
     assert_eq!(listed.len(), 1);
     let e = &listed[0];
-    assert_eq!((e.five_tuple, e.channel, e.relay, e.peer), (c.ft, 0x4001, relay, peer()));
+    assert_eq!(
+        (e.five_tuple, e.channel, e.relay, e.peer),
+        (c.ft, 0x4001, relay, peer())
+    );
     assert_eq!(&*e.user, "alice");
     // ChannelBind installs a 300 s permission with its 600 s channel: the
     // permission ends first (RFC 8656 sections 9 and 12).
@@ -101,7 +107,10 @@ fn an_allocation_over_max_bps_leaves_the_fast_path_until_its_bucket_refills() {
     let now = h.now;
     h.server
         .credit_fast_path(now, &c.ft, id, &user, relayed(200, 200_000));
-    assert!(entries(&mut h).is_empty(), "over max-bps: user space decides");
+    assert!(
+        entries(&mut h).is_empty(),
+        "over max-bps: user space decides"
+    );
     // User space drops while the bucket is empty, as without the fast path.
     assert_eq!(h.channel_data(&c, 0x4001, &[0u8; 1000]), ClientOutput::None);
     // After the debt is paid back (at 100,000 bytes/s) it comes back.
