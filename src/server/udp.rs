@@ -40,7 +40,9 @@ use tracing::{debug, error, warn};
 use super::worker::{Control, CoreView, WorkerSetup};
 use super::{bind_udp, fault, OUT_BUFFER, RECV_BUFFER};
 use crate::sys::{Epoll, EventFd, RecvBatch, SendBatch, EPOLL_IN};
-use crate::turn::{ClientOutput, FastMap, FiveTuple, PeerOutput, RelayIo, Server, Transport};
+use crate::turn::{
+    ClientOutput, FastMap, FiveTuple, KernelRelayed, PeerOutput, RelayIo, Server, Transport,
+};
 
 /// Datagrams one `recvmmsg` takes from a UDP listener socket.
 const LISTENER_BATCH: usize = 32;
@@ -85,6 +87,8 @@ struct UdpIo {
     by_addr: FastMap<SocketAddr, usize>,
     /// `sendmmsg` headers, reused.
     send_batch: SendBatch,
+    /// This worker's entries in the XDP fast path's maps, when `xdp` is on.
+    fast_path: Option<super::xdp::FastPathSync>,
 }
 
 /// Sends one datagram now; a full kernel buffer drops it, as UDP would
@@ -199,6 +203,12 @@ impl RelayIo for UdpIo {
         }
         self.free.push(slot);
     }
+    fn end_fast_path(&mut self, allocation: u64) -> KernelRelayed {
+        match &mut self.fast_path {
+            Some(fp) => fp.end_allocation(allocation),
+            None => KernelRelayed::default(),
+        }
+    }
     // RFC 6062 TCP relays need a TCP client connection: never asked of a
     // UDP worker (the trait's defaults refuse them).
 }
@@ -227,8 +237,6 @@ fn runs_by<'a, T, K: PartialEq>(
 struct UdpWorker {
     index: usize,
     core: Server,
-    /// This worker's entries in the XDP fast path's maps, when `xdp` is on.
-    fast_path: Option<super::xdp::FastPathSync>,
     io: UdpIo,
     control: mpsc::Receiver<Control>,
     wake: Arc<EventFd>,
@@ -294,7 +302,6 @@ impl UdpWorker {
         Ok(UdpWorker {
             index: setup.index,
             core,
-            fast_path: setup.fast_path.map(super::xdp::FastPathSync::new),
             io: UdpIo {
                 ep,
                 listeners,
@@ -302,6 +309,7 @@ impl UdpWorker {
                 free: Vec::new(),
                 by_addr: FastMap::default(),
                 send_batch: SendBatch::default(),
+                fast_path: setup.fast_path.map(super::xdp::FastPathSync::new),
             },
             control,
             wake,
@@ -326,7 +334,7 @@ impl UdpWorker {
             let now = Instant::now();
             if now >= next_tick {
                 self.core.handle_timeout(now, &mut self.io);
-                if let Some(fp) = &mut self.fast_path {
+                if let Some(fp) = &mut self.io.fast_path {
                     if now >= fp.next_sync() {
                         fp.sync(&mut self.core, now);
                     }
@@ -346,7 +354,7 @@ impl UdpWorker {
                     .core
                     .poll_timeout()
                     .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
-                if let Some(fp) = &self.fast_path {
+                if let Some(fp) = &self.io.fast_path {
                     next_tick = next_tick.min(fp.next_sync());
                 }
             }
@@ -475,7 +483,7 @@ impl UdpWorker {
 
     /// Brings the XDP fast path's maps up to date now (when it is on).
     fn sync_fast_path(&mut self) {
-        if let Some(fp) = &mut self.fast_path {
+        if let Some(fp) = &mut self.io.fast_path {
             fp.sync(&mut self.core, Instant::now());
         }
     }
@@ -483,7 +491,7 @@ impl UdpWorker {
     /// Takes this worker's entries out of the XDP fast path's maps,
     /// crediting their last counts.
     fn clear_fast_path(&mut self) {
-        if let Some(fp) = &mut self.fast_path {
+        if let Some(fp) = &mut self.io.fast_path {
             fp.clear(&mut self.core, Instant::now());
         }
     }

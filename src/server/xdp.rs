@@ -365,6 +365,8 @@ struct Installed {
 pub(super) struct FastPathSync {
     fast_path: Arc<FastPath>,
     installed: HashMap<C2pKey, Installed>,
+    /// The keys in `installed` of each allocation (by id).
+    by_allocation: HashMap<u64, Vec<C2pKey>>,
     listed: Vec<FastPathEntry>,
     round: u64,
     next_sync: Instant,
@@ -380,6 +382,7 @@ impl FastPathSync {
         FastPathSync {
             fast_path,
             installed: HashMap::new(),
+            by_allocation: HashMap::new(),
             listed: Vec::new(),
             round: 0,
             next_sync: now,
@@ -445,6 +448,7 @@ impl FastPathSync {
                     let (k, v, pk, pv) = map_entries(&e, slot, deadline_ns);
                     match maps.insert(&k, &v, &pk, &pv) {
                         Ok(()) => {
+                            self.by_allocation.entry(e.allocation).or_default().push(k);
                             self.installed.insert(
                                 k,
                                 Installed {
@@ -486,11 +490,49 @@ impl FastPathSync {
             }
         }
         for k in gone {
-            self.installed.remove(&k);
+            if let Some(i) = self.installed.remove(&k) {
+                self.forget(i.entry.allocation, &k);
+            }
         }
         fast_path
             .entries
             .store(maps.slots_in_use(), Ordering::Relaxed);
+    }
+
+    /// Drops `key` from the index of `allocation`'s keys.
+    fn forget(&mut self, allocation: u64, key: &C2pKey) {
+        if let Some(keys) = self.by_allocation.get_mut(&allocation) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_allocation.remove(&allocation);
+            }
+        }
+    }
+
+    /// Allocation `allocation` ends: deletes its entries at once and returns
+    /// what the kernel relayed for it since the last read (see
+    /// [`crate::turn::RelayIo::end_fast_path`]).
+    pub fn end_allocation(&mut self, allocation: u64) -> KernelRelayed {
+        let mut total = KernelRelayed::default();
+        let Some(keys) = self.by_allocation.remove(&allocation) else {
+            return total;
+        };
+        let fast_path = self.fast_path.clone();
+        let Ok(mut maps) = fast_path.maps.lock() else {
+            return total;
+        };
+        for k in keys {
+            let Some(i) = self.installed.remove(&k) else {
+                continue;
+            };
+            maps.remove(&k, &i.p2c);
+            total += i.read.delta(&maps.read_slot(i.slot));
+            maps.free_slot(i.slot);
+        }
+        fast_path
+            .entries
+            .store(maps.slots_in_use(), Ordering::Relaxed);
+        total
     }
 
     /// Deletes every entry this worker wrote, crediting the last counts
@@ -499,6 +541,7 @@ impl FastPathSync {
         let Ok(mut maps) = self.fast_path.maps.lock() else {
             return;
         };
+        self.by_allocation.clear();
         for (k, i) in self.installed.drain() {
             maps.remove(&k, &i.p2c);
             let delta = i.read.delta(&maps.read_slot(i.slot));

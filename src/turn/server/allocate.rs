@@ -558,9 +558,14 @@ impl Server {
         io: &mut impl RelayIo,
         why: AllocationEnd,
     ) {
-        let Some(a) = self.allocations.remove(&ft) else {
+        let Some(mut a) = self.allocations.remove(&ft) else {
             return;
         };
+        let kernel = io.end_fast_path(a.id);
+        if !kernel.is_zero() {
+            self.count_kernel_relayed(kernel);
+            super::fast_path::count_on_allocation(&mut a, kernel);
+        }
         if self.config.user_byte_totals {
             self.ended_user_bytes
                 .add(&a.username, a.bytes_to_peer, a.bytes_to_client);

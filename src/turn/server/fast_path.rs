@@ -172,35 +172,48 @@ impl Server {
         if relayed.is_zero() {
             return;
         }
-        self.stats.kernel += relayed;
-        self.stats.packets_to_peer += relayed.packets_to_peer;
-        self.stats.bytes_to_peer += relayed.bytes_to_peer;
-        self.stats.packets_to_client += relayed.packets_to_client;
-        self.stats.bytes_to_client += relayed.bytes_to_client;
         if let Some(c) = &mut self.capacity {
             c.consume(relayed.bytes_to_peer + relayed.bytes_to_client, now);
         }
+        self.count_kernel_relayed(relayed);
         match self
             .allocations
             .get_mut(five_tuple)
             .filter(|a| a.id == allocation)
         {
             Some(a) => {
-                a.packets_to_peer += relayed.packets_to_peer;
-                a.bytes_to_peer += relayed.bytes_to_peer;
-                a.packets_to_client += relayed.packets_to_client;
-                a.bytes_to_client += relayed.bytes_to_client;
                 if let Some(b) = &mut a.bandwidth_to_peer {
                     b.consume(relayed.bytes_to_peer, now);
                 }
                 if let Some(b) = &mut a.bandwidth_to_client {
                     b.consume(relayed.bytes_to_client, now);
                 }
+                count_on_allocation(a, relayed);
             }
             None => {
-                self.ended_user_bytes
-                    .add(user, relayed.bytes_to_peer, relayed.bytes_to_client);
+                if self.config.user_byte_totals {
+                    self.ended_user_bytes
+                        .add(user, relayed.bytes_to_peer, relayed.bytes_to_client);
+                }
             }
         }
     }
+
+    /// Adds kernel counts to the core's counters (the kernel's part and the
+    /// totals).
+    pub(super) fn count_kernel_relayed(&mut self, relayed: KernelRelayed) {
+        self.stats.kernel += relayed;
+        self.stats.packets_to_peer += relayed.packets_to_peer;
+        self.stats.bytes_to_peer += relayed.bytes_to_peer;
+        self.stats.packets_to_client += relayed.packets_to_client;
+        self.stats.bytes_to_client += relayed.bytes_to_client;
+    }
+}
+
+/// Adds kernel counts to an allocation's counters.
+pub(super) fn count_on_allocation(a: &mut crate::turn::Allocation, relayed: KernelRelayed) {
+    a.packets_to_peer += relayed.packets_to_peer;
+    a.bytes_to_peer += relayed.bytes_to_peer;
+    a.packets_to_client += relayed.packets_to_client;
+    a.bytes_to_client += relayed.bytes_to_client;
 }

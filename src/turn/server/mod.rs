@@ -111,6 +111,14 @@ pub trait RelayIo {
     fn close_tcp(&mut self, id: u32) {
         let _ = id;
     }
+    /// Allocation `allocation` is ending: takes its channel bindings out of
+    /// the kernel fast path (XDP, when the shell has one) and returns what
+    /// the kernel relayed for it that was not reported yet, so the
+    /// allocation's last counts are whole. None without a fast path.
+    fn end_fast_path(&mut self, allocation: u64) -> KernelRelayed {
+        let _ = allocation;
+        KernelRelayed::default()
+    }
 }
 
 /// Counters of the core (packets, bytes, messages).

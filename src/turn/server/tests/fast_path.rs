@@ -137,3 +137,21 @@ fn only_udp_allocations_in_one_family_with_specific_addresses_are_listed() {
     assert!(h.server.allocation(&c.ft).is_some());
     assert!(entries(&mut h).is_empty());
 }
+
+#[test]
+fn an_ending_allocation_takes_its_last_kernel_counts_along() {
+    let mut h = Harness::new(|c| c.user_byte_totals = true);
+    let c = h.client(1, "alice", "secret");
+    h.allocate(&c);
+    h.bind(&c, 0x4001, peer());
+    let id = h.server.allocation(&c.ft).unwrap().id;
+    h.io.kernel.insert(id, relayed(3, 300));
+    assert!(h.server.delete_allocation_by_id(id, &mut h.io));
+    assert!(h.io.kernel.is_empty(), "asked for the allocation's counts");
+    assert_eq!(h.server.stats().kernel, relayed(3, 300));
+    let ended = h.server.take_ended_user_bytes();
+    assert_eq!(
+        ended.users[&std::sync::Arc::<str>::from("alice")],
+        (300, 300)
+    );
+}

@@ -33,6 +33,8 @@ struct FakeIo {
     opened: usize,
     connects: Vec<(SocketAddr, SocketAddr, u32)>,
     closed_tcp: Vec<u32>,
+    /// What a fake XDP fast path relayed per allocation, not yet reported.
+    kernel: std::collections::HashMap<u64, KernelRelayed>,
 }
 
 impl RelayIo for FakeIo {
@@ -58,6 +60,9 @@ impl RelayIo for FakeIo {
     }
     fn close_tcp(&mut self, id: u32) {
         self.closed_tcp.push(id);
+    }
+    fn end_fast_path(&mut self, allocation: u64) -> KernelRelayed {
+        self.kernel.remove(&allocation).unwrap_or_default()
     }
 }
 
