@@ -29,6 +29,12 @@
 // directions and that the kernel relayed most of them; the program is on r0
 // and r1 while turnd runs and gone after SIGTERM.
 //
+// IPv4 only: Chromium's TURN client sends no REQUESTED-ADDRESS-FAMILY, so it
+// always asks for an IPv4 relayed address (checked: with turnd on
+// [2001:db8:1::1] and only an IPv6 relay-ip, Chromium's Allocate gets 440), and
+// an IPv6 client with an IPv4 relay is a cross-family flow, which stays in user
+// space by design. IPv6 in the kernel is for the protocol-level tests.
+//
 // Namespaces `turnd-<pid>-x{c,r,p}` are made per mode and deleted after it
 // (also when it fails). The test's own namespace keeps loopback only.
 // TURND_XDP_MODES (default "generic,native"; "off" is accepted, for checking
