@@ -26,8 +26,10 @@
 // for byte and in order; a two-way video call (fake camera and microphone)
 // decodes frames on both sides; the selected pairs are relay<->host (A) and
 // host<->relay (B); turnd's /metrics shows kernel-relayed packets in both
-// directions and that the kernel relayed most of them; the program is on r0
-// and r1 while turnd runs and gone after SIGTERM.
+// directions and that the kernel relayed most of them (for each call on its
+// own, and in all); turnd_xdp_entries >= 1 during a call and back to 0 within
+// 3 s of its end (Chromium's Refresh 0); the program is on r0 and r1 in the
+// mode asked while turnd runs and gone after SIGTERM.
 //
 // IPv4 only: Chromium's TURN client sends no REQUESTED-ADDRESS-FAMILY, so it
 // always asks for an IPv4 relayed address (checked: with turnd on
@@ -258,6 +260,22 @@ function relayedPackets() {
     out[d] = { all: m.dir('turnd_relayed_packets_total', d) ?? 0, kernel: m.dir('turnd_xdp_relayed_packets_total', d) ?? 0 };
   }
   return out;
+}
+
+/**
+ * With xdp on: waits (bounded) until turnd_xdp_entries satisfies `pred`;
+ * returns the last value. Entries follow ChannelBind and the allocation's
+ * end on turnd's 100 ms sync tick.
+ */
+async function waitEntries(pred, what, ms = 3_000) {
+  const deadline = Date.now() + ms;
+  let n = null;
+  for (;;) {
+    n = scrapeMetrics().get('turnd_xdp_entries');
+    if (pred(n)) return n;
+    if (Date.now() > deadline) throw new Error(`turnd_xdp_entries is ${n} after ${ms} ms; wanted ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /**
@@ -632,10 +650,13 @@ for (const mode of MODES) {
         const pairs = await assertRelayHostPairs(s.a.page, s.b.page);
         t.diagnostic(`A ${pairs.a.local.address}:${pairs.a.local.port} (relay) <-> B ${pairs.b.local.address}:${pairs.b.local.port} (host)`);
         checkDelta(t, mode, before);
+        if (mode !== 'off') t.diagnostic(`turnd_xdp_entries during the call: ${await waitEntries((n) => n >= 1, '>= 1 (the call\'s channel)')}`);
       } finally {
         await call(s.a.page, 'close');
         await call(s.b.page, 'close');
       }
+      // Chromium ends its allocation (Refresh 0) on close: its kernel entries go.
+      if (mode !== 'off') await waitEntries((n) => n === 0, '0 once the call ended (Refresh 0)');
     }));
 
     test('a two-way video call decodes frames on both sides', { timeout: 120_000 }, withLogs(async (t) => {
@@ -654,10 +675,13 @@ for (const mode of MODES) {
         }
         await assertRelayHostPairs(s.a.page, s.b.page);
         checkDelta(t, mode, before);
+        if (mode !== 'off') t.diagnostic(`turnd_xdp_entries during the call: ${await waitEntries((n) => n >= 1, '>= 1 (the call\'s channel)')}`);
       } finally {
         await call(s.a.page, 'close');
         await call(s.b.page, 'close');
       }
+      // Chromium ends its allocation (Refresh 0) on close: its kernel entries go.
+      if (mode !== 'off') await waitEntries((n) => n === 0, '0 once the call ended (Refresh 0)');
     }));
 
     test(mode === 'off' ? 'metrics: all relayed in user space, no xdp series'
