@@ -4,13 +4,15 @@
 //
 // Why three namespaces: if both browsers used this turnd with relay-only
 // policy, every packet would hairpin (the peer is another relayed address of
-// the same host) and the XDP program passes hairpins to user space, so the
-// kernel path would never run. Here only one side uses turnd:
+// the same host); the prototype's program passed hairpins to user space, and
+// a hairpin is not the common case the fast path is for. So the main flow has
+// only one side on turnd (the hairpin is tested on its own, below):
 //
 //   ns client (Chromium A)      ns relay (turnd)                 ns peer (Chromium B)
 //   c0 192.0.2.2/26  ---veth---  r0 192.0.2.1/26   (listening)
 //                                r1 192.0.2.65/26  (relay)  ---veth---  p0 192.0.2.66/26
 //
+// turnd listens on 192.0.2.1 and 192.0.2.65 (port 3478), relays on 192.0.2.65.
 // A: iceTransportPolicy "relay", turn:192.0.2.1:3478. B: no iceServers, host
 // candidates only. So the selected pair is A's relayed address <-> B's host
 // address: A -> turnd is ChannelData on r0, turnd -> B plain UDP on r1, and
@@ -32,7 +34,10 @@
 // mode asked while turnd runs and gone after SIGTERM; the user's byte totals
 // (turnd_user_relayed_bytes_total) equal the server's; each allocation's
 // packet counts at its end agree with /metrics (see checkAllocationCounts for
-// what xdp changes there).
+// what xdp changes there). Then the hairpin: B relay-only on this turnd too
+// (turn:192.0.2.65:3478), 200 messages each way byte for byte, relay<->relay
+// pairs, the program's hairpin counters rising and >= 90 % of the messages'
+// packets in the kernel.
 //
 // IPv4 only: Chromium's TURN client sends no REQUESTED-ADDRESS-FAMILY, so it
 // always asks for an IPv4 relayed address (checked: with turnd on
@@ -80,6 +85,8 @@ const METRICS_PORT = 9641;
 const USER = 'xdpuser';
 const PASSWORD = 'xdp-secret';
 const ICE_SERVERS = [{ urls: `turn:${ADDR.listen}:${TURN_PORT}?transport=udp`, username: USER, credential: PASSWORD }];
+/** B's, in the hairpin test: the same turnd, on r1's address (the one B can reach). */
+const ICE_SERVERS_B = [{ urls: `turn:${ADDR.relay}:${TURN_PORT}?transport=udp`, username: USER, credential: PASSWORD }];
 const MESSAGES = 200;
 // A page origin for getUserMedia (needs a secure context; about:blank is not
 // one). Served by playwright's request interception, so nothing listens.
@@ -165,6 +172,8 @@ async function startRelay(mode, { timeoutMs = 15_000 } = {}) {
   const bin = resolveTurndBin();
   const args = [
     '--listening-ip', ADDR.listen,
+    // Also on r1's address: B's TURN server in the hairpin test.
+    '--listening-ip', ADDR.relay,
     '--listening-port', String(TURN_PORT),
     '--relay-ip', ADDR.relay,
     '--min-port', String(MIN_PORT),
@@ -229,12 +238,14 @@ async function startRelay(mode, { timeoutMs = 15_000 } = {}) {
   };
   await new Promise((resolve, reject) => {
     const fail = (why) => reject(new Error(`${why}\ncommand: ${bin} ${args.join(' ')}\n--- turnd output ---\n${server.logTail()}`));
-    const timer = setTimeout(() => fail(`turnd did not print "turnd: listening on udp ${ADDR.listen}:${TURN_PORT}" within ${timeoutMs} ms`), timeoutMs);
+    const want = new Set([ADDR.listen, ADDR.relay].map((a) => `turnd: listening on udp ${a}:${TURN_PORT}`));
+    const timer = setTimeout(() => fail(`turnd did not print ${[...want].map((w) => `"${w}"`).join(' and ')} within ${timeoutMs} ms`), timeoutMs);
     child.on('error', (err) => { clearTimeout(timer); fail(`cannot spawn ${bin}: ${err.message}`); });
     exitPromise.then(({ code, signal }) => { clearTimeout(timer); fail(`turnd exited (code ${code}, signal ${signal}) before listening`); });
     stdout.on('line', (line) => {
       keep('stdout', line);
-      if (line.trim() === `turnd: listening on udp ${ADDR.listen}:${TURN_PORT}`) { clearTimeout(timer); resolve(); }
+      want.delete(line.trim());
+      if (want.size === 0) { clearTimeout(timer); resolve(); }
     });
   }).catch(async (err) => {
     killGroup();
@@ -430,10 +441,10 @@ function installXdpHelpers() {
       return { sdp: await gathered(x.pc, 'A'), candidates: x.pc.__candidates, errors: x.pc.__errors };
     },
 
-    /** B (answerer): no ICE servers, host candidates only; returns the answer. */
-    async answer({ sdp, video }) {
+    /** B (answerer): no ICE servers, host candidates only (or relay only on `iceServers`); returns the answer. */
+    async answer({ sdp, video, iceServers = null }) {
       x.video = video;
-      x.pc = watch(new RTCPeerConnection({ iceServers: [] }), 'B');
+      x.pc = watch(new RTCPeerConnection(iceServers ? { iceServers, iceTransportPolicy: 'relay' } : { iceServers: [] }), 'B');
       if (!video) {
         x.dcPromise = new Promise((resolve) => {
           x.pc.addEventListener('datachannel', (e) => { x.dc = e.channel; x.box = record(e.channel); resolve(e.channel); });
@@ -547,20 +558,47 @@ const call = (page, fn, arg = {}) => page.evaluate(({ fn, arg }) => window.xdp[f
  * Offer from A, answer from B (each with its gathered candidates), both
  * connected; returns the SDP candidates and the connect time.
  */
-async function connect(a, b, { video = false } = {}) {
+async function connect(a, b, { video = false, hairpin = false } = {}) {
   const offer = await call(a, 'offer', { iceServers: ICE_SERVERS, video });
   const relays = offer.candidates.filter((c) => c.type === 'relay');
   assert.ok(relays.length > 0 && offer.candidates.every((c) => c.type === 'relay'),
     `A gathered no relay candidate or others too: ${JSON.stringify(offer)}`);
   for (const c of relays) assert.equal(c.address, ADDR.relay, `A's relayed address is not on r1: ${JSON.stringify(c)}`);
   assert.deepEqual(offer.errors, [], `A: candidate errors: ${JSON.stringify(offer.errors)}`);
-  const answer = await call(b, 'answer', { sdp: offer.sdp, video });
-  const hosts = answer.candidates.filter((c) => c.protocol === 'udp');
-  assert.ok(hosts.length > 0 && hosts.every((c) => c.type === 'host' && c.address === ADDR.peer),
-    `B's UDP candidates are not exactly host ${ADDR.peer}: ${JSON.stringify(answer.candidates)}`);
+  const answer = await call(b, 'answer', { sdp: offer.sdp, video, iceServers: hairpin ? ICE_SERVERS_B : null });
+  if (hairpin) {
+    assert.ok(answer.candidates.length > 0 && answer.candidates.every((c) => c.type === 'relay' && c.address === ADDR.relay),
+      `B's candidates are not exactly relay ${ADDR.relay}: ${JSON.stringify(answer)}`);
+    assert.deepEqual(answer.errors, [], `B: candidate errors: ${JSON.stringify(answer.errors)}`);
+  } else {
+    const hosts = answer.candidates.filter((c) => c.protocol === 'udp');
+    assert.ok(hosts.length > 0 && hosts.every((c) => c.type === 'host' && c.address === ADDR.peer),
+      `B's UDP candidates are not exactly host ${ADDR.peer}: ${JSON.stringify(answer.candidates)}`);
+  }
   await call(a, 'accept', { sdp: answer.sdp });
   const [msA, msB] = await Promise.all([call(a, 'connected'), call(b, 'connected')]);
   return { offer, answer, connectMs: Math.max(msA, msB) };
+}
+
+/** Hairpin: both selected pairs relay <-> relay, both relayed addresses on r1, each the other's. */
+async function assertRelayRelayPairs(a, b) {
+  const [pa, pb] = [await call(a, 'pair'), await call(b, 'pair')];
+  const ctx = JSON.stringify({ a: pa, b: pb });
+  assert.ok(pa && pb, `no selected pair: ${ctx}`);
+  for (const [name, p] of [['A', pa], ['B', pb]]) {
+    assert.equal(p.local.candidateType, 'relay', `${name}'s local candidate is not relay: ${ctx}`);
+    assert.equal(p.remote.candidateType, 'relay', `${name}'s remote candidate is not relay: ${ctx}`);
+    assert.equal(p.local.relayProtocol, 'udp', `${name}'s relayProtocol is not udp: ${ctx}`);
+    assert.equal(p.local.address, ADDR.relay, ctx);
+    assert.ok(p.local.port >= MIN_PORT && p.local.port <= MAX_PORT, `${name}'s relay port outside ${MIN_PORT}-${MAX_PORT}: ${ctx}`);
+    assert.ok(p.pair.state === 'succeeded' || (p.pair.state === 'in-progress' && p.pair.responsesReceived > 0),
+      `${name}: selected pair not succeeded: ${ctx}`);
+    assert.ok(p.pair.bytesSent > 0 && p.pair.bytesReceived > 0, `${name}: no bytes on the selected pair: ${ctx}`);
+  }
+  assert.equal(pa.remote.port, pb.local.port, `A's remote is not B's relayed address: ${ctx}`);
+  assert.equal(pb.remote.port, pa.local.port, `B's remote is not A's relayed address: ${ctx}`);
+  assert.notEqual(pa.local.port, pb.local.port, ctx);
+  return { a: pa, b: pb };
 }
 
 /** A's selected pair: its relayed address <-> B's host; B's: its host <-> A's relayed address. */
@@ -600,14 +638,18 @@ async function assertRelayHostPairs(a, b) {
  * the allocation's counts lie between the call's user-space part and its
  * whole count; TURND_XDP_EXACT_ALLOCATION_COUNTS=1 demands equality.
  */
-async function checkAllocationCounts(t, mode, server, relayPort, before) {
-  const re = new RegExp(`allocation deleted .*relay=${ADDR.relay.replaceAll('.', '\\.')}:${relayPort} .*packets_to_peer=(\\d+) packets_to_client=(\\d+)`);
-  const m = await server.waitForLog(re);
+async function checkAllocationCounts(t, mode, server, relayPorts, before) {
+  const alloc = { to_peer: 0, to_client: 0 };
+  for (const port of relayPorts) {
+    const re = new RegExp(`allocation deleted .*relay=${ADDR.relay.replaceAll('.', '\\.')}:${port} .*packets_to_peer=(\\d+) packets_to_client=(\\d+)`);
+    const m = await server.waitForLog(re);
+    alloc.to_peer += Number(m[1]);
+    alloc.to_client += Number(m[2]);
+  }
   if (mode !== 'off') await new Promise((r) => setTimeout(r, 1_500));
   const now = relayedPackets();
-  const alloc = { to_peer: Number(m[1]), to_client: Number(m[2]) };
   const metrics = { to_peer: now.to_peer.all - before.to_peer.all, to_client: now.to_client.all - before.to_client.all };
-  t.diagnostic(`allocation ${ADDR.relay}:${relayPort} at its end: ${JSON.stringify(alloc)}; /metrics during the call: ${JSON.stringify(metrics)}`);
+  t.diagnostic(`allocation(s) ${relayPorts.map((p) => `${ADDR.relay}:${p}`).join(' + ')} at their end: ${JSON.stringify(alloc)}; /metrics during the call: ${JSON.stringify(metrics)}`);
   if (mode === 'off' || process.env.TURND_XDP_EXACT_ALLOCATION_COUNTS === '1') {
     assert.deepEqual(alloc, metrics, 'the allocation\'s packet counts (turnd\'s log at its end) differ from /metrics\' for the call');
     return;
@@ -692,10 +734,19 @@ for (const mode of MODES) {
       }
     }));
 
-    test(`a data channel carries ${MESSAGES} binary messages each way byte for byte`, { timeout: 120_000 }, withLogs(async (t) => {
+    /** Hairpin packets the program sent (ChannelData in, ChannelData out). */
+    const hairpinSent = () => {
+      const m = scrapeMetrics();
+      return (m.get('turnd_xdp_sent_packets_total', { path: 'hairpin_tx' }) ?? 0)
+        + (m.get('turnd_xdp_sent_packets_total', { path: 'hairpin_redirect' }) ?? 0);
+    };
+
+    /** The data channel call: A <-> B's host, or (`hairpin`) A <-> B both relay-only on this turnd. */
+    const dataChannelCall = (hairpin) => withLogs(async (t) => {
       const before = relayedPackets();
+      const hairpinBefore = hairpinSent();
       let pairs = null;
-      const { connectMs } = await connect(s.a.page, s.b.page);
+      const { connectMs } = await connect(s.a.page, s.b.page, { hairpin });
       t.diagnostic(`connected in ${Math.round(connectMs)} ms`);
       try {
         await Promise.all([call(s.a.page, 'roundTrip', { me: 'a' }), call(s.b.page, 'roundTrip', { me: 'b' })]);
@@ -713,23 +764,30 @@ for (const mode of MODES) {
           assert.equal(r.received, MESSAGES, `${name} got ${r.received} messages, want ${MESSAGES}`);
           assert.equal(r.gotBytes, from.sentBytes, `${name} got ${r.gotBytes} bytes, the other side sent ${from.sentBytes}`);
         }
-        pairs = await assertRelayHostPairs(s.a.page, s.b.page);
-        t.diagnostic(`A ${pairs.a.local.address}:${pairs.a.local.port} (relay) <-> B ${pairs.b.local.address}:${pairs.b.local.port} (host)`);
+        pairs = hairpin ? await assertRelayRelayPairs(s.a.page, s.b.page) : await assertRelayHostPairs(s.a.page, s.b.page);
+        t.diagnostic(`A ${pairs.a.local.address}:${pairs.a.local.port} (relay) <-> B ${pairs.b.local.address}:${pairs.b.local.port} (${hairpin ? 'relay' : 'host'})`);
         // The whole call: its first packets go through user space until the
         // entry is written. The messages, sent once the entry is there: (almost) all in the kernel.
         await checkDeltas(t, mode, [
           { what: 'the whole call', before, min: 0.5 },
           { what: `the ${MESSAGES} x 2 messages (entry written)`, before: steady, min: 0.9 },
         ]);
-        if (mode !== 'off') t.diagnostic(`turnd_xdp_entries during the call: ${await waitEntries((n) => n >= 1, '>= 1 (the call\'s channel)')}`);
+        const channels = hairpin ? 2 : 1;
+        if (mode !== 'off') t.diagnostic(`turnd_xdp_entries during the call: ${await waitEntries((n) => n >= channels, `>= ${channels} (the call's channels)`)}`);
+        const hairpins = hairpinSent() - hairpinBefore;
+        t.diagnostic(`hairpin packets sent by the program during the call: ${hairpins}`);
+        if (hairpin && mode !== 'off') assert.ok(hairpins > 0, 'the program sent no hairpin packet (turnd_xdp_sent_packets_total{path="hairpin_*"})');
+        if (!hairpin) assert.equal(hairpins, 0, 'hairpin packets in a call that has none');
       } finally {
         await call(s.a.page, 'close');
         await call(s.b.page, 'close');
       }
       // Chromium ends its allocation (Refresh 0) on close: its kernel entries go.
       if (mode !== 'off') await waitEntries((n) => n === 0, '0 once the call ended (Refresh 0)');
-      await checkAllocationCounts(t, mode, s.turnd, pairs.a.local.port, before);
-    }));
+      await checkAllocationCounts(t, mode, s.turnd, hairpin ? [pairs.a.local.port, pairs.b.local.port] : [pairs.a.local.port], before);
+    });
+
+    test(`a data channel carries ${MESSAGES} binary messages each way byte for byte`, { timeout: 120_000 }, dataChannelCall(false));
 
     test('a two-way video call decodes frames on both sides', { timeout: 120_000 }, withLogs(async (t) => {
       const before = relayedPackets();
@@ -755,8 +813,13 @@ for (const mode of MODES) {
       }
       // Chromium ends its allocation (Refresh 0) on close: its kernel entries go.
       if (mode !== 'off') await waitEntries((n) => n === 0, '0 once the call ended (Refresh 0)');
-      await checkAllocationCounts(t, mode, s.turnd, pairs.a.local.port, before);
+      await checkAllocationCounts(t, mode, s.turnd, [pairs.a.local.port], before);
     }));
+
+    // Both peers relay-only on this turnd: every packet goes from one relayed
+    // address of this server to another (the hairpin, relayed in the kernel
+    // since commit 5913169). B's TURN server is turnd's listener on r1.
+    test(`hairpin (B relay-only on this turnd too): ${MESSAGES} messages each way byte for byte`, { timeout: 120_000 }, dataChannelCall(true));
 
     test(mode === 'off' ? 'metrics: all relayed in user space, no xdp series'
       : 'metrics: the kernel relayed packets both ways, most of them', withLogs(async (t) => {
