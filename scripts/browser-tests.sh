@@ -19,7 +19,8 @@
 #   CHROMIUM_BIN chromium binary (default /usr/bin/chromium)
 #   TURND_LOG   optional file to which all of turnd's output is appended
 #
-# Prerequisites: scripts/install-deps.sh, then cargo build. A missing binary is a
+# Prerequisites: scripts/install-deps.sh, then cargo build --features xdp (without
+# the feature, xdp.test.mjs fails: turnd refuses xdp = "generic"). A missing binary is a
 # failure, never a skip.
 set -euo pipefail
 
