@@ -8,12 +8,19 @@
 # 192.0.2.2 (documentation addresses, RFC 5737): two turnd nodes there, because
 # Chromium will not follow a 300 Try Alternate to a loopback (127/8) address.
 # Nothing leaves either namespace. Needs root (unshare --net).
+# Last, tests/browser/xdp.test.mjs on its own (in a third private namespace, after
+# the others, so that its two Chromiums and a video call do not load the machine
+# under them): Chromium through turnd with the XDP fast path on, generic then
+# native mode, across three namespaces it makes itself (needs turnd built with
+# `cargo build --features xdp`, and ethtool). TURND_XDP_MODES picks the modes
+# (default generic,native).
 #
 #   TURND_BIN   turnd binary (default target/debug/turnd, relative to the repo root)
 #   CHROMIUM_BIN chromium binary (default /usr/bin/chromium)
 #   TURND_LOG   optional file to which all of turnd's output is appended
 #
-# Prerequisites: scripts/install-deps.sh, then cargo build. A missing binary is a
+# Prerequisites: scripts/install-deps.sh, then cargo build --features xdp (without
+# the feature, xdp.test.mjs fails: turnd refuses xdp = "generic"). A missing binary is a
 # failure, never a skip.
 set -euo pipefail
 
@@ -38,8 +45,13 @@ command -v ip >/dev/null || fail "ip not found (iproute2; run scripts/install-de
   || fail "tests/browser/node_modules/playwright-core missing (run scripts/install-deps.sh)"
 
 shopt -s nullglob
-tests=(tests/browser/*.test.mjs)
+tests=()
+for f in tests/browser/*.test.mjs; do
+  [ "$f" = tests/browser/xdp.test.mjs ] || tests+=("$f")
+done
 [ "${#tests[@]}" -gt 0 ] || fail "no tests/browser/*.test.mjs found"
+[ -f tests/browser/xdp.test.mjs ] || fail "tests/browser/xdp.test.mjs not found"
+command -v ethtool >/dev/null || fail "ethtool not found (run scripts/install-deps.sh)"
 two_nodes=(tests/browser/two-nodes/*.test.mjs)
 [ "${#two_nodes[@]}" -gt 0 ] || fail "no tests/browser/two-nodes/*.test.mjs found"
 
@@ -52,4 +64,5 @@ unshare --net -- sh -c 'ip link set lo up &&
   ip addr add 192.0.2.1/32 dev lo &&
   ip addr add 192.0.2.2/32 dev lo &&
   exec node --test --test-reporter=spec "$@"' sh "${two_nodes[@]}" || status=1
+unshare --net -- sh -c 'ip link set lo up && exec node --test --test-reporter=spec "$@"' sh tests/browser/xdp.test.mjs || status=1
 exit "$status"

@@ -5,6 +5,7 @@
 #   - coturn (turnutils_uclient, turnutils_peer; its daemon is stopped and disabled)
 #   - chromium (Debian's; driven by playwright-core, no browser download ever)
 #   - iproute2 (ip) and util-linux (unshare) for the private network namespace
+#   - ethtool (the XDP browser test turns TX checksum offload off and GRO on on its veths)
 #   - systemd (systemd-analyze, to verify systemd/turnd.service)
 #   - nodejs and npm, unless node and npm are already on PATH
 #   - tests/browser/node_modules (npm ci from the lockfile)
@@ -169,6 +170,7 @@ need command -v node
 need command -v npm
 need command -v unshare
 need command -v ip
+need command -v ethtool
 need command -v systemd-analyze
 need command -v cargo-fuzz
 need command -v redis-server
