@@ -630,13 +630,9 @@ async function assertRelayHostPairs(a, b) {
  * After a call ended: turnd's "allocation deleted" line for A's relayed port
  * gives the allocation's own packet counts; /metrics counted `metrics` during
  * the call (`before`: relayedPackets() before it; the only allocation that
- * relayed). Without xdp they are equal. With xdp, turnd credits the kernel's
- * counts to the allocation on a read-back tick (up to 1 s late), and what the
- * kernel relayed after the last tick before the allocation ended goes to the
- * server's and the user's totals but not to the allocation (measured: 2 to
- * 104 packets of a call short in its "allocation deleted" line). So with xdp
- * the allocation's counts lie between the call's user-space part and its
- * whole count; TURND_XDP_EXACT_ALLOCATION_COUNTS=1 demands equality.
+ * relayed). They are equal, with xdp as without: an ending allocation takes
+ * its kernel entries out and its last kernel counts along before the line is
+ * written (RelayIo::end_fast_path).
  */
 async function checkAllocationCounts(t, mode, server, relayPorts, before) {
   const alloc = { to_peer: 0, to_client: 0 };
@@ -650,16 +646,7 @@ async function checkAllocationCounts(t, mode, server, relayPorts, before) {
   const now = relayedPackets();
   const metrics = { to_peer: now.to_peer.all - before.to_peer.all, to_client: now.to_client.all - before.to_client.all };
   t.diagnostic(`allocation(s) ${relayPorts.map((p) => `${ADDR.relay}:${p}`).join(' + ')} at their end: ${JSON.stringify(alloc)}; /metrics during the call: ${JSON.stringify(metrics)}`);
-  if (mode === 'off' || process.env.TURND_XDP_EXACT_ALLOCATION_COUNTS === '1') {
-    assert.deepEqual(alloc, metrics, 'the allocation\'s packet counts (turnd\'s log at its end) differ from /metrics\' for the call');
-    return;
-  }
-  for (const d of ['to_peer', 'to_client']) {
-    const user = metrics[d] - (now[d].kernel - before[d].kernel);
-    assert.ok(alloc[d] >= user && alloc[d] <= metrics[d],
-      `${d}: the allocation counted ${alloc[d]} packets at its end, outside [${user} (user space), ${metrics[d]} (all)]`);
-    if (alloc[d] < metrics[d]) t.diagnostic(`${d}: the allocation's own count misses ${metrics[d] - alloc[d]} kernel-relayed packets (credited to the totals after it ended)`);
-  }
+  assert.deepEqual(alloc, metrics, 'the allocation\'s packet counts (turnd\'s log at its end) differ from /metrics\' for the call');
 }
 
 checkTools();
