@@ -5,6 +5,8 @@
 #   - coturn (turnutils_uclient, turnutils_peer; its daemon is stopped and disabled)
 #   - chromium (Debian's; driven by playwright-core, no browser download ever)
 #   - iproute2 (ip) and util-linux (unshare) for the private network namespace
+#   - ethtool (tests/xdp_netns.rs turns TX checksum offload off and GRO on
+#     on its veths)
 #   - systemd (systemd-analyze, to verify systemd/turnd.service)
 #   - nodejs and npm, unless node and npm are already on PATH
 #   - tests/browser/node_modules (npm ci from the lockfile)
@@ -28,7 +30,7 @@ die() { echo "install-deps: ERROR: $*" >&2; exit 1; }
 # Never let anything fetch a browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
-pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah runc binutils python3-venv)
+pkgs=(coturn chromium iproute2 util-linux ethtool systemd redis-server haproxy podman buildah runc binutils python3-venv)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   pkgs+=(nodejs npm)
 fi
@@ -167,6 +169,7 @@ need command -v node
 need command -v npm
 need command -v unshare
 need command -v ip
+need command -v ethtool
 need command -v systemd-analyze
 need command -v cargo-fuzz
 need command -v redis-server
