@@ -16,8 +16,13 @@
 //!   the peer and the client received, the kernel's part
 //!   (`turnd_xdp_relayed_packets_total`) is most of it in both directions,
 //!   and the admin API's allocation counts the kernel's bytes too;
+//!   `relay_many_*` does the same with 8 allocations at once (channels
+//!   0x4000 to 0x4FFF, spread over the workers);
 //! - `uclient_*`: coturn's `turnutils_uclient` (channels) against
-//!   `turnutils_peer` loses nothing and the kernel relays both ways;
+//!   `turnutils_peer` loses nothing, the totals equal what it sent and got
+//!   back, and the kernel relays both ways (only for uclient's channels in
+//!   0x4000-0x4FFF: it picks them at random up to 0x7FFF, RFC 5766's range,
+//!   and the fast path takes RFC 8656's);
 //! - `channel_expiry_*`: with `channel-lifetime = 3` the peer receives
 //!   nothing sent later than a second after the channel's expiry (the
 //!   kernel entry's deadline is exact, the spec says), the kernel passes
@@ -83,6 +88,12 @@ const WINDOW: usize = 16;
 const KERNEL_SHARE: f64 = 0.9;
 /// Longest one uclient run may take (about 5 s here).
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// uclient's sessions (`-m`, `-n` datagrams each): each sends on one
+/// channel it picks at random in 0x4000 to 0x7FFF (RFC 5766's range), and
+/// the fast path takes only RFC 8656's 0x4000 to 0x4FFF, so about a quarter
+/// of the sessions reach the kernel; with 40 none does with odds of about
+/// 1 in 100,000.
+const UCLIENT_SESSIONS: &str = "40";
 /// turnutils_peer's port in the peer namespace.
 const UCLIENT_PEER_PORT: u16 = 3480;
 
@@ -206,6 +217,8 @@ struct Bound {
     client: Client,
     peer: Peer,
     relay: SocketAddr,
+    /// The channel bound.
+    channel: u16,
     /// When the client had the ChannelBind's success response: the
     /// channel's expiry is at most its lifetime after this.
     bound_at: Instant,
@@ -359,24 +372,32 @@ impl Rig {
     /// datagram relayed each way, and (XDP on) the kernel entry written.
     #[track_caller]
     fn bound(&self) -> Bound {
+        self.bound_with(CH, 1)
+    }
+
+    /// An allocation with `channel` bound to a fresh peer, one datagram
+    /// relayed each way, and (XDP on) at least `entries` kernel entries.
+    #[track_caller]
+    fn bound_with(&self, channel: u16, entries: usize) -> Bound {
         let mut client = self.client();
         let relay = self.allocate(&mut client);
         let peer = self.peer();
-        client.channel_bind(CH, peer.addr()).expect_success();
+        client.channel_bind(channel, peer.addr()).expect_success();
         let bound_at = Instant::now();
-        client.channel_data(CH, WARM_TO_PEER);
+        client.channel_data(channel, WARM_TO_PEER);
         let (from, d) = peer
             .recv(RESPONSE_TIMEOUT)
             .unwrap_or_else(|| panic!("the warm-up ChannelData never reached the peer"));
         assert_eq!((from, d.as_slice()), (relay, WARM_TO_PEER));
         peer.send_to(WARM_TO_CLIENT, relay);
         let (ch, d) = client.expect_channel_data(RESPONSE_TIMEOUT);
-        assert_eq!((ch, d.as_slice()), (CH, WARM_TO_CLIENT));
-        self.wait_entries(|n| n >= 1.0, "at least 1");
+        assert_eq!((ch, d.as_slice()), (channel, WARM_TO_CLIENT));
+        self.wait_entries(|n| n >= entries as f64, &format!("at least {entries}"));
         Bound {
             client,
             peer,
             relay,
+            channel,
             bound_at,
             warm_to_peer: (1, WARM_TO_PEER.len() as u64),
             warm_to_client: (1, WARM_TO_CLIENT.len() as u64),
@@ -708,6 +729,119 @@ fn relay_user_space_v4() {
     relay_both_ways("ro4", Mode::Off, V4);
 }
 
+/// Allocations at once in `relay_many_*` (spread over turnd's workers).
+const MANY: usize = 8;
+/// Datagrams per allocation and direction there.
+const MANY_COUNT: usize = 200;
+
+/// [`MANY`] allocations at once, each with its own client, peer and
+/// channel (0x4000 up to 0x4FFF, the last the fast path takes), relayed
+/// in turn both ways: every datagram arrives, the totals equal what was
+/// received and the kernel carried most of it (every worker's allocations
+/// reached the kernel's maps).
+#[track_caller]
+fn relay_many(tag: &str, mode: Mode, fam: Family) {
+    let rig = Rig::start(tag, mode, fam, &[]);
+    let mut bs: Vec<Bound> = (0..MANY)
+        .map(|i| {
+            let channel = 0x4000 + (i as u16) * (0x0FFF / (MANY as u16 - 1));
+            rig.bound_with(channel, i + 1)
+        })
+        .collect();
+    assert_eq!(bs.last().map(|b| b.channel), Some(0x4FFF));
+    let m0 = rig.metrics();
+    let mut bytes = [0u64; 2];
+    for i in 0..MANY_COUNT {
+        for (k, b) in bs.iter_mut().enumerate() {
+            let d = pattern(i * MANY + k, k as u8);
+            b.client.channel_data(b.channel, &d);
+            let got = b.peer.recv(RESPONSE_TIMEOUT);
+            assert_eq!(
+                got.as_ref().map(|(f, g)| (*f, g.len(), g == &d)),
+                Some((b.relay, d.len(), true)),
+                "allocation {k}, datagram {i} to the peer"
+            );
+            bytes[0] += d.len() as u64;
+            b.peer.send_to(&d, b.relay);
+            match b.client.recv(RESPONSE_TIMEOUT) {
+                Some(Incoming::Channel { channel, data }) => {
+                    assert_eq!(
+                        (channel, data == d),
+                        (b.channel, true),
+                        "allocation {k}, datagram {i} to the client"
+                    )
+                }
+                other => panic!("allocation {k}, datagram {i} to the client: {other:?}"),
+            }
+            bytes[1] += d.len() as u64;
+        }
+    }
+    let n = (MANY * MANY_COUNT) as u64;
+    let warm = MANY as u64;
+    let want = [
+        (
+            Dir::ToPeer,
+            warm + n,
+            warm * WARM_TO_PEER.len() as u64 + bytes[0],
+        ),
+        (
+            Dir::ToClient,
+            warm + n,
+            warm * WARM_TO_CLIENT.len() as u64 + bytes[1],
+        ),
+    ];
+    let totals = |m: &Metrics| {
+        want.map(|(d, _, _)| {
+            (
+                by_dir(m, "turnd_relayed_packets_total", d) as u64,
+                by_dir(m, "turnd_relayed_bytes_total", d) as u64,
+            )
+        })
+    };
+    let mut m = rig.metrics();
+    wait_until(SYNC, || {
+        m = rig.metrics();
+        totals(&m) == want.map(|(_, p, b)| (p, b))
+    });
+    assert_eq!(
+        totals(&m),
+        want.map(|(_, p, b)| (p, b)),
+        "turnd_relayed_packets/bytes_total (to peer, to client) vs what was received:\n{}",
+        xdp_lines(&m)
+    );
+    let mut shares = Vec::new();
+    if mode.xdp() {
+        for (d, _, _) in want {
+            let k = by_dir(&m, "turnd_xdp_relayed_packets_total", d)
+                - by_dir(&m0, "turnd_xdp_relayed_packets_total", d);
+            assert!(
+                k >= KERNEL_SHARE * n as f64 && k <= n as f64,
+                "{d:?}: the kernel relayed {k} of the {n} datagrams of {MANY} allocations (want at least {}):\n{}",
+                KERNEL_SHARE * n as f64,
+                xdp_lines(&m)
+            );
+            shares.push(format!("{d:?} {k}/{n}"));
+        }
+    }
+    rig.assert_no_panic();
+    println!(
+        "relay many {} {}: {MANY} allocations, kernel share {}",
+        mode.name(),
+        fam.name(),
+        shares.join("; ")
+    );
+}
+
+#[test]
+fn relay_many_generic_v4() {
+    relay_many("mg4", Mode::Generic, V4);
+}
+
+#[test]
+fn relay_many_native_v6() {
+    relay_many("mn6", Mode::Native, V6);
+}
+
 // ---------------------------------------------------------------------------
 // 2. coturn's turnutils_uclient through the fast path.
 
@@ -745,8 +879,23 @@ fn uclient(tag: &str, mode: Mode, fam: Family) {
     }
     let turn_port = LISTEN_PORT.to_string();
     cmd.args([
-        "-u", USER, "-w", PASSWORD, "-e", fam.peer, "-r", &port, "-p", &turn_port, "-n", "200",
-        "-m", "5", "-l", "170", fam.listen,
+        "-u",
+        USER,
+        "-w",
+        PASSWORD,
+        "-e",
+        fam.peer,
+        "-r",
+        &port,
+        "-p",
+        &turn_port,
+        "-n",
+        "200",
+        "-m",
+        UCLIENT_SESSIONS,
+        "-l",
+        "170",
+        fam.listen,
     ]);
     let out = run_with_timeout(&mut cmd, UCLIENT_TIMEOUT);
     let text = format!("{}\n{}", out.stdout, out.stderr);
@@ -809,12 +958,13 @@ fn uclient(tag: &str, mode: Mode, fam: Family) {
         "xdp off".to_owned()
     };
     println!(
-        "uclient {} {}: {s:?} in {:?}; {kernel}; all to peer {}, to client {}",
+        "uclient {} {}: {s:?} in {:?}; {kernel}; all to peer {}, to client {}\n{}",
         mode.name(),
         fam.name(),
         out.elapsed,
         delta(&m, "turnd_relayed_packets_total", Dir::ToPeer),
         delta(&m, "turnd_relayed_packets_total", Dir::ToClient),
+        xdp_lines(&m)
     );
 }
 
@@ -1183,7 +1333,6 @@ fn refused(tag: &str, mode: Mode, forwarding: bool, listen: &str, relay: &str, n
 #[test]
 fn refused_wildcard_generic() {
     refused("wg", Mode::Generic, true, "0.0.0.0", V4.relay, "xdp");
-    refused("wg", Mode::Generic, true, V4.listen, "0.0.0.0", "xdp");
     refused("wg", Mode::Generic, true, "::", V6.relay, "xdp");
 }
 
