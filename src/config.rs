@@ -1170,18 +1170,19 @@ impl Config {
     fn load_xdp(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
         let (cli, file) = (layers.cli, &layers.file);
         let from_cli = cli.xdp.is_some();
-        self.xdp =
-            match cli.xdp.as_deref().or(file.xdp.as_deref()) {
-                None | Some("off") => XdpMode::Off,
-                Some("generic") => XdpMode::Generic,
-                Some("native") => XdpMode::Native,
-                Some(other) => return Err(layers.error(
+        self.xdp = match cli.xdp.as_deref().or(file.xdp.as_deref()) {
+            None | Some("off") => XdpMode::Off,
+            Some("generic") => XdpMode::Generic,
+            Some("native") => XdpMode::Native,
+            Some(other) => {
+                return Err(layers.error(
                     from_cli,
                     format!(
                         "option `xdp`: expected \"off\", \"generic\" or \"native\", got {other:?}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         self.xdp_interfaces = if cli.xdp_interface.is_empty() {
             Layers::file_list(&file.xdp_interfaces)
         } else {

@@ -409,9 +409,23 @@ fn unit_file_passes_systemd_analyze_verify() {
         example.display()
     );
 
+    verify_unit(analyze, &rewritten, "systemd/turnd.service");
+    // With the XDP drop-in (README: XDP fast path) merged in.
+    let drop_in =
+        std::fs::read_to_string(root.join("systemd/turnd-xdp.conf")).expect("read drop-in");
+    assert!(drop_in.contains("CAP_BPF") && drop_in.contains("SystemCallFilter=bpf"));
+    verify_unit(
+        analyze,
+        &format!("{rewritten}{drop_in}"),
+        "systemd/turnd.service + systemd/turnd-xdp.conf",
+    );
+}
+
+/// `systemd-analyze verify` passes on the unit `rewritten` (`what` names it).
+fn verify_unit(analyze: &str, rewritten: &str, what: &str) {
     let dir = TempDir::new("unit");
     let path = dir.join("turnd.service");
-    std::fs::write(&path, &rewritten).unwrap();
+    std::fs::write(&path, rewritten).unwrap();
     let verify = || {
         run_with_timeout(
             Command::new(analyze)
@@ -444,7 +458,7 @@ fn unit_file_passes_systemd_analyze_verify() {
     let complaints: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
         complaints.iter().all(|l| about_user(l)),
-        "systemd-analyze verify reports problems with systemd/turnd.service:\n{report}"
+        "systemd-analyze verify reports problems with {what}:\n{report}"
     );
     eprintln!(
         "NOTE: systemd-analyze verify complains only about the `turnd` user/group, which is created \
@@ -459,6 +473,6 @@ fn unit_file_passes_systemd_analyze_verify() {
     let again = verify();
     assert!(
         ok(&again),
-        "systemd-analyze verify still fails on systemd/turnd.service without User=/Group=: {again:?}\n(first run: {report})"
+        "systemd-analyze verify still fails on {what} without User=/Group=: {again:?}\n(first run: {report})"
     );
 }

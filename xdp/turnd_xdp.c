@@ -250,6 +250,71 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct bpf_fib_loo
 	return bpf_redirect(f->ifindex, 0);
 }
 
+/*
+ * Hairpin: ChannelData from client A whose peer is client B's relayed
+ * address on this server, where B has a channel to A's relayed address
+ * (`hv`, B's peer -> client entry). User space would send A's data from A's
+ * relayed address to B's and receive it there; here the datagram goes
+ * straight to B as ChannelData with B's channel number: same length, new
+ * addresses, ports and channel. Counted as A's client -> peer and B's
+ * peer -> client packet.
+ */
+static __always_inline int hairpin(struct xdp_md *ctx, const int v6, union l3hdr *ip,
+				   const __u8 *src, const __u8 *dst, struct udphdr *udp,
+				   struct turnd_stats *st, struct turnd_p2c_val *hv, __u8 tos,
+				   __u16 ch_raw, __u16 data_len, __u16 udp_len, const int l3)
+{
+	const int hdrs = sizeof(struct ethhdr) + l3 + sizeof(struct udphdr);
+	struct bpf_fib_lookup f;
+	struct turnd_stats *st2;
+	__u32 idx2 = hv->stats_idx;
+	__u16 old_csum = udp->check;
+	__be16 sport = udp->source, dport = udp->dest;
+	__u16 new_ch = hv->channel;
+	__u64 acc;
+	int rc;
+
+	if (bpf_ktime_get_ns() >= hv->deadline_ns)
+		return PASS(TURND_CNT_PASS_EXPIRED);
+	if (is_v4_mapped(hv->client_addr) == v6 || is_v4_mapped(hv->listen_addr) == v6)
+		return PASS(TURND_CNT_PASS_BAD_ENTRY);
+	st2 = bpf_map_lookup_elem(&turnd_stats, &idx2);
+	if (!st2)
+		return PASS(TURND_CNT_PASS_BAD_ENTRY);
+	rc = fib(ctx, &f, v6, hv->listen_addr, hv->client_addr, hv->listen_port, hv->client_port,
+		 l3 + udp_len, tos);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return fib_pass(rc);
+
+	__u16 csum = 0;
+
+	if (old_csum) {
+		acc = neg(old_csum);
+		acc += addr_sum_neg(src, v6) + addr_sum_neg(dst, v6);
+		acc += neg(sport) + neg(dport) + neg(ch_raw);
+		acc += addr_sum(hv->listen_addr, v6) + addr_sum(hv->client_addr, v6);
+		acc += (__u64)hv->listen_port + hv->client_port + new_ch;
+		csum = neg(fold(acc));
+		if (csum == 0)
+			csum = 0xffff;
+	}
+	if (write_headers(ctx, v6, &f, ip, hv->listen_addr, hv->client_addr, hv->listen_port,
+			  hv->client_port, udp_len, csum))
+		return XDP_ABORTED;
+
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	if (data + hdrs + 4 > end)
+		return XDP_ABORTED;
+	*(__u16 *)(data + hdrs) = new_ch;
+	st->c2p_packets += 1;
+	st->c2p_bytes += data_len;
+	st2->p2c_packets += 1;
+	st2->p2c_bytes += data_len;
+	return transmit(ctx, &f, TURND_CNT_HAIRPIN_TX);
+}
+
 static __always_inline int handle(struct xdp_md *ctx, const int v6)
 {
 	void *data = (void *)(long)ctx->data;
@@ -340,6 +405,20 @@ static __always_inline int handle(struct xdp_md *ctx, const int v6)
 					return PASS(TURND_CNT_PASS_TTL);
 				if (v6 && old_csum == 0)
 					return PASS(TURND_CNT_PASS_NO_CSUM);
+				/* hairpin: the peer is another relayed address of this
+				 * server whose allocation has a channel to ours */
+				struct turnd_p2c_key hk;
+				struct turnd_p2c_val *hv;
+
+				__builtin_memset(&hk, 0, sizeof(hk));
+				__builtin_memcpy(hk.peer_addr, v->relay_addr, 16);
+				__builtin_memcpy(hk.relay_addr, v->peer_addr, 16);
+				hk.peer_port = v->relay_port;
+				hk.relay_port = v->peer_port;
+				hv = bpf_map_lookup_elem(&turnd_p2c, &hk);
+				if (hv)
+					return hairpin(ctx, v6, &ip, src, dst, udp, st, hv, tos,
+						       ch_raw, data_len, udp_len, l3);
 				rc = fib(ctx, &f, v6, v->relay_addr, v->peer_addr, v->relay_port,
 					 v->peer_port, l3 + new_len, tos);
 				if (rc != BPF_FIB_LKUP_RET_SUCCESS)

@@ -118,7 +118,9 @@ enum turnd_counter {
 	TURND_CNT_C2P_REDIRECT = 13,    /* client -> peer sent with bpf_redirect (other interface) */
 	TURND_CNT_P2C_TX = 14,          /* peer -> client sent with XDP_TX */
 	TURND_CNT_P2C_REDIRECT = 15,    /* peer -> client sent with bpf_redirect */
-	TURND_CNT_MAX = 16,
+	TURND_CNT_HAIRPIN_TX = 16,      /* client -> client through two relayed addresses of this server (hairpin), XDP_TX */
+	TURND_CNT_HAIRPIN_REDIRECT = 17, /* hairpin sent with bpf_redirect */
+	TURND_CNT_MAX = 18,
 };
 
 #ifdef __BPF__

@@ -49,7 +49,7 @@ const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The program's outcome counters (`enum turnd_counter` in `turnd_xdp.h`),
 /// in index order: (metric family suffix, label value).
-pub(super) const COUNTERS: [(&str, &str); 16] = [
+pub(super) const COUNTERS: [(&str, &str); COUNTER_COUNT] = [
     ("passed", "not_udp"),
     ("passed", "no_entry"),
     ("passed", "expired"),
@@ -66,7 +66,12 @@ pub(super) const COUNTERS: [(&str, &str); 16] = [
     ("sent", "client_to_peer_redirect"),
     ("sent", "peer_to_client_tx"),
     ("sent", "peer_to_client_redirect"),
+    ("sent", "hairpin_tx"),
+    ("sent", "hairpin_redirect"),
 ];
+
+/// `TURND_CNT_MAX` in `turnd_xdp.h`.
+const COUNTER_COUNT: usize = 18;
 
 /// Key of map `turnd_c2p`: ChannelData from a client (40 bytes). Addresses
 /// are 16 bytes, IPv4 as IPv4-mapped IPv6; ports and channel in network
@@ -285,10 +290,10 @@ impl FastPath {
 
     /// The program's outcome counters, summed over CPUs, in the order of
     /// [`COUNTERS`].
-    pub fn counters(&self) -> [u64; 16] {
+    pub fn counters(&self) -> [u64; COUNTER_COUNT] {
         match self.maps.lock() {
             Ok(m) => m.counters(),
-            Err(_) => [0; 16],
+            Err(_) => [0; COUNTER_COUNT],
         }
     }
 }
@@ -557,8 +562,16 @@ mod imp {
         next: u32,
     }
 
-    fn err(what: &str, e: impl std::fmt::Display) -> StartError {
-        StartError::Xdp(format!("{what}: {e}"))
+    /// `what: error: its source: ...` (aya's errors keep the OS error,
+    /// EPERM and the like, as a source).
+    fn err(what: &str, e: impl std::error::Error) -> StartError {
+        let mut message = format!("{what}: {e}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        StartError::Xdp(message)
     }
 
     impl Maps {
@@ -676,8 +689,8 @@ mod imp {
             sum.relayed()
         }
 
-        pub fn counters(&self) -> [u64; 16] {
-            let mut out = [0u64; 16];
+        pub fn counters(&self) -> [u64; COUNTER_COUNT] {
+            let mut out = [0u64; COUNTER_COUNT];
             for (i, o) in out.iter_mut().enumerate() {
                 if let Ok(values) = self.counters.get(&(i as u32), 0) {
                     *o = values.iter().sum();
@@ -726,7 +739,7 @@ mod imp {
         pub fn read_slot(&self, _: u32) -> KernelRelayed {
             match *self {}
         }
-        pub fn counters(&self) -> [u64; 16] {
+        pub fn counters(&self) -> [u64; COUNTER_COUNT] {
             match *self {}
         }
     }

@@ -9,6 +9,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 use std::time::Instant;
 
+/// Deepest debt of a [`TokenBucket`] in seconds of its rate (see
+/// [`TokenBucket::consume`]).
+pub const MAX_DEBT_SECONDS: f64 = 60.0;
+
 /// A token bucket: `rate` tokens per second up to `burst`.
 ///
 /// Used with tokens = packets (request limits) or tokens = bytes (bandwidth).
@@ -51,11 +55,13 @@ impl TokenBucket {
 
     /// Takes `n` tokens whether or not they are there: for bytes already
     /// sent (the XDP fast path relays first and reports after). The bucket
-    /// may go into debt, at most one burst deep; [`TokenBucket::take`]
-    /// refuses until it has refilled.
+    /// goes into debt, at most [`MAX_DEBT_SECONDS`] of its rate deep, and
+    /// [`TokenBucket::take`] refuses until it has refilled: over time what
+    /// passes stays at the rate however much was sent at once.
     pub fn consume(&mut self, n: u64, now: Instant) {
         self.refill(now);
-        self.tokens = (self.tokens - n as f64).max(-self.burst);
+        let floor = -(self.rate * MAX_DEBT_SECONDS).max(self.burst);
+        self.tokens = (self.tokens - n as f64).max(floor);
     }
 
     /// True when `n` tokens are available (nothing is taken).

@@ -15,6 +15,7 @@ pub(super) use crate::turn::*;
 
 mod allocate;
 mod authenticate;
+mod fast_path;
 mod own_address;
 mod peer_route;
 mod permission;
