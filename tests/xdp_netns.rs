@@ -17,7 +17,9 @@
 //!   (`turnd_xdp_relayed_packets_total`) is most of it in both directions,
 //!   and the admin API's allocation counts the kernel's bytes too;
 //!   `relay_many_*` does the same with 8 allocations at once (channels
-//!   0x4000 to 0x4FFF, spread over the workers);
+//!   0x4000 to 0x4FFF, spread over the workers), and `hairpin_*` with both
+//!   clients on this server (each channel bound to the other's relayed
+//!   address: the kernel's hairpin);
 //! - `uclient_*`: coturn's `turnutils_uclient` (channels) against
 //!   `turnutils_peer` loses nothing, the totals equal what it sent and got
 //!   back, and the kernel relays both ways (only for uclient's channels in
@@ -58,8 +60,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::xdp::{
-    in_netns, ns_command, parse_uclient_summary, tool, Family, NsChild, XdpNet, RELAY_CLIENT_IF,
-    RELAY_PEER_IF, V4, V6,
+    attach_pass_program, in_netns, ns_command, parse_uclient_summary, tool, Family, NsChild,
+    XdpNet, CLIENT_IF, RELAY_CLIENT_IF, RELAY_PEER_IF, V4, V6,
 };
 use support::*;
 use turnd::stun::AttributeType;
@@ -840,6 +842,149 @@ fn relay_many_generic_v4() {
 #[test]
 fn relay_many_native_v6() {
     relay_many("mn6", Mode::Native, V6);
+}
+
+/// Datagrams per direction in the `hairpin_*` tests.
+const HAIRPIN_COUNT: usize = 500;
+
+/// Sends `n` pattern datagrams (salted `salt`) as ChannelData from `from`
+/// on `from_ch`, [`WINDOW`] at a time, and checks that `to` receives each
+/// as ChannelData on `to_ch` (within a window, in any order); the payload
+/// bytes.
+#[track_caller]
+fn client_to_client(
+    what: &str,
+    from: &Client,
+    from_ch: u16,
+    to: &mut Client,
+    to_ch: u16,
+    n: usize,
+    salt: u8,
+) -> u64 {
+    let mut bytes = 0;
+    for start in (0..n).step_by(WINDOW) {
+        let idx = start..(start + WINDOW).min(n);
+        let mut sent: Vec<Vec<u8>> = idx.clone().map(|i| pattern(i, salt)).collect();
+        for d in &sent {
+            from.channel_data(from_ch, d);
+        }
+        let mut got = Vec::new();
+        for _ in 0..sent.len() {
+            match to.recv(RESPONSE_TIMEOUT) {
+                Some(Incoming::Channel { channel, data }) => {
+                    assert_eq!(channel, to_ch, "{what}: ChannelData on another channel");
+                    got.push(data);
+                }
+                other => panic!(
+                    "{what}, datagrams {idx:?}: after {} of {}, expected ChannelData, got {other:?}",
+                    got.len(),
+                    sent.len()
+                ),
+            }
+        }
+        sent.sort();
+        got.sort();
+        assert!(
+            sent == got,
+            "{what}, datagrams {idx:?}: other bytes arrived"
+        );
+        bytes += sent.iter().map(|d| d.len() as u64).sum::<u64>();
+    }
+    bytes
+}
+
+/// Both parties of a call on this server (forced relay): client A's
+/// channel is bound to B's relayed address and B's to A's. The kernel
+/// relays ChannelData to ChannelData (its hairpin, out of the interface it
+/// came in on), counted as A's client-to-peer and B's peer-to-client
+/// packet as user space counts it. In native mode the client's veth runs a
+/// pass-everything XDP program (see [`attach_pass_program`]).
+#[track_caller]
+fn hairpin(tag: &str, mode: Mode, fam: Family) {
+    const CA: u16 = 0x4001;
+    const CB: u16 = 0x4abc;
+    let rig = Rig::start(tag, mode, fam, &[]);
+    let tmp = TempDir::new("xdp-pass");
+    if mode == Mode::Native {
+        attach_pass_program(&rig.net.client, CLIENT_IF, &tmp.path);
+    }
+    let mut a = rig.client();
+    let ra = rig.allocate(&mut a);
+    let mut b = rig.client();
+    let rb = rig.allocate(&mut b);
+    a.channel_bind(CA, rb).expect_success();
+    b.channel_bind(CB, ra).expect_success();
+    let warm = client_to_client("warm-up A to B", &a, CA, &mut b, CB, 1, 1)
+        + client_to_client("warm-up B to A", &b, CB, &mut a, CA, 1, 2);
+    rig.wait_entries(|n| n >= 2.0, "at least 2");
+    let m0 = rig.metrics();
+    let n = HAIRPIN_COUNT;
+    let bytes = client_to_client("A to B", &a, CA, &mut b, CB, n, 3)
+        + client_to_client("B to A", &b, CB, &mut a, CA, n, 4);
+    a.expect_silence(SILENCE);
+    b.expect_silence(SILENCE);
+    let packets = 2 * (n as u64 + 1);
+    let want = [(packets, warm + bytes); 2];
+    let totals = |m: &Metrics| {
+        [Dir::ToPeer, Dir::ToClient].map(|d| {
+            (
+                by_dir(m, "turnd_relayed_packets_total", d) as u64,
+                by_dir(m, "turnd_relayed_bytes_total", d) as u64,
+            )
+        })
+    };
+    let mut m = rig.metrics();
+    wait_until(SYNC, || {
+        m = rig.metrics();
+        totals(&m) == want
+    });
+    assert_eq!(
+        totals(&m),
+        want,
+        "turnd_relayed_packets/bytes_total (to peer, to client) vs what the clients received:\n{}",
+        xdp_lines(&m)
+    );
+    let mut kernel = String::from("xdp off");
+    if mode.xdp() {
+        let main = 2.0 * n as f64;
+        let hair = ["hairpin_tx", "hairpin_redirect"]
+            .iter()
+            .map(|p| {
+                m.value("turnd_xdp_sent_packets_total", &[("path", p)])
+                    .unwrap_or(0.0)
+                    - m0.value("turnd_xdp_sent_packets_total", &[("path", p)])
+                        .unwrap_or(0.0)
+            })
+            .sum::<f64>();
+        let k = [Dir::ToPeer, Dir::ToClient].map(|d| {
+            by_dir(&m, "turnd_xdp_relayed_packets_total", d)
+                - by_dir(&m0, "turnd_xdp_relayed_packets_total", d)
+        });
+        assert!(
+            hair >= KERNEL_SHARE * main && k.iter().all(|k| *k >= KERNEL_SHARE * main),
+            "the kernel hairpinned {hair} of {main} datagrams (relayed {k:?} to peer, to client):\n{}",
+            xdp_lines(&m)
+        );
+        kernel = format!("kernel hairpinned {hair} of {main}");
+    }
+    rig.assert_no_panic();
+    println!("hairpin {} {}: {kernel}", mode.name(), fam.name());
+    drop(tmp);
+}
+
+#[test]
+fn hairpin_generic_v4() {
+    hairpin("hg4", Mode::Generic, V4);
+}
+
+#[test]
+fn hairpin_generic_v6() {
+    hairpin("hg6", Mode::Generic, V6);
+}
+
+#[test]
+fn hairpin_native_v4() {
+    hairpin("hn4", Mode::Native, V4);
 }
 
 // ---------------------------------------------------------------------------

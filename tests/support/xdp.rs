@@ -391,3 +391,46 @@ pub fn parse_uclient_summary(out: &str) -> Option<UclientSummary> {
         received: received?,
     })
 }
+
+/// Builds `xdp/xdp_pass.c` (a program that passes everything) with clang's
+/// BPF target into `dir` and attaches it natively to `dev` in `ns`
+/// (`ip link set dev DEV xdpdrv obj ...`; it goes with the namespace). On a
+/// veth in native mode, frames the other end sends back out with `XDP_TX`
+/// arrive only at an end that runs an XDP program of its own (GRO is enough
+/// for redirected frames, not for those). Panics when clang or the attach
+/// fails.
+#[track_caller]
+pub fn attach_pass_program(ns: &str, dev: &str, dir: &Path) {
+    let clang = ["clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"]
+        .iter()
+        .find_map(|c| {
+            ["/usr/bin", "/usr/local/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(c))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("no clang found: the Debian package `clang-14` builds xdp/xdp_pass.c; run scripts/install-deps.sh"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("xdp/xdp_pass.c");
+    let obj = dir.join("xdp_pass.o");
+    let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let out = run_with_timeout(
+        Command::new(&clang)
+            .args(["-O2", "-g", "-target", "bpf", "-I", &multiarch, "-c"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "{} failed to build {}: {}{}",
+        clang.display(),
+        src.display(),
+        out.stdout,
+        out.stderr
+    );
+    ip(&format!(
+        "-n {ns} link set dev {dev} xdpdrv obj {} sec xdp",
+        obj.display()
+    ));
+}
