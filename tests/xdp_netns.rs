@@ -299,6 +299,30 @@ impl Rig {
         in_netns(&self.net.relay, move || scrape_metrics(a))
     }
 
+    /// `/metrics` once all relayed traffic (`turnd_relayed_packets_total`,
+    /// which takes in the kernel's counts on the next read-back) is
+    /// `to_peer` and `to_client` packets: a base for deltas that no late
+    /// count of what came before moves. Panics after [`SYNC`].
+    #[track_caller]
+    fn metrics_at(&self, to_peer: u64, to_client: u64) -> Metrics {
+        let want = [to_peer, to_client];
+        let total = |m: &Metrics| {
+            [Dir::ToPeer, Dir::ToClient].map(|d| by_dir(m, "turnd_relayed_packets_total", d) as u64)
+        };
+        let mut m = self.metrics();
+        wait_until(SYNC, || {
+            m = self.metrics();
+            total(&m) == want
+        });
+        assert_eq!(
+            total(&m),
+            want,
+            "turnd_relayed_packets_total (to peer, to client) after the warm-up:\n{}",
+            xdp_lines(&m)
+        );
+        m
+    }
+
     /// The admin API's allocation list.
     #[track_caller]
     fn allocations(&self) -> Vec<serde_json::Value> {
@@ -539,7 +563,7 @@ fn ms(d: Duration) -> String {
 fn relay_both_ways(tag: &str, mode: Mode, fam: Family) {
     let rig = Rig::start(tag, mode, fam, &[]);
     let mut b = rig.bound();
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(1, 1);
 
     let mut bytes_to_peer = 0u64;
     for start in (0..RELAY_COUNT).step_by(WINDOW) {
@@ -751,7 +775,7 @@ fn relay_many(tag: &str, mode: Mode, fam: Family) {
         })
         .collect();
     assert_eq!(bs.last().map(|b| b.channel), Some(0x4FFF));
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(MANY as u64, MANY as u64);
     let mut bytes = [0u64; 2];
     for i in 0..MANY_COUNT {
         for (k, b) in bs.iter_mut().enumerate() {
@@ -917,7 +941,7 @@ fn hairpin(tag: &str, mode: Mode, fam: Family) {
     let warm = client_to_client("warm-up A to B", &a, CA, &mut b, CB, 1, 1)
         + client_to_client("warm-up B to A", &b, CB, &mut a, CA, 1, 2);
     rig.wait_entries(|n| n >= 2.0, "at least 2");
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(2, 2);
     let n = HAIRPIN_COUNT;
     let bytes = client_to_client("A to B", &a, CA, &mut b, CB, n, 3)
         + client_to_client("B to A", &b, CB, &mut a, CA, n, 4);
@@ -1189,7 +1213,7 @@ fn channel_expiry(tag: &str, mode: Mode, fam: Family) {
     let secs = CHANNEL_LIFETIME.as_secs().to_string();
     let rig = Rig::start(tag, mode, fam, &["--channel-lifetime", &secs]);
     let mut b = rig.bound();
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(1, 1);
     // The server's expiry is at most CHANNEL_LIFETIME after `bound_at`.
     let t0 = b.bound_at;
     let expiry = t0 + CHANNEL_LIFETIME;
@@ -1282,7 +1306,7 @@ fn admin_delete(tag: &str, mode: Mode, fam: Family) {
     let id = rig.allocation_of(b.client.local_addr())["id"]
         .as_u64()
         .expect("a numeric allocation id");
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(1, 1);
     let col = Collector::start(&b.peer.sock);
     let t0 = Instant::now();
     let mut sent = stream(&b.client, t0, EVERY, t0 + Duration::from_millis(600), 100);
@@ -1361,7 +1385,7 @@ fn max_bps(tag: &str, mode: Mode, fam: Family) {
     let limit = MAX_BPS.to_string();
     let rig = Rig::start(tag, mode, fam, &["--max-bps", &limit]);
     let b = rig.bound();
-    let m0 = rig.metrics();
+    let m0 = rig.metrics_at(1, 1);
     let size: usize = 1000;
     // Four times the limit: 400 datagrams of 1,000 bytes a second.
     let every = Duration::from_secs_f64(size as f64 / (4 * MAX_BPS) as f64);
