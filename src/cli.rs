@@ -236,8 +236,8 @@ pub struct Cli {
     pub xdp: Option<String>,
     /// An interface the XDP fast path attaches to (repeatable). Default:
     /// every interface that carries a listening or relay address.
-    #[arg(long = "xdp-interface", value_name = "NAME")]
-    pub xdp_interface: Vec<String>,
+    #[arg(long = "xdp-interfaces", value_name = "NAME")]
+    pub xdp_interfaces: Vec<String>,
     /// Seconds to keep relaying existing allocations after SIGTERM while
     /// refusing new ones (0: close at once). Default 0.
     #[arg(long = "drain-timeout", value_name = "SECONDS")]

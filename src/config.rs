@@ -1183,10 +1183,10 @@ impl Config {
                 ))
             }
         };
-        self.xdp_interfaces = if cli.xdp_interface.is_empty() {
+        self.xdp_interfaces = if cli.xdp_interfaces.is_empty() {
             Layers::file_list(&file.xdp_interfaces)
         } else {
-            cli.xdp_interface.clone()
+            cli.xdp_interfaces.clone()
         };
         if let Some(bad) = self
             .xdp_interfaces
@@ -1194,7 +1194,7 @@ impl Config {
             .find(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
         {
             return Err(layers.error(
-                !cli.xdp_interface.is_empty(),
+                !cli.xdp_interfaces.is_empty(),
                 format!("option `xdp-interfaces`: {bad:?} is not an interface name"),
             ));
         }

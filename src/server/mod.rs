@@ -1108,6 +1108,11 @@ async fn reload(
         {
             warn!("SIGHUP: proxy-protocol options changed in the file; they take effect at the next restart");
         }
+        if fresh.xdp != old.xdp || fresh.xdp_interfaces != old.xdp_interfaces {
+            warn!("SIGHUP: xdp options changed in the file; they take effect at the next restart");
+            fresh.xdp = old.xdp;
+            fresh.xdp_interfaces = old.xdp_interfaces.clone();
+        }
     }
     let mut server_config = fresh.server_config();
     server_config.host_ips = host_ips(&fresh);
