@@ -5,7 +5,10 @@
 #   - coturn (turnutils_uclient, turnutils_peer; its daemon is stopped and disabled)
 #   - chromium (Debian's; driven by playwright-core, no browser download ever)
 #   - iproute2 (ip) and util-linux (unshare) for the private network namespace
-#   - ethtool (the XDP browser test turns TX checksum offload off and GRO on on its veths)
+#   - ethtool (the XDP tests, tests/xdp_netns.rs and the browser's, turn TX
+#     checksum offload off and GRO on on their veths)
+#   - clang-14 and libbpf-dev (the XDP program: cargo feature `xdp`, and
+#     xdp_pass.o for tests/xdp_netns.rs)
 #   - systemd (systemd-analyze, to verify systemd/turnd.service)
 #   - nodejs and npm, unless node and npm are already on PATH
 #   - tests/browser/node_modules (npm ci from the lockfile)

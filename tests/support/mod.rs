@@ -32,6 +32,7 @@ pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod stream;
+pub mod xdp;
 
 pub use cert::*;
 pub use client::*;
