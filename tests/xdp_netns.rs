@@ -17,14 +17,14 @@
 //!   (`turnd_xdp_relayed_packets_total`) is most of it in both directions,
 //!   and the admin API's allocation counts the kernel's bytes too;
 //!   `relay_many_*` does the same with 8 allocations at once (channels
-//!   0x4000 to 0x4FFF, spread over the workers), and `hairpin_*` with both
+//!   0x4000 to 0x7FFF, spread over the workers), and `hairpin_*` with both
 //!   clients on this server (each channel bound to the other's relayed
 //!   address: the kernel's hairpin);
 //! - `uclient_*`: coturn's `turnutils_uclient` (channels) against
 //!   `turnutils_peer` loses nothing, the totals equal what it sent and got
-//!   back, and the kernel relays both ways (only for uclient's channels in
-//!   0x4000-0x4FFF: it picks them at random up to 0x7FFF, RFC 5766's range,
-//!   and the fast path takes RFC 8656's);
+//!   back, and the kernel relays both ways (uclient picks its channels at
+//!   random up to 0x7FFF, RFC 5766's range, which the fast path takes as
+//!   turnd does);
 //! - `channel_expiry_*`: with `channel-lifetime = 3` the peer receives
 //!   nothing sent later than a second after the channel's expiry (the
 //!   kernel entry's deadline is exact, the spec says), the kernel passes
@@ -91,11 +91,9 @@ const KERNEL_SHARE: f64 = 0.9;
 /// Longest one uclient run may take (about 5 s here).
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// uclient's sessions (`-m`, `-n` datagrams each): each sends on one
-/// channel it picks at random in 0x4000 to 0x7FFF (RFC 5766's range), and
-/// the fast path takes only RFC 8656's 0x4000 to 0x4FFF, so about a quarter
-/// of the sessions reach the kernel; with 40 none does with odds of about
-/// 1 in 100,000.
-const UCLIENT_SESSIONS: &str = "40";
+/// channel it picks at random in 0x4000 to 0x7FFF (RFC 5766's range), all
+/// of which the fast path takes.
+const UCLIENT_SESSIONS: &str = "10";
 /// turnutils_peer's port in the peer namespace.
 const UCLIENT_PEER_PORT: u16 = 3480;
 
@@ -761,7 +759,8 @@ const MANY: usize = 8;
 const MANY_COUNT: usize = 200;
 
 /// [`MANY`] allocations at once, each with its own client, peer and
-/// channel (0x4000 up to 0x4FFF, the last the fast path takes), relayed
+/// channel (0x4000 up to 0x7FFF, RFC 5766's range, which turnd and the
+/// fast path take), relayed
 /// in turn both ways: every datagram arrives, the totals equal what was
 /// received and the kernel carried most of it (every worker's allocations
 /// reached the kernel's maps).
@@ -770,11 +769,11 @@ fn relay_many(tag: &str, mode: Mode, fam: Family) {
     let rig = Rig::start(tag, mode, fam, &[]);
     let mut bs: Vec<Bound> = (0..MANY)
         .map(|i| {
-            let channel = 0x4000 + (i as u16) * (0x0FFF / (MANY as u16 - 1));
+            let channel = 0x4000 + (i as u32 * 0x3FFF / (MANY as u32 - 1)) as u16;
             rig.bound_with(channel, i + 1)
         })
         .collect();
-    assert_eq!(bs.last().map(|b| b.channel), Some(0x4FFF));
+    assert_eq!(bs.last().map(|b| b.channel), Some(0x7FFF));
     let m0 = rig.metrics_at(MANY as u64, MANY as u64);
     let mut bytes = [0u64; 2];
     for i in 0..MANY_COUNT {

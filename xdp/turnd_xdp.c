@@ -9,7 +9,8 @@
  *
  *  client -> peer: a UDP datagram to a listening address whose payload is
  *    exactly one unpadded ChannelData message (4-byte header: channel
- *    0x4000-0x4FFF, length; UDP payload == 4 + length) and whose
+ *    0x4000-0x7FFF as turnd accepts (RFC 8656 section 12 uses 0x4000-0x4FFF,
+ *    RFC 5766 clients up to 0x7FFE), length; UDP payload == 4 + length) and whose
  *    (client addr, client port, listening addr, listening port, channel) is
  *    in turnd_c2p: the header is stripped, the datagram rewritten to
  *    relay addr:port -> peer addr:port and transmitted.
@@ -374,7 +375,7 @@ static __always_inline int handle(struct xdp_md *ctx, const int v6)
 		__u16 ch_raw = *(__u16 *)cd;
 		__u16 len_raw = *(__u16 *)(cd + 2);
 
-		if ((cd[0] & 0xf0) == 0x40) {
+		if ((cd[0] & 0xc0) == 0x40) { /* 0x4000-0x7FFF */
 			struct turnd_c2p_key k;
 			struct turnd_c2p_val *v;
 

@@ -25,8 +25,10 @@
 
 #include <linux/types.h>
 
-#define TURND_CHANNEL_MIN 0x4000 /* RFC 8656 12: 0x4000 through 0x4FFF */
-#define TURND_CHANNEL_MAX 0x4FFF
+/* RFC 8656 12: 0x4000 through 0x4FFF; RFC 5766 clients (coturn's
+ * turnutils) use up to 0x7FFE, and turnd accepts 0x4000-0x7FFF. */
+#define TURND_CHANNEL_MIN 0x4000
+#define TURND_CHANNEL_MAX 0x7FFF
 
 /* Default max_entries; user space may change them before loading
  * (aya: EbpfLoader::set_max_entries, libbpf: bpf_map__set_max_entries). */
@@ -42,7 +44,7 @@ struct turnd_c2p_key {
 	__u8 listen_addr[16]; /* turnd's listening address it was sent to */
 	__be16 client_port;   /* source port */
 	__be16 listen_port;   /* turnd's listening port (3478 ...) */
-	__be16 channel;       /* channel number, 0x4000-0x4FFF */
+	__be16 channel;       /* channel number, 0x4000-0x7FFF */
 	__u16 pad;            /* 0 */
 }; /* 40 bytes */
 

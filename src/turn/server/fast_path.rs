@@ -19,9 +19,10 @@ use std::time::Instant;
 use super::Server;
 use crate::turn::allocation::{FiveTuple, Transport};
 
-/// Highest channel number the fast path relays: RFC 8656 section 12 uses
-/// 0x4000 through 0x4FFF (the kernel program checks the first nibble).
-pub const FAST_PATH_MAX_CHANNEL: u16 = 0x4FFF;
+/// Highest channel number the fast path relays: every number turnd binds
+/// (RFC 8656 section 12 uses 0x4000 through 0x4FFF, RFC 5766 clients up to
+/// 0x7FFE; the kernel program checks the first two bits, 01).
+pub const FAST_PATH_MAX_CHANNEL: u16 = crate::stun::MAX_CHANNEL;
 
 /// Packets and application-data bytes (the ChannelData length client to
 /// peer, the UDP payload peer to client) relayed in the kernel.
@@ -82,7 +83,7 @@ pub struct FastPathEntry {
     pub allocation: u64,
     /// Its username, for the user totals when it ends before its last count.
     pub user: Arc<str>,
-    /// Channel number, 0x4000-0x4FFF.
+    /// Channel number, 0x4000-0x7FFF.
     pub channel: u16,
     /// The relayed transport address of the peer's family.
     pub relay: SocketAddr,
