@@ -4,10 +4,12 @@
 //! relay namespace with `xdp = "generic"` or `"native"` on its two veths,
 //! listening and relay addresses set to those veths' addresses and
 //! forwarding on; TX checksum offload off on the client's and the peer's
-//! veth (and GRO on there for native mode), as the spec
-//! (`notes/xdp-spec.md`) asks of local senders. Each test runs in both XDP
-//! modes, most over IPv4 and IPv6:
+//! veth (and GRO on there for native mode), as the README's XDP section
+//! asks of local senders. Each test runs in both XDP modes, most over IPv4
+//! and IPv6:
 //!
+//! - `detached_after_*`: nothing is left on the interfaces once turnd ends,
+//!   by SIGTERM or SIGKILL (BPF links);
 //! - `relay_*`: the crate's own client allocates and binds a channel, 2,000
 //!   ChannelData of 1 to 1,400 bytes (odd and even lengths, patterned) reach
 //!   the peer byte for byte, 2,000 datagrams of the peer reach the client as
@@ -1536,4 +1538,45 @@ fn uclient_summary_parser() {
     let s = parse_uclient_summary(sample).unwrap();
     assert_eq!((s.lost, s.sent, s.received), (10, 2000, 1990));
     assert!(parse_uclient_summary("nothing useful").is_none());
+}
+
+/// The program is attached through BPF links, so nothing is left on the
+/// interfaces once turnd ends, whether by SIGTERM or by SIGKILL (a crash:
+/// no cleanup code runs).
+#[track_caller]
+fn detaches(tag: &str, mode: Mode, sig: &str) {
+    let mut rig = Rig::start(tag, mode, V4, &[]);
+    let net = &rig.net;
+    let attached = || net.relay_ip_output("link show").matches("prog/xdp").count();
+    assert_eq!(
+        attached(),
+        2,
+        "turnd_xdp on both veths before SIG{sig}:\n{}",
+        net.relay_ip_output("link show")
+    );
+    rig.server.signal(sig);
+    assert!(
+        rig.server.wait_exit(Duration::from_secs(10)).is_some(),
+        "turnd did not exit on SIG{sig}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || attached() == 0),
+        "an XDP program is left on the interfaces after SIG{sig}:\n{}",
+        net.relay_ip_output("link show")
+    );
+}
+
+#[test]
+fn detached_after_sigkill_generic() {
+    detaches("dkg", Mode::Generic, "KILL");
+}
+
+#[test]
+fn detached_after_sigkill_native() {
+    detaches("dkn", Mode::Native, "KILL");
+}
+
+#[test]
+fn detached_after_sigterm_generic() {
+    detaches("dtg", Mode::Generic, "TERM");
 }
