@@ -65,6 +65,12 @@
 # SERVER_CPU (0), GEN_CPU (1), OUT (default target/compare-xdp/DATE),
 # BPF_STATS (default 1: kernel.bpf_stats_enabled=1 during the XDP blocks for
 # the program's own ns per run; adds two clock reads per run to the XDP rows),
+# NAPI (default softirq; `threaded`: GRO on every veth end and threaded NAPI,
+# the relay side's NAPI threads pinned to SERVER_CPU and counted as the
+# relay's CPU, the generator side's to GEN_CPU and counted as the
+# generator's: a per-thread split of the kernel's work instead of the
+# host-wide figure; it adds a NAPI-thread wake-up per batch to every row),
+# SWEEP_PACINGS (default "even burst"),
 # UCLIENT_CLIENTS / UCLIENT_MSGS (independent check, default 200 clients x
 # 500 messages at 20 ms = 50 pps each, 200 B).
 #
@@ -110,7 +116,8 @@ else
     : "${IDLE_S:=3}"
 fi
 : "${RATES:=10000 20000}" "${PPS:=50}" "${SIZE:=100}" "${SIZE_MAX:=1200}" "${BURST_TICK_US:=2000}"
-: "${XDP_MODES:=generic native}" "${BPF_STATS:=1}"
+: "${XDP_MODES:=generic native}" "${BPF_STATS:=1}" "${NAPI:=softirq}"
+: "${SWEEP_PACINGS:=even burst}"
 : "${UCLIENT_CLIENTS:=200}" "${UCLIENT_MSGS:=500}"
 : "${SERVER_CPU:=0}" "${GEN_CPU:=1}"
 : "${OUT:=target/compare-xdp/$(date +%Y%m%d-%H%M%S)}"
@@ -143,6 +150,9 @@ RESULTS="$OUT/results.jsonl"
 TMP=$(mktemp -d)
 P=xb$$
 NS_C=${P}c NS_R=${P}r NS_P=${P}p
+# Interface names unique on the host (NAPI threads are named after them).
+T=$(($$ % 10000))
+IC=xc$T IR0=xr$T IR1=xs$T IP=xp$T
 nsx() {
     local ns=$1
     shift
@@ -172,24 +182,37 @@ trap 'exit 130' INT TERM
 ip netns add "$NS_C"
 ip netns add "$NS_R"
 ip netns add "$NS_P"
-ip link add c0 netns "$NS_C" type veth peer name r0 netns "$NS_R"
-ip link add r1 netns "$NS_R" type veth peer name p0 netns "$NS_P"
-nsx "$NS_C" ip addr add "$C_IP/26" dev c0
-nsx "$NS_R" ip addr add "$L_IP/26" dev r0
-nsx "$NS_R" ip addr add "$E_IP/26" dev r1
-nsx "$NS_P" ip addr add "$PEER_IP/26" dev p0
+ip link add $IC netns "$NS_C" type veth peer name $IR0 netns "$NS_R"
+ip link add $IR1 netns "$NS_R" type veth peer name $IP netns "$NS_P"
+nsx "$NS_C" ip addr add "$C_IP/26" dev $IC
+nsx "$NS_R" ip addr add "$L_IP/26" dev $IR0
+nsx "$NS_R" ip addr add "$E_IP/26" dev $IR1
+nsx "$NS_P" ip addr add "$PEER_IP/26" dev $IP
 for ns in "$NS_C" "$NS_R" "$NS_P"; do nsx "$ns" ip link set lo up; done
-nsx "$NS_C" ip link set c0 up
-nsx "$NS_R" ip link set r0 up
-nsx "$NS_R" ip link set r1 up
-nsx "$NS_P" ip link set p0 up
+nsx "$NS_C" ip link set $IC up
+nsx "$NS_R" ip link set $IR0 up
+nsx "$NS_R" ip link set $IR1 up
+nsx "$NS_P" ip link set $IP up
 nsx "$NS_C" ip route add default via "$L_IP"
 nsx "$NS_P" ip route add default via "$E_IP"
-nsx "$NS_R" sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.r0.forwarding=1 \
-    net.ipv4.conf.r1.forwarding=1 net.ipv4.ip_local_port_range="55000 64999"
+nsx "$NS_R" sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.$IR0.forwarding=1 \
+    net.ipv4.conf.$IR1.forwarding=1 net.ipv4.ip_local_port_range="55000 64999"
 nsx "$NS_C" sysctl -qw net.ipv4.ip_local_port_range="20000 64999"
-nsx "$NS_C" ethtool -K c0 tx off gro on >/dev/null
-nsx "$NS_P" ethtool -K p0 tx off gro on >/dev/null
+nsx "$NS_C" ethtool -K $IC tx off gro on >/dev/null
+nsx "$NS_P" ethtool -K $IP tx off gro on >/dev/null
+if [ "$NAPI" = threaded ]; then
+    # Every veth end gets NAPI (GRO on) in a kernel thread of its own: the
+    # relay ns's receive work (IP/UDP delivery, or the XDP program and its
+    # redirect) then runs in napi/$IR0-* and napi/$IR1-*, pinned to the server
+    # core and counted as the relay's; napi/$IC-* and napi/$IP-* (the
+    # generator's receive side) are pinned to the generator's core and counted
+    # as the generator's.
+    nsx "$NS_R" ethtool -K $IR0 gro on >/dev/null
+    nsx "$NS_R" ethtool -K $IR1 gro on >/dev/null
+    nsx "$NS_C" sh -c "echo 1 >/sys/class/net/$IC/threaded"
+    nsx "$NS_R" sh -c "echo 1 >/sys/class/net/$IR0/threaded; echo 1 >/sys/class/net/$IR1/threaded"
+    nsx "$NS_P" sh -c "echo 1 >/sys/class/net/$IP/threaded"
+fi
 {
     echo "== topology"
     for ns in "$NS_C" "$NS_R" "$NS_P"; do
@@ -197,11 +220,12 @@ nsx "$NS_P" ethtool -K p0 tx off gro on >/dev/null
         nsx "$ns" ip -br addr
         nsx "$ns" ip route
     done
-    for x in "$NS_C c0" "$NS_P p0"; do
+    for x in "$NS_C $IC" "$NS_P $IP"; do
         set -- $x
         echo "-- $2: $(nsx "$1" ethtool -k "$2" | grep -E '^(tx-checksumming|generic-receive-offload):' | tr '\n' ' ')"
     done
-    echo "-- relay ns forwarding: $(nsx "$NS_R" sysctl -n net.ipv4.conf.r0.forwarding net.ipv4.conf.r1.forwarding | tr '\n' ' ')"
+    echo "-- NAPI: $NAPI"
+    echo "-- relay ns forwarding: $(nsx "$NS_R" sysctl -n net.ipv4.conf.$IR0.forwarding net.ipv4.conf.$IR1.forwarding | tr '\n' ' ')"
 } >"$OUT/topology.txt" 2>&1
 
 wait_udp() { # NS PORT
@@ -272,8 +296,8 @@ start_xdp() { # MODE
         XDP_PID=""
         return 1
     fi
-    nsx "$NS_R" ip -d link show r0 | grep -o 'prog/xdp[a-z]* id [0-9]*' | sed "s/^/   r0: /" || true
-    nsx "$NS_R" ip -d link show r1 | grep -o 'prog/xdp[a-z]* id [0-9]*' | sed "s/^/   r1: /" || true
+    nsx "$NS_R" ip -d link show $IR0 | grep -o 'prog/xdp[a-z]* id [0-9]*' | sed "s/^/   $IR0: /" || true
+    nsx "$NS_R" ip -d link show $IR1 | grep -o 'prog/xdp[a-z]* id [0-9]*' | sed "s/^/   $IR1: /" || true
     [ "$BPF_STATS" = 1 ] && sysctl -qw kernel.bpf_stats_enabled=1
     return 0
 }
@@ -285,7 +309,7 @@ stop_xdp() {
     sysctl -qw kernel.bpf_stats_enabled="$BPF_STATS_WAS" 2>/dev/null || true
     local i
     for i in $(seq 1 50); do # the program must be gone before the next block
-        if ! nsx "$NS_R" ip link show r0 | grep -q xdp && ! nsx "$NS_R" ip link show r1 | grep -q xdp; then
+        if ! nsx "$NS_R" ip link show $IR0 | grep -q xdp && ! nsx "$NS_R" ip link show $IR1 | grep -q xdp; then
             return 0
         fi
         sleep 0.1
@@ -378,10 +402,23 @@ bench() {
     shift 2
     local server pid extra before="{}" after="{}" line
     read -r server pid extra <<<"$(server_of "$target")"
+    local acct=("${KSOFTIRQD[@]}")
+    if [ "$NAPI" = threaded ]; then
+        acct=()
+        local k
+        for k in $(pgrep "^napi/($IR0|$IR1)-" || true); do
+            taskset -pc "$SERVER_CPU" "$k" >/dev/null
+            acct+=(--kthread-pid "$k")
+        done
+        for k in $(pgrep "^napi/($IC|$IP)-" || true); do
+            taskset -pc "$GEN_CPU" "$k" >/dev/null
+            acct+=(--gen-pid "$k")
+        done
+    fi
     case "$target" in xdp_*) before=$(xdp_counters) ;; esac
     # shellcheck disable=SC2086
     line=$(nsx "$NS_C" "${PIN_G[@]}" "$BENCH" --server "$server" --user "$USER_NAME" --password "$PASSWORD" \
-        --local-ip "$C_IP" --peer "$PEER_IP:$PEER_PORT" --gen-pid "$ECHO_PID" "${KSOFTIRQD[@]}" --server-pid "$pid" \
+        --local-ip "$C_IP" --peer "$PEER_IP:$PEER_PORT" --gen-pid "$ECHO_PID" "${acct[@]}" --server-pid "$pid" \
         --label "$label" $extra "$@" 2>>"$OUT/bench.stderr" | tee -a "$OUT/bench.log" | grep '^RESULT ' |
         sed 's/^RESULT //' || true)
     case "$target" in xdp_*) after=$(xdp_counters) ;; esac
@@ -445,14 +482,18 @@ for run in $(seq 1 "$RUNS"); do
             done
         done
         if [ "$SWEEP" = 1 ]; then
-            for rate in $SWEEP_RATES; do
-                r=$(bench "$target" "$target|sweep|$rate|$run" --allocations "$(channels "$rate")" \
-                    --size "$SIZE" --size-max "$SIZE_MAX" --rate "$rate" --pacing even \
-                    --duration "$SWEEP_DURATION" --warmup 0.5)
-                if ! passes "$r" "$rate"; then
-                    echo "   sweep stops at $rate rt/s"
-                    break
-                fi
+            for pacing in $SWEEP_PACINGS; do
+                tick=()
+                [ "$pacing" = burst ] && tick=(--tick-us "$BURST_TICK_US")
+                for rate in $SWEEP_RATES; do
+                    r=$(bench "$target" "$target|sweep-$pacing|$rate|$run" --allocations "$(channels "$rate")" \
+                        --size "$SIZE" --size-max "$SIZE_MAX" --rate "$rate" --pacing "$pacing" "${tick[@]}" \
+                        --duration "$SWEEP_DURATION" --warmup 0.5)
+                    if ! passes "$r" "$rate"; then
+                        echo "   sweep ($pacing) stops at $rate rt/s"
+                        break
+                    fi
+                done
             done
         fi
         case "$target" in xdp_*) stop_xdp ;; esac
@@ -527,5 +568,5 @@ fi
 
 echo
 echo "== summary ($(summary) at the end)"
-python3 benches/compare-xdp-summary.py "$RESULTS" "$RATES" "$PPS" "$SIZE" "$SIZE_MAX" "$BURST_TICK_US" | tee "$OUT/summary.md"
+python3 benches/compare-xdp-summary.py "$RESULTS" "$RATES" "$PPS" "$SIZE" "$SIZE_MAX" "$BURST_TICK_US" "$NAPI" | tee "$OUT/summary.md"
 echo "raw results: $RESULTS"
