@@ -4,11 +4,13 @@
 # forwarders, over a veth topology in network namespaces, same load, one run.
 # Root only (namespaces, XDP). Also reachable as `benches/compare.sh --xdp`.
 #
-#   benches/compare-xdp.sh            # 2 runs, 4 s windows (about 25 minutes on 2 cores)
-#   benches/compare-xdp.sh --quick    # 1 run, 2 s windows, shorter sweep (about 12 minutes)
+#   benches/compare-xdp.sh                 # 2 runs, 4 s windows (about 15 minutes on 2 cores)
+#   benches/compare-xdp.sh --quick         # 1 run, 2 s windows, shorter sweeps (about 6 minutes)
+#   NAPI=threaded benches/compare-xdp.sh   # the per-thread CPU split (below)
 #
 # Topology (documentation addresses, 192.0.2.0/24; namespaces named
-# xb<PID>c/r/p, removed on exit):
+# xb<PID>c/r/p, removed on exit; the veths are really named xc/xr/xs/xp<N>,
+# unique on the host, shown here as c0/r0/r1/p0):
 #
 #   client ns  c0 192.0.2.1/26  --veth--  r0 192.0.2.2/26   relay ns
 #                                         r1 192.0.2.65/26  relay ns  --veth--  p0 192.0.2.66/26  peer ns
@@ -36,26 +38,35 @@
 # evenly paced); `burst` (--no-burst skips it): sends due within BURST_TICK_US
 # (default 2000 us) leave back to back, i.e. rate x 2 ms datagrams every 2 ms
 # (40 at 20k rt/s). Fixed points at RATES (default 10000 20000 rt/s = 200 and
-# 400 channels) for CPU and RTT; then a sweep (even pacing) over SWEEP_RATES
-# until loss >= 0.1 % or the generator cannot offer the rate (< 97 %).
+# 400 channels) for CPU and RTT; then sweeps (SWEEP_PACINGS, default even and
+# burst) over SWEEP_RATES until loss >= 0.1 % or the generator cannot offer
+# the rate (< 97 %).
 #
-# CPU per relayed packet: XDP work runs in softirq and is charged to no
-# server process, so the figure is the whole host's: the `cpu` line of
-# /proc/stat (user+nice+system+irq+softirq; idle, iowait and steal excluded)
-# over the measured window, minus an idle baseline measured in the same run
-# right before each target's block (IDLE_S seconds, all servers up and idle,
-# no load), divided by the relayed packets (2 per round trip). It includes
-# the generator and its echo peer. Their own CPU (utime+stime of the
-# turnd-bench process and the echo process from /proc/PID/stat) is reported
-# too, and "server share (est.)" = host net - generator's processes. On this
-# kernel (CONFIG_TICK_CPU_ACCOUNTING, no IRQ_TIME_ACCOUNTING) softirq work is
-# charged to whichever process a tick interrupts, so this split is rough:
-# with XDP the relaying runs in softirq on the sender's core (the
-# generator's), part of it lands in the generator's stime, and the estimate
-# understates the server's share; with user-space relays the generator's
-# own socket delivery partly lands in the server's stime. The host figure and
-# its ratios are the ones the targets are judged on; the generator's share
-# is the same load in every row, so it pulls every ratio towards 1.
+# CPU per relayed packet (every figure / relayed packets, 2 per round trip):
+# - host net: XDP work runs in softirq and is charged to no server process,
+#   so this is the whole host's busy time: the `cpu` line of /proc/stat
+#   (user+nice+system+irq+softirq; idle, iowait, steal excluded) over the
+#   measured window minus an idle baseline measured in the same run right
+#   before each target's block (IDLE_S s, all servers up and idle, no load).
+#   It includes the generator and its echo peer (the same load in every row,
+#   so it pulls every ratio towards 1) and anything else running on the host;
+#   /proc/stat is tick-sampled here (CONFIG_TICK_CPU_ACCOUNTING, no
+#   IRQ_TIME_ACCOUNTING), which under-counts short busy periods.
+# - relay: utime+stime (/proc/PID/stat: the scheduler's precise runtime) of
+#   the server process plus kernel threads: with NAPI=threaded the relay ns's
+#   NAPI threads (its receive path: IP/UDP delivery, or the XDP program, FIB
+#   lookup and redirect), pinned to the server core; with NAPI=softirq (the
+#   default) only ksoftirqd/*, since softirq work runs in whatever task it
+#   interrupts (with XDP: mostly the generator, on its core).
+# - generator: utime+stime of turnd-bench and its echo peer (+ with
+#   NAPI=threaded the client and peer ends' NAPI threads, pinned to the
+#   generator's core). attributed = relay + generator.
+# - server share (est.) = host net - generator.
+# With NAPI=threaded the relay/generator split is exact up to the sends
+# (a sender's own transmit into its veth is charged to the sender); it adds a
+# NAPI-thread wake-up to every row and costs loss at lower rates (the NAPI
+# thread shares the server core with the server), so the sweeps of the
+# softirq run are the rate figures.
 #
 # Options: --quick, --no-coturn, --no-xdp (user-space rows only), --no-burst,
 # --no-sweep, --no-uclient (skip the independent check). Environment: TURND
@@ -92,7 +103,7 @@ for a in "$@"; do
         --no-uclient) UCLIENT=0 ;;
         --xdp) ;;
         -h | --help)
-            sed -n '2,70p' "$0"
+            sed -n '2,90p' "$0"
             exit 0
             ;;
         *)
