@@ -28,7 +28,9 @@ die() { echo "install-deps: ERROR: $*" >&2; exit 1; }
 # Never let anything fetch a browser build.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
-pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah runc binutils python3-venv)
+# clang-14 + libbpf-dev build the XDP program (cargo feature `xdp`); ethtool
+# sets checksum offload and GRO on the XDP tests' veths.
+pkgs=(coturn chromium iproute2 util-linux systemd redis-server haproxy podman buildah runc binutils python3-venv clang-14 libbpf-dev ethtool)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   pkgs+=(nodejs npm)
 fi

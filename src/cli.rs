@@ -228,6 +228,16 @@ pub struct Cli {
     /// unanswered while `proxy-protocol` is on.
     #[arg(long = "proxy-protocol-trusted", value_name = "RANGE")]
     pub proxy_protocol_trusted: Vec<String>,
+    /// The XDP fast path for ChannelData over UDP: "off" (default),
+    /// "generic" or "native" (needs the `xdp` build feature, root or
+    /// CAP_BPF + CAP_NET_ADMIN, specific listening-ip and relay-ip, and
+    /// forwarding on the interfaces).
+    #[arg(long = "xdp", value_name = "MODE")]
+    pub xdp: Option<String>,
+    /// An interface the XDP fast path attaches to (repeatable). Default:
+    /// every interface that carries a listening or relay address.
+    #[arg(long = "xdp-interface", value_name = "NAME")]
+    pub xdp_interface: Vec<String>,
     /// Seconds to keep relaying existing allocations after SIGTERM while
     /// refusing new ones (0: close at once). Default 0.
     #[arg(long = "drain-timeout", value_name = "SECONDS")]

@@ -151,6 +151,8 @@ struct FileConfig {
     drain_timeout: Option<u64>,
     admin_token: Option<String>,
     admin_listen: Option<SocketAddr>,
+    xdp: Option<String>,
+    xdp_interfaces: Option<OneOrMany>,
 }
 
 /// The TOML keys turnd reads (every one is documented in turnserver.toml.example):
@@ -228,6 +230,8 @@ pub const TOML_KEYS: &[&str] = &[
     "drain-timeout",
     "admin-token",
     "admin-listen",
+    "xdp",
+    "xdp-interfaces",
 ];
 
 /// One `external-ip` entry: the public address, and the relay address it
@@ -269,6 +273,31 @@ impl StaticUser {
 impl std::fmt::Debug for StaticUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "StaticUser({:?}, <password>)", self.name)
+    }
+}
+
+/// `xdp`: whether and how the XDP fast path attaches (issue 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// No fast path: every packet is relayed in user space (the default).
+    #[default]
+    Off,
+    /// Generic (SKB) mode: works on every interface, after the kernel has
+    /// built its socket buffer.
+    Generic,
+    /// Native (driver) mode: the driver runs the program before any socket
+    /// buffer exists; needs a driver with XDP support.
+    Native,
+}
+
+impl XdpMode {
+    /// The option's value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Off => "off",
+            XdpMode::Generic => "generic",
+            XdpMode::Native => "native",
+        }
     }
 }
 
@@ -387,6 +416,12 @@ pub struct Config {
     pub proxy_protocol_trusted: Vec<IpRange>,
     /// Relay existing allocations this long after SIGTERM.
     pub drain_timeout: Duration,
+    /// `xdp`: the kernel fast path for ChannelData over UDP (issue 15;
+    /// `src/server/xdp.rs`); [`XdpMode::Off`] by default.
+    pub xdp: XdpMode,
+    /// `xdp-interfaces`: the interfaces the fast path attaches to; empty
+    /// means those that carry a listening or relay address.
+    pub xdp_interfaces: Vec<String>,
     /// Relay workers (`relay-threads`); 0 means one per CPU the process may use.
     pub relay_threads: usize,
     /// SO_RCVBUF and SO_SNDBUF of UDP listener sockets (bytes).
@@ -651,6 +686,8 @@ impl Default for Config {
             proxy_protocol: false,
             proxy_protocol_trusted: Vec::new(),
             drain_timeout: Duration::ZERO,
+            xdp: XdpMode::Off,
+            xdp_interfaces: Vec::new(),
             relay_threads: 0,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             log_json: false,
@@ -1124,6 +1161,48 @@ impl Config {
             "drain-timeout",
             0..=MAX_DURATION_SECS,
         )?;
+        self.load_xdp(layers)
+    }
+
+    /// `xdp` and `xdp-interfaces`. The fast path needs the addresses the
+    /// kernel sees: a wildcard listening or relay address is refused here
+    /// (the interfaces' forwarding and the loading are checked at start).
+    fn load_xdp(&mut self, layers: &Layers<'_>) -> Result<(), ConfigError> {
+        let (cli, file) = (layers.cli, &layers.file);
+        let from_cli = cli.xdp.is_some();
+        self.xdp =
+            match cli.xdp.as_deref().or(file.xdp.as_deref()) {
+                None | Some("off") => XdpMode::Off,
+                Some("generic") => XdpMode::Generic,
+                Some("native") => XdpMode::Native,
+                Some(other) => return Err(layers.error(
+                    from_cli,
+                    format!(
+                        "option `xdp`: expected \"off\", \"generic\" or \"native\", got {other:?}"
+                    ),
+                )),
+            };
+        self.xdp_interfaces = if cli.xdp_interface.is_empty() {
+            Layers::file_list(&file.xdp_interfaces)
+        } else {
+            cli.xdp_interface.clone()
+        };
+        if let Some(bad) = self
+            .xdp_interfaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+        {
+            return Err(layers.error(
+                !cli.xdp_interface.is_empty(),
+                format!("option `xdp-interfaces`: {bad:?} is not an interface name"),
+            ));
+        }
+        if self.xdp == XdpMode::Off {
+            return Ok(());
+        }
+        if let Some(ip) = self.listening_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(layers.error(from_cli, format!("option `xdp`: the fast path needs the addresses clients send to, but `listening-ip` is the wildcard {ip}: set listening-ip to this host's addresses")));
+        }
         Ok(())
     }
 

@@ -256,6 +256,8 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("socket-buffer", Kind::Int),
     ("admin-token", Kind::Str),
     ("admin-listen", Kind::Str),
+    ("xdp", Kind::Str),
+    ("xdp-interfaces", Kind::List),
 ];
 
 /// Other names coturn accepts for an option: (alias, option).

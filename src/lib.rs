@@ -26,7 +26,8 @@
 //! not resolve names, read files, or keep time itself.
 //!
 //! `unsafe` is denied everywhere but in [`sys`]: `recvmmsg`/`sendmmsg`
-//! batches and the open-file limit, documented there.
+//! batches and the open-file limit, documented there; and aya's `Pod`
+//! marker on the XDP map layouts (`server/xdp.rs`, feature `xdp`).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

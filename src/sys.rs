@@ -650,6 +650,34 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, rl.rlim_cur))
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of BPF's
+/// `bpf_ktime_get_ns()` and of [`std::time::Instant`] on Linux.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Lifts `RLIMIT_MEMLOCK` to its hard limit, best effort: kernels before
+/// 5.11 charge BPF maps to it (later ones to the memory cgroup).
+#[cfg(feature = "xdp")]
+pub fn raise_memlock_limit() {
+    // SAFETY: rlimit is plain old data; getrlimit fills the struct we pass.
+    let mut rl: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `rl` lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: `rl` lives for the call; the kernel copies it.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,8 @@ pub(super) struct HttpState {
     pub gather_lock: tokio::sync::Mutex<()>,
     /// The fleet task's state, when Redis is configured.
     pub fleet: Option<Rc<super::fleet::FleetStatus>>,
+    /// The XDP fast path, when `xdp` is on.
+    pub fast_path: Option<std::sync::Arc<super::xdp::FastPath>>,
 }
 
 /// Most users [`UserTotals`] keeps.
@@ -278,6 +280,63 @@ pub(super) async fn metrics(req: Request<Incoming>, state: Rc<HttpState>) -> Res
 /// and the value of each label value.
 type CounterFamily<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
 
+/// The XDP fast path's metrics (see `xdp.rs`): what the kernel relayed,
+/// what it passed to user space and why, its entries and attachments.
+fn render_xdp_metrics(
+    o: &mut String,
+    fp: &super::xdp::FastPath,
+    kernel: &crate::turn::KernelRelayed,
+) {
+    let _ = writeln!(o, "# HELP turnd_xdp_relayed_packets_total Packets relayed in the kernel by the XDP fast path, by direction (part of turnd_relayed_packets_total; counted up to 1 s late).\n# TYPE turnd_xdp_relayed_packets_total counter");
+    let _ = writeln!(
+        o,
+        "turnd_xdp_relayed_packets_total{{direction=\"client_to_peer\"}} {}",
+        kernel.packets_to_peer
+    );
+    let _ = writeln!(
+        o,
+        "turnd_xdp_relayed_packets_total{{direction=\"peer_to_client\"}} {}",
+        kernel.packets_to_client
+    );
+    let _ = writeln!(o, "# HELP turnd_xdp_relayed_bytes_total Payload bytes relayed in the kernel by the XDP fast path, by direction (part of turnd_relayed_bytes_total).\n# TYPE turnd_xdp_relayed_bytes_total counter");
+    let _ = writeln!(
+        o,
+        "turnd_xdp_relayed_bytes_total{{direction=\"client_to_peer\"}} {}",
+        kernel.bytes_to_peer
+    );
+    let _ = writeln!(
+        o,
+        "turnd_xdp_relayed_bytes_total{{direction=\"peer_to_client\"}} {}",
+        kernel.bytes_to_client
+    );
+    let counters = fp.counters();
+    let _ = writeln!(o, "# HELP turnd_xdp_passed_packets_total Packets the XDP program passed to the kernel's stack (and so to user space), by reason.\n# TYPE turnd_xdp_passed_packets_total counter");
+    for ((kind, reason), n) in super::xdp::COUNTERS.iter().zip(counters) {
+        if *kind == "passed" {
+            let _ = writeln!(
+                o,
+                "turnd_xdp_passed_packets_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP turnd_xdp_sent_packets_total Packets the XDP program sent on, by direction and how (tx: out of the interface they came in on; redirect: another interface).\n# TYPE turnd_xdp_sent_packets_total counter");
+    for ((kind, how), n) in super::xdp::COUNTERS.iter().zip(counters) {
+        if *kind == "sent" {
+            let _ = writeln!(o, "turnd_xdp_sent_packets_total{{path=\"{how}\"}} {n}");
+        }
+    }
+    let _ = writeln!(o, "# HELP turnd_xdp_entries Channel bindings in the XDP fast path's maps.\n# TYPE turnd_xdp_entries gauge\nturnd_xdp_entries {}", fp.entries());
+    let _ = writeln!(o, "# HELP turnd_xdp_refused_entries_total Channel bindings the fast path's maps had no room for (they stay in user space).\n# TYPE turnd_xdp_refused_entries_total counter\nturnd_xdp_refused_entries_total {}", fp.refused());
+    let _ = writeln!(o, "# HELP turnd_xdp_attached The XDP program is attached to this interface in this mode.\n# TYPE turnd_xdp_attached gauge");
+    for i in fp.interfaces() {
+        let _ = writeln!(
+            o,
+            "turnd_xdp_attached{{interface=\"{i}\",mode=\"{}\"}} 1",
+            fp.mode().as_str()
+        );
+    }
+}
+
 fn render_metrics(state: &HttpState, view: &CoreView) -> String {
     let stats = view.stats;
     let mut o = String::with_capacity(4096);
@@ -446,6 +505,9 @@ fn render_metrics(state: &HttpState, view: &CoreView) -> String {
         let _ = writeln!(o, "# HELP turnd_redis_up Whether this node is connected to the fleet's Redis (1) or serving the users it last read (0).\n# TYPE turnd_redis_up gauge\nturnd_redis_up {}", u8::from(f.up.get()));
         let _ = writeln!(o, "# HELP turnd_redis_failures_total Redis sessions lost or refused (each followed by a reconnect with backoff).\n# TYPE turnd_redis_failures_total counter\nturnd_redis_failures_total {}", f.failures.get());
         let _ = writeln!(o, "# HELP turnd_redis_users Users last read from Redis.\n# TYPE turnd_redis_users gauge\nturnd_redis_users {}", f.users.get());
+    }
+    if let Some(fp) = &state.fast_path {
+        render_xdp_metrics(&mut o, fp, &view.stats.kernel);
     }
     let _ = writeln!(o, "# HELP turnd_workers Relay workers (threads with their own UDP listeners and allocations) that answered this scrape.\n# TYPE turnd_workers gauge\nturnd_workers {}", view.workers);
     if state.config.borrow().prometheus_username_labels {

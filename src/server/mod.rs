@@ -27,6 +27,7 @@ mod stream;
 mod tls;
 mod udp;
 mod worker;
+mod xdp;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded.
     #[error("tls: {0}")]
     Tls(String),
+    /// The XDP fast path could not start (`xdp`): why, and what to do.
+    #[error("option `xdp`: {0}")]
+    Xdp(String),
     /// The user database could not be opened or read.
     #[error("user database: {0}")]
     UserDb(String),
@@ -709,6 +713,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
     let shares = workers_wanted.max(1);
     let mut workers = worker::Workers::default();
     let nonce_key = fleet_status.as_ref().and_then(|f| f.nonce_key.get());
+    let fast_path = xdp::FastPath::start(&config)?;
     for (index, sockets) in worker_sockets.into_iter().enumerate() {
         workers.spawn(worker::WorkerSetup {
             index,
@@ -720,6 +725,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
             seed,
             shared: shared.clone(),
             nonce_key,
+            fast_path: fast_path.clone(),
         })?;
     }
     let workers = Rc::new(workers);
@@ -796,6 +802,7 @@ pub async fn run(cli: Cli, mut config: Config) -> Result<(), StartError> {
         user_totals: RefCell::new(http::UserTotals::new(http::USER_TOTALS_CAP)),
         gather_lock: tokio::sync::Mutex::new(()),
         fleet: fleet_status.clone(),
+        fast_path,
     });
     if let Some(status) = &fleet_status {
         let c = config.borrow();

@@ -227,6 +227,8 @@ fn runs_by<'a, T, K: PartialEq>(
 struct UdpWorker {
     index: usize,
     core: Server,
+    /// This worker's entries in the XDP fast path's maps, when `xdp` is on.
+    fast_path: Option<super::xdp::FastPathSync>,
     io: UdpIo,
     control: mpsc::Receiver<Control>,
     wake: Arc<EventFd>,
@@ -292,6 +294,7 @@ impl UdpWorker {
         Ok(UdpWorker {
             index: setup.index,
             core,
+            fast_path: setup.fast_path.map(super::xdp::FastPathSync::new),
             io: UdpIo {
                 ep,
                 listeners,
@@ -323,6 +326,11 @@ impl UdpWorker {
             let now = Instant::now();
             if now >= next_tick {
                 self.core.handle_timeout(now, &mut self.io);
+                if let Some(fp) = &mut self.fast_path {
+                    if now >= fp.next_sync() {
+                        fp.sync(&mut self.core, now);
+                    }
+                }
                 let count = self.core.allocation_count();
                 peak = peak.max(count);
                 if now.duration_since(last_trim) >= TRIM_INTERVAL {
@@ -338,6 +346,9 @@ impl UdpWorker {
                     .core
                     .poll_timeout()
                     .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
+                if let Some(fp) = &self.fast_path {
+                    next_tick = next_tick.min(fp.next_sync());
+                }
             }
             let ready = self
                 .io
@@ -462,6 +473,21 @@ impl UdpWorker {
             .flush_to_client(&self.relay_batch, &mut self.pending);
     }
 
+    /// Brings the XDP fast path's maps up to date now (when it is on).
+    fn sync_fast_path(&mut self) {
+        if let Some(fp) = &mut self.fast_path {
+            fp.sync(&mut self.core, Instant::now());
+        }
+    }
+
+    /// Takes this worker's entries out of the XDP fast path's maps,
+    /// crediting their last counts.
+    fn clear_fast_path(&mut self) {
+        if let Some(fp) = &mut self.fast_path {
+            fp.clear(&mut self.core, Instant::now());
+        }
+    }
+
     /// Serves the control queue; true when told to stop (or when the main
     /// thread is gone).
     fn on_control(&mut self) -> bool {
@@ -469,9 +495,15 @@ impl UdpWorker {
         loop {
             let c = match self.control.try_recv() {
                 Ok(c) => c,
-                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // A reload, a delete or a revocation may have ended
+                    // channels: the kernel stops relaying them now.
+                    self.sync_fast_path();
+                    return false;
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.core.close_all(&mut self.io);
+                    self.clear_fast_path();
                     return true;
                 }
             };
@@ -496,6 +528,7 @@ impl UdpWorker {
                 }
                 Control::Stop(reply) => {
                     self.core.close_all(&mut self.io);
+                    self.clear_fast_path();
                     let _ = reply.send(self.core.stats());
                     return true;
                 }

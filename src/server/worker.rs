@@ -240,6 +240,8 @@ pub(super) struct WorkerSetup {
     pub shared: SharedState,
     /// A fleet's shared nonce key, when Redis gave one at start.
     pub nonce_key: Option<[u8; 20]>,
+    /// The XDP fast path, when `xdp` is on.
+    pub fast_path: Option<Arc<super::xdp::FastPath>>,
 }
 
 struct Remote {

@@ -49,6 +49,15 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens whether or not they are there: for bytes already
+    /// sent (the XDP fast path relays first and reports after). The bucket
+    /// may go into debt, at most one burst deep; [`TokenBucket::take`]
+    /// refuses until it has refilled.
+    pub fn consume(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - n as f64).max(-self.burst);
+    }
+
     /// True when `n` tokens are available (nothing is taken).
     pub fn has(&mut self, n: u64, now: Instant) -> bool {
         self.refill(now);

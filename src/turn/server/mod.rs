@@ -17,6 +17,7 @@
 mod allocate;
 mod authenticate;
 mod config;
+mod fast_path;
 mod output;
 mod permission;
 mod relay;
@@ -32,6 +33,7 @@ pub use allocate::{AllocationEnd, AllocationSheds, ShedReason};
 pub use authenticate::AuthFailure;
 use authenticate::*;
 pub use config::{ServerConfig, SharedState};
+pub use fast_path::{FastPathEntry, KernelRelayed};
 pub use output::{ClientOutput, ConnectionAttempt, PeerOutput, Reply};
 use response::*;
 use table::AllocationTable;
@@ -141,6 +143,9 @@ pub struct Stats {
     pub denied_clients: u64,
     /// Datagrams dropped by `max-bps` or `bps-capacity`.
     pub dropped_bandwidth: u64,
+    /// The part of the relayed packets and bytes above that the XDP fast
+    /// path relayed in the kernel (see [`Server::credit_fast_path`]).
+    pub kernel: KernelRelayed,
     /// Allocate requests shed to another node or refused for load, by
     /// reason (see [`ShedReason`]).
     pub allocations_shed: AllocationSheds,
@@ -209,6 +214,7 @@ impl std::ops::AddAssign for Stats {
         self.rate_limited += o.rate_limited;
         self.denied_clients += o.denied_clients;
         self.dropped_bandwidth += o.dropped_bandwidth;
+        self.kernel += o.kernel;
         self.allocations_shed += o.allocations_shed;
         self.own_address_refused += o.own_address_refused;
     }
