@@ -81,7 +81,8 @@
 # relay's CPU, the generator side's to GEN_CPU and counted as the
 # generator's: a per-thread split of the kernel's work instead of the
 # host-wide figure; it adds a NAPI-thread wake-up per batch to every row),
-# SWEEP_PACINGS (default "even burst"),
+# SWEEP_PACINGS (default "even burst"), SWEEP_RUNS and UCLIENT_RUNS (how many
+# of the runs include the sweeps / the uclient check; default 1),
 # UCLIENT_CLIENTS / UCLIENT_MSGS (independent check, default 200 clients x
 # 500 messages at 20 ms = 50 pps each, 200 B).
 #
@@ -128,7 +129,7 @@ else
 fi
 : "${RATES:=10000 20000}" "${PPS:=50}" "${SIZE:=100}" "${SIZE_MAX:=1200}" "${BURST_TICK_US:=2000}"
 : "${XDP_MODES:=generic native}" "${BPF_STATS:=1}" "${NAPI:=softirq}"
-: "${SWEEP_PACINGS:=even burst}"
+: "${SWEEP_PACINGS:=even burst}" "${SWEEP_RUNS:=1}" "${UCLIENT_RUNS:=1}"
 : "${UCLIENT_CLIENTS:=200}" "${UCLIENT_MSGS:=500}"
 : "${SERVER_CPU:=0}" "${GEN_CPU:=1}"
 : "${OUT:=target/compare-xdp/$(date +%Y%m%d-%H%M%S)}"
@@ -432,7 +433,8 @@ bench() {
         --local-ip "$C_IP" --peer "$PEER_IP:$PEER_PORT" --gen-pid "$ECHO_PID" "${acct[@]}" --server-pid "$pid" \
         --label "$label" $extra "$@" 2>>"$OUT/bench.stderr" | tee -a "$OUT/bench.log" | grep '^RESULT ' |
         sed 's/^RESULT //' || true)
-    case "$target" in xdp_*) after=$(xdp_counters) ;; esac
+    # turnd reads the kernel's counters back at most 1 s late.
+    case "$target" in xdp_*) sleep 1.2 && after=$(xdp_counters) ;; esac
     [ -n "$line" ] || line='{"label":"'"$label"'","failed":true}'
     line=$(python3 - "$line" "$IDLE" "$before" "$after" <<'EOF'
 import json, sys
@@ -492,7 +494,7 @@ for run in $(seq 1 "$RUNS"); do
                 python3 benches/compare-xdp-summary.py --line "$r"
             done
         done
-        if [ "$SWEEP" = 1 ]; then
+        if [ "$SWEEP" = 1 ] && [ "$run" -le "$SWEEP_RUNS" ]; then
             for pacing in $SWEEP_PACINGS; do
                 tick=()
                 [ "$pacing" = burst ] && tick=(--tick-us "$BURST_TICK_US")
@@ -520,7 +522,7 @@ if [ "$UCLIENT" = 1 ]; then
     UTARGETS=(turnd)
     [ "$COTURN" = 1 ] && UTARGETS+=(coturn)
     for m in $XDP_MODES; do UTARGETS+=("xdp_$m"); done
-    for run in $(seq 1 "$RUNS"); do
+    for run in $(seq 1 "$UCLIENT_RUNS"); do
         for target in "${UTARGETS[@]}"; do
             case "$target" in xdp_*) start_xdp "${target#xdp_}" || continue ;; esac
             IDLE=$(idle_rate)
@@ -538,7 +540,7 @@ if [ "$UCLIENT" = 1 ]; then
             t1=$(date +%s.%N)
             s1=$(head -1 /proc/stat)
             w1=$(proc_cpu $watch)
-            case "$target" in xdp_*) after=$(xdp_counters) ;; esac
+            case "$target" in xdp_*) sleep 1.2 && after=$(xdp_counters) ;; esac
             python3 - "$target" "$run" "$IDLE" "$s0" "$s1" "$t0" "$t1" "$log" "$before" "$after" \
                 "$UCLIENT_CLIENTS" "$UCLIENT_MSGS" "$w0" "$w1" <<'EOF' | tee -a "$RESULTS"
 import json, os, re, sys
@@ -570,6 +572,7 @@ if r["received"]:
 b, a = json.loads(b), json.loads(a)
 if "xdp_pkts" in a and "xdp_pkts" in b:
     r["d_xdp_pkts"] = a["xdp_pkts"] - b["xdp_pkts"]; r["d_all_pkts"] = a["all_pkts"] - b["all_pkts"]
+    r["d_passed_by"] = {k: v - b.get("passed_by", {}).get(k, 0) for k, v in a.get("passed_by", {}).items() if v - b.get("passed_by", {}).get(k, 0)}
 print(json.dumps(r))
 EOF
             case "$target" in xdp_*) stop_xdp ;; esac
