@@ -83,6 +83,8 @@
 # host-wide figure; it adds a NAPI-thread wake-up per batch to every row),
 # SWEEP_PACINGS (default "even burst"), SWEEP_RUNS and UCLIENT_RUNS (how many
 # of the runs include the sweeps / the uclient check; default 1),
+# AUTOGROUP_NICE (as in compare.sh: e.g. -10 runs the script in a session of
+# its own whose scheduler autogroup gets that nice value),
 # UCLIENT_CLIENTS / UCLIENT_MSGS (independent check, default 200 clients x
 # 500 messages at 20 ms = 50 pps each, 200 B).
 #
@@ -92,6 +94,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+if [ -n "${AUTOGROUP_NICE:-}" ] && [ -z "${COMPARE_OWN_SESSION:-}" ]; then
+    COMPARE_OWN_SESSION=1 exec setsid --wait "$0" "$@"
+fi
+if [ -n "${AUTOGROUP_NICE:-}" ]; then
+    echo "$AUTOGROUP_NICE" >/proc/self/autogroup || echo "compare-xdp.sh: could not set the autogroup's nice" >&2
+fi
 
 QUICK=0 COTURN=1 XDP=1 BURST=1 SWEEP=1 UCLIENT=1
 for a in "$@"; do
