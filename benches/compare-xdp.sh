@@ -81,6 +81,10 @@
 # relay's CPU, the generator side's to GEN_CPU and counted as the
 # generator's: a per-thread split of the kernel's work instead of the
 # host-wide figure; it adds a NAPI-thread wake-up per batch to every row),
+# RPS (default 0; 1: receive packet steering of the relay ns's veths to
+# SERVER_CPU and of the client/peer ends to GEN_CPU, so the relay ns's kernel
+# work, generic XDP included, runs on the server core; native XDP runs before
+# RPS and stays on the sending core),
 # SWEEP_PACINGS (default "even burst"), SWEEP_RUNS and UCLIENT_RUNS (how many
 # of the runs include the sweeps / the uclient check; default 1),
 # AUTOGROUP_NICE (as in compare.sh: e.g. -10 runs the script in a session of
@@ -141,7 +145,7 @@ else
     : "${IDLE_S:=3}"
 fi
 : "${RATES:=10000 20000}" "${PPS:=50}" "${SIZE:=100}" "${SIZE_MAX:=1200}" "${BURST_TICK_US:=2000}"
-: "${XDP_MODES:=generic native}" "${BPF_STATS:=1}" "${NAPI:=softirq}"
+: "${XDP_MODES:=generic native}" "${BPF_STATS:=1}" "${NAPI:=softirq}" "${RPS:=0}"
 : "${SWEEP_PACINGS:=even burst}" "${SWEEP_RUNS:=1}" "${UCLIENT_RUNS:=1}"
 : "${UCLIENT_CLIENTS:=200}" "${UCLIENT_MSGS:=500}"
 : "${SERVER_CPU:=0}" "${GEN_CPU:=1}"
@@ -225,6 +229,17 @@ nsx "$NS_R" sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv4.conf.$IR0.forward
 nsx "$NS_C" sysctl -qw net.ipv4.ip_local_port_range="20000 64999"
 nsx "$NS_C" ethtool -K $IC tx off gro on >/dev/null
 nsx "$NS_P" ethtool -K $IP tx off gro on >/dev/null
+if [ "$RPS" = 1 ]; then
+    # Receive packet steering: what arrives on the relay ns's veths is
+    # processed (IP/UDP delivery, or generic XDP, which runs after RPS) on
+    # the server core, what arrives at the client and peer ends on the
+    # generator's core. Native XDP runs before RPS, in the NAPI poll on the
+    # sending core, so RPS does not move it.
+    smask=$(printf %x $((1 << SERVER_CPU))) gmask=$(printf %x $((1 << GEN_CPU)))
+    nsx "$NS_R" sh -c "echo $smask >/sys/class/net/$IR0/queues/rx-0/rps_cpus; echo $smask >/sys/class/net/$IR1/queues/rx-0/rps_cpus"
+    nsx "$NS_C" sh -c "echo $gmask >/sys/class/net/$IC/queues/rx-0/rps_cpus"
+    nsx "$NS_P" sh -c "echo $gmask >/sys/class/net/$IP/queues/rx-0/rps_cpus"
+fi
 if [ "$NAPI" = threaded ]; then
     # Every veth end gets NAPI (GRO on) in a kernel thread of its own: the
     # relay ns's receive work (IP/UDP delivery, or the XDP program and its
@@ -249,7 +264,7 @@ fi
         set -- $x
         echo "-- $2: $(nsx "$1" ethtool -k "$2" | grep -E '^(tx-checksumming|generic-receive-offload):' | tr '\n' ' ')"
     done
-    echo "-- NAPI: $NAPI"
+    echo "-- NAPI: $NAPI, RPS: $RPS"
     echo "-- relay ns forwarding: $(nsx "$NS_R" sysctl -n net.ipv4.conf.$IR0.forwarding net.ipv4.conf.$IR1.forwarding | tr '\n' ' ')"
 } >"$OUT/topology.txt" 2>&1
 
