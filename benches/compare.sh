@@ -7,6 +7,10 @@
 #   benches/compare.sh            # full: 3 runs per point, 5 s windows (about 25 minutes on 2 cores)
 #   benches/compare.sh --quick    # 1 run per point, 2 s windows, short sweeps (about 5 minutes)
 #
+# --xdp [OPTIONS]: runs benches/compare-xdp.sh instead (turnd with XDP
+# generic/native beside turnd in user space, coturn and the floors over veth
+# in network namespaces; root; see its header).
+#
 # Options: --quick, --no-coturn, --no-streams (skip TCP/TLS), --no-alloc (skip
 # the allocation-rate test), --no-burst (skip the burst-paced points),
 # --no-sweep (skip the 100-allocation loss sweep), --no-flow (skip the
@@ -47,6 +51,13 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+# The XDP fast path (issue 15) has its own topology (network namespaces,
+# veth) and script: `benches/compare.sh --xdp [its options]`.
+if [ "${1:-}" = --xdp ]; then
+    shift
+    exec benches/compare-xdp.sh "$@"
+fi
+
 if [ -n "${AUTOGROUP_NICE:-}" ] && [ -z "${COMPARE_OWN_SESSION:-}" ]; then
     COMPARE_OWN_SESSION=1 exec setsid --wait "$0" "$@"
 fi
@@ -65,7 +76,7 @@ for a in "$@"; do
         --no-sweep) SWEEP=0 ;;
         --no-flow) FLOW=0 ;;
         -h | --help)
-            sed -n '2,45p' "$0"
+            sed -n '2,50p' "$0"
             exit 0
             ;;
         *)

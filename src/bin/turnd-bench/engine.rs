@@ -81,6 +81,9 @@ pub struct Config {
     pub transport: Transport,
     pub allocations: usize,
     pub size: usize,
+    /// Mixed sizes: allocation i sends `size + (i * 389) % (size_max - size + 1)`
+    /// payload bytes (each flow its own size, spread over size..=size_max).
+    pub size_max: Option<usize>,
     pub echo_sockets: usize,
     /// Client sockets spread over 127.0.0.1..=127.0.0.N (loopback servers).
     pub client_ips: u8,
@@ -88,6 +91,18 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// The peers are sinks: traffic goes one way, client -> server -> peer.
     pub one_way: bool,
+    /// Address the client sockets (and the own echo sockets) bind to
+    /// (None: the loopback server's address, else 127.0.0.1).
+    pub local_ip: Option<IpAddr>,
+    /// An external echo peer every allocation binds its channel to (None:
+    /// the generator's own echo sockets).
+    pub peer: Option<SocketAddr>,
+    /// Other processes of the generator (an external echo peer): their
+    /// utime + stime over the window is reported beside the generator's.
+    pub gen_pids: Vec<u32>,
+    /// Kernel threads (ksoftirqd/N) whose CPU over the window is reported:
+    /// softirq work (veth, XDP) that overflowed to them.
+    pub kthread_pids: Vec<u32>,
 }
 
 /// Where a setup run should bring every client.
@@ -226,6 +241,12 @@ pub struct TrafficReport {
     pub server_end: Sample,
     pub cpu_wall_s: f64,
     pub gen_cpu: Duration,
+    /// utime + stime of `gen_pids` over the window.
+    pub gen_extra_cpu: Duration,
+    /// utime + stime of `kthread_pids` over the window.
+    pub kthread_cpu: Duration,
+    /// The whole host's CPU (/proc/stat) over the window.
+    pub host: Option<procstat::Host>,
 }
 
 /// Clients, echo peers and the epoll instance around them.
@@ -290,10 +311,10 @@ impl Engine {
                 cfg.allocations
             )));
         }
-        let local_ip = if cfg.server.ip().is_loopback() {
-            cfg.server.ip()
-        } else {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        let local_ip = match cfg.local_ip {
+            Some(ip) => ip,
+            None if cfg.server.ip().is_loopback() => cfg.server.ip(),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let ep = Epoll::new(1024)?;
         let mut echoes = Vec::new();
@@ -302,19 +323,28 @@ impl Engine {
             ep.add(s.as_raw_fd(), ECHO_BASE + j as u64, EPOLL_IN)?;
             echoes.push(s);
         }
-        let echo_addrs: Vec<SocketAddr> = echoes
-            .iter()
-            .map(UdpSocket::local_addr)
-            .collect::<io::Result<_>>()?;
+        let echo_addrs: Vec<SocketAddr> = match cfg.peer {
+            Some(p) => vec![p],
+            None => echoes
+                .iter()
+                .map(UdpSocket::local_addr)
+                .collect::<io::Result<_>>()?,
+        };
         let tls = match cfg.transport {
             Transport::Tls => Some(stream::insecure_tls_config()?),
             _ => None,
         };
         let hdr_len = if cfg.bare { 0 } else { 4 };
-        let pad = if cfg.transport == Transport::Udp || cfg.bare {
-            0
-        } else {
-            (4 - cfg.size % 4) % 4
+        let size_of = |i: usize| match cfg.size_max {
+            Some(m) if m > cfg.size => cfg.size + (i * 389) % (m - cfg.size + 1),
+            _ => cfg.size,
+        };
+        let pad_of = |size: usize| {
+            if cfg.transport == Transport::Udp || cfg.bare {
+                0
+            } else {
+                (4 - size % 4) % 4
+            }
         };
         let mut clients = Vec::with_capacity(cfg.allocations);
         for i in 0..cfg.allocations {
@@ -337,9 +367,10 @@ impl Engine {
                 }
             };
             ep.add(link.fd(), i as u64, EPOLL_IN)?;
-            let mut frame = vec![0xA5u8; hdr_len + cfg.size + pad];
+            let size = size_of(i);
+            let mut frame = vec![0xA5u8; hdr_len + size + pad_of(size)];
             if !cfg.bare {
-                write_channel_data_header(&mut frame, CHANNEL, cfg.size);
+                write_channel_data_header(&mut frame, CHANNEL, size);
             }
             frame[hdr_len + 8..hdr_len + 12].copy_from_slice(&(i as u32).to_le_bytes());
             frame[hdr_len + 12..hdr_len + 16].copy_from_slice(MAGIC);
@@ -855,6 +886,11 @@ impl Engine {
         let mut server_start = Sample::default();
         let mut server_end = Sample::default();
         let (mut gen_start, mut gen_cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut extra_start, mut gen_extra_cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut host_start, mut host) = (None, None);
+        let gen_pids = self.cfg.gen_pids.clone();
+        let kthread_pids = self.cfg.kthread_pids.clone();
+        let (mut kthread_start, mut kthread_cpu) = (Duration::ZERO, Duration::ZERO);
         let (mut win_start_ns, mut win_end_ns) = (0u64, 0u64);
         let (mut started, mut ended) = (false, false);
         let mut scheduled = 0u64;
@@ -877,6 +913,9 @@ impl Engine {
                 self.stats.window = true;
                 server_start = procstat::sample(pid);
                 gen_start = sys::self_cpu();
+                extra_start = procstat::cpu_sum(&gen_pids);
+                kthread_start = procstat::cpu_sum(&kthread_pids);
+                host_start = procstat::host();
                 win_start_ns = ns_since(t0);
             }
             if !ended && now_ns >= meas_ns {
@@ -884,6 +923,12 @@ impl Engine {
                 self.stats.window = false;
                 server_end = procstat::sample(pid);
                 gen_cpu = sys::self_cpu().saturating_sub(gen_start);
+                gen_extra_cpu = procstat::cpu_sum(&gen_pids).saturating_sub(extra_start);
+                kthread_cpu = procstat::cpu_sum(&kthread_pids).saturating_sub(kthread_start);
+                host = match (host_start, procstat::host()) {
+                    (Some(s), Some(e)) => Some(e.since(&s)),
+                    _ => None,
+                };
                 win_end_ns = ns_since(t0);
             }
             if now_ns >= drain_end || (ended && self.stats.cohort_rx >= self.stats.sent_window) {
@@ -1005,6 +1050,12 @@ impl Engine {
         if !ended {
             server_end = procstat::sample(pid);
             gen_cpu = sys::self_cpu().saturating_sub(gen_start);
+            gen_extra_cpu = procstat::cpu_sum(&gen_pids).saturating_sub(extra_start);
+            kthread_cpu = procstat::cpu_sum(&kthread_pids).saturating_sub(kthread_start);
+            host = match (host_start, procstat::host()) {
+                (Some(s), Some(e)) => Some(e.since(&s)),
+                _ => None,
+            };
             win_end_ns = ns_since(t0);
         }
         let st = &self.stats;
@@ -1024,6 +1075,9 @@ impl Engine {
             server_end,
             cpu_wall_s: (win_end_ns.saturating_sub(win_start_ns)) as f64 / 1e9,
             gen_cpu,
+            gen_extra_cpu,
+            kthread_cpu,
+            host,
         })
     }
 }

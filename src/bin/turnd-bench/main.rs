@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)] // the few system calls it needs are in `turnd::sys`
 #![allow(clippy::disallowed_methods)] // a load generator reads the clock
 
+mod echo;
 mod engine;
 mod forwarder;
 mod plot;
@@ -83,6 +84,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         buffer: usize,
     },
+    /// Runs a UDP echo peer (recvmmsg/sendmmsg) on --listen until killed:
+    /// the peer for --peer when it must live elsewhere (another network
+    /// namespace).
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// SO_RCVBUF/SO_SNDBUF in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        buffer: usize,
+    },
     /// Runs turnd (or attaches to one) for --minutes under churn, samples
     /// its RSS, descriptors, allocations and relay ports into soak.csv and
     /// soak.png, and checks that nothing leaked (exit 1 when a check fails).
@@ -106,6 +117,11 @@ struct RunArgs {
     /// Transport to the TURN server (the relay is UDP in every case).
     #[arg(long, value_enum, default_value = "udp")]
     transport: Transport,
+    /// Mixed payload sizes: allocation i sends --size + (i * 389) mod
+    /// (--size-max - --size + 1) bytes, so the flows' sizes spread over
+    /// --size..=--size-max (round trips only).
+    #[arg(long, conflicts_with = "one_way")]
+    size_max: Option<usize>,
     /// Number of allocations (client sockets).
     #[arg(long, default_value_t = 100)]
     allocations: usize,
@@ -163,6 +179,23 @@ struct RunArgs {
     /// A label copied into the RESULT line.
     #[arg(long)]
     label: Option<String>,
+    /// Address the client sockets bind to (default: the loopback server's
+    /// address, else 127.0.0.1); needed when the server is not on loopback.
+    #[arg(long)]
+    local_ip: Option<std::net::IpAddr>,
+    /// An external echo peer (`turnd-bench echo`) every allocation binds its
+    /// channel to, instead of the generator's own echo socket (round trips
+    /// only).
+    #[arg(long, conflicts_with = "one_way")]
+    peer: Option<SocketAddr>,
+    /// Another process of the generator (the external echo peer): its
+    /// utime + stime over the window is reported (repeatable).
+    #[arg(long)]
+    gen_pid: Vec<u32>,
+    /// A kernel thread (ksoftirqd/N) whose utime + stime over the window is
+    /// reported: softirq work that overflowed to it (repeatable).
+    #[arg(long)]
+    kthread_pid: Vec<u32>,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +210,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("turnd-bench forwarder: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Echo { listen, buffer }) => {
+            return match echo::run(listen, buffer) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("turnd-bench echo: {e}");
                     ExitCode::FAILURE
                 }
             };
@@ -215,6 +257,9 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
             engine::MIN_SIZE_ONE_WAY
         ));
     }
+    if a.size_max.is_some_and(|m| m > 1400) {
+        return Err("--size-max must be at most 1400 bytes".into());
+    }
     if a.allocations == 0 {
         return Err("--allocations must be at least 1".into());
     }
@@ -237,11 +282,16 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         transport: a.transport,
         allocations: a.allocations,
         size: a.size,
+        size_max: a.size_max,
         echo_sockets: a.echo_sockets,
         client_ips: a.client_ips.max(1),
         setup_concurrency: a.setup_concurrency,
         server_pid: a.server_pid,
         one_way: a.one_way,
+        local_ip: a.local_ip,
+        peer: a.peer,
+        gen_pids: a.gen_pid.clone(),
+        kthread_pids: a.kthread_pid.clone(),
     })
     .map_err(|e| format!("setting up {} client sockets: {e}", a.allocations))?;
     let target_name = if a.bare { "bare" } else { "turn" };
@@ -337,6 +387,9 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
     } else {
         f64::NAN
     };
+    let extra_s = rep.gen_extra_cpu.as_secs_f64();
+    let per_pkt = |s: f64| (relayed > 0).then(|| s * 1e6 / relayed as f64);
+    let host = rep.host;
     let load_text = match load {
         Load::Rate(r) => format!("rate {r:.0} {unit}, {} pacing", a.pacing.name()),
         Load::Window(w) => format!("window {w} per allocation"),
@@ -430,12 +483,36 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         "  {:<24} {gen_pct:.1} % of one core; {gen_per_rt:.2} us per round trip",
         "generator CPU"
     );
+    if !a.gen_pid.is_empty() {
+        println!(
+            "  {:<24} {:.1} % of one core (utime+stime of {:?})",
+            "generator's other procs",
+            100.0 * extra_s / rep.cpu_wall_s,
+            a.gen_pid
+        );
+    }
+    if let Some(h) = host {
+        println!(
+            "  {:<24} busy {:.3} s in {:.3} s (user {:.3}, system {:.3}, irq {:.3}, softirq {:.3}; idle {:.3}, steal {:.3}); {} us per relayed packet, idle baseline not subtracted",
+            "host CPU (/proc/stat)",
+            h.busy().as_secs_f64(),
+            rep.cpu_wall_s,
+            h.user.as_secs_f64(),
+            h.system.as_secs_f64(),
+            h.irq.as_secs_f64(),
+            h.softirq.as_secs_f64(),
+            h.idle.as_secs_f64(),
+            h.steal.as_secs_f64(),
+            opt(per_pkt(h.busy().as_secs_f64()).map(|v| format!("{v:.2}")))
+        );
+    }
     let v = json!({
         "mode": target,
         "label": a.label,
         "transport": transport,
         "allocations": rep.allocations,
         "size": a.size,
+        "size_max": a.size_max,
         "rate": match load { Load::Rate(r) => json!(r), Load::Window(_) => json!(null) },
         "pacing": match load { Load::Rate(_) => json!(a.pacing.name()), Load::Window(_) => json!(null) },
         "one_way": a.one_way,
@@ -472,6 +549,27 @@ fn print_traffic(a: &RunArgs, target: &str, load: Load, rep: &TrafficReport, set
         "gen_cpu_us_per_rt": r(gen_per_rt, 3),
         "setup_ms": r(setup.as_secs_f64() * 1e3, 1),
     });
+    // The whole host's CPU and the generator's other processes (a second
+    // object: one json! of everything exceeds the macro recursion limit).
+    let more = json!({
+        "cpu_wall_s": r(rep.cpu_wall_s, 4),
+        "gen_cpu_s": r(rep.gen_cpu.as_secs_f64(), 4),
+        "gen_extra_cpu_s": r(extra_s, 4),
+        "kthread_cpu_s": r(rep.kthread_cpu.as_secs_f64(), 4),
+        "gen_cpu_all_us_per_pkt": per_pkt(rep.gen_cpu.as_secs_f64() + extra_s).map(|v| r(v, 3)),
+        "host_busy_s": host.map(|h| r(h.busy().as_secs_f64(), 4)),
+        "host_user_s": host.map(|h| r(h.user.as_secs_f64(), 4)),
+        "host_system_s": host.map(|h| r(h.system.as_secs_f64(), 4)),
+        "host_irq_s": host.map(|h| r(h.irq.as_secs_f64(), 4)),
+        "host_softirq_s": host.map(|h| r(h.softirq.as_secs_f64(), 4)),
+        "host_idle_s": host.map(|h| r(h.idle.as_secs_f64(), 4)),
+        "host_steal_s": host.map(|h| r(h.steal.as_secs_f64(), 4)),
+        "host_busy_us_per_pkt": host.and_then(|h| per_pkt(h.busy().as_secs_f64())).map(|v| r(v, 3)),
+    });
+    let mut v = v;
+    if let (Some(o), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
+        o.extend(m);
+    }
     report::emit(&v);
 }
 

@@ -85,3 +85,62 @@ pub fn sample(pid: Option<u32>) -> Sample {
         None => Sample::default(),
     }
 }
+
+/// The whole host's CPU time by state, summed over all CPUs (the `cpu` line
+/// of /proc/stat). XDP and other softirq work is charged to no process in
+/// particular, so this is the figure that sees all of a relay's cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Host {
+    pub user: Duration,
+    pub system: Duration,
+    pub irq: Duration,
+    pub softirq: Duration,
+    pub idle: Duration,
+    pub steal: Duration,
+}
+
+impl Host {
+    /// user + nice + system + irq + softirq (idle, iowait and steal excluded).
+    pub fn busy(&self) -> Duration {
+        self.user + self.system + self.irq + self.softirq
+    }
+
+    pub fn since(&self, start: &Host) -> Host {
+        Host {
+            user: self.user.saturating_sub(start.user),
+            system: self.system.saturating_sub(start.system),
+            irq: self.irq.saturating_sub(start.irq),
+            softirq: self.softirq.saturating_sub(start.softirq),
+            idle: self.idle.saturating_sub(start.idle),
+            steal: self.steal.saturating_sub(start.steal),
+        }
+    }
+}
+
+/// Reads /proc/stat's `cpu` line (None when it cannot be read).
+pub fn host() -> Option<Host> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = turnd::sys::clock_ticks();
+    let d = |v: u64| Duration::from_nanos(v.saturating_mul(1_000_000_000) / ticks);
+    let g = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Some(Host {
+        user: d(g(0) + g(1)),
+        system: d(g(2)),
+        idle: d(g(3) + g(4)),
+        irq: d(g(5)),
+        softirq: d(g(6)),
+        steal: d(g(7)),
+    })
+}
+
+/// utime + stime of several processes, summed (missing ones count 0).
+pub fn cpu_sum(pids: &[u32]) -> Duration {
+    pids.iter().filter_map(|&p| cpu(p)).sum()
+}
