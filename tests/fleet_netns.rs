@@ -194,29 +194,6 @@ impl Fleet {
     }
 }
 
-/// The UDP listening address turnd printed for `ip` (`[v6]` in brackets).
-#[track_caller]
-fn listening(n: &mut TestServer, ip: &str) -> SocketAddr {
-    let want = format!("turnd: listening on udp {ip}:");
-    assert!(
-        wait_until(START_TIMEOUT, || n
-            .stdout_lines()
-            .iter()
-            .any(|l| l.starts_with(&want))),
-        "no `{want}PORT` line: {:?}",
-        n.stdout_lines()
-    );
-    let line = n
-        .stdout_lines()
-        .into_iter()
-        .find(|l| l.starts_with(&want))
-        .unwrap();
-    line["turnd: listening on udp ".len()..]
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Waits until `cond` holds, printing how long that took; panics after
 /// [`PROPAGATION`]. The time.
 #[track_caller]

@@ -101,40 +101,6 @@ impl Drop for EchoPeer {
     }
 }
 
-/// Figures from uclient's summary.
-#[derive(Debug)]
-struct Summary {
-    lost: u64,
-    sent: u64,
-    received: u64,
-}
-
-fn parse_summary(out: &str) -> Option<Summary> {
-    let mut lost = None;
-    let mut sent = None;
-    let mut received = None;
-    for line in out.lines() {
-        if let Some(rest) = line.split("Total lost packets ").nth(1) {
-            lost = rest.split_whitespace().next().and_then(|n| n.parse().ok());
-        }
-        // The final tally "start_mclient: tot_send_msgs=N, tot_recv_msgs=M"
-        // comes last; progress lines (with "msz=") come earlier.
-        if let Some(rest) = line.split("tot_send_msgs=").nth(1) {
-            sent = rest.split(',').next().and_then(|n| n.trim().parse().ok());
-            received = rest
-                .split("tot_recv_msgs=")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.trim().parse().ok());
-        }
-    }
-    Some(Summary {
-        lost: lost?,
-        sent: sent?,
-        received: received?,
-    })
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Over {
     Udp,
@@ -192,18 +158,8 @@ fn uclient_run(i: u16, over: Over, flags: &[&str]) {
         "170",
         "127.0.0.1",
     ]);
-    let out = run_with_timeout(&mut cmd, UCLIENT_TIMEOUT);
-    let text = format!("{}\n{}", out.stdout, out.stderr);
-    let tail: String = {
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(25)..].join("\n")
-    };
-    assert!(
-        !out.timed_out(),
-        "uclient {all_flags:?} ran past {UCLIENT_TIMEOUT:?}; output tail:\n{tail}"
-    );
-    let summary = parse_summary(&text)
-        .unwrap_or_else(|| panic!("uclient {all_flags:?}: no summary in its output:\n{tail}"));
+    let (summary, tail, elapsed) =
+        run_uclient(&mut cmd, UCLIENT_TIMEOUT, &format!("uclient {all_flags:?}"));
     assert!(
         summary.sent > 0,
         "uclient {all_flags:?} sent nothing: {summary:?}\n{tail}"
@@ -221,7 +177,7 @@ fn uclient_run(i: u16, over: Over, flags: &[&str]) {
         "turnd panicked:\n{}",
         server.log()
     );
-    eprintln!("uclient {all_flags:?}: {summary:?} in {:?}", out.elapsed);
+    eprintln!("uclient {all_flags:?}: {summary:?} in {elapsed:?}");
     drop(peer);
 }
 
@@ -292,7 +248,7 @@ fn summary_parser_reads_uclient_output() {
 10: : start_mclient: tot_send_bytes ~ 340000, tot_recv_bytes ~ 340000
 10: : Total lost packets 10 (0.500000%), total send dropped 0 (0.000000%)
 ";
-    let s = parse_summary(sample).unwrap();
+    let s = parse_uclient_summary(sample).unwrap();
     assert_eq!((s.lost, s.sent, s.received), (10, 2000, 1990));
-    assert!(parse_summary("nothing useful").is_none());
+    assert!(parse_uclient_summary("nothing useful").is_none());
 }

@@ -62,8 +62,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::xdp::{
-    attach_pass_program, in_netns, ns_command, parse_uclient_summary, tool, Family, NsChild,
-    XdpNet, CLIENT_IF, RELAY_CLIENT_IF, RELAY_PEER_IF, V4, V6,
+    attach_pass_program, in_netns, ns_command, tool, Family, NsChild, XdpNet, CLIENT_IF,
+    RELAY_CLIENT_IF, RELAY_PEER_IF, V4, V6,
 };
 use support::*;
 use turnd::stun::AttributeType;
@@ -176,29 +176,6 @@ fn pattern(i: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-/// The UDP listening address turnd printed for `ip` (`[v6]` in brackets).
-#[track_caller]
-fn listening(n: &mut TestServer, ip: &str) -> SocketAddr {
-    let want = format!("turnd: listening on udp {}:", Family::host(ip));
-    assert!(
-        wait_until(START_TIMEOUT, || n
-            .stdout_lines()
-            .iter()
-            .any(|l| l.starts_with(&want))),
-        "no `{want}PORT` line: {:?}",
-        n.stdout_lines()
-    );
-    let line = n
-        .stdout_lines()
-        .into_iter()
-        .find(|l| l.starts_with(&want))
-        .unwrap();
-    line["turnd: listening on udp ".len()..]
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// turnd in the relay namespace of its own [`XdpNet`]. Fields drop in
 /// order: the server, then the namespaces.
 struct Rig {
@@ -262,7 +239,7 @@ impl Rig {
             t = t.args(["--xdp", mode.name()]);
         }
         let mut server = t.args(extra).start();
-        let listen = listening(&mut server, fam.listen);
+        let listen = listening(&mut server, &Family::host(fam.listen));
         let prom = server.prometheus();
         let admin = server.admin();
         let rig = Rig {
@@ -1067,18 +1044,7 @@ fn uclient(tag: &str, mode: Mode, fam: Family) {
         "170",
         fam.listen,
     ]);
-    let out = run_with_timeout(&mut cmd, UCLIENT_TIMEOUT);
-    let text = format!("{}\n{}", out.stdout, out.stderr);
-    let tail: String = {
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(25)..].join("\n")
-    };
-    assert!(
-        !out.timed_out(),
-        "uclient ran past {UCLIENT_TIMEOUT:?}; output tail:\n{tail}"
-    );
-    let s = parse_uclient_summary(&text)
-        .unwrap_or_else(|| panic!("uclient: no summary in its output:\n{tail}"));
+    let (s, tail, elapsed) = run_uclient(&mut cmd, UCLIENT_TIMEOUT, "uclient");
     assert!(s.sent > 0, "uclient sent nothing: {s:?}\n{tail}");
     assert_eq!(s.lost, 0, "uclient lost packets: {s:?}\n{tail}");
     assert_eq!(s.received, s.sent, "uclient: {s:?}\n{tail}");
@@ -1131,7 +1097,7 @@ fn uclient(tag: &str, mode: Mode, fam: Family) {
         "uclient {} {}: {s:?} in {:?}; {kernel}; all to peer {}, to client {}\n{}",
         mode.name(),
         fam.name(),
-        out.elapsed,
+        elapsed,
         delta(&m, "turnd_relayed_packets_total", Dir::ToPeer),
         delta(&m, "turnd_relayed_packets_total", Dir::ToClient),
         xdp_lines(&m)

@@ -503,12 +503,7 @@ impl UdpWorker {
         loop {
             let c = match self.control.try_recv() {
                 Ok(c) => c,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // A reload, a delete or a revocation may have ended
-                    // channels: the kernel stops relaying them now.
-                    self.sync_fast_path();
-                    return false;
-                }
+                Err(mpsc::error::TryRecvError::Empty) => return false,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.core.close_all(&mut self.io);
                     self.clear_fast_path();
@@ -518,6 +513,11 @@ impl UdpWorker {
             match c {
                 Control::Reconfigure(cfg, reply) => {
                     let revoked = self.core.reconfigure(Instant::now(), *cfg);
+                    // A reload may have revoked permissions: the kernel
+                    // stops relaying those channels now. (Deletes and
+                    // revocations end allocations, which takes their
+                    // entries out at once: `RelayIo::end_fast_path`.)
+                    self.sync_fast_path();
                     let _ = reply.send((self.core.allocation_count(), revoked));
                 }
                 Control::Credentials(c) => self.core.set_credentials(*c),

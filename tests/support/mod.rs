@@ -14,6 +14,8 @@
 //!   to it by a bridge ([`netns::Bridged`], for a fleet of nodes).
 //! - [`ports`]: the relay port ranges of every test file, from one table.
 //! - [`redis`]: a real `redis-server` for the fleet tests.
+//! - [`uclient`]: coturn's `turnutils_uclient`, run and its summary read.
+//! - [`xdp`]: the XDP tests' three namespaces.
 //!
 //! Every loop here is bounded and every wait has a timeout: a test that hangs
 //! is a failed test, with the server's log printed.
@@ -32,6 +34,7 @@ pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod stream;
+pub mod uclient;
 pub mod xdp;
 
 pub use cert::*;
@@ -41,6 +44,7 @@ pub use ports::*;
 pub use process::*;
 pub use redis::*;
 pub use stream::*;
+pub use uclient::*;
 
 /// The test realm every server is started with.
 pub const REALM: &str = "test.example";

@@ -766,3 +766,28 @@ impl Drop for TempDir {
 pub fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// The UDP listening address turnd printed for `host` (`192.0.2.1` or
+/// `[2001:db8::1]`): its `turnd: listening on udp HOST:PORT` line, waited
+/// for at most [`START_TIMEOUT`].
+#[track_caller]
+pub fn listening(n: &mut TestServer, host: &str) -> SocketAddr {
+    let want = format!("turnd: listening on udp {host}:");
+    assert!(
+        wait_until(START_TIMEOUT, || n
+            .stdout_lines()
+            .iter()
+            .any(|l| l.starts_with(&want))),
+        "no `{want}PORT` line: {:?}",
+        n.stdout_lines()
+    );
+    let line = n
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.starts_with(&want))
+        .unwrap();
+    line["turnd: listening on udp ".len()..]
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -356,42 +356,6 @@ impl Drop for XdpNet {
     }
 }
 
-/// Figures from `turnutils_uclient`'s summary (it exits 0 even at 100 %
-/// loss, so the test reads them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UclientSummary {
-    /// "Total lost packets N".
-    pub lost: u64,
-    /// The final `tot_send_msgs=N`.
-    pub sent: u64,
-    /// The final `tot_recv_msgs=N`.
-    pub received: u64,
-}
-
-/// Reads uclient's summary from its output; `None` when a figure is missing.
-pub fn parse_uclient_summary(out: &str) -> Option<UclientSummary> {
-    let (mut lost, mut sent, mut received) = (None, None, None);
-    for line in out.lines() {
-        if let Some(rest) = line.split("Total lost packets ").nth(1) {
-            lost = rest.split_whitespace().next().and_then(|n| n.parse().ok());
-        }
-        // The final tally comes last; progress lines come earlier.
-        if let Some(rest) = line.split("tot_send_msgs=").nth(1) {
-            sent = rest.split(',').next().and_then(|n| n.trim().parse().ok());
-            received = rest
-                .split("tot_recv_msgs=")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.trim().parse().ok());
-        }
-    }
-    Some(UclientSummary {
-        lost: lost?,
-        sent: sent?,
-        received: received?,
-    })
-}
-
 /// Builds `xdp/xdp_pass.c` (a program that passes everything) with clang's
 /// BPF target into `dir` and attaches it natively to `dev` in `ns`
 /// (`ip link set dev DEV xdpdrv obj ...`; it goes with the namespace). On a

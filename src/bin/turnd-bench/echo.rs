@@ -8,23 +8,11 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 use turnd::sys::{Epoll, RecvBatch, SendBatch, EPOLL_IN};
 
 /// Echoes every datagram arriving at `listen` until the process is killed.
 pub fn run(listen: SocketAddr, buffer: usize) -> io::Result<()> {
-    let domain = if listen.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(buffer);
-    let _ = s.set_send_buffer_size(buffer);
-    s.set_nonblocking(true)?;
-    s.bind(&listen.into())?;
-    let s: UdpSocket = s.into();
+    let s: UdpSocket = crate::engine::bind_udp_at(listen, buffer)?;
     let mut ep = Epoll::new(4)?;
     ep.add(s.as_raw_fd(), 0, EPOLL_IN)?;
     println!("turnd-bench echo: listening on udp {}", s.local_addr()?);

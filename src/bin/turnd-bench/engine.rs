@@ -283,7 +283,13 @@ struct Counters {
 }
 
 fn bind_udp(ip: IpAddr, buffer: usize) -> io::Result<UdpSocket> {
-    let domain = if ip.is_ipv4() {
+    bind_udp_at(SocketAddr::new(ip, 0), buffer)
+}
+
+/// A non-blocking UDP socket bound to `addr` with SO_RCVBUF/SO_SNDBUF
+/// `buffer` bytes (best effort).
+pub(crate) fn bind_udp_at(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
@@ -292,7 +298,7 @@ fn bind_udp(ip: IpAddr, buffer: usize) -> io::Result<UdpSocket> {
     let _ = s.set_recv_buffer_size(buffer);
     let _ = s.set_send_buffer_size(buffer);
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::new(ip, 0).into())?;
+    s.bind(&addr.into())?;
     Ok(s.into())
 }
 
